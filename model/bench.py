@@ -1,0 +1,144 @@
+"""``dalle bench``: sampling speed of a bundle's transformer or of a random model of any size.
+
+Prints tokens/s and latency for a full image and for a quarter-image completion (the bottom-right
+quarter) at each batch size, and peak memory. Figures only: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from model.config import SamplingOptions, TransformerConfig, conv_kernel_for
+from model.sampling import Done, Plan, sample_tokens
+
+
+def random_transformer(dim, depth, heads, grid, text_len, vocab, device):
+    from model.transformer import Transformer
+
+    config = TransformerConfig(
+        text_vocab=vocab,
+        text_len=text_len,
+        image_vocab=vocab,
+        grid=grid,
+        dim=dim,
+        depth=depth,
+        heads=heads,
+        conv_kernel=conv_kernel_for(grid),
+    )
+    torch.manual_seed(0)
+    return Transformer(config).to(device).eval()
+
+
+def time_sampling(
+    transformer, plan: Plan, batch: int, repeats: int, guidance: float = 1.0, use_cache: bool = True
+) -> dict:
+    cfg = transformer.config
+    text = torch.randint(0, cfg.text_vocab, (cfg.text_len,))
+    empty = torch.arange(cfg.text_vocab, cfg.text_vocab + cfg.text_len)
+    image = torch.randint(0, cfg.image_vocab, (cfg.grid, cfg.grid))
+    options = SamplingOptions(n=batch, seed=0, guidance=guidance)
+    device = transformer.to_image.weight.device
+
+    def once() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for message in sample_tokens(
+            transformer, text, image, plan, options, empty, use_cache=use_cache
+        ):
+            if isinstance(message, Done):
+                break
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    once()  # warm-up: allocator, kernels, caches
+    seconds = [once() for _ in range(repeats)]
+    best = min(seconds)
+    return {
+        "cells": plan.cells,
+        "batch": batch,
+        "seconds": best,
+        "seconds_median": statistics.median(seconds),
+        "seconds_per_image": best / batch,
+        "tokens_per_s": plan.cells * batch / best,
+        "ms_per_step": 1000 * best / plan.cells,
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def bench_command(args, load_bundle) -> int:
+    from model.train import pick_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    if args.random:
+        for name in ("dim", "depth", "heads", "grid", "text_len", "vocab"):
+            if getattr(args, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        transformer = random_transformer(
+            args.dim, args.depth, args.heads, args.grid, args.text_len, args.vocab, device
+        )
+        source = "random weights"
+    else:
+        bundle = load_bundle(args.bundle, args.device)
+        transformer = bundle.transformer
+        source = str(bundle.path)
+    if args.repeats <= 0:
+        raise ValueError("--repeats must be positive")
+    batches = args.batch or [1, 8]
+    if any(b <= 0 for b in batches):
+        raise ValueError("--batch sizes must be positive")
+    grid = transformer.config.grid
+    runs = []
+    for batch in batches:
+        for name, plan in (
+            ("full", Plan(grid, 0, 0)),
+            ("quarter", Plan(grid, grid // 2, grid // 2)),
+        ):
+            result = time_sampling(transformer, plan, batch, args.repeats)
+            runs.append({"task": name, **result})
+    full = [r for r in runs if r["task"] == "full"]
+    summary = {
+        "model": source,
+        "parameters": transformer.num_parameters(),
+        "config": {
+            k: getattr(transformer.config, k) for k in ("dim", "depth", "heads", "grid", "text_len")
+        },
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "tokens_per_s": full[0]["tokens_per_s"],
+        "seconds_per_image": full[0]["seconds_per_image"],
+        "peak_memory_mb": peak_memory_mb(device),
+        "runs": runs,
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"model {source}: {summary['parameters'] / 1e6:.2f}M parameters, {summary['config']}")
+    print(f"device {device}, {summary['threads']} threads")
+    print(
+        f"{'task':8s} {'batch':>5s} {'cells':>5s} {'seconds':>8s} {'s/image':>8s} "
+        f"{'tokens/s':>9s} {'ms/step':>8s}"
+    )
+    for r in runs:
+        print(
+            f"{r['task']:8s} {r['batch']:5d} {r['cells']:5d} {r['seconds']:8.3f} "
+            f"{r['seconds_per_image']:8.3f} {r['tokens_per_s']:9.0f} {r['ms_per_step']:8.2f}"
+        )
+    print(f"peak memory {summary['peak_memory_mb']:.0f} MiB")
+    return 0

@@ -1,0 +1,145 @@
+"""Configuration dataclasses for every stage, in dependency order.
+
+A bundle stores these as JSON (``asdict``) and rebuilds its models from them alone, as nanoGPT's
+checkpoints do with ``GPTConfig(**checkpoint["model_args"])``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DVAEConfig:
+    """Discrete VAE in the layout of OpenAI's released DALL·E dVAE (``dall_e/encoder.py``)."""
+
+    image_size: int = 128  # S: the model's own resolution; the grid is S / 2**(n_groups - 1)
+    channels: int = 3
+    n_groups: int = 4  # downsampling factor 2**(n_groups-1) = 8, as in the paper
+    n_hid: int = 64  # width of group 1; group g is 2**(g-1) * n_hid wide (paper: 256)
+    n_blk_per_group: int = 1  # paper: 2; one keeps the CPU default small
+    vocab_size: int = 1024  # K codes (paper: 8192; a 16x16 grid of simple scenes needs far fewer)
+    n_init: int = 128  # decoder's first 1x1 conv width, as released
+    logit_laplace_eps: float = 0.1  # pixels are mapped into (eps, 1 - eps)
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (self.n_groups - 1)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.factor
+
+
+@dataclass
+class TextConfig:
+    """BPE tokenizer settings; the vocabulary itself lives in the tokenizer JSON."""
+
+    vocab_size: int = 1024  # BPE merges target, specials included (paper: 16384)
+    text_len: int = 32  # caption length in tokens, padded per position (paper: 256)
+    bpe_dropout: float = 0.1  # applied only while training, as in the paper
+
+
+@dataclass
+class TransformerConfig:
+    """Decoder-only transformer over ``[text ; start-of-image ; image]``."""
+
+    text_vocab: int = 1024  # BPE ids; the per-position padding ids follow them
+    text_len: int = 32
+    image_vocab: int = 1024  # equals the dVAE's vocab_size
+    grid: int = 16  # image tokens form a grid x grid raster
+    dim: int = 256
+    depth: int = 8
+    heads: int = 8
+    conv_kernel: int = (
+        7  # paper: 11 on a 32x32 grid; conv_kernel_for(16) scales it and keeps it odd
+    )
+    dropout: float = 0.0
+    text_loss_weight: float = 1 / 8  # paper: 1/8 text, 7/8 image
+
+    @property
+    def image_len(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def seq_len(self) -> int:
+        # text positions, then one slot per image cell; slot 0 holds start-of-image and slot s
+        # holds cell s - 1, so the output at slot s predicts cell s.
+        return self.text_len + self.image_len
+
+    @property
+    def text_vocab_padded(self) -> int:
+        return self.text_vocab + self.text_len
+
+
+def conv_kernel_for(grid: int) -> int:
+    """The paper's 11x11 window on a 32x32 grid, scaled to ``grid`` and kept odd (at least 3)."""
+    k = max(3, round(11 * grid / 32))
+    return k if k % 2 == 1 else k + 1
+
+
+@dataclass
+class RerankerConfig:
+    """Small contrastive image-caption scorer (a CLIP stand-in trained on our data)."""
+
+    dim: int = 128
+    text_layers: int = 2
+    heads: int = 4
+    image_width: int = 32
+
+
+@dataclass
+class SamplingOptions:
+    """How to sample a completion; every field is exposed in the CLI and the studio."""
+
+    n: int = 1  # candidates, sampled in one batch
+    temperature: float = 1.0  # the paper samples at 1
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    guidance: float = 1.0  # classifier-free guidance scale; 1 = conditional only
+    seed: int | None = None  # None = fresh randomness
+
+    def validate(self) -> None:
+        if self.n <= 0:
+            raise ValueError(f"number of candidates must be at least 1, got {self.n}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top-k must be 0 (off) or positive, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.guidance < 0:
+            raise ValueError(f"guidance scale must be non-negative, got {self.guidance}")
+
+
+@dataclass
+class BundleConfig:
+    """Everything needed to rebuild a bundle's models."""
+
+    vae: DVAEConfig = field(default_factory=DVAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    reranker: RerankerConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BundleConfig:
+        def build(kind: type, values: dict[str, Any] | None):
+            if values is None:
+                return None
+            names = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(values) - names
+            if unknown:
+                raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+            return kind(**values)
+
+        return cls(
+            vae=build(DVAEConfig, data["vae"]),
+            text=build(TextConfig, data["text"]),
+            transformer=build(TransformerConfig, data["transformer"]),
+            reranker=build(RerankerConfig, data.get("reranker")),
+        )

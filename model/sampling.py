@@ -1,0 +1,277 @@
+"""Completion of a bottom-right rectangle of image tokens, as a generator of progress messages.
+
+The paper's completion: walk the raster order; every cell outside the rectangle (r >= r0 and
+c >= c0) is forced to the image's own token, every cell inside it is sampled. With a KV cache this
+costs one model call per masked cell: the call that produces a masked cell's logits also prefills
+the run of kept cells before it, in one chunk (as ru-dalle does).
+
+``complete`` yields ``Progress`` once per finished rectangle row and ends with ``Done`` (or
+``Cancelled``); ``generate`` is ``complete`` from cell (0, 0). Callers only iterate, as min-dalle's
+``generate_raw_image_stream`` consumers do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from model.config import SamplingOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """Which cells of a grid x grid raster are sampled: the rectangle from (row, col) on."""
+
+    grid: int
+    row: int
+    col: int
+
+    def __post_init__(self):
+        if not (0 <= self.row < self.grid and 0 <= self.col < self.grid):
+            raise ValueError(
+                f"cell ({self.row}, {self.col}) is outside the {self.grid}x{self.grid} token grid"
+            )
+
+    @property
+    def masked_cells(self) -> list[int]:
+        """Raster indices of the sampled cells, in sampling order."""
+        return [
+            r * self.grid + c
+            for r in range(self.row, self.grid)
+            for c in range(self.col, self.grid)
+        ]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(grid, grid) bool, True on sampled cells."""
+        m = torch.zeros(self.grid, self.grid, dtype=torch.bool)
+        m[self.row :, self.col :] = True
+        return m
+
+    @property
+    def rows(self) -> int:
+        return self.grid - self.row
+
+    @property
+    def cells(self) -> int:
+        return (self.grid - self.row) * (self.grid - self.col)
+
+
+@dataclass
+class Progress:
+    tokens: torch.Tensor  # (n, grid, grid): kept tokens, sampled ones so far, originals elsewhere
+    row: int  # grid row just finished
+    rows_done: int
+    rows_total: int
+    cells_done: int
+    cells_total: int
+    tokens_per_s: float
+
+
+@dataclass
+class Done:
+    tokens: torch.Tensor  # (n, grid, grid) candidates, best first when a reranker scored them
+    images: torch.Tensor  # (n, 3, S, S) decoded candidates in [0, 1], same order
+    scores: torch.Tensor | None  # (n,) reranker scores, None without a reranker
+    seed: int  # the seed that reproduces this run
+    seconds: float
+    tokens_per_s: float
+    model_calls: int  # sequential transformer calls, for the one-call-per-masked-cell invariant
+    order: list[int] = field(default_factory=list)  # sampled index of each returned candidate
+
+
+@dataclass
+class Cancelled:
+    tokens: torch.Tensor  # what had been sampled when cancel was seen
+    cells_done: int
+
+
+Message = Progress | Done | Cancelled
+
+
+def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus) on (B, V) logits."""
+    logits = logits / options.temperature
+    if options.top_k and options.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if options.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # drop a token once the mass before it already reaches top_p (the first always stays)
+        drop = cumulative - sorted_logits.softmax(dim=-1) >= options.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    return logits
+
+
+def guided(logits: torch.Tensor, n: int, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: rows [0, n) are conditional, rows [n, 2n) unconditional."""
+    if logits.shape[0] == n:
+        return logits
+    cond, uncond = logits[:n].float(), logits[n:].float()
+    return uncond + scale * (cond - uncond)
+
+
+def resolve_seed(seed: int | None) -> int:
+    return int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
+
+
+@torch.inference_mode()
+def sample_tokens(
+    transformer,
+    text: torch.Tensor,
+    image_tokens: torch.Tensor,
+    plan: Plan,
+    options: SamplingOptions,
+    empty_text: torch.Tensor | None = None,
+    cancel: threading.Event | None = None,
+    use_cache: bool = True,
+) -> Iterator[Message]:
+    """Core sampler on token grids; yields Progress per finished row, then a token-only Done.
+
+    text: (text_len,) caption ids; image_tokens: (grid, grid) the image's own tokens (ignored on
+    masked cells); empty_text: (text_len,) the unconditional caption for guidance.
+    ``use_cache=False`` recomputes the whole prefix each step (the reference the cache must equal).
+    """
+    options.validate()
+    cfg = transformer.config
+    if image_tokens.shape != (cfg.grid, cfg.grid):
+        raise ValueError(
+            f"image tokens must be {cfg.grid}x{cfg.grid}, got {tuple(image_tokens.shape)}"
+        )
+    device = transformer.to_image.weight.device
+    n = options.n
+    use_guidance = options.guidance != 1.0 and empty_text is not None
+    batch = 2 * n if use_guidance else n
+    seed = resolve_seed(options.seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    texts = text.to(device).expand(n, -1)
+    if use_guidance:
+        texts = torch.cat([texts, empty_text.to(device).expand(n, -1)])
+    grid_tokens = image_tokens.to(device).reshape(1, -1).repeat(n, 1)  # (n, N)
+    T = cfg.text_len
+    masked = plan.masked_cells
+    started = time.perf_counter()
+    cache = transformer.new_cache(batch) if use_cache else None
+    stream = torch.empty(batch, cfg.seq_len, dtype=torch.long, device=device)
+    stream[:, :T] = texts
+    stream[:, T] = transformer.start_of_image
+    calls = 0
+    fed = 0  # stream positions [0, fed) are in the cache
+    rows_done = 0
+    for done, cell in enumerate(masked):
+        if cancel is not None and cancel.is_set():
+            yield Cancelled(tokens=grid_tokens.view(n, cfg.grid, cfg.grid).cpu(), cells_done=done)
+            return
+        # slot s holds cell s - 1, final once written: fill the new slots up to `cell`'s own
+        end = T + cell + 1
+        first = max(fed, T + 1)
+        if first < end:
+            cells = grid_tokens[:, first - T - 1 : cell]
+            stream[:, first:end] = cells.repeat(2, 1) if use_guidance else cells
+        if use_cache:
+            logits = transformer(stream[:, fed:end], fed, cache, last_only=True).image[:, -1]
+        else:
+            logits = transformer(stream[:, :end], 0, None, last_only=True).image[:, -1]
+        calls += 1
+        fed = end
+        logits = filter_logits(guided(logits, n, options.guidance), options)
+        probs = logits.float().softmax(dim=-1)
+        grid_tokens[:, cell] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if cell % cfg.grid == cfg.grid - 1:  # a rectangle row is finished
+            rows_done += 1
+            elapsed = time.perf_counter() - started
+            yield Progress(
+                tokens=grid_tokens.view(n, cfg.grid, cfg.grid).cpu(),
+                row=cell // cfg.grid,
+                rows_done=rows_done,
+                rows_total=plan.rows,
+                cells_done=done + 1,
+                cells_total=plan.cells,
+                tokens_per_s=n * (done + 1) / max(elapsed, 1e-9),
+            )
+    seconds = time.perf_counter() - started
+    yield Done(
+        tokens=grid_tokens.view(n, cfg.grid, cfg.grid).cpu(),
+        images=torch.empty(0),
+        scores=None,
+        seed=seed,
+        seconds=seconds,
+        tokens_per_s=n * plan.cells / max(seconds, 1e-9),
+        model_calls=calls,
+        order=list(range(n)),
+    )
+
+
+def complete(
+    bundle,
+    image: torch.Tensor | None,
+    from_cell: tuple[int, int],
+    caption: str,
+    options: SamplingOptions | None = None,
+    cancel: threading.Event | None = None,
+    use_cache: bool = True,
+) -> Iterator[Message]:
+    """Regenerate the rectangle from ``from_cell`` to the bottom-right corner under ``caption``.
+
+    image: (3, S, S) in [0, 1] at the bundle's resolution (see ``model.images.to_model``), or
+    None for a blank start (only valid from cell (0, 0)). Yields Progress per finished row, then
+    Done with decoded candidates, reranked best first when the bundle carries a reranker.
+    """
+    options = options or SamplingOptions()
+    options.validate()
+    cfg = bundle.config
+    grid = cfg.transformer.grid
+    plan = Plan(grid, *from_cell)
+    device = bundle.device
+    if image is None:
+        if from_cell != (0, 0):
+            raise ValueError("completing from a cell other than (0, 0) needs an image")
+        image_tokens = torch.zeros(grid, grid, dtype=torch.long)
+    else:
+        size = cfg.vae.image_size
+        if tuple(image.shape) != (3, size, size):
+            raise ValueError(f"image must be a 3x{size}x{size} tensor, got {tuple(image.shape)}")
+        image_tokens = bundle.vae.encode(image.unsqueeze(0).to(device))[0]
+    text = bundle.tokenizer.encode([caption])[0]
+    empty = bundle.tokenizer.empty(1)[0]
+    for message in sample_tokens(
+        bundle.transformer, text, image_tokens, plan, options, empty, cancel, use_cache
+    ):
+        if not isinstance(message, Done):
+            yield message
+            continue
+        with torch.inference_mode():
+            images = bundle.vae.decode(message.tokens.to(device)).float().cpu()
+        if bundle.reranker is not None:
+            scores = bundle.reranker.score(images.to(device), [caption] * options.n).float().cpu()
+            order = scores.argsort(descending=True).tolist()
+            message.tokens, images, scores = message.tokens[order], images[order], scores[order]
+            message.scores, message.order = scores, order
+        message.images = images
+        yield message
+
+
+def generate(bundle, caption: str, options: SamplingOptions | None = None, cancel=None):
+    """Generate whole images from a caption: completion from cell (0, 0)."""
+    return complete(bundle, None, (0, 0), caption, options, cancel)
+
+
+def run(messages: Iterator[Message]) -> Done:
+    """Drain a message stream and return its Done (raises if it was cancelled)."""
+    for message in messages:
+        if isinstance(message, Done):
+            return message
+        if isinstance(message, Cancelled):
+            raise RuntimeError("sampling was cancelled")
+    raise RuntimeError("sampling ended without a result")

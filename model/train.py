@@ -1,0 +1,608 @@
+"""Training for the dVAE, the transformer and the reranker: one Trainer, knowing nothing of either.
+
+The Trainer (after minGPT's) owns the loop: AdamW, warm-up + cosine learning rate, gradient
+clipping, EMA of weights, bf16 autocast on CUDA, checkpoints with exact ``resume``, JSONL metrics
+and data parallelism through ``torchrun`` (DDP). What a step computes comes from a ``step_fn``;
+what is shown comes from callbacks (``on_step``, ``on_checkpoint``, ``on_end``).
+
+Exact resume: every random draw of step k (batch order, augmentation, gumbel noise, dropout)
+comes from generators seeded by (seed, k), so a run stopped and resumed at any checkpoint takes
+the same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10_000
+    batch_size: int = 32  # global batch, split across data-parallel ranks
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup: int = 200
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.96)  # the paper's beta2 for the transformer
+    grad_clip: float = 1.0
+    ema: float = 0.999  # 0 disables the EMA copy
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; CPU runs stay fp32 (bf16 is slower there)
+    caption_dropout: float = 0.1  # transformer: empty caption this often, for guidance
+    bpe_dropout: float = 0.1  # transformer: the paper's BPE dropout
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA when present, else MPS, else CPU; an explicit name is checked, not guessed."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + step * 9_176 + rank * 7_919) % 2**31
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class EMA:
+    """Exponential moving average of a model's weights (the paper evaluates EMA weights)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # warm start: early on the average follows the weights closely
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1 - decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            ema_b.copy_(b)
+
+
+class Distributed:
+    """torchrun's environment, or a single process when it is absent."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        self.device = device
+        if self.enabled and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+            if device.type == "cuda":
+                self.device = torch.device("cuda", self.local_rank)
+                torch.cuda.set_device(self.device)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.item() / self.world
+
+
+StepFn = Callable[[nn.Module, list[int], int, torch.Generator], dict[str, torch.Tensor]]
+
+
+class Trainer:
+    """Runs ``step_fn(model, batch_indices, step, generator)`` for ``config.steps`` steps.
+
+    ``step_fn`` returns a dict whose ``loss`` is minimised; its other entries are logged.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        step_fn: StepFn,
+        dataset_size: int,
+        config: TrainConfig,
+        out_dir: str | Path,
+        extra_state: dict | None = None,
+    ):
+        if dataset_size <= 0:
+            raise ValueError("the dataset is empty: nothing to train on")
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.dist = Distributed(pick_device(config.device))
+        self.device = self.dist.device
+        self.model = model.to(self.device)
+        self.step_fn = step_fn
+        self.dataset_size = dataset_size
+        self.extra_state = extra_state or {}
+        self.step = 0
+        self.callbacks: dict[str, list[Callable]] = defaultdict(list)
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=config.lr,
+            betas=tuple(config.betas),
+        )
+        self.ema = EMA(model, config.ema) if config.ema > 0 else None
+        self.ddp_model = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.dist.enabled and config.batch_size % self.dist.world:
+            raise ValueError(
+                f"batch size {config.batch_size} is not divisible by {self.dist.world} processes"
+            )
+
+    def add_callback(self, event: str, fn: Callable) -> None:
+        self.callbacks[event].append(fn)
+
+    def _emit(self, event: str, **kwargs) -> None:
+        for fn in self.callbacks[event]:
+            fn(self, **kwargs)
+
+    @property
+    def final_model(self) -> nn.Module:
+        return self.ema.model if self.ema is not None else self.model
+
+    # -- data order ------------------------------------------------------------------------
+
+    def batch_indices(self, step: int) -> list[int]:
+        """This rank's share of the global batch of ``step``: epochs of seeded permutations."""
+        size = self.config.batch_size
+        first = step * size
+        indices: list[int] = []
+        while len(indices) < size:
+            epoch, offset = divmod(first + len(indices), self.dataset_size)
+            order = np.random.default_rng([self.config.seed, epoch]).permutation(self.dataset_size)
+            indices.extend(order[offset : offset + size - len(indices)].tolist())
+        per_rank = size // self.dist.world
+        return indices[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "config": asdict(self.config),
+            "extra": self.extra_state,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.dist.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(self.state_dict(), self.out_dir / CHECKPOINT)
+            self._emit("on_checkpoint", path=self.out_dir / CHECKPOINT)
+        self.dist.barrier()
+
+    def load_checkpoint(self) -> None:
+        path = self.out_dir / CHECKPOINT
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        log.info("resumed %s at step %d", path, self.step)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> nn.Module:
+        cfg = self.config
+        if resume:
+            self.load_checkpoint()
+        if self.dist.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        use_amp = cfg.amp and self.device.type == "cuda"
+        self.model.train()
+        started = time.perf_counter()
+        first_step = self.step
+        while self.step < cfg.steps:
+            seed = step_seed(cfg.seed, self.step, self.dist.rank)
+            seed_everything(seed)  # augmentation, gumbel noise and dropout of this step
+            generator = torch.Generator().manual_seed(seed)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(self.step, cfg)
+            indices = self.batch_indices(self.step)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                metrics = self.step_fn(self.ddp_model, indices, self.step, generator)
+            loss = metrics["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {self.step}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model, self.step)
+            self.step += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                elapsed = time.perf_counter() - started
+                record = {k: self.dist.mean(float(v)) for k, v in metrics.items()}
+                record.update(
+                    step=self.step,
+                    lr=lr_at(self.step - 1, cfg),
+                    grad_norm=float(grad_norm),
+                    seconds=elapsed,
+                    samples_per_s=(self.step - first_step) * cfg.batch_size / max(elapsed, 1e-9),
+                )
+                if self.dist.main:
+                    with open(self.out_dir / METRICS, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                self._emit("on_step", metrics=record)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        self.model.eval()
+        self._emit("on_end")
+        return self.final_model
+
+
+def read_metrics(out_dir: str | Path) -> list[dict]:
+    path = Path(out_dir) / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- stage recipes: the dVAE, then the transformer on its tokens ---------------------------------
+
+PRESETS: dict[str, dict[str, dict]] = {
+    # a few-minute CPU run for tests and smoke checks: 32x32 images, a 4x4 grid
+    "tiny": {
+        "vae": dict(
+            image_size=32, n_groups=3, n_hid=16, n_blk_per_group=1, vocab_size=64, n_init=32
+        ),
+        "text": dict(vocab_size=300, text_len=16),
+        "transformer": dict(dim=64, depth=4, heads=4, conv_kernel=3),
+        "train": dict(steps=300, batch_size=16, lr=2e-3, warmup=20, checkpoint_every=100, ema=0.99),
+    },
+    # 64x64 images and an 8x8 grid: trains on a CPU in well under an hour
+    "small": {
+        "vae": dict(image_size=64, n_groups=4, n_hid=32, n_blk_per_group=1, vocab_size=512),
+        "text": dict(vocab_size=512, text_len=24),
+        "transformer": dict(dim=192, depth=6, heads=6, conv_kernel=5),
+        "train": dict(steps=4000, batch_size=32, lr=1e-3, warmup=100),
+    },
+    # the embedded model: 128x128 images, a 16x16 grid
+    "default": {
+        "vae": {},
+        "text": {},
+        "transformer": {},
+        "train": {},
+    },
+}
+
+VAE_FORMAT = "dalle-studio-vae/1"
+
+
+def _override(kind, values: dict, overrides: dict):
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(kind)}
+    merged = dict(values)
+    for key, value in overrides.items():
+        if key not in names:
+            raise ValueError(f"unknown {kind.__name__} field {key!r}; known: {sorted(names)}")
+        field_type = type(getattr(kind(), key))
+        merged[key] = field_type(value) if field_type in (int, float, str) else value
+    return kind(**merged)
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def save_vae(vae, path: Path, card: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
+    meta = {
+        "format": VAE_FORMAT,
+        "config": json.dumps(asdict(vae.config)),
+        "card": json.dumps(card),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_vae(path: str | Path, device="cpu"):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from model.config import DVAEConfig
+    from model.dvae import DVAE
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such dVAE file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a dVAE safetensors file ({error})") from None
+    if meta.get("format") != VAE_FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {VAE_FORMAT!r}")
+    vae = DVAE(DVAEConfig(**json.loads(meta["config"])))
+    vae.load_state_dict(load_file(str(path)))
+    return vae.to(device).eval(), json.loads(meta.get("card", "{}"))
+
+
+class Objective(nn.Module):
+    """Puts a model's ``loss`` behind ``forward``, which DistributedDataParallel requires."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        return self.model.loss(*args, **kwargs)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({os.cpu_count()} cores)"
+
+
+def train_vae(data_dir, out_dir, vae_config, config: TrainConfig, resume=False, callbacks=()):
+    """Train a dVAE on a caption folder's images; returns the path of ``vae.safetensors``."""
+    from model.data.folder import CaptionFolder
+    from model.dvae import DVAE, beta_at, tau_at
+
+    out_dir = Path(out_dir)
+    dataset = CaptionFolder(data_dir, vae_config.image_size, augment=True)
+    vae = DVAE(vae_config)
+
+    def step_fn(model, indices, step, generator):
+        images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
+        metrics = model(images, tau_at(step, config.steps), beta_at(step, config.steps))
+        mse = metrics["mse"].detach().clamp_min(1e-10)
+        return {**metrics, "psnr": -10 * torch.log10(mse)}
+
+    trainer = Trainer(Objective(vae), step_fn, len(dataset), config, out_dir)
+    for event, fn in callbacks:
+        trainer.add_callback(event, fn)
+    started = time.perf_counter()
+    final = trainer.run(resume=resume).model
+    metrics = read_metrics(out_dir)
+    card = {
+        "stage": "vae",
+        "data": {"folder": str(data_dir), "images": len(dataset)},
+        "train": asdict(config),
+        "steps": trainer.step,
+        "wall_seconds_this_run": time.perf_counter() - started,
+        "device": device_name(trainer.device),
+        "final_metrics": metrics[-1] if metrics else {},
+    }
+    path = out_dir / "vae.safetensors"
+    if trainer.dist.main:
+        save_vae(final.cpu(), path, card)
+    return path
+
+
+def encode_dataset(vae, dataset, device, batch_size: int = 64) -> torch.Tensor:
+    """Every image's token grid, (len, grid, grid) int16 — what the transformer trains on."""
+    grids = []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            stop = min(len(dataset), start + batch_size)
+            images = torch.stack([dataset[i][0] for i in range(start, stop)]).to(device)
+            grids.append(vae.encode(images).to(torch.int16).cpu())
+    return torch.cat(grids)
+
+
+def train_transformer(
+    data_dir,
+    out_dir,
+    vae_path,
+    text_config,
+    tf_config,
+    config: TrainConfig,
+    resume=False,
+    callbacks=(),
+):
+    """Train the transformer on a caption folder; returns the path of the finished bundle."""
+    from model.bundle import Bundle, save
+    from model.config import BundleConfig
+    from model.data.folder import CaptionFolder
+    from model.text import CaptionTokenizer
+    from model.transformer import Transformer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(config.device)
+    vae, vae_card = load_vae(vae_path, device)
+    dataset = CaptionFolder(data_dir, vae.config.image_size, augment=False)
+    captions = dataset.captions
+
+    tokenizer_path = out_dir / "tokenizer.json"
+    if resume and tokenizer_path.exists():
+        tokenizer = CaptionTokenizer.from_json(tokenizer_path.read_text(), text_config.text_len)
+    else:
+        tokenizer = CaptionTokenizer.train(captions, text_config.vocab_size, text_config.text_len)
+        tmp = tokenizer_path.with_name(tokenizer_path.name + ".tmp")
+        tmp.write_text(tokenizer.to_json())
+        os.replace(tmp, tokenizer_path)
+    tf_config.text_vocab = tokenizer.vocab_size
+    tf_config.text_len = tokenizer.text_len
+    tf_config.image_vocab = vae.config.vocab_size
+    tf_config.grid = vae.config.grid
+
+    tokens_path = out_dir / "tokens.pt"
+    if resume and tokens_path.exists():
+        grids = torch.load(tokens_path, weights_only=True)
+    else:
+        grids = encode_dataset(vae, dataset, device)
+        atomic_torch_save(grids, tokens_path)
+    grids = grids.long().flatten(1)  # (len, N)
+    empty = tokenizer.empty(1)
+
+    def step_fn(model, indices, step, generator):
+        text = tokenizer.encode(
+            [captions[i] for i in indices], dropout=config.bpe_dropout, generator=generator
+        )
+        drop = torch.rand(len(indices), generator=generator) < config.caption_dropout
+        text[drop] = empty
+        return model(text.to(trainer.device), grids[indices].to(trainer.device))
+
+    transformer = Transformer(tf_config)
+    trainer = Trainer(Objective(transformer), step_fn, len(dataset), config, out_dir)
+    for event, fn in callbacks:
+        trainer.add_callback(event, fn)
+    started = time.perf_counter()
+    final = trainer.run(resume=resume).model
+    metrics = read_metrics(out_dir)
+    bundle_config = BundleConfig(vae=vae.config, text=text_config, transformer=tf_config)
+    card = {
+        "stage": "transformer",
+        "data": {"folder": str(data_dir), "pairs": len(dataset)},
+        "train": asdict(config),
+        "steps": trainer.step,
+        "wall_seconds_this_run": time.perf_counter() - started,
+        "device": device_name(trainer.device),
+        "parameters": transformer.num_parameters(),
+        "final_metrics": metrics[-1] if metrics else {},
+        "vae": vae_card,
+        "example_captions": captions[:8],
+    }
+    path = out_dir / "model.dalle.safetensors"
+    if trainer.dist.main:
+        bundle = Bundle(
+            config=bundle_config,
+            vae=vae.cpu(),
+            transformer=final.cpu(),
+            tokenizer=tokenizer,
+            reranker=None,
+            card=card,
+        )
+        save(bundle, path)
+    return path
+
+
+def train_command(args, progress_bar_cls) -> int:
+    """``dalle train``: stage configs from a preset, overridden by --set and flags."""
+    from model.config import DVAEConfig, TextConfig, TransformerConfig
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
+    preset = PRESETS[args.preset]
+    sets = parse_sets(args.set)
+    train_values = dict(preset["train"])
+    for key, value in (
+        ("steps", args.steps),
+        ("batch_size", args.batch_size),
+        ("lr", args.lr),
+        ("checkpoint_every", args.checkpoint_every),
+    ):
+        if value is not None:
+            train_values[key] = value
+    train_values.update(seed=args.seed, device=args.device)
+    config = TrainConfig(**train_values)
+    if config.steps <= 0 or config.batch_size <= 0:
+        raise ValueError("--steps and --batch-size must be positive")
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"{args.data}: no such data folder")
+
+    callbacks = []
+    if not args.quiet:
+        state = {}
+
+        def on_step(trainer, metrics):
+            bar = state.setdefault("bar", progress_bar_cls(config.steps, args.stage, "steps"))
+            bar.update(trainer.step, f"loss {metrics['loss']:.4f}")
+
+        callbacks = [
+            ("on_step", on_step),
+            ("on_end", lambda trainer: state.get("bar") and state["bar"].close()),
+        ]
+
+    if args.stage == "vae":
+        vae_config = _override(DVAEConfig, preset["vae"], sets)
+        path = train_vae(args.data, args.out, vae_config, config, args.resume, callbacks)
+    elif args.stage == "transformer":
+        if not args.vae:
+            raise ValueError("train transformer needs --vae PATH (a trained vae.safetensors)")
+        text_sets = {k[5:]: v for k, v in sets.items() if k.startswith("text.")}
+        tf_sets = {k: v for k, v in sets.items() if not k.startswith("text.")}
+        text_config = _override(TextConfig, preset["text"], text_sets)
+        tf_config = _override(TransformerConfig, preset["transformer"], tf_sets)
+        path = train_transformer(
+            args.data, args.out, args.vae, text_config, tf_config, config, args.resume, callbacks
+        )
+    else:
+        from model import rerank
+
+        path = rerank.train_command(args, config, callbacks)
+    print(path)
+    return 0

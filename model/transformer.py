@@ -1,0 +1,260 @@
+"""Decoder-only transformer with DALL·E's sparse attention and a preallocated KV cache.
+
+The model reads one stream of ``seq_len = text_len + grid**2`` positions:
+
+    position t < text_len         caption BPE token t (padding ids are per position)
+    position text_len + s         image slot s: slot 0 holds start-of-image, slot s > 0 holds the
+                                  token of cell s - 1; the output at slot s predicts cell s
+
+so slot s carries the row and column embedding of the cell it predicts. Image slots see every text
+position; text is causal; image slots see each other through the paper's row, column and
+convolutional masks (Ramesh et al. 2021, appendix B.1), all defined on slots in raster order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import TransformerConfig
+
+ROW, COLUMN, CONV = "row", "column", "conv"
+
+
+def layer_kinds(depth: int) -> list[str]:
+    """The paper's schedule: column where (i - 2) mod 4 == 0 (1-based i), else row; last conv."""
+    kinds = [COLUMN if (i - 2) % 4 == 0 else ROW for i in range(1, depth + 1)]
+    kinds[-1] = CONV
+    return kinds
+
+
+def image_mask(kind: str, grid: int, kernel: int = 3) -> torch.Tensor:
+    """(N, N) bool, True where image slot i may attend to slot j; N = grid**2, raster order."""
+    n = grid * grid
+    i = torch.arange(n).view(n, 1)
+    j = torch.arange(n).view(1, n)
+    causal = j <= i
+    if kind == ROW:
+        # the previous W + 1 slots, wrapping over row ends: reaches the same column one row up
+        return causal & (i - j <= grid)
+    if kind == COLUMN:
+        return causal & (i % grid == j % grid)
+    if kind == CONV:
+        half = kernel // 2
+        near_rows = (i // grid - j // grid).abs() <= half
+        near_cols = (i % grid - j % grid).abs() <= half
+        return causal & near_rows & near_cols
+    raise ValueError(f"unknown attention kind {kind!r}; expected one of row, column, conv")
+
+
+def stream_mask(kind: str, config: TransformerConfig) -> torch.Tensor:
+    """(L, L) bool mask over the whole stream: text causal, image sees all text + sparse image."""
+    t, n = config.text_len, config.image_len
+    mask = torch.zeros(t + n, t + n, dtype=torch.bool)
+    mask[:t, :t] = torch.ones(t, t, dtype=torch.bool).tril()
+    mask[t:, :t] = True
+    mask[t:, t:] = image_mask(kind, config.grid, config.conv_kernel)
+    return mask
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once and written in place (as min-dalle does).
+
+    ``state`` is (depth, 2, batch, heads, seq_len, head_dim): static shapes, one tensor to reason
+    about, and nothing reallocated while sampling.
+    """
+
+    def __init__(self, config: TransformerConfig, batch: int, device, dtype=torch.float32):
+        head_dim = config.dim // config.heads
+        shape = (config.depth, 2, batch, config.heads, config.seq_len, head_dim)
+        self.state = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions [0, length) hold valid keys and values
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: TransformerConfig, index: int, kind: str):
+        super().__init__()
+        self.heads = config.heads
+        self.index = index
+        self.kind = kind
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)
+        self.proj = nn.Linear(config.dim, config.dim)
+        self.dropout = config.dropout
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, start: int, cache: KVCache | None
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.heads
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            layer = cache.state[self.index]  # (2, B, nh, L, hs)
+            layer[0, :, :, start : start + T] = k
+            layer[1, :, :, start : start + T] = v
+            k = layer[0, :, :, : start + T]  # (B, nh, start+T, hs)
+            v = layer[1, :, :, : start + T]
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.dim, 4 * config.dim)
+        self.proj = nn.Linear(4 * config.dim, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: TransformerConfig, index: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.ln_1 = nn.LayerNorm(config.dim)
+        self.attn = SelfAttention(config, index, kind)
+        self.ln_2 = nn.LayerNorm(config.dim)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask, start, cache):
+        x = x + self.attn(self.ln_1(x), mask, start, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+@dataclass
+class Logits:
+    text: torch.Tensor | None  # (B, Tt, text_vocab_padded) for the text positions in the chunk
+    image: torch.Tensor | None  # (B, Ti, image_vocab) for the image slots in the chunk
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        if config.dim % config.heads:
+            raise ValueError(f"dim {config.dim} is not divisible by heads {config.heads}")
+        if config.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel must be odd, got {config.conv_kernel}")
+        self.config = config
+        self.start_of_image = config.image_vocab  # the extra image-embedding row
+        self.text_embed = nn.Embedding(config.text_vocab_padded, config.dim)
+        self.text_pos = nn.Embedding(config.text_len, config.dim)
+        self.image_embed = nn.Embedding(config.image_vocab + 1, config.dim)
+        self.row_embed = nn.Embedding(config.grid, config.dim)
+        self.col_embed = nn.Embedding(config.grid, config.dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.kinds = layer_kinds(config.depth)
+        self.blocks = nn.ModuleList(Block(config, i, k) for i, k in enumerate(self.kinds))
+        self.ln_f = nn.LayerNorm(config.dim)
+        self.to_text = nn.Linear(config.dim, config.text_vocab_padded, bias=False)
+        self.to_image = nn.Linear(config.dim, config.image_vocab, bias=False)
+        for kind in (ROW, COLUMN, CONV):
+            self.register_buffer(f"mask_{kind}", stream_mask(kind, config), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):  # GPT-2's scaled init of residual projections
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.depth))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- the stream -------------------------------------------------------------------------
+
+    def stream(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """(B, text_len) caption ids and (B, N) cell tokens -> (B, seq_len) input stream."""
+        soi = torch.full_like(image[:, :1], self.start_of_image)
+        return torch.cat([text, soi, image[:, :-1]], dim=1)
+
+    def embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Embed stream positions [start, start + T) given their ids (B, T)."""
+        cfg = self.config
+        T = ids.shape[1]
+        positions = torch.arange(start, start + T, device=ids.device)
+        n_text = max(0, min(cfg.text_len, start + T) - start)
+        parts = []
+        if n_text:
+            pos = positions[:n_text]
+            parts.append(self.text_embed(ids[:, :n_text]) + self.text_pos(pos))
+        if n_text < T:
+            slots = positions[n_text:] - cfg.text_len
+            cells = self.image_embed(ids[:, n_text:])
+            parts.append(
+                cells + self.row_embed(slots // cfg.grid) + self.col_embed(slots % cfg.grid)
+            )
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        start: int = 0,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> Logits:
+        """Run stream positions [start, start + T); with a cache, earlier positions come from it.
+
+        ``last_only`` computes logits for the final position only (what sampling needs).
+        """
+        T = ids.shape[1]
+        end = start + T
+        if end > self.config.seq_len:
+            raise ValueError(f"positions up to {end} exceed seq_len {self.config.seq_len}")
+        if cache is None and start != 0:
+            raise ValueError("a chunk that starts after position 0 needs a KV cache")
+        keys = end if cache is not None else T
+        masks = {
+            kind: getattr(self, f"mask_{kind}")[start:end, end - keys : end]
+            for kind in (ROW, COLUMN, CONV)
+        }
+        x = self.drop(self.embed(ids, start))
+        for block in self.blocks:
+            x = block(x, masks[block.kind], start, cache)
+        if cache is not None:
+            cache.length = end
+        x = self.ln_f(x)
+        text_end = max(0, min(self.config.text_len, end) - start)  # text positions in the chunk
+        if last_only:
+            last = x[:, -1:]
+            if text_end == T:
+                return Logits(text=self.to_text(last), image=None)
+            return Logits(text=None, image=self.to_image(last))
+        text = self.to_text(x[:, :text_end]) if text_end else None
+        image = self.to_image(x[:, text_end:]) if text_end < T else None
+        return Logits(text=text, image=image)
+
+    def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Cross-entropy on every token: text and image each averaged, weighted 1/8 and 7/8."""
+        cfg = self.config
+        logits = self(self.stream(text, image))
+        # text position t predicts text token t + 1; the last text position precedes start-of-image
+        text_loss = F.cross_entropy(
+            logits.text[:, :-1].reshape(-1, cfg.text_vocab_padded), text[:, 1:].reshape(-1)
+        )
+        image_loss = F.cross_entropy(logits.image.reshape(-1, cfg.image_vocab), image.reshape(-1))
+        w = cfg.text_loss_weight
+        return {
+            "loss": w * text_loss + (1 - w) * image_loss,
+            "text_loss": text_loss.detach(),
+            "image_loss": image_loss.detach(),
+        }
+
+    def new_cache(self, batch: int, dtype: torch.dtype | None = None) -> KVCache:
+        param = self.to_image.weight
+        return KVCache(self.config, batch, param.device, dtype or param.dtype)

@@ -233,7 +233,8 @@ def run_job(job: Job, prepared, bundle, options, out_dir: Path, feather: int, qu
     paths = []
     for i, image in enumerate(done.images):
         result = paste_back(original, image, placement, cell, factor, feather)
-        path = out_dir / f"{job.image.stem}-{i}.png"
+        prefix = f"{job.line:04d}-" if job.line is not None else ""  # batch: one name per job
+        path = out_dir / f"{prefix}{job.image.stem}-{i}.png"
         save_png_atomic(result, path)
         paths.append(path)
     return paths, done

@@ -148,7 +148,7 @@ def sample_tokens(
         raise ValueError(
             f"image tokens must be {cfg.grid}x{cfg.grid}, got {tuple(image_tokens.shape)}"
         )
-    device = transformer.to_image.weight.device
+    device = transformer.ln_f.weight.device
     n = options.n
     use_guidance = options.guidance != 1.0 and empty_text is not None
     batch = 2 * n if use_guidance else n

@@ -256,5 +256,5 @@ class Transformer(nn.Module):
         }
 
     def new_cache(self, batch: int, dtype: torch.dtype | None = None) -> KVCache:
-        param = self.to_image.weight
+        param = self.ln_f.weight  # stays floating point when linears are quantized
         return KVCache(self.config, batch, param.device, dtype or param.dtype)

@@ -1,0 +1,456 @@
+"""The single-file model bundle (``*.dalle.safetensors``, DESIGN.md §3).
+
+One safetensors file holds every weight and everything needed to rebuild the models around them,
+as nanoGPT's checkpoints carry their ``model_args``:
+
+    tensors    vae.*, transformer.*, reranker.* (optional): each model's state_dict
+    metadata   format     "dalle-studio/1"
+               config     BundleConfig as JSON; config.text.text_len is the tokenizer's text_len
+               tokenizer  the ``tokenizers`` JSON of the caption BPE
+               card       JSON: training data, steps, metrics, example captions
+
+No pickle anywhere. ``load`` refuses a bundle that is truncated, is not safetensors, has an
+unknown format, missing metadata, an invalid config, missing or extra tensors, wrong shapes or
+non-finite weights, with a ``BundleError`` naming the file and the problem. Structural checks run on
+the header alone, before any weight is read; ``read_card`` and ``read_config`` read only the header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from model.config import BundleConfig
+from model.text import CaptionTokenizer
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "dalle-studio/1"
+SUFFIX = ".dalle.safetensors"
+DEFAULT_BUNDLE_NAME = "default" + SUFFIX
+METADATA_KEYS = ("format", "config", "tokenizer", "card")
+PREFIXES = ("vae", "transformer", "reranker")
+
+# safetensors' own ceiling on the JSON header; a larger length field means "not safetensors"
+MAX_HEADER_BYTES = 100_000_000
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+FLOAT_DTYPES = {"F8_E5M2", "F8_E4M3", "F16", "BF16", "F32", "F64"}
+NAMES_SHOWN = 5  # how many offending tensor names an error lists
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be read, saved or trusted; the message names the file and problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        super().__init__(f"model bundle {path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+
+@dataclass
+class Bundle:
+    """A loaded model: its config, the three models, the tokenizer and the model card."""
+
+    config: BundleConfig
+    vae: nn.Module  # model.dvae.DVAE
+    transformer: nn.Module  # model.transformer.Transformer
+    tokenizer: CaptionTokenizer
+    reranker: nn.Module | None = None  # model.rerank.Reranker
+    card: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # where it was loaded from; None for a bundle built in memory
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The models by tensor prefix, the reranker only when present."""
+        found = {"vae": self.vae, "transformer": self.transformer, "reranker": self.reranker}
+        return {prefix: module for prefix, module in found.items() if module is not None}
+
+    def to(self, device: str | torch.device) -> Bundle:
+        for module in self.modules().values():
+            module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+
+# -- where the embedded model lives -------------------------------------------------------------
+
+
+def default_bundle_path() -> Path:
+    """``resources/models/default.dalle.safetensors``, from source or a PyInstaller build."""
+    try:
+        root = resources.files("resources")
+        if isinstance(root, Path):  # a plain folder: from source, installed, or PyInstaller
+            return root / "models" / DEFAULT_BUNDLE_NAME
+    except (ModuleNotFoundError, TypeError):
+        pass
+    # a loader without file-system paths (e.g. a zip): the checkout's layout next to this file
+    return Path(__file__).resolve().parent.parent / "resources" / "models" / DEFAULT_BUNDLE_NAME
+
+
+# -- consistency between the parts ---------------------------------------------------------------
+
+
+def config_problems(config: BundleConfig, tokenizer: CaptionTokenizer | None = None) -> list[str]:
+    """Ways in which the config's parts (and the tokenizer) disagree; empty when they agree."""
+    problems = []
+    text, tf, vae = config.text, config.transformer, config.vae
+    if text.text_len != tf.text_len:
+        problems.append(f"text.text_len {text.text_len} != transformer.text_len {tf.text_len}")
+    if vae.vocab_size != tf.image_vocab:
+        problems.append(
+            f"vae.vocab_size {vae.vocab_size} != transformer.image_vocab {tf.image_vocab}"
+        )
+    if vae.grid != tf.grid:
+        problems.append(f"the vae's grid {vae.grid} != transformer.grid {tf.grid}")
+    if tokenizer is not None:
+        if tokenizer.vocab_size != tf.text_vocab:
+            problems.append(
+                f"the tokenizer has {tokenizer.vocab_size} BPE ids but "
+                f"transformer.text_vocab is {tf.text_vocab}"
+            )
+        if tokenizer.text_len != text.text_len:
+            problems.append(
+                f"the tokenizer pads to {tokenizer.text_len} but text.text_len is {text.text_len}"
+            )
+    return problems
+
+
+def _few(names: Iterable[str]) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:NAMES_SHOWN])
+    more = len(names) - NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+# -- saving --------------------------------------------------------------------------------------
+
+
+def _tensors_for_saving(bundle: Bundle) -> dict[str, torch.Tensor]:
+    """Every state_dict entry, prefixed, on the CPU and contiguous, sharing no storage."""
+    tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for prefix, module in bundle.modules().items():
+        for name, tensor in module.state_dict().items():
+            tensor = tensor.detach().to("cpu").contiguous()
+            if tensor.untyped_storage().data_ptr() in storages:
+                # tied weights or views: safetensors refuses shared storage, so store a copy
+                tensor = tensor.clone()
+            storages.add(tensor.untyped_storage().data_ptr())
+            tensors[f"{prefix}.{name}"] = tensor
+    return tensors
+
+
+def save(bundle: Bundle, path: str | os.PathLike) -> Path:
+    """Write ``bundle`` to ``path`` atomically: the file appears complete or not at all."""
+    path = Path(path)
+    if bundle.reranker is None and bundle.config.reranker is not None:
+        raise BundleError(path, "cannot save: the config names a reranker but the bundle has none")
+    if bundle.reranker is not None and bundle.config.reranker is None:
+        raise BundleError(path, "cannot save: the bundle has a reranker but its config has none")
+    problems = config_problems(bundle.config, bundle.tokenizer)
+    for prefix, module in bundle.modules().items():
+        # a model built from another config would be refused on load with shape errors
+        built_with = getattr(module, "config", None)
+        if built_with is not None and built_with != getattr(bundle.config, prefix):
+            problems.append(f"the {prefix} was built with another config than the bundle's")
+    if problems:
+        raise BundleError(path, "cannot save an inconsistent bundle: " + "; ".join(problems))
+    try:
+        card = json.dumps(bundle.card)
+    except (TypeError, ValueError) as error:
+        raise BundleError(path, f"cannot save: the card is not JSON ({error})") from error
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(bundle.config.to_dict()),
+        "tokenizer": bundle.tokenizer.to_json(),
+        "card": card,
+    }
+    tensors = _tensors_for_saving(bundle)
+
+    try:
+        # same folder as the target, so that os.replace is a rename on one file system
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileNotFoundError as error:
+        raise BundleError(path, f"cannot save: folder {path.parent} does not exist") from error
+    except OSError as error:
+        raise BundleError(path, f"cannot save: {error.strerror or error}") from error
+    tmp = Path(tmp_name)
+    try:
+        os.close(fd)
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:  # on disk before the rename, or a crash could leave it empty
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is for everyone to read
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise BundleError(path, f"cannot save: {error.strerror or error}") from error
+        raise
+    logger.info("saved model bundle %s (%d tensors)", path, len(tensors))
+    return path
+
+
+# -- reading the header ----------------------------------------------------------------------------
+
+
+@dataclass
+class TensorEntry:
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclass
+class Header:
+    metadata: dict[str, str]
+    tensors: dict[str, TensorEntry]
+
+
+def _existing_file(path: str | os.PathLike | None) -> Path:
+    if path is None:
+        path = default_bundle_path()
+        if not path.is_file():
+            raise BundleError(path, "the embedded default model is missing from this installation")
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(path, "no such file")
+    if not path.is_file():
+        raise BundleError(path, "not a file")
+    return path
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """Parse and check the safetensors header without reading any tensor data."""
+    path = _existing_file(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise BundleError(path, f"not a safetensors file: only {size} bytes long")
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > MAX_HEADER_BYTES:
+                raise BundleError(
+                    path, f"not a safetensors file: its header length field reads {header_len}"
+                )
+            if 8 + header_len > size:
+                raise BundleError(
+                    path,
+                    f"truncated or not a safetensors file: the header needs {header_len} bytes "
+                    f"but only {size - 8} follow its length field",
+                )
+            raw = f.read(header_len)
+    except OSError as error:
+        raise BundleError(path, f"cannot read: {error.strerror or error}") from error
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(
+            path, f"not a safetensors file: its header is not JSON ({error})"
+        ) from None
+    if not isinstance(header, dict):
+        raise BundleError(path, "not a safetensors file: its header is not a JSON object")
+
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise BundleError(path, "corrupt header: __metadata__ is not a map of strings")
+    data_len = size - 8 - header_len
+    tensors = {}
+    for name, entry in header.items():
+        tensors[name] = _tensor_entry(path, name, entry, data_len)
+    return Header(metadata=metadata, tensors=tensors)
+
+
+def _tensor_entry(path: Path, name: str, entry: Any, data_len: int) -> TensorEntry:
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        shape = tuple(int(d) for d in shape)
+        begin, end = int(begin), int(end)
+    except (TypeError, KeyError, ValueError) as error:
+        raise BundleError(path, f"corrupt header: malformed entry for tensor {name}") from error
+    if not 0 <= begin <= end or min(shape, default=0) < 0:
+        raise BundleError(path, f"corrupt header: impossible offsets or shape for tensor {name}")
+    if end > data_len:
+        raise BundleError(
+            path,
+            f"truncated: tensor {name} needs bytes up to {end} of the data section "
+            f"but the file holds only {data_len}",
+        )
+    if dtype in DTYPE_BYTES and end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
+        raise BundleError(
+            path, f"corrupt header: tensor {name} of shape {list(shape)} does not fit its bytes"
+        )
+    return TensorEntry(dtype=dtype, shape=shape, begin=begin, end=end)
+
+
+def _check_format(path: Path, metadata: Mapping[str, str]) -> None:
+    fmt = metadata.get("format")
+    if fmt is None:
+        raise BundleError(path, "no 'format' in its metadata: not a DALL·E Studio bundle")
+    if fmt != FORMAT:
+        raise BundleError(
+            path, f"unknown format {fmt!r}: this version of DALL·E Studio reads {FORMAT!r}"
+        )
+    missing = [key for key in METADATA_KEYS if key not in metadata]
+    if missing:
+        raise BundleError(path, f"missing metadata: {', '.join(missing)}")
+
+
+def _parse_config(path: Path, metadata: Mapping[str, str]) -> BundleConfig:
+    try:
+        data = json.loads(metadata["config"])
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        config = BundleConfig.from_dict(data)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        detail = f"missing {error}" if isinstance(error, KeyError) else str(error)
+        raise BundleError(path, f"invalid config metadata: {detail}") from None
+    problems = config_problems(config)
+    if problems:
+        raise BundleError(path, "inconsistent config: " + "; ".join(problems))
+    return config
+
+
+def _parse_card(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        card = json.loads(metadata["card"])
+    except json.JSONDecodeError as error:
+        raise BundleError(path, f"invalid card metadata: {error}") from None
+    if not isinstance(card, dict):
+        raise BundleError(path, "invalid card metadata: not a JSON object")
+    return card
+
+
+def read_card(path: str | os.PathLike) -> dict[str, Any]:
+    """The model card, from the header alone (no weights read)."""
+    path = _existing_file(path)
+    header = read_header(path)
+    _check_format(path, header.metadata)
+    return _parse_card(path, header.metadata)
+
+
+def read_config(path: str | os.PathLike) -> BundleConfig:
+    """The bundle's config, from the header alone (no weights read)."""
+    path = _existing_file(path)
+    header = read_header(path)
+    _check_format(path, header.metadata)
+    return _parse_config(path, header.metadata)
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def build_models(config: BundleConfig) -> dict[str, nn.Module]:
+    """Fresh models for ``config``, keyed by tensor prefix (the reranker only when configured)."""
+    from model.dvae import DVAE
+    from model.transformer import Transformer
+
+    models = {"vae": DVAE(config.vae), "transformer": Transformer(config.transformer)}
+    if config.reranker is not None:
+        try:
+            from model.rerank import Reranker
+        except ModuleNotFoundError as error:
+            if error.name != "model.rerank":
+                raise
+            raise ValueError("this installation has no reranker (model.rerank)") from error
+        models["reranker"] = Reranker(config.reranker)
+    return models
+
+
+def _check_tensors(path: Path, header: Header, models: Mapping[str, nn.Module]) -> None:
+    """Names, shapes and kinds of the stored tensors against the models built from the config."""
+    expected = {
+        f"{prefix}.{name}": tensor
+        for prefix, module in models.items()
+        for name, tensor in module.state_dict().items()
+    }
+    missing = expected.keys() - header.tensors.keys()
+    if missing:
+        raise BundleError(path, f"missing tensors ({len(missing)}): {_few(missing)}")
+    extra = header.tensors.keys() - expected.keys()
+    if extra:
+        raise BundleError(path, f"unexpected tensors ({len(extra)}): {_few(extra)}")
+    wrong = []
+    for name, tensor in expected.items():
+        entry = header.tensors[name]
+        if entry.shape != tuple(tensor.shape):
+            wrong.append(f"{name} (expected {list(tensor.shape)}, got {list(entry.shape)})")
+        elif tensor.is_floating_point() != (entry.dtype in FLOAT_DTYPES):
+            wrong.append(f"{name} (expected {tensor.dtype}, got {entry.dtype})")
+    if wrong:
+        raise BundleError(path, f"wrong shape or dtype: {_few(wrong)}")
+
+
+def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Bundle:
+    """Read, check and rebuild a bundle (the embedded default when ``path`` is None).
+
+    Models come back in eval mode on ``device``.
+    """
+    path = _existing_file(path)
+    header = read_header(path)
+    _check_format(path, header.metadata)
+    config = _parse_config(path, header.metadata)
+    card = _parse_card(path, header.metadata)
+    try:
+        tokenizer = CaptionTokenizer.from_json(header.metadata["tokenizer"], config.text.text_len)
+    except ValueError as error:
+        raise BundleError(path, f"invalid tokenizer metadata: {error}") from None
+    problems = config_problems(config, tokenizer)
+    if problems:
+        raise BundleError(path, "inconsistent config: " + "; ".join(problems))
+    try:
+        models = build_models(config)
+    except (ValueError, TypeError) as error:  # e.g. dim not divisible by heads, a string size
+        raise BundleError(path, f"cannot build its models: {error}") from None
+    _check_tensors(path, header, models)
+
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise BundleError(path, f"not a valid safetensors file: {error}") from None
+    non_finite = [
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if non_finite:
+        raise BundleError(path, f"non-finite weights (NaN or inf) in {_few(non_finite)}")
+
+    for prefix, module in models.items():
+        start = len(prefix) + 1
+        state = {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+        module.load_state_dict(state, strict=True)
+        module.eval()
+    bundle = Bundle(
+        config=config,
+        vae=models["vae"],
+        transformer=models["transformer"],
+        tokenizer=tokenizer,
+        reranker=models.get("reranker"),
+        card=card,
+        path=path,
+    )
+    logger.info("loaded model bundle %s", path)
+    return bundle.to(device)

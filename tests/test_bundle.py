@@ -1,0 +1,409 @@
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import model.bundle as bundle_module
+from model.bundle import (
+    FORMAT,
+    Bundle,
+    BundleError,
+    default_bundle_path,
+    load,
+    read_card,
+    read_config,
+    save,
+)
+from model.config import BundleConfig, DVAEConfig, TextConfig, TransformerConfig
+from model.dvae import DVAE
+from model.text import CaptionTokenizer
+from model.transformer import Transformer
+
+TEXT_LEN = 8
+CAPTIONS = ["a red circle", "two blue squares", "a green star in the top left"] * 4
+CARD = {"stage": "transformer", "steps": 3, "example_captions": CAPTIONS[:2], "loss": 1.25}
+
+
+def tiny_bundle() -> Bundle:
+    tokenizer = CaptionTokenizer.train(CAPTIONS, vocab_size=300, text_len=TEXT_LEN)
+    config = BundleConfig(
+        vae=DVAEConfig(
+            image_size=32, n_groups=3, n_hid=8, n_blk_per_group=1, vocab_size=32, n_init=16
+        ),
+        text=TextConfig(vocab_size=300, text_len=TEXT_LEN),
+        transformer=TransformerConfig(
+            text_vocab=tokenizer.vocab_size,
+            text_len=TEXT_LEN,
+            image_vocab=32,
+            grid=8,
+            dim=32,
+            depth=2,
+            heads=2,
+            conv_kernel=3,
+        ),
+    )
+    vae = DVAE(config.vae)
+    transformer = Transformer(config.transformer)
+    return Bundle(config, vae, transformer, tokenizer, card=dict(CARD))
+
+
+@pytest.fixture(scope="module")
+def original() -> Bundle:
+    torch.manual_seed(0)
+    return tiny_bundle()
+
+
+@pytest.fixture
+def saved(original, tmp_path) -> Path:
+    return save(original, tmp_path / "tiny.dalle.safetensors")
+
+
+def rewrite(src: Path, dst: Path, tensors=None, metadata=None) -> Path:
+    """Copy a bundle, letting ``tensors`` / ``metadata`` edit its contents in place."""
+    contents = load_file(src)
+    with safe_open(src, framework="pt") as f:
+        meta = dict(f.metadata())
+    if tensors:
+        tensors(contents)
+    if metadata:
+        metadata(meta)
+    save_file(contents, dst, metadata=meta)
+    return dst
+
+
+def refused(path: Path, *fragments: str) -> str:
+    with pytest.raises(BundleError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+    return message
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return module.state_dict()
+
+
+# -- round trip ----------------------------------------------------------------------------------
+
+
+def test_round_trip_is_bitwise(original, saved):
+    loaded = load(saved)
+    assert loaded.config == original.config
+    assert loaded.card == original.card
+    assert loaded.tokenizer == original.tokenizer
+    assert loaded.tokenizer.to_json() == original.tokenizer.to_json()
+    assert loaded.reranker is None and loaded.path == saved
+    for name in ("vae", "transformer"):
+        before, after = state(getattr(original, name)), state(getattr(loaded, name))
+        assert before.keys() == after.keys()
+        for key in before:
+            assert before[key].dtype == after[key].dtype, key
+            assert torch.equal(before[key], after[key]), key
+    assert not loaded.vae.training and not loaded.transformer.training
+
+
+def split_file(path: Path) -> tuple[dict, bytes]:
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def test_saving_a_loaded_bundle_gives_the_same_contents(saved, tmp_path):
+    again = save(load(saved), tmp_path / "again.dalle.safetensors")
+    # same header (safetensors writes its metadata map in no fixed order) and same tensor bytes
+    assert split_file(again) == split_file(saved)
+
+
+def test_loaded_bundle_runs_and_moves(saved):
+    loaded = load(saved, device="cpu")
+    assert loaded.device == torch.device("cpu")
+    assert loaded.to("cpu") is loaded
+    text = loaded.tokenizer.encode(["a red circle"])
+    image = torch.zeros(1, loaded.config.transformer.image_len, dtype=torch.long)
+    with torch.inference_mode():
+        logits = loaded.transformer(loaded.transformer.stream(text, image))
+    assert torch.isfinite(logits.image).all()
+
+
+def test_header_only_readers_touch_no_weights(original, saved, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("read weights or built models")
+
+    monkeypatch.setattr(bundle_module, "load_file", boom)
+    monkeypatch.setattr(bundle_module, "build_models", boom)
+    assert read_card(saved) == CARD
+    assert read_config(saved) == original.config
+
+
+def test_tied_weights_are_saved_as_copies(tmp_path):
+    torch.manual_seed(1)
+    tied = tiny_bundle()
+    tied.transformer.to_text.weight = tied.transformer.text_embed.weight  # same shape: tie them
+    loaded = load(save(tied, tmp_path / "tied.dalle.safetensors"))
+    assert torch.equal(loaded.transformer.to_text.weight, tied.transformer.text_embed.weight)
+
+
+def test_metadata_is_plain_json(saved):
+    with safe_open(saved, framework="pt") as f:
+        meta = f.metadata()
+    assert set(meta) == {"format", "config", "tokenizer", "card"}
+    assert meta["format"] == FORMAT
+    assert json.loads(meta["card"]) == CARD
+    assert json.loads(meta["config"])["text"]["text_len"] == TEXT_LEN
+    assert json.loads(meta["tokenizer"])["model"]["type"] == "BPE"
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+
+def test_missing_file_is_refused(tmp_path):
+    refused(tmp_path / "nowhere.dalle.safetensors", "no such file")
+    with pytest.raises(BundleError, match="no such file"):
+        read_card(tmp_path / "nowhere.dalle.safetensors")
+
+
+def test_truncated_file_is_refused(saved, tmp_path):
+    data = saved.read_bytes()
+    half = tmp_path / "half.dalle.safetensors"
+    half.write_bytes(data[: len(data) // 2])
+    refused(half, "truncated")
+    header_cut = tmp_path / "header-cut.dalle.safetensors"
+    header_cut.write_bytes(data[:100])
+    refused(header_cut, "truncated or not a safetensors file")
+    last_byte = tmp_path / "last-byte.dalle.safetensors"
+    last_byte.write_bytes(data[:-1])
+    refused(last_byte, "truncated")
+
+
+def test_garbage_file_is_refused(tmp_path):
+    garbage = tmp_path / "garbage.dalle.safetensors"
+    garbage.write_bytes(os.urandom(4096))
+    refused(garbage, "not a safetensors file")
+    text = tmp_path / "notes.dalle.safetensors"
+    text.write_text("these are not the weights you are looking for")
+    refused(text, "not a safetensors file")
+    tiny = tmp_path / "tiny.dalle.safetensors"
+    tiny.write_bytes(b"abc")
+    refused(tiny, "not a safetensors file")
+    refused(tmp_path, "not a file")
+
+
+def test_bad_json_header_is_refused(tmp_path):
+    bad = tmp_path / "bad.dalle.safetensors"
+    body = b"{not json at all"
+    bad.write_bytes(len(body).to_bytes(8, "little") + body)
+    refused(bad, "header is not JSON")
+
+
+def test_missing_tensor_is_refused(saved, tmp_path):
+    def drop(tensors):
+        del tensors["transformer.text_pos.weight"]
+        del tensors["vae.encoder.blocks.output.conv.w"]
+
+    path = rewrite(saved, tmp_path / "missing.dalle.safetensors", tensors=drop)
+    message = refused(path, "missing tensors (2)", "transformer.text_pos.weight")
+    assert "vae.encoder.blocks.output.conv.w" in message
+
+
+def test_many_missing_tensors_are_named_a_few_at_a_time(saved, tmp_path):
+    def drop_vae(tensors):
+        for name in [n for n in tensors if n.startswith("vae.")]:
+            del tensors[name]
+
+    message = refused(rewrite(saved, tmp_path / "m.dalle.safetensors", tensors=drop_vae), "more")
+    assert message.count("vae.") <= bundle_module.NAMES_SHOWN
+
+
+def test_extra_tensor_is_refused(saved, tmp_path):
+    def add(tensors):
+        tensors["transformer.surprise.weight"] = torch.zeros(3)
+
+    path = rewrite(saved, tmp_path / "extra.dalle.safetensors", tensors=add)
+    refused(path, "unexpected tensors", "transformer.surprise.weight")
+
+
+def test_reranker_tensors_without_a_reranker_config_are_refused(saved, tmp_path):
+    def add(tensors):
+        tensors["reranker.proj.weight"] = torch.zeros(2, 2)
+
+    path = rewrite(saved, tmp_path / "extra.dalle.safetensors", tensors=add)
+    refused(path, "unexpected tensors", "reranker.proj.weight")
+
+
+def test_wrong_shape_is_refused(saved, tmp_path):
+    def reshape(tensors):
+        tensors["transformer.text_pos.weight"] = torch.zeros(TEXT_LEN + 1, 32)
+
+    path = rewrite(saved, tmp_path / "shape.dalle.safetensors", tensors=reshape)
+    refused(path, "wrong shape", "transformer.text_pos.weight", "expected [8, 32]", "got [9, 32]")
+
+
+def test_wrong_dtype_kind_is_refused(saved, tmp_path):
+    def to_int(tensors):
+        tensors["transformer.ln_f.weight"] = tensors["transformer.ln_f.weight"].long()
+
+    path = rewrite(saved, tmp_path / "dtype.dalle.safetensors", tensors=to_int)
+    refused(path, "transformer.ln_f.weight", "I64")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_weights_are_refused(saved, tmp_path, bad):
+    def poison(tensors):
+        tensors["transformer.blocks.1.mlp.fc.weight"][0, 0] = bad
+
+    path = rewrite(saved, tmp_path / "nan.dalle.safetensors", tensors=poison)
+    names = {n for n in load_file(saved) if n.startswith("transformer.blocks.1.mlp")}
+    assert "transformer.blocks.1.mlp.fc.weight" in names  # the poisoned tensor exists
+    refused(path, "non-finite", "transformer.blocks.1.mlp.fc.weight")
+
+
+def test_unknown_format_is_refused(saved, tmp_path):
+    def bump(meta):
+        meta["format"] = "dalle-studio/2"
+
+    path = rewrite(saved, tmp_path / "v2.dalle.safetensors", metadata=bump)
+    refused(path, "unknown format 'dalle-studio/2'", FORMAT)
+    with pytest.raises(BundleError, match="unknown format"):
+        read_card(path)
+
+
+def test_missing_format_is_refused(saved, tmp_path):
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)  # a valid safetensors file, but not a bundle
+    refused(plain, "no 'format'", "not a DALL·E Studio bundle")
+
+
+def test_missing_metadata_is_refused(saved, tmp_path):
+    def drop(meta):
+        del meta["tokenizer"]
+        del meta["card"]
+
+    path = rewrite(saved, tmp_path / "meta.dalle.safetensors", metadata=drop)
+    refused(path, "missing metadata: tokenizer, card")
+
+
+@pytest.mark.parametrize(
+    "config, problem",
+    [
+        ("{oops", "invalid config metadata"),
+        ('["a list"]', "not a JSON object"),
+        ('{"vae": {}, "text": {}}', "missing 'transformer'"),
+        ('{"vae": {"wings": 2}, "text": {}, "transformer": {}}', "wings"),
+    ],
+)
+def test_invalid_config_is_refused(saved, tmp_path, config, problem):
+    def replace(meta):
+        meta["config"] = config
+
+    path = rewrite(saved, tmp_path / "config.dalle.safetensors", metadata=replace)
+    refused(path, problem)
+    with pytest.raises(BundleError, match="invalid config"):
+        read_config(path)
+
+
+def test_inconsistent_config_is_refused(saved, tmp_path):
+    def mismatch(meta):
+        config = json.loads(meta["config"])
+        config["transformer"]["image_vocab"] = 64
+        meta["config"] = json.dumps(config)
+
+    path = rewrite(saved, tmp_path / "mismatch.dalle.safetensors", metadata=mismatch)
+    refused(path, "inconsistent config", "image_vocab")
+
+
+def test_unbuildable_config_is_refused(saved, tmp_path):
+    def odd_heads(meta):
+        config = json.loads(meta["config"])
+        config["transformer"]["heads"] = 3
+        meta["config"] = json.dumps(config)
+
+    path = rewrite(saved, tmp_path / "heads.dalle.safetensors", metadata=odd_heads)
+    refused(path, "cannot build its models", "heads")
+
+
+def test_invalid_tokenizer_is_refused(saved, tmp_path):
+    def garble(meta):
+        meta["tokenizer"] = '{"model": "nope"}'
+
+    path = rewrite(saved, tmp_path / "tok.dalle.safetensors", metadata=garble)
+    refused(path, "invalid tokenizer metadata")
+
+
+def test_reranker_config_without_the_module_is_refused(saved, tmp_path, monkeypatch):
+    from model.config import RerankerConfig
+
+    def add_reranker(meta):
+        config = json.loads(meta["config"])
+        config["reranker"] = RerankerConfig().__dict__
+        meta["config"] = json.dumps(config)
+
+    path = rewrite(saved, tmp_path / "rerank.dalle.safetensors", metadata=add_reranker)
+    monkeypatch.setitem(sys.modules, "model.rerank", None)  # as if model/rerank.py were absent
+    refused(path, "no reranker")
+
+
+def test_default_bundle_path_points_into_resources():
+    path = default_bundle_path()
+    assert path.parts[-3:] == ("resources", "models", "default.dalle.safetensors")
+    if not path.exists():
+        with pytest.raises(BundleError, match="default model is missing"):
+            load()
+
+
+# -- saving --------------------------------------------------------------------------------------
+
+
+def test_save_into_a_missing_folder_leaves_nothing(original, tmp_path):
+    target = tmp_path / "absent" / "m.dalle.safetensors"
+    with pytest.raises(BundleError, match="does not exist"):
+        save(original, target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_save_that_fails_midway_leaves_nothing(original, tmp_path, monkeypatch):
+    def half_written(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(bundle_module, "save_file", half_written)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        save(original, tmp_path / "m.dalle.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_save_keeps_the_previous_file(original, saved, monkeypatch):
+    before = saved.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bundle_module, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save(original, saved)
+    assert saved.read_bytes() == before
+    assert list(saved.parent.iterdir()) == [saved]
+
+
+def test_save_refuses_an_inconsistent_bundle(original, tmp_path):
+    other = CaptionTokenizer.train(CAPTIONS + ["purple"] * 3, vocab_size=400, text_len=TEXT_LEN)
+    assert other.vocab_size != original.tokenizer.vocab_size
+    broken = Bundle(original.config, original.vae, original.transformer, other)
+    with pytest.raises(BundleError, match="BPE ids"):
+        save(broken, tmp_path / "m.dalle.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_refuses_a_card_that_is_not_json(original, tmp_path):
+    odd = Bundle(
+        original.config, original.vae, original.transformer, original.tokenizer, card={"x": {1, 2}}
+    )
+    with pytest.raises(BundleError, match="card is not JSON"):
+        save(odd, tmp_path / "m.dalle.safetensors")

@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bundle", help="assemble a single-file model bundle")
     p.add_argument("--transformer", required=True, help="a transformer run's bundle")
-    p.add_argument("--reranker", help="a reranker run folder or its weights, to add")
+    p.add_argument("--reranker", help="a bundle carrying a trained reranker, to take it from")
     p.add_argument("--out", required=True, help="X.dalle.safetensors")
     p.set_defaults(func=cmd_bundle)
 

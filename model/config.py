@@ -84,10 +84,13 @@ def conv_kernel_for(grid: int) -> int:
 class RerankerConfig:
     """Small contrastive image-caption scorer (a CLIP stand-in trained on our data)."""
 
-    dim: int = 128
+    text_vocab: int = 1024  # the bundle tokenizer's padded vocabulary (BPE ids + padding ids)
+    text_len: int = 32
+    image_size: int = 128  # scores images at the bundle's resolution
+    dim: int = 128  # shared embedding width
     text_layers: int = 2
     heads: int = 4
-    image_width: int = 32
+    image_width: int = 32  # channels of the first conv stage; doubled at each downsampling
 
 
 @dataclass

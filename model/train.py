@@ -282,7 +282,7 @@ class Trainer:
             self.step += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 elapsed = time.perf_counter() - started
-                record = {k: self.dist.mean(float(v)) for k, v in metrics.items()}
+                record = {k: self.dist.mean(float(v.detach())) for k, v in metrics.items()}
                 record.update(
                     step=self.step,
                     lr=lr_at(self.step - 1, cfg),
@@ -451,6 +451,19 @@ def train_vae(data_dir, out_dir, vae_config, config: TrainConfig, resume=False, 
     return path
 
 
+def caption_picker(dataset):
+    """A function (index, generator) -> one of that image's caption lines, drawn at random."""
+    lines = [captions for _, captions in dataset.samples]
+
+    def pick(index: int, generator: torch.Generator) -> str:
+        options = lines[index]
+        if len(options) == 1:
+            return options[0]
+        return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+    return pick
+
+
 def encode_dataset(vae, dataset, device, batch_size: int = 64) -> torch.Tensor:
     """Every image's token grid, (len, grid, grid) int16 — what the transformer trains on."""
     grids = []
@@ -483,14 +496,16 @@ def train_transformer(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(config.device)
     vae, vae_card = load_vae(vae_path, device)
+    # pre-encoded once, without crops: captions name places that a crop would move
     dataset = CaptionFolder(data_dir, vae.config.image_size, augment=False)
-    captions = dataset.captions
+    captions = caption_picker(dataset)
 
     tokenizer_path = out_dir / "tokenizer.json"
     if resume and tokenizer_path.exists():
         tokenizer = CaptionTokenizer.from_json(tokenizer_path.read_text(), text_config.text_len)
     else:
-        tokenizer = CaptionTokenizer.train(captions, text_config.vocab_size, text_config.text_len)
+        all_lines = [line for _, lines in dataset.samples for line in lines]
+        tokenizer = CaptionTokenizer.train(all_lines, text_config.vocab_size, text_config.text_len)
         tmp = tokenizer_path.with_name(tokenizer_path.name + ".tmp")
         tmp.write_text(tokenizer.to_json())
         os.replace(tmp, tokenizer_path)
@@ -510,7 +525,9 @@ def train_transformer(
 
     def step_fn(model, indices, step, generator):
         text = tokenizer.encode(
-            [captions[i] for i in indices], dropout=config.bpe_dropout, generator=generator
+            [captions(i, generator) for i in indices],
+            dropout=config.bpe_dropout,
+            generator=generator,
         )
         drop = torch.rand(len(indices), generator=generator) < config.caption_dropout
         text[drop] = empty
@@ -534,7 +551,7 @@ def train_transformer(
         "parameters": transformer.num_parameters(),
         "final_metrics": metrics[-1] if metrics else {},
         "vae": vae_card,
-        "example_captions": captions[:8],
+        "example_captions": [lines[0] for _, lines in dataset.samples[:8]],
     }
     path = out_dir / "model.dalle.safetensors"
     if trainer.dist.main:
@@ -601,8 +618,75 @@ def train_command(args, progress_bar_cls) -> int:
             args.data, args.out, args.vae, text_config, tf_config, config, args.resume, callbacks
         )
     else:
-        from model import rerank
+        if not args.bundle:
+            raise ValueError("train reranker needs --bundle PATH (the bundle it will join)")
+        from model.config import RerankerConfig
 
-        path = rerank.train_command(args, config, callbacks)
+        reranker_config = _override(RerankerConfig, preset.get("reranker", {}), sets)
+        path = train_reranker(
+            args.data, args.out, args.bundle, reranker_config, config, args.resume, callbacks
+        )
     print(path)
     return 0
+
+
+def train_reranker(
+    data_dir, out_dir, bundle_path, reranker_config, config: TrainConfig, resume=False, callbacks=()
+):
+    """Train the contrastive scorer on a caption folder; returns the bundle that carries it."""
+    from model.bundle import load, save
+    from model.data.folder import CaptionFolder
+    from model.rerank import Reranker
+
+    out_dir = Path(out_dir)
+    bundle = load(bundle_path)
+    reranker_config.text_vocab = bundle.tokenizer.padded_vocab_size
+    reranker_config.text_len = bundle.tokenizer.text_len
+    reranker_config.image_size = bundle.config.vae.image_size
+    # no crop augmentation: captions name places ("in the top left") that a crop would move
+    dataset = CaptionFolder(data_dir, reranker_config.image_size, augment=False)
+    captions = caption_picker(dataset)
+    tokenizer = bundle.tokenizer
+
+    def step_fn(model, indices, step, generator):
+        images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
+        text = tokenizer.encode([captions(i, generator) for i in indices]).to(trainer.device)
+        return model(images, text)
+
+    reranker = Reranker(reranker_config)
+    trainer = Trainer(Objective(reranker), step_fn, len(dataset), config, out_dir)
+    for event, fn in callbacks:
+        trainer.add_callback(event, fn)
+    started = time.perf_counter()
+    final = trainer.run(resume=resume).model
+    metrics = read_metrics(out_dir)
+    bundle.reranker = final.cpu().eval()
+    bundle.config.reranker = reranker_config
+    bundle.card["reranker"] = {
+        "data": {"folder": str(data_dir), "pairs": len(dataset)},
+        "train": asdict(config),
+        "steps": trainer.step,
+        "wall_seconds_this_run": time.perf_counter() - started,
+        "device": device_name(trainer.device),
+        "final_metrics": metrics[-1] if metrics else {},
+    }
+    path = out_dir / "model.dalle.safetensors"
+    if trainer.dist.main:
+        save(bundle, path)
+    return path
+
+
+def assemble_bundle(transformer_bundle, out, reranker=None) -> Path:
+    """``dalle bundle``: a transformer run's bundle, optionally with a reranker run's scorer."""
+    from model.bundle import load, save
+
+    bundle = load(transformer_bundle)
+    if reranker is not None:
+        source = load(reranker)
+        if source.reranker is None:
+            raise ValueError(f"{reranker}: this bundle carries no reranker")
+        if source.tokenizer != bundle.tokenizer:
+            raise ValueError(f"{reranker}: its reranker was trained with another tokenizer")
+        bundle.reranker, bundle.config.reranker = source.reranker, source.config.reranker
+        bundle.card["reranker"] = source.card.get("reranker", {})
+    return save(bundle, out)

@@ -24,13 +24,20 @@ CAPTIONS = [
 
 def tiny_bundle(seed: int = 0) -> Bundle:
     torch.manual_seed(seed)
-    vae_config = DVAEConfig(image_size=32, n_groups=4, n_hid=8, n_blk_per_group=1, vocab_size=32,
-                            n_init=16)
+    vae_config = DVAEConfig(
+        image_size=32, n_groups=4, n_hid=8, n_blk_per_group=1, vocab_size=32, n_init=16
+    )
     tokenizer = CaptionTokenizer.train(CAPTIONS * 4, vocab_size=300, text_len=12)
     text_config = TextConfig(vocab_size=tokenizer.vocab_size, text_len=tokenizer.text_len)
     tf_config = TransformerConfig(
-        text_vocab=tokenizer.vocab_size, text_len=tokenizer.text_len, image_vocab=32,
-        grid=vae_config.grid, dim=32, depth=2, heads=2, conv_kernel=3,
+        text_vocab=tokenizer.vocab_size,
+        text_len=tokenizer.text_len,
+        image_vocab=32,
+        grid=vae_config.grid,
+        dim=32,
+        depth=2,
+        heads=2,
+        conv_kernel=3,
     )
     config = BundleConfig(vae=vae_config, text=text_config, transformer=tf_config)
     return Bundle(

@@ -1,4 +1,4 @@
-"""``dalle generate`` and ``dalle complete``: outputs, kept pixels, and bad input refused cleanly."""
+"""``dalle generate`` and ``dalle complete``: outputs, kept pixels, bad input refused."""
 
 from __future__ import annotations
 
@@ -32,8 +32,24 @@ def dalle(*args) -> int:
 
 def test_complete_keeps_pixels_outside_rectangle(bundle_path, photo, tmp_path, capsys):
     out = tmp_path / "out"
-    code = dalle("complete", "--bundle", bundle_path, "--image", photo, "--from-px", "20,15",
-                 "--caption", "a red circle", "--n", 2, "--seed", 1, "--out", out, "--quiet")
+    code = dalle(
+        "complete",
+        "--bundle",
+        bundle_path,
+        "--image",
+        photo,
+        "--from-px",
+        "20,15",
+        "--caption",
+        "a red circle",
+        "--n",
+        2,
+        "--seed",
+        1,
+        "--out",
+        out,
+        "--quiet",
+    )
     assert code == 0
     written = sorted(out.glob("*.png"))
     assert [p.name for p in written] == ["photo-0.png", "photo-1.png"]
@@ -50,8 +66,20 @@ def test_complete_keeps_pixels_outside_rectangle(bundle_path, photo, tmp_path, c
 
 
 def test_complete_from_cell_and_seed_reproducible(bundle_path, photo, tmp_path):
-    args = ["complete", "--bundle", bundle_path, "--image", photo, "--from", "2,1", "--caption",
-            "three purple stars", "--seed", 7, "--quiet"]
+    args = [
+        "complete",
+        "--bundle",
+        bundle_path,
+        "--image",
+        photo,
+        "--from",
+        "2,1",
+        "--caption",
+        "three purple stars",
+        "--seed",
+        7,
+        "--quiet",
+    ]
     assert dalle(*args, "--out", tmp_path / "a") == 0
     assert dalle(*args, "--out", tmp_path / "b") == 0
     a = np.asarray(Image.open(tmp_path / "a" / "photo-0.png"))
@@ -61,8 +89,21 @@ def test_complete_from_cell_and_seed_reproducible(bundle_path, photo, tmp_path):
 
 def test_generate_writes_numbered_pngs(bundle_path, tmp_path):
     out = tmp_path / "gen.png"
-    assert dalle("generate", "--bundle", bundle_path, "--caption", "a green ring", "--n", 3,
-                 "--out", out, "--quiet") == 0
+    assert (
+        dalle(
+            "generate",
+            "--bundle",
+            bundle_path,
+            "--caption",
+            "a green ring",
+            "--n",
+            3,
+            "--out",
+            out,
+            "--quiet",
+        )
+        == 0
+    )
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert names == ["gen-0.png", "gen-1.png", "gen-2.png"]
     assert Image.open(tmp_path / "gen-0.png").size == (32, 32)
@@ -72,8 +113,7 @@ def test_batch_jobs(bundle_path, photo, tmp_path):
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("image,caption,row,col\nphoto.png,a red circle,1,1\nphoto.png,two stars,2,2\n")
     out = tmp_path / "batch"
-    assert dalle("complete", "--bundle", bundle_path, "--batch", jobs, "--out", out,
-                 "--quiet") == 0
+    assert dalle("complete", "--bundle", bundle_path, "--batch", jobs, "--out", out, "--quiet") == 0
     names = sorted(p.name for p in out.glob("*.png"))
     assert names == ["0002-photo-0.png", "0003-photo-0.png"]  # one name per CSV line
 
@@ -93,8 +133,15 @@ def test_bad_inputs_give_one_line_and_no_output(bundle_path, photo, tmp_path, ca
     not_image = tmp_path / "notes.png"
     not_image.write_text("this is not a png")
     cases = {
-        "no such file": [*base, "--image", tmp_path / "missing.png", "--from", "1,1",
-                         "--caption", "x"],
+        "no such file": [
+            *base,
+            "--image",
+            tmp_path / "missing.png",
+            "--from",
+            "1,1",
+            "--caption",
+            "x",
+        ],
         "not a readable image": [*base, "--image", not_image, "--from", "1,1", "--caption", "x"],
         "outside the 4x4 token grid": [*base, "--image", photo, "--from", "4,0", "--caption", "x"],
         "outside the 60x45 image": [*base, "--image", photo, "--from-px", "60,3", "--caption", "x"],
@@ -111,14 +158,28 @@ def test_bad_inputs_give_one_line_and_no_output(bundle_path, photo, tmp_path, ca
 def test_unwritable_output_is_refused(bundle_path, photo, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    line = bad(capsys, "complete", "--bundle", bundle_path, "--image", photo, "--from", "1,1",
-               "--caption", "x", "--out", blocker / "out", "--quiet")
+    line = bad(
+        capsys,
+        "complete",
+        "--bundle",
+        bundle_path,
+        "--image",
+        photo,
+        "--from",
+        "1,1",
+        "--caption",
+        "x",
+        "--out",
+        blocker / "out",
+        "--quiet",
+    )
     assert "cannot write to output folder" in line
     if os.geteuid() != 0:  # root ignores permission bits
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        line = bad(capsys, "generate", "--bundle", bundle_path, "--caption", "x", "--out",
-                   locked / "x.png")
+        line = bad(
+            capsys, "generate", "--bundle", bundle_path, "--caption", "x", "--out", locked / "x.png"
+        )
         assert "cannot write" in line
 
 
@@ -139,8 +200,19 @@ def test_bad_bundle_and_bad_batch(bundle_path, photo, tmp_path, capsys):
 
 
 def test_generate_refuses_non_png_and_bad_options(bundle_path, tmp_path, capsys):
-    assert ".png" in bad(capsys, "generate", "--bundle", bundle_path, "--caption", "x", "--out",
-                         tmp_path / "a.jpg")
-    assert "temperature" in bad(capsys, "generate", "--bundle", bundle_path, "--caption", "x",
-                                "--temperature", "0", "--out", tmp_path / "a.png")
+    assert ".png" in bad(
+        capsys, "generate", "--bundle", bundle_path, "--caption", "x", "--out", tmp_path / "a.jpg"
+    )
+    assert "temperature" in bad(
+        capsys,
+        "generate",
+        "--bundle",
+        bundle_path,
+        "--caption",
+        "x",
+        "--temperature",
+        "0",
+        "--out",
+        tmp_path / "a.png",
+    )
     assert not list(tmp_path.glob("*.png"))

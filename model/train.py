@@ -247,6 +247,16 @@ class Trainer:
             self.ema.model.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
+        metrics = self.out_dir / METRICS
+        if self.dist.main and metrics.exists():  # drop records of steps the resume will redo
+            kept = [
+                line
+                for line in metrics.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= self.step
+            ]
+            tmp = metrics.with_name(METRICS + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, metrics)
         log.info("resumed %s at step %d", path, self.step)
 
     # -- the loop --------------------------------------------------------------------------
@@ -289,6 +299,7 @@ class Trainer:
                     grad_norm=float(grad_norm),
                     seconds=elapsed,
                     samples_per_s=(self.step - first_step) * cfg.batch_size / max(elapsed, 1e-9),
+                    world_size=self.dist.world,
                 )
                 if self.dist.main:
                     with open(self.out_dir / METRICS, "a") as f:
@@ -422,6 +433,7 @@ def train_vae(data_dir, out_dir, vae_config, config: TrainConfig, resume=False, 
 
     out_dir = Path(out_dir)
     dataset = CaptionFolder(data_dir, vae_config.image_size, augment=True)
+    seed_everything(config.seed)  # the same initial weights for the same seed
     vae = DVAE(vae_config)
 
     def step_fn(model, indices, step, generator):
@@ -533,6 +545,7 @@ def train_transformer(
         text[drop] = empty
         return model(text.to(trainer.device), grids[indices].to(trainer.device))
 
+    seed_everything(config.seed)
     transformer = Transformer(tf_config)
     trainer = Trainer(Objective(transformer), step_fn, len(dataset), config, out_dir)
     for event, fn in callbacks:
@@ -653,6 +666,7 @@ def train_reranker(
         text = tokenizer.encode([captions(i, generator) for i in indices]).to(trainer.device)
         return model(images, text)
 
+    seed_everything(config.seed)
     reranker = Reranker(reranker_config)
     trainer = Trainer(Objective(reranker), step_fn, len(dataset), config, out_dir)
     for event, fn in callbacks:

@@ -1,0 +1,196 @@
+"""The trainer: exact resume, data-parallel steps on gloo, and clear errors for bad datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import DVAEConfig
+from model.data.scenes import write_scenes
+from model.train import PRESETS, TrainConfig, Trainer, lr_at, read_metrics, train_vae
+
+TINY_VAE = DVAEConfig(**PRESETS["tiny"]["vae"])
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    write_scenes(folder, 24, seed=1, size=32, workers=1)
+    return folder
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    values = dict(
+        steps=6,
+        batch_size=4,
+        lr=1e-3,
+        warmup=2,
+        checkpoint_every=3,
+        log_every=1,
+        ema=0.9,
+        seed=5,
+        device="cpu",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted_run(scenes, tmp_path):
+    straight = tmp_path / "straight"
+    train_vae(scenes, straight, TINY_VAE, tiny_train_config())
+
+    broken = tmp_path / "broken"
+
+    def stop_at_first_checkpoint(trainer, path):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_vae(
+            scenes,
+            broken,
+            TINY_VAE,
+            tiny_train_config(),
+            callbacks=[("on_checkpoint", stop_at_first_checkpoint)],
+        )
+    state = torch.load(broken / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3
+    train_vae(scenes, broken, TINY_VAE, tiny_train_config(), resume=True)
+
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(broken / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    assert [m["step"] for m in read_metrics(broken)] == [1, 2, 3, 4, 5, 6]
+    assert [m["loss"] for m in read_metrics(broken)] == [m["loss"] for m in read_metrics(straight)]
+
+
+def test_resume_without_checkpoint_is_refused(scenes, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_vae(scenes, tmp_path / "new", TINY_VAE, tiny_train_config(), resume=True)
+
+
+def test_batches_cover_the_dataset_each_epoch():
+    model = torch.nn.Linear(2, 2)
+    trainer = Trainer(model, lambda *a: None, 10, tiny_train_config(batch_size=5), Path("unused"))
+    epoch = trainer.batch_indices(0) + trainer.batch_indices(1)
+    assert sorted(epoch) == list(range(10))
+    assert trainer.batch_indices(2) != trainer.batch_indices(0)  # reshuffled next epoch
+    assert trainer.batch_indices(1) == trainer.batch_indices(1)  # deterministic
+
+
+def test_learning_rate_schedule():
+    config = tiny_train_config(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, config) == pytest.approx(0.1)
+    assert lr_at(9, config) == pytest.approx(1.0)
+    assert lr_at(99, config) == pytest.approx(0.1, abs=1e-3)
+    values = [lr_at(s, config) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_empty_and_corrupt_dataset_folders_give_clear_errors(tmp_path, capsys):
+    from model.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(
+        [
+            "train",
+            "vae",
+            "--data",
+            str(empty),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "tiny",
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "no image–caption pairs found" in err and str(empty) in err
+    assert len(err.splitlines()) == 1
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "a.png").write_bytes(b"not a png at all")
+    (corrupt / "a.txt").write_text("a red circle")
+    code = main(
+        [
+            "train",
+            "vae",
+            "--data",
+            str(corrupt),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "tiny",
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "no image–caption pairs found" in capsys.readouterr().err
+    code = main(
+        [
+            "train",
+            "vae",
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "tiny",
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_gloo_data_parallel_takes_two_steps(scenes, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "model.cli",
+        "train",
+        "vae",
+        "--data",
+        str(scenes),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records][-1] == 2
+    assert (out / "vae.safetensors").is_file()
+    assert records[-1]["world_size"] == 2

@@ -15,7 +15,7 @@ import time
 import torch
 
 from model.config import SamplingOptions, TransformerConfig, conv_kernel_for
-from model.sampling import Done, Plan, sample_tokens
+from model.sampling import Done, Plan, prepared, sample_tokens
 
 
 def random_transformer(dim, depth, heads, grid, text_len, vocab, device):
@@ -43,7 +43,7 @@ def time_sampling(
     empty = torch.arange(cfg.text_vocab, cfg.text_vocab + cfg.text_len)
     image = torch.randint(0, cfg.image_vocab, (cfg.grid, cfg.grid))
     options = SamplingOptions(n=batch, seed=0, guidance=guidance)
-    device = transformer.to_image.weight.device
+    device = transformer.ln_f.weight.device
 
     def once() -> float:
         if device.type == "cuda":
@@ -98,6 +98,9 @@ def bench_command(args, load_bundle) -> int:
         bundle = load_bundle(args.bundle, args.device)
         transformer = bundle.transformer
         source = str(bundle.path)
+    parameters = transformer.num_parameters()  # counted before int8 turns weights into buffers
+    precision = getattr(args, "precision", "auto")
+    transformer = prepared(transformer, precision)
     if args.repeats <= 0:
         raise ValueError("--repeats must be positive")
     batches = args.batch or [1, 8]
@@ -115,11 +118,12 @@ def bench_command(args, load_bundle) -> int:
     full = [r for r in runs if r["task"] == "full"]
     summary = {
         "model": source,
-        "parameters": transformer.num_parameters(),
+        "parameters": parameters,
         "config": {
             k: getattr(transformer.config, k) for k in ("dim", "depth", "heads", "grid", "text_len")
         },
         "device": str(device),
+        "precision": transformer.precision,
         "threads": torch.get_num_threads(),
         "tokens_per_s": full[0]["tokens_per_s"],
         "seconds_per_image": full[0]["seconds_per_image"],
@@ -130,7 +134,7 @@ def bench_command(args, load_bundle) -> int:
         print(json.dumps(summary))
         return 0
     print(f"model {source}: {summary['parameters'] / 1e6:.2f}M parameters, {summary['config']}")
-    print(f"device {device}, {summary['threads']} threads")
+    print(f"device {device}, {summary['threads']} threads, precision {transformer.precision}")
     print(
         f"{'task':8s} {'batch':>5s} {'cells':>5s} {'seconds':>8s} {'s/image':>8s} "
         f"{'tokens/s':>9s} {'ms/step':>8s}"

@@ -167,7 +167,9 @@ def cmd_generate(args) -> int:
         raise CLIError(f"--out must name a .png file, got {out}")
     check_writable_dir(out.parent if str(out.parent) else Path("."))
     bundle = load_bundle(args.bundle, args.device)
-    done = run_with_progress(generate(bundle, caption, options), "generate", args.quiet)
+    done = run_with_progress(
+        generate(bundle, caption, options, precision=args.precision), "generate", args.quiet
+    )
     for i, image in enumerate(done.images):
         path = numbered(out, i, options.n)
         save_png_atomic(to_pil(image), path)
@@ -221,14 +223,25 @@ def prepare_job(job: Job, bundle):
     return original, tensor, placement, cell, caption
 
 
-def run_job(job: Job, prepared, bundle, options, out_dir: Path, feather: int, quiet: bool):
+def run_job(
+    job: Job,
+    prepared,
+    bundle,
+    options,
+    out_dir: Path,
+    feather: int,
+    quiet: bool,
+    precision: str = "auto",
+):
     from model.images import paste_back
     from model.sampling import complete
 
     original, tensor, placement, cell, caption = prepared
     factor = bundle.config.vae.factor
     done = run_with_progress(
-        complete(bundle, tensor, cell, caption, options), job.image.name, quiet
+        complete(bundle, tensor, cell, caption, options, precision=precision),
+        job.image.name,
+        quiet,
     )
     paths = []
     for i, image in enumerate(done.images):
@@ -289,7 +302,9 @@ def cmd_complete(args) -> int:
     bundle = load_bundle(args.bundle, args.device)
     prepared = [prepare_job(job, bundle) for job in jobs]  # every job checked before any runs
     for job, prep in zip(jobs, prepared, strict=True):
-        paths, done = run_job(job, prep, bundle, options, out_dir, args.feather, args.quiet)
+        paths, done = run_job(
+            job, prep, bundle, options, out_dir, args.feather, args.quiet, args.precision
+        )
         for path in paths:
             print(path)
         log.info("%s: seed %d, %.2fs", job.image, done.seed, done.seconds)
@@ -371,6 +386,16 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    add_precision_arg(p)
+
+
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "int8"],
+        default="auto",
+        help="auto: bf16 on CUDA, int8 weights on x86 CPUs, else fp32",
+    )
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -466,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_precision_arg(p)
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -16,14 +16,17 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from model.config import SamplingOptions
+from model.transformer import for_inference, resolve_precision
 
 log = logging.getLogger(__name__)
+_inference_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {precision}
 
 
 @dataclass
@@ -99,7 +102,8 @@ Message = Progress | Done | Cancelled
 
 def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus) on (B, V) logits."""
-    logits = logits / options.temperature
+    if options.temperature != 1.0:
+        logits = logits / options.temperature
     if options.top_k and options.top_k < logits.shape[-1]:
         kth = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -213,6 +217,21 @@ def sample_tokens(
     )
 
 
+def prepared(transformer, precision: str):
+    """``transformer`` in ``precision`` for sampling, converted once and kept on the model.
+
+    ``fp32`` is the model itself (the reference); ``auto``/``bf16``/``int8`` see
+    ``model.transformer.for_inference``.
+    """
+    precision = resolve_precision(precision, transformer.ln_f.weight.device)
+    if precision == transformer.precision:
+        return transformer
+    copies = _inference_copies.setdefault(transformer, {})
+    if precision not in copies:
+        copies[precision] = for_inference(transformer, precision)
+    return copies[precision]
+
+
 def complete(
     bundle,
     image: torch.Tensor | None,
@@ -221,12 +240,14 @@ def complete(
     options: SamplingOptions | None = None,
     cancel: threading.Event | None = None,
     use_cache: bool = True,
+    precision: str = "fp32",
 ) -> Iterator[Message]:
     """Regenerate the rectangle from ``from_cell`` to the bottom-right corner under ``caption``.
 
     image: (3, S, S) in [0, 1] at the bundle's resolution (see ``model.images.to_model``), or
     None for a blank start (only valid from cell (0, 0)). Yields Progress per finished row, then
     Done with decoded candidates, reranked best first when the bundle carries a reranker.
+    precision: fp32 (default: the exact reference), bf16, int8 or auto (see ``prepared``).
     """
     options = options or SamplingOptions()
     options.validate()
@@ -245,8 +266,9 @@ def complete(
         image_tokens = bundle.vae.encode(image.unsqueeze(0).to(device))[0]
     text = bundle.tokenizer.encode([caption])[0]
     empty = bundle.tokenizer.empty(1)[0]
+    transformer = prepared(bundle.transformer, precision)
     for message in sample_tokens(
-        bundle.transformer, text, image_tokens, plan, options, empty, cancel, use_cache
+        transformer, text, image_tokens, plan, options, empty, cancel, use_cache
     ):
         if not isinstance(message, Done):
             yield message
@@ -254,7 +276,8 @@ def complete(
         with torch.inference_mode():
             images = bundle.vae.decode(message.tokens.to(device)).float().cpu()
         if bundle.reranker is not None:
-            scores = bundle.reranker.score(images.to(device), [caption] * options.n).float().cpu()
+            captions = text.unsqueeze(0).expand(options.n, -1)
+            scores = bundle.reranker.score(images.to(device), captions).float().cpu()
             order = scores.argsort(descending=True).tolist()
             message.tokens, images, scores = message.tokens[order], images[order], scores[order]
             message.scores, message.order = scores, order
@@ -262,9 +285,11 @@ def complete(
         yield message
 
 
-def generate(bundle, caption: str, options: SamplingOptions | None = None, cancel=None):
+def generate(
+    bundle, caption: str, options: SamplingOptions | None = None, cancel=None, precision="fp32"
+):
     """Generate whole images from a caption: completion from cell (0, 0)."""
-    return complete(bundle, None, (0, 0), caption, options, cancel)
+    return complete(bundle, None, (0, 0), caption, options, cancel, precision=precision)
 
 
 def run(messages: Iterator[Message]) -> Done:

@@ -2,9 +2,10 @@
 
 Opens the real main window offscreen on the app's qasync loop, starts a completion through the
 engine exactly as Ctrl+Enter does (live rows decoded on the worker, one repaint per row), and
-meanwhile ticks a 5 ms QTimer on the Qt thread. The stall is the longest gap between two ticks beyond the timer's interval. The
-bundle is the embedded default when installed (or ``--bundle``), else a random-weight bundle of a
-realistic shape built in memory (the speed of a generation does not depend on the weights).
+meanwhile ticks a 5 ms QTimer on the Qt thread. The stall is the longest gap between two ticks
+beyond the timer's interval. The bundle is the embedded default when installed (or
+``--bundle``), else a random-weight bundle of a realistic shape built in memory (the speed of a
+generation does not depend on the weights).
 
     python benchmarks/studio_responsiveness.py [--bundle PATH] [--candidates 4]
 """
@@ -64,6 +65,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", help="a *.dalle.safetensors (default: embedded or synthetic)")
     parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=512, help="the user's image, pixels")
     args = parser.parse_args()
 
     os.environ["QT_API"] = "pyside6"
@@ -91,7 +93,7 @@ def main() -> int:
     window = MainWindow(engine, settings, autosave_folder=folder)
     window.ask_before_close = False
     window.show()
-    size = bundle.config.vae.image_size * 4
+    size = args.image_size
     rng = np.random.default_rng(0)
     window.set_document(Document(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
     window.document.set_rectangle_from_pixel(size // 4, size // 4)
@@ -142,7 +144,8 @@ def main() -> int:
     stalls = np.array(gaps) - TICK_MS
     print(
         f"bundle: {name}; cells: {window.document.masked_cells}; "
-        f"candidates: {args.candidates}; torch threads: {__import__('torch').get_num_threads()}"
+        f"image: {size}x{size}; candidates: {args.candidates}; "
+        f"torch threads: {__import__('torch').get_num_threads()}"
     )
     print(
         f"generation: {result.seconds:.1f} s, {result.tokens_per_s:.0f} tokens/s, "

@@ -1,0 +1,155 @@
+"""Take the README's screenshots in a real window (run under Xvfb):
+
+    xvfb-run -s "-screen 0 1280x800x24" python docs/screenshots.py
+
+Uses the embedded default bundle when installed, else the random-weight benchmark bundle (its
+regenerated regions are noise, but every panel behaves as with a trained model).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+MAX_BYTES = 300_000
+
+
+def picture(width: int = 640, height: int = 480):
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for y in range(height):
+        t = y / height
+        draw.line([(0, y), (width, y)], fill=(int(90 + 120 * t), int(150 + 60 * t), 235))
+    draw.ellipse([440, 60, 540, 160], fill=(255, 214, 90))
+    draw.polygon(
+        [(0, 360), (180, 240), (360, 340), (520, 250), (640, 330), (640, 480), (0, 480)],
+        fill=(70, 140, 80),
+    )
+    draw.rectangle([90, 300, 190, 400], fill=(200, 60, 60))
+    draw.polygon([(80, 300), (140, 250), (200, 300)], fill=(120, 50, 40))
+    return image
+
+
+def save(pixmap, path: Path) -> None:
+    from PIL import Image
+    from PySide6.QtCore import QBuffer, QIODevice
+
+    buffer = QBuffer()
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    pixmap.save(buffer, "PNG")
+    image = Image.open(io.BytesIO(bytes(buffer.data()))).convert("RGB")
+    image.save(path, optimize=True)
+    if path.stat().st_size > MAX_BYTES:  # random-weight output is noisy: a palette keeps it small
+        image.quantize(colors=128, dither=Image.Dither.NONE).save(path, optimize=True)
+    print(f"{path.name}: {path.stat().st_size // 1024} KiB")
+
+
+def main() -> int:
+    import numpy as np
+    from PySide6.QtCore import QSettings, QTimer
+    from PySide6.QtWidgets import QApplication
+    from studio_responsiveness import synthetic_bundle
+
+    from model.bundle import default_bundle_path, load
+    from studio import engine as messages
+    from studio.document import Document
+    from studio.engine import Engine
+    from studio.widgets.main_window import MainWindow
+
+    app = QApplication(sys.argv[:1])
+    out = ROOT / "docs"
+    bundle = load(default_bundle_path()) if default_bundle_path().exists() else synthetic_bundle()
+    bundle.card.setdefault("example_captions", ["a red house under a yellow sun"])
+    engine = Engine()
+    folder = Path("/tmp/studio-screenshots")
+    window = MainWindow(
+        engine, QSettings(str(folder / "s.ini"), QSettings.Format.IniFormat), autosave_folder=folder
+    )
+    window.ask_before_close = False
+    window.resize(1200, 760)
+    window.show()
+
+    def shoot(name: str) -> None:
+        window.centralWidget().layout().activate()
+        app.processEvents()
+        screen = window.screen()
+        pixmap = screen.grabWindow(window.winId()) if screen else window.grab()
+        if pixmap.isNull() or pixmap.width() < 100:
+            pixmap = window.grab()
+        save(pixmap, out / name)
+
+    state = {"rows": 0, "phase": None}
+
+    def after_load():
+        shoot("01-empty.png")
+        engine.set_bundle(bundle)
+        window.on_message(
+            messages.Loaded(
+                "synthetic",
+                "cpu",
+                bundle.card.get("name", "model"),
+                bundle.card,
+                bundle.config.vae.image_size,
+                bundle.config.vae.factor,
+            )
+        )
+        window.set_document(Document(np.asarray(picture(), dtype=np.uint8)))
+        window.document.source_path = "landscape.png"
+        window.grid_action.setChecked(True)
+        window.canvas.set_show_grid(True)
+        window.document.set_rectangle_from_pixel(260, 200)
+        window.caption.caption.setText("a red house under a yellow sun")
+        window.caption.candidates.setValue(4)
+        window.canvas.eta_per_cell = 4 / 150
+        shoot("02-rectangle.png")
+        window.canvas.set_show_grid(False)
+        state["phase"] = "first"
+        window.generate()
+
+    def on_message(message):
+        if isinstance(message, messages.RowDecoded) and state["phase"] == "first":
+            state["rows"] += 1
+            if state["rows"] == 4:
+                QTimer.singleShot(0, lambda: shoot("03-generating.png"))
+        elif isinstance(message, messages.Finished):
+            QTimer.singleShot(20, finished)
+
+    def finished():
+        phase = state["phase"]
+        if phase == "first":
+            window.document.next_candidate()
+            shoot("04-candidates.png")
+            window.document.accept_candidate()
+            first = window.document.current_entry
+            state["first"] = first
+            state["phase"] = "second"
+            window.document.set_rectangle_from_pixel(380, 120)
+            window.caption.candidates.setValue(2)
+            window.generate()
+        elif phase == "second":
+            window.document.accept_candidate()
+            window.document.restore(state["first"])
+            window.document.set_rectangle_from_pixel(200, 260)
+            state["phase"] = "branch"
+            window.generate()
+        else:
+            window.document.accept_candidate()
+            shoot("05-history.png")
+            app.quit()
+
+    engine.message.connect(on_message)
+    QTimer.singleShot(300, after_load)
+    app.exec()
+    engine.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

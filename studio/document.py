@@ -1,0 +1,346 @@
+"""The studio's state: image, rectangle, live preview, candidates, history tree and undo stack.
+
+QObjects with ``*_changed`` signals and no widgets (krita-ai-diffusion's model/ui split): widgets
+only bind to these signals. Images are (H, W, 3) uint8 numpy arrays, kept bit-exact; nothing here
+resamples the user's pixels. Cell geometry comes from ``studio.engine.Geometry`` (the model's
+``Placement`` rules), so this module never imports ``model/`` itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QUndoCommand, QUndoStack
+
+from studio.engine import PAPER_FACTOR, PAPER_SIZE, Geometry
+
+MAX_CAPTION_HISTORY = 100
+
+
+@dataclass
+class HistoryEntry:
+    """One image in the history tree: the opened original (parent None) or a generated one."""
+
+    id: int
+    parent: int | None
+    image: np.ndarray
+    caption: str = ""
+    cell: tuple[int, int] | None = None
+    seed: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+    model: str = ""
+    starred: bool = False
+    accepted: bool = False
+
+    @property
+    def is_original(self) -> bool:
+        return self.parent is None
+
+
+class SetImageCommand(QUndoCommand):
+    """Replace the document's image (accepting a candidate or restoring a history entry)."""
+
+    def __init__(self, document: Document, image: np.ndarray, entry_id: int | None, text: str):
+        super().__init__(text)
+        self._document = document
+        self._new = (image, entry_id)
+        self._old = (document.image, document.current_entry)
+
+    def redo(self) -> None:
+        self._document._set_image(*self._new)
+
+    def undo(self) -> None:
+        self._document._set_image(*self._old)
+
+
+class Document(QObject):
+    image_changed = Signal()
+    rectangle_changed = Signal()
+    preview_changed = Signal()
+    candidates_changed = Signal()
+    candidate_index_changed = Signal(int)
+    history_changed = Signal()
+    generating_changed = Signal(bool)
+    progress_changed = Signal(int, int, float, float)  # rows done, rows total, tokens/s, eta s
+    modified_changed = Signal(bool)
+
+    def __init__(self, image: np.ndarray | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self.undo_stack = QUndoStack(self)
+        self.undo_stack.cleanChanged.connect(self._clean_changed)
+        self._ids = itertools.count(1)
+        self.image: np.ndarray = (
+            np.full((256, 256, 3), 255, np.uint8) if image is None else _checked(image)
+        )
+        self.model_size, self.model_factor = PAPER_SIZE, PAPER_FACTOR
+        self.cell: tuple[int, int] | None = None
+        self.preview: np.ndarray | None = None
+        self.peek: np.ndarray | None = None  # a history entry shown without restoring it
+        self.candidates: list[np.ndarray] = []
+        self.candidate_entries: list[int] = []
+        self.candidate_index = 0
+        self.history: dict[int, HistoryEntry] = {}
+        self.current_entry: int | None = None
+        self.generating = False
+        self.source_entry: int | None = None  # the entry the running generation started from
+        self.caption_history: list[str] = []
+        self.path: str | None = None  # the .dstudio file, when saved
+        self.source_path: str | None = None  # the image file it was opened from
+        self.project_modified = False
+        original = self._add_entry(None, self.image)
+        self.current_entry = original.id
+
+    def _clean_changed(self, clean: bool) -> None:
+        self.modified_changed.emit(not clean)
+
+    # -- image and geometry -------------------------------------------------------------
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.width, self.height, self.model_size, self.model_factor)
+
+    def set_model_geometry(self, size: int, factor: int) -> None:
+        """The loaded model's resolution; the rectangle is re-snapped to the new cells."""
+        if (size, factor) == (self.model_size, self.model_factor):
+            return
+        corner = self.rectangle_pixels()
+        self.model_size, self.model_factor = size, factor
+        if corner is not None:
+            self.set_rectangle_from_pixel(corner[0], corner[1])
+        else:
+            self.rectangle_changed.emit()
+
+    def _set_image(self, image: np.ndarray, entry_id: int | None) -> None:
+        self.image = image
+        self.current_entry = entry_id
+        self.image_changed.emit()
+        self.history_changed.emit()
+
+    # -- rectangle ----------------------------------------------------------------------
+
+    def set_rectangle_from_pixel(self, x: float, y: float) -> tuple[int, int]:
+        """Put the rectangle's top-left corner at user pixel (x, y), snapped to its token cell.
+
+        The rectangle always extends to the bottom-right corner; points outside the image are
+        clamped onto it.
+        """
+        cell = self.geometry.cell_at(x, y)
+        self.set_cell(cell)
+        return cell
+
+    def set_cell(self, cell: tuple[int, int] | None) -> None:
+        if cell is not None:
+            grid = self.geometry.grid
+            row, col = cell
+            if not (0 <= row < grid and 0 <= col < grid):
+                raise ValueError(f"cell {cell} is outside the {grid}x{grid} token grid")
+            cell = (int(row), int(col))
+        self.cell = cell
+        self.rectangle_changed.emit()
+
+    def rectangle_pixels(self) -> tuple[int, int, int, int] | None:
+        """(x, y, w, h) of the rectangle in user pixels, reaching the bottom-right corner."""
+        if self.cell is None:
+            return None
+        x, y = self.geometry.pixel_of(self.cell)
+        return x, y, self.width - x, self.height - y
+
+    @property
+    def masked_cells(self) -> int:
+        return 0 if self.cell is None else self.geometry.masked_cells(self.cell)
+
+    # -- generation ---------------------------------------------------------------------
+
+    def start_generation(self) -> None:
+        self.source_entry = self.current_entry
+        self.generating = True
+        self.preview = None
+        self.peek = None
+        self.generating_changed.emit(True)
+
+    def show_row(
+        self, preview: np.ndarray, rows_done: int, rows_total: int, speed: float, eta: float
+    ) -> None:
+        if not self.generating:
+            return
+        self.preview = preview
+        self.preview_changed.emit()
+        self.progress_changed.emit(rows_done, rows_total, speed, eta)
+
+    def end_generation(self) -> None:
+        """Cancelled or failed: the image is untouched; the live preview goes away."""
+        self.generating = False
+        self.preview = None
+        self.preview_changed.emit()
+        self.generating_changed.emit(False)
+
+    def finish_generation(
+        self,
+        candidates: list[np.ndarray],
+        caption: str,
+        cell: tuple[int, int],
+        seed: int | None,
+        options: dict[str, Any],
+        model: str = "",
+    ) -> None:
+        """Record the results as history entries (children of the source) and stage them."""
+        parent = self.source_entry if self.source_entry in self.history else self.current_entry
+        entries = [
+            self._add_entry(
+                parent,
+                _checked(candidate),
+                caption=caption,
+                cell=cell,
+                seed=seed,
+                options=dict(options, candidate=index),
+                model=model,
+            )
+            for index, candidate in enumerate(candidates)
+        ]
+        self.remember_caption(caption)
+        self.end_generation()
+        self.set_candidates(candidates, [entry.id for entry in entries])
+        self.history_changed.emit()
+
+    # -- candidates ---------------------------------------------------------------------
+
+    def set_candidates(self, candidates: list[np.ndarray], entries: list[int] | None = None):
+        self.candidates = list(candidates)
+        self.candidate_entries = list(entries or [])
+        self.candidate_index = 0
+        self.candidates_changed.emit()
+        self.candidate_index_changed.emit(0)
+
+    def select_candidate(self, index: int) -> None:
+        if not self.candidates:
+            return
+        index = max(0, min(index, len(self.candidates) - 1))
+        if index != self.candidate_index:
+            self.candidate_index = index
+            self.candidate_index_changed.emit(index)
+
+    def next_candidate(self) -> None:
+        self.select_candidate(self.candidate_index + 1)
+
+    def previous_candidate(self) -> None:
+        self.select_candidate(self.candidate_index - 1)
+
+    @property
+    def shown_image(self) -> np.ndarray:
+        """What the canvas shows: the live preview, else the selected candidate, else the image."""
+        if self.preview is not None:
+            return self.preview
+        if self.peek is not None:
+            return self.peek
+        if self.candidates:
+            return self.candidates[self.candidate_index]
+        return self.image
+
+    def accept_candidate(self) -> bool:
+        """The selected candidate becomes the image: one undoable step."""
+        if not self.candidates:
+            return False
+        index = self.candidate_index
+        image = self.candidates[index]
+        entry = self.candidate_entries[index] if index < len(self.candidate_entries) else None
+        if entry is None:
+            entry = self._add_entry(self.current_entry, image).id
+        self.history[entry].accepted = True
+        self.candidates, self.candidate_entries = [], []
+        self.undo_stack.push(SetImageCommand(self, image, entry, "Accept candidate"))
+        self.candidates_changed.emit()
+        return True
+
+    def discard_candidates(self) -> None:
+        if self.candidates:
+            self.candidates, self.candidate_entries = [], []
+            self.candidates_changed.emit()
+            self.image_changed.emit()
+
+    # -- history ------------------------------------------------------------------------
+
+    def _add_entry(self, parent: int | None, image: np.ndarray, **fields: Any) -> HistoryEntry:
+        entry = HistoryEntry(id=next(self._ids), parent=parent, image=image, **fields)
+        self.history[entry.id] = entry
+        return entry
+
+    def add_entry(self, entry: HistoryEntry) -> None:
+        """Insert a loaded entry (projects), keeping new ids above it."""
+        self.history[entry.id] = entry
+        self._ids = itertools.count(max(self.history) + 1)
+
+    def peek_entry(self, entry_id: int | None) -> None:
+        """Show a history entry on the canvas without changing the image (None: stop)."""
+        entry = self.history.get(entry_id) if entry_id is not None else None
+        self.peek = None if entry is None or entry_id == self.current_entry else entry.image
+        self.preview_changed.emit()
+
+    def restore(self, entry_id: int) -> None:
+        """Make a history entry the image again (undoable); new generations branch from it."""
+        entry = self.history[entry_id]
+        self.peek = None
+        if entry_id == self.current_entry:
+            self.preview_changed.emit()
+            return
+        self.discard_candidates()
+        self.undo_stack.push(SetImageCommand(self, entry.image, entry_id, "Restore from history"))
+
+    def delete_entry(self, entry_id: int) -> None:
+        """Remove an entry; its children are re-attached to its parent. The original stays."""
+        entry = self.history.get(entry_id)
+        if entry is None or entry.is_original:
+            return
+        for child in self.history.values():
+            if child.parent == entry_id:
+                child.parent = entry.parent
+        del self.history[entry_id]
+        if self.current_entry == entry_id:
+            self.current_entry = entry.parent
+        self.history_changed.emit()
+
+    def set_starred(self, entry_id: int, starred: bool) -> None:
+        self.history[entry_id].starred = starred
+        self.history_changed.emit()
+
+    def children(self, entry_id: int | None) -> list[HistoryEntry]:
+        return [entry for entry in self.history.values() if entry.parent == entry_id]
+
+    def lineage(self, entry_id: int) -> list[int]:
+        """Ids from the original down to ``entry_id``."""
+        line = []
+        while entry_id is not None:
+            line.append(entry_id)
+            entry_id = self.history[entry_id].parent
+        return line[::-1]
+
+    # -- captions -----------------------------------------------------------------------
+
+    def remember_caption(self, caption: str) -> None:
+        caption = caption.strip()
+        if not caption:
+            return
+        if caption in self.caption_history:
+            self.caption_history.remove(caption)
+        self.caption_history.append(caption)
+        del self.caption_history[:-MAX_CAPTION_HISTORY]
+
+
+def _checked(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
+    return image

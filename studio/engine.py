@@ -1,0 +1,366 @@
+"""The studio's one bridge to ``model/``: loads a bundle and runs completions on a worker thread.
+
+torch runs on a single dedicated thread (a ``ThreadPoolExecutor`` with one worker), so the Qt
+thread never waits on it. Results come back as typed messages through a Qt signal emitted from the
+worker thread; Qt queues it to the receiver's (GUI) thread. Cancel is cooperative: a
+``threading.Event`` that the sampler checks between tokens.
+
+Everything the worker hands over is plain data (numpy uint8 images, floats, strings) so no torch
+tensor or model object ever crosses into the GUI thread. Every error a user can meet (bad bundle,
+bad option, out of memory) becomes a ``Failed``/``LoadFailed`` message with one line of text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from PySide6.QtCore import QObject, Signal
+
+from model import bundle as bundle_io
+from model import images as model_images
+from model import sampling
+from model.config import SamplingOptions
+from model.train import pick_device
+
+log = logging.getLogger(__name__)
+
+BUNDLE_SUFFIX = bundle_io.SUFFIX
+IMAGE_SUFFIXES = model_images.IMAGE_SUFFIXES
+PAPER_SIZE, PAPER_FACTOR = 256, 8  # geometry used until a bundle is loaded (the paper's)
+# torch.OutOfMemoryError is torch >= 2.5; older releases only have the CUDA one
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+# -- pure geometry the document needs (Placement semantics, no torch) -------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The user's image (width x height) as the model sees it: a size x size square of cells."""
+
+    width: int
+    height: int
+    size: int = PAPER_SIZE
+    factor: int = PAPER_FACTOR
+
+    @property
+    def grid(self) -> int:
+        return self.size // self.factor
+
+    @property
+    def _placement(self) -> model_images.Placement:
+        return model_images.Placement(self.width, self.height, self.size)
+
+    def cell_at(self, x: float, y: float) -> tuple[int, int]:
+        """The cell under user pixel (x, y); points outside the image are clamped onto it."""
+        x = min(max(x, 0), self.width - 1)
+        y = min(max(y, 0), self.height - 1)
+        row, col = self._placement.cell_at(x, y, self.factor)
+        return min(row, self.grid - 1), min(col, self.grid - 1)
+
+    def pixel_of(self, cell: tuple[int, int]) -> tuple[int, int]:
+        """User pixel (x, y) where the rectangle from ``cell`` starts."""
+        return self._placement.pixel_of(cell, self.factor)
+
+    def cell_rect(self, cell: tuple[int, int]) -> tuple[float, float, float, float]:
+        """(x, y, w, h) in user pixels of one token cell (for drawing the grid overlay)."""
+        scale = self._placement.scale
+        row, col = cell
+        step = self.factor / scale
+        return col * step, row * step, step, step
+
+    def masked_cells(self, cell: tuple[int, int]) -> int:
+        row, col = cell
+        return (self.grid - row) * (self.grid - col)
+
+    def covers_image(self, cell: tuple[int, int]) -> bool:
+        return self._placement.grid_covers_image(cell, self.factor)
+
+
+# -- messages -------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    path: str
+    device: str
+    name: str
+    card: dict[str, Any]
+    size: int
+    factor: int
+
+
+@dataclass
+class LoadFailed:
+    message: str
+
+
+@dataclass
+class RowDecoded:
+    job: int
+    preview: np.ndarray  # (H, W, 3) uint8 at the user's resolution, original outside the rectangle
+    rows_done: int
+    rows_total: int
+    tokens_per_s: float
+    eta_s: float
+
+
+@dataclass
+class Finished:
+    job: int
+    candidates: list[np.ndarray]  # (H, W, 3) uint8 each, pasted back, best first
+    seed: int
+    seconds: float
+    tokens_per_s: float
+
+
+@dataclass
+class Failed:
+    job: int
+    message: str
+
+
+@dataclass
+class Cancelled:
+    job: int
+
+
+Message = Loaded | LoadFailed | RowDecoded | Finished | Failed | Cancelled
+
+
+@dataclass
+class Job:
+    image: np.ndarray  # (H, W, 3) uint8, the user's pixels
+    cell: tuple[int, int]
+    caption: str
+    n: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    guidance: float = 1.0
+    seed: int | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    id: int = 0
+
+    def options(self) -> SamplingOptions:
+        return SamplingOptions(
+            n=self.n,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            guidance=self.guidance,
+            seed=self.seed,
+        )
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def one_line(error: BaseException) -> str:
+    """A user-facing one-line description of ``error``."""
+    if isinstance(error, OUT_OF_MEMORY | MemoryError):
+        return (
+            "out of memory: try fewer candidates, a smaller model or the CPU device "
+            f"({str(error).splitlines()[0] if str(error) else 'no details'})"
+        )
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def default_bundle_path() -> Path:
+    return bundle_io.default_bundle_path()
+
+
+def missing_default_message(path: Path) -> str:
+    return (
+        f"the embedded default model is not installed ({path}); "
+        "open a model bundle (*.dalle.safetensors) with File > Settings"
+    )
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The bundle's card from its header only; raises ValueError with a one-line message."""
+    return bundle_io.read_card(path)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """A user image as (H, W, 3) uint8 RGB (EXIF orientation, alpha and palette handled)."""
+    return np.array(model_images.load_image(path), dtype=np.uint8)
+
+
+def image_from_pil(image: Image.Image) -> np.ndarray:
+    return np.array(model_images.to_rgb(image), dtype=np.uint8)
+
+
+def eta_seconds(cells_done: int, cells_total: int, tokens_per_s: float, n: int) -> float:
+    if tokens_per_s <= 0:
+        return math.inf
+    return (cells_total - cells_done) * n / tokens_per_s
+
+
+def available_devices() -> list[str]:
+    """All choices; picking CUDA on a machine without it fails to load with a message."""
+    return ["auto", "cuda", "cpu"]
+
+
+Sampler = Callable[..., Iterator[Any]]
+
+
+class Engine(QObject):
+    """Owns the loaded bundle and the worker thread; emits ``message`` with typed messages."""
+
+    message = Signal(object)
+
+    def __init__(self, sampler: Sampler | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self._sampler = sampler or sampling.complete
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-torch")
+        self._bundle = None
+        self._ids = itertools.count(1)
+        self._current: Job | None = None
+        self._lock = threading.Lock()
+        self.geometry_size = PAPER_SIZE
+        self.geometry_factor = PAPER_FACTOR
+        self.last_tokens_per_s = 0.0
+
+    # -- bundle ---------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._bundle is not None
+
+    def set_bundle(self, bundle) -> None:
+        """Use an already loaded bundle (tests, embedding)."""
+        self._bundle = bundle
+        self.geometry_size = bundle.config.vae.image_size
+        self.geometry_factor = bundle.config.vae.factor
+
+    def load(self, path: str | Path | None, device: str = "auto") -> Future:
+        """Load a bundle on the worker; emits Loaded or LoadFailed. None = the embedded default."""
+        return self._executor.submit(self._load, path, device)
+
+    def _load(self, path: str | Path | None, device: str) -> Message:
+        try:
+            if path is None:
+                path = default_bundle_path()
+                if not Path(path).exists():
+                    raise FileNotFoundError(missing_default_message(Path(path)))
+            target = pick_device(device)
+            bundle = bundle_io.load(path, target)
+            self.set_bundle(bundle)
+            result: Message = Loaded(
+                path=str(path),
+                device=str(target),
+                name=str(bundle.card.get("name") or Path(path).name),
+                card=dict(bundle.card),
+                size=self.geometry_size,
+                factor=self.geometry_factor,
+            )
+        except FileNotFoundError as error:
+            result = LoadFailed(one_line(error))
+        except (ValueError, RuntimeError, OSError, MemoryError) as error:
+            result = LoadFailed(one_line(error))
+        except Exception as error:  # an unforeseen bug must not kill the worker silently
+            log.exception("loading %s failed", path)
+            result = LoadFailed(f"could not load {path}: {one_line(error)}")
+        self.message.emit(result)
+        return result
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> Job:
+        """Queue ``job`` on the worker; messages follow on ``message``. Returns the job (its id)."""
+        job.id = next(self._ids)
+        with self._lock:
+            self._current = job  # so that a cancel before the worker starts it is not lost
+        self._executor.submit(self.run_job_blocking, job, self.message.emit)
+        return job
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._current is not None:
+                self._current.cancel.set()
+
+    def run_job_blocking(self, job: Job, emit: Callable[[Message], None]) -> Message:
+        """Run ``job`` on the calling thread, passing each message to ``emit``; return the last."""
+        if not job.id:
+            job.id = next(self._ids)
+        with self._lock:
+            self._current = job
+        try:
+            result = self._run(job, emit)
+        except (ValueError, RuntimeError, OSError, MemoryError) as error:
+            log.warning("generation failed: %s", error)
+            result = Failed(job.id, one_line(error))
+        except Exception as error:  # never let a bug take the image or the worker down
+            log.exception("generation failed")
+            result = Failed(job.id, f"internal error: {one_line(error)}")
+        finally:
+            with self._lock:
+                if self._current is job:
+                    self._current = None
+        emit(result)
+        return result
+
+    def _run(self, job: Job, emit: Callable[[Message], None]) -> Message:
+        bundle = self._bundle
+        if bundle is None:
+            return Failed(job.id, "no model is loaded: open a model bundle in Settings")
+        if job.cancel.is_set():
+            return Cancelled(job.id)
+        image = Image.fromarray(job.image, "RGB")
+        size = bundle.config.vae.image_size
+        factor = bundle.config.vae.factor
+        tensor, placement = model_images.to_model(image, size)
+        options = job.options()
+        for message in self._sampler(bundle, tensor, job.cell, job.caption, options, job.cancel):
+            if isinstance(message, sampling.Progress):
+                # one decode of the whole current grid per finished row (first candidate only)
+                with torch.inference_mode():
+                    decoded = bundle.vae.decode(message.tokens[:1].to(bundle.device))[0]
+                preview = model_images.paste_back(
+                    image, decoded.float().cpu(), placement, job.cell, factor
+                )
+                self.last_tokens_per_s = message.tokens_per_s
+                emit(
+                    RowDecoded(
+                        job=job.id,
+                        preview=np.asarray(preview, dtype=np.uint8),
+                        rows_done=message.rows_done,
+                        rows_total=message.rows_total,
+                        tokens_per_s=message.tokens_per_s,
+                        eta_s=eta_seconds(
+                            message.cells_done, message.cells_total, message.tokens_per_s, options.n
+                        ),
+                    )
+                )
+            elif isinstance(message, sampling.Cancelled):
+                return Cancelled(job.id)
+            elif isinstance(message, sampling.Done):
+                candidates = [
+                    np.asarray(
+                        model_images.paste_back(image, decoded, placement, job.cell, factor),
+                        dtype=np.uint8,
+                    )
+                    for decoded in message.images
+                ]
+                self.last_tokens_per_s = message.tokens_per_s
+                return Finished(
+                    job.id, candidates, message.seed, message.seconds, message.tokens_per_s
+                )
+        if job.cancel.is_set():
+            return Cancelled(job.id)
+        return Failed(job.id, "sampling ended without a result")
+
+    def shutdown(self) -> None:
+        self.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,238 @@
+"""The canvas: the image, zoom and pan, the token-grid overlay and the rectangle tool.
+
+A view only: it shows ``document.shown_image`` and tells the document where the user put the
+rectangle's top-left corner; the document snaps it to a token cell. Krita/GIMP habits: the wheel
+zooms around the cursor, Ctrl+0 fits, Ctrl+1 is 100 %, Space+drag or the middle button pans.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import QGraphicsScene, QGraphicsView
+
+from studio.document import Document
+
+ZOOM_STEP = 1.25
+MIN_ZOOM, MAX_ZOOM = 0.02, 64.0
+
+
+def to_qimage(image: np.ndarray) -> QImage:
+    """(H, W, 3) uint8 -> a QImage that owns its copy of the pixels."""
+    image = np.ascontiguousarray(image)
+    height, width, _ = image.shape
+    return QImage(image.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
+
+
+class Canvas(QGraphicsView):
+    """Shows a Document; drag with the left button to place the rectangle."""
+
+    zoom_changed = Signal(float)
+    hover_changed = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setScene(QGraphicsScene(self))
+        self.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
+        self.setBackgroundBrush(QColor(48, 48, 48))
+        self.setDragMode(QGraphicsView.DragMode.NoDrag)
+        self.setMouseTracking(True)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self._pixmap = self.scene().addPixmap(QPixmap())
+        self._pixmap.setTransformationMode(Qt.TransformationMode.FastTransformation)
+        self.document: Document | None = None
+        self.show_grid = False
+        self.eta_per_cell = 0.0  # seconds per masked cell, from the last run's speed
+        self._space = False
+        self._panning: QPointF | None = None
+        self._dragging = False
+        self._fitted = True
+
+    # -- binding ------------------------------------------------------------------------
+
+    def set_document(self, document: Document) -> None:
+        if self.document is not None:
+            for signal, slot in self._bindings():
+                signal.disconnect(slot)
+        self.document = document
+        for signal, slot in self._bindings():
+            signal.connect(slot)
+        self._refresh_image()
+        self.fit()
+
+    def _bindings(self):
+        document = self.document
+        return [
+            (document.image_changed, self._refresh_image),
+            (document.preview_changed, self._refresh_image),
+            (document.candidates_changed, self._refresh_image),
+            (document.candidate_index_changed, self._refresh_image),
+            (document.rectangle_changed, self.viewport().update),
+        ]
+
+    def _refresh_image(self, *_):
+        image = self.document.shown_image
+        self._pixmap.setPixmap(QPixmap.fromImage(to_qimage(image)))
+        self.scene().setSceneRect(QRectF(0, 0, image.shape[1], image.shape[0]))
+        self.viewport().update()
+
+    # -- zoom and pan -------------------------------------------------------------------
+
+    @property
+    def zoom(self) -> float:
+        return self.transform().m11()
+
+    def set_zoom(self, zoom: float) -> None:
+        zoom = min(MAX_ZOOM, max(MIN_ZOOM, zoom))
+        factor = zoom / self.zoom
+        self.scale(factor, factor)
+        self._fitted = False
+        self.zoom_changed.emit(self.zoom)
+
+    def fit(self) -> None:
+        if self.document is None:
+            return
+        self.fitInView(self.scene().sceneRect(), Qt.AspectRatioMode.KeepAspectRatio)
+        self._fitted = True
+        self.zoom_changed.emit(self.zoom)
+
+    def actual_size(self) -> None:
+        self.resetTransform()
+        self._fitted = False
+        self.zoom_changed.emit(1.0)
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        if self._fitted:
+            self.fit()
+
+    def wheelEvent(self, event):
+        steps = event.angleDelta().y() / 120
+        if steps:
+            self.set_zoom(self.zoom * ZOOM_STEP**steps)
+        event.accept()
+
+    def keyPressEvent(self, event):
+        key = event.key()
+        if key == Qt.Key.Key_Space and not event.isAutoRepeat():
+            self._space = True
+            self.viewport().setCursor(Qt.CursorShape.OpenHandCursor)
+            return
+        document = self.document
+        if document is not None and document.candidates:  # staging keys work on the canvas too
+            if key == Qt.Key.Key_Left:
+                return document.previous_candidate()
+            if key == Qt.Key.Key_Right:
+                return document.next_candidate()
+            if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+                document.accept_candidate()
+                return
+        super().keyPressEvent(event)
+
+    def keyReleaseEvent(self, event):
+        if event.key() == Qt.Key.Key_Space and not event.isAutoRepeat():
+            self._space = False
+            self.viewport().unsetCursor()
+            return
+        super().keyReleaseEvent(event)
+
+    # -- rectangle tool -----------------------------------------------------------------
+
+    def mousePressEvent(self, event):
+        button = event.button()
+        if button == Qt.MouseButton.MiddleButton or (
+            button == Qt.MouseButton.LeftButton and self._space
+        ):
+            self._panning = event.position()
+            self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
+            return
+        if button == Qt.MouseButton.LeftButton and self.document is not None:
+            self._dragging = True
+            self._place(event.position())
+            return
+        super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event):
+        if self._panning is not None:
+            delta = event.position() - self._panning
+            self._panning = event.position()
+            self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() - delta.x())
+            self.verticalScrollBar().setValue(self.verticalScrollBar().value() - delta.y())
+            return
+        if self._dragging:
+            self._place(event.position())
+            return
+        if self.document is not None:
+            point = self.mapToScene(event.position().toPoint())
+            self.hover_changed.emit(f"{int(point.x())}, {int(point.y())}")
+        super().mouseMoveEvent(event)
+
+    def mouseReleaseEvent(self, event):
+        if self._panning is not None:
+            self._panning = None
+            self.viewport().unsetCursor()
+            return
+        if self._dragging:
+            self._dragging = False
+            self._place(event.position())
+            return
+        super().mouseReleaseEvent(event)
+
+    def _place(self, position: QPointF) -> None:
+        if self.document.generating:
+            return  # the running job's rectangle is fixed
+        point = self.mapToScene(position.toPoint())
+        self.document.set_rectangle_from_pixel(point.x(), point.y())
+
+    # -- overlays -----------------------------------------------------------------------
+
+    def set_show_grid(self, show: bool) -> None:
+        self.show_grid = show
+        self.viewport().update()
+
+    def drawForeground(self, painter: QPainter, rect: QRectF) -> None:
+        document = self.document
+        if document is None:
+            return
+        geometry = document.geometry
+        cosmetic = QPen(QColor(255, 255, 255, 70), 0)
+        if self.show_grid:
+            painter.setPen(cosmetic)
+            for index in range(geometry.grid + 1):
+                x, y, _, _ = geometry.cell_rect((index, index))
+                if x <= document.width:
+                    painter.drawLine(QPointF(x, 0), QPointF(x, document.height))
+                if y <= document.height:
+                    painter.drawLine(QPointF(0, y), QPointF(document.width, y))
+        box = document.rectangle_pixels()
+        if box is None:
+            return
+        x, y, w, h = box
+        painter.fillRect(QRectF(x, y, w, h), QBrush(QColor(80, 160, 255, 40)))
+        pen = QPen(QColor(80, 170, 255), 0)
+        pen.setWidth(2)
+        pen.setCosmetic(True)
+        painter.setPen(pen)
+        painter.drawRect(QRectF(x, y, w, h))
+        painter.save()
+        painter.resetTransform()
+        corner = self.mapFromScene(QPointF(x, y))
+        label = self.rectangle_label()
+        metrics = painter.fontMetrics()
+        width = metrics.horizontalAdvance(label) + 10
+        box_rect = QRectF(corner.x() + 4, corner.y() + 4, width, metrics.height() + 6)
+        painter.fillRect(box_rect, QColor(0, 0, 0, 170))
+        painter.setPen(QColor(255, 255, 255))
+        painter.drawText(box_rect, Qt.AlignmentFlag.AlignCenter, label)
+        painter.restore()
+
+    def rectangle_label(self) -> str:
+        document = self.document
+        cells = document.masked_cells
+        text = f"{cells} cells"
+        if self.eta_per_cell > 0:
+            seconds = cells * self.eta_per_cell
+            text += " · ETA <1 s" if seconds < 1 else f" · ETA ~{seconds:.0f} s"
+        return text

@@ -1,0 +1,147 @@
+"""Caption box (with Alt+Up/Down history and example captions) and the sampling options."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QMenu,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+SEED_MODES = ("random", "fixed", "increment")
+MAX_SEED = 2**31 - 1
+
+
+class CaptionEdit(QLineEdit):
+    """A line edit that walks a caption history with Alt+Up / Alt+Down."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.history: list[str] = []
+        self._position = 0
+        self.setPlaceholderText("Describe the region to regenerate…  (Ctrl+Enter)")
+        self.setClearButtonEnabled(True)
+
+    def set_history(self, history: list[str]) -> None:
+        self.history = list(history)
+        self._position = len(self.history)
+
+    def keyPressEvent(self, event):
+        if event.modifiers() & Qt.KeyboardModifier.AltModifier and self.history:
+            if event.key() == Qt.Key.Key_Up:
+                self._position = max(0, self._position - 1)
+                self.setText(self.history[self._position])
+                return
+            if event.key() == Qt.Key.Key_Down:
+                self._position = min(len(self.history), self._position + 1)
+                inside = self._position < len(self.history)
+                self.setText(self.history[self._position] if inside else "")
+                return
+        super().keyPressEvent(event)
+
+
+class CaptionPanel(QWidget):
+    """Caption, examples, options, Generate and Cancel."""
+
+    generate_requested = Signal()
+    cancel_requested = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.caption = CaptionEdit()
+        self.examples = QToolButton()
+        self.examples.setText("Examples")
+        self.examples.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.examples.setMenu(QMenu(self.examples))
+        self.generate = QPushButton("Generate")
+        self.generate.setToolTip("Generate (Ctrl+Enter)")
+        self.generate.clicked.connect(self.generate_requested)
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setToolTip("Cancel (Esc)")
+        self.cancel.clicked.connect(self.cancel_requested)
+        self.cancel.setEnabled(False)
+
+        self.candidates = QSpinBox()
+        self.candidates.setRange(1, 16)
+        self.candidates.setValue(4)
+        self.seed_mode = QComboBox()
+        self.seed_mode.addItems(SEED_MODES)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, MAX_SEED)
+        self.seed.setValue(1)
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.05, 5.0)
+        self.temperature.setSingleStep(0.05)
+        self.temperature.setValue(1.0)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(0, 16384)
+        self.top_k.setSpecialValueText("off")
+        self.guidance = QDoubleSpinBox()
+        self.guidance.setRange(0.0, 30.0)
+        self.guidance.setSingleStep(0.5)
+        self.guidance.setValue(1.0)
+
+        row = QHBoxLayout()
+        row.addWidget(self.examples)
+        row.addStretch(1)
+        row.addWidget(self.generate)
+        row.addWidget(self.cancel)
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed_mode)
+        seed_row.addWidget(self.seed, 1)
+        form = QFormLayout()
+        form.addRow("Candidates", self.candidates)
+        form.addRow("Seed", seed_row)
+        form.addRow("Temperature", self.temperature)
+        form.addRow("Top-k", self.top_k)
+        form.addRow("Guidance", self.guidance)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.caption)
+        layout.addLayout(row)
+        layout.addLayout(form)
+        layout.addStretch(1)
+
+    def set_examples(self, captions: list[str]) -> None:
+        menu = self.examples.menu()
+        menu.clear()
+        for caption in captions:
+            menu.addAction(caption, lambda text=caption: self.caption.setText(text))
+        self.examples.setEnabled(bool(captions))
+
+    def set_running(self, running: bool) -> None:
+        self.generate.setEnabled(not running)
+        self.cancel.setEnabled(running)
+
+    def next_seed(self) -> int | None:
+        """The seed for the next run per the seed mode (random: None, a fresh one is drawn)."""
+        mode = self.seed_mode.currentText()
+        if mode == "random":
+            return random.randint(0, MAX_SEED)
+        return self.seed.value()
+
+    def after_run(self, seed: int) -> None:
+        """Show the used seed; increment mode moves on to the next one."""
+        if self.seed_mode.currentText() == "increment":
+            self.seed.setValue((seed + 1) % MAX_SEED)
+        else:
+            self.seed.setValue(seed)
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "n": self.candidates.value(),
+            "temperature": round(self.temperature.value(), 4),
+            "top_k": self.top_k.value(),
+            "guidance": round(self.guidance.value(), 4),
+        }

@@ -1,0 +1,76 @@
+"""The whole app in a subprocess: ``--selftest`` (a second QApplication in-process would abort)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from studio.engine import default_bundle_path
+from tests.helpers import tiny_bundle_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_selftest_runs_one_completion_and_saves(tmp_path):
+    default = default_bundle_path()
+    bundle = default if default.exists() else tiny_bundle_file(tmp_path)
+    out = tmp_path / "out"
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM="offscreen",
+        XDG_DATA_HOME=str(tmp_path / "data"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        OMP_NUM_THREADS="2",
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studio.app",
+            "--selftest",
+            "--bundle",
+            str(bundle),
+            "--device",
+            "cpu",
+            "--selftest-dir",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "selftest: OK" in result.stdout
+    assert (out / "selftest.png").stat().st_size > 1000
+    with zipfile.ZipFile(out / "selftest.dstudio") as archive:
+        assert "manifest.json" in archive.namelist()
+
+
+def test_missing_bundle_fails_with_a_message(tmp_path):
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "studio.app",
+            "--selftest",
+            "--device",
+            "cpu",
+            "--bundle",
+            str(tmp_path / "nothing.dalle.safetensors"),
+            "--selftest-dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "nothing.dalle.safetensors" in result.stderr

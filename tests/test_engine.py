@@ -1,0 +1,185 @@
+"""studio.engine: jobs, live rows, cancel and errors, without widgets."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from model import sampling
+from studio import engine as studio_engine
+from studio.document import Document
+from studio.engine import Engine, Job
+from tests.helpers import tiny_bundle, tiny_bundle_file
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_bundle()
+
+
+def picture(width=48, height=40, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def run(engine: Engine, job: Job):
+    messages = []
+    engine.run_job_blocking(job, messages.append)
+    return messages
+
+
+def test_job_streams_rows_then_candidates_pasted_back(bundle):
+    engine = Engine()
+    engine.set_bundle(bundle)
+    image = picture()
+    document = Document(image.copy())
+    document.set_model_geometry(32, 8)
+    cell = document.set_rectangle_from_pixel(20, 20)
+    messages = run(engine, Job(image=image, cell=cell, caption="a red circle", n=2, seed=3))
+    rows = [m for m in messages if isinstance(m, studio_engine.RowDecoded)]
+    final = messages[-1]
+    assert isinstance(final, studio_engine.Finished)
+    assert len(rows) == 4 - cell[0]  # one decoded preview per rectangle row
+    assert [r.rows_done for r in rows] == list(range(1, len(rows) + 1))
+    assert final.seed == 3 and len(final.candidates) == 2
+    x, y, _, _ = document.rectangle_pixels()
+    outside = np.ones(image.shape[:2], bool)
+    outside[y:, x:] = False
+    for result in [r.preview for r in rows] + final.candidates:
+        assert result.shape == image.shape and result.dtype == np.uint8
+        assert np.array_equal(result[outside], image[outside])  # original pixels, bit for bit
+    assert not np.array_equal(final.candidates[0][y:, x:], image[y:, x:])
+
+
+def fake_sampler(rows=3, block: threading.Event | None = None):
+    """A sampler that yields instantly (or waits on ``block``) and honours cancel."""
+
+    def sample(bundle, image, cell, caption, options, cancel):
+        grid = bundle.config.transformer.grid
+        tokens = torch.zeros(options.n, grid, grid, dtype=torch.long)
+        for row in range(rows):
+            if block is not None:
+                block.wait(5)
+            if cancel.is_set():
+                yield sampling.Cancelled(tokens=tokens, cells_done=row)
+                return
+            yield sampling.Progress(tokens, row, row + 1, rows, row + 1, rows, 100.0)
+        yield sampling.Done(tokens, torch.rand(options.n, 3, 32, 32), None, 1, 0.1, 100.0, 1)
+
+    return sample
+
+
+def test_cancel_stops_the_job_and_leaves_the_image(bundle):
+    engine = Engine(sampler=fake_sampler(rows=3))
+    engine.set_bundle(bundle)
+    image = picture()
+    document = Document(image.copy())
+    job = Job(image=document.image, cell=(1, 1), caption="x")
+
+    def emit(message):
+        if isinstance(message, studio_engine.RowDecoded):
+            document.show_row(message.preview, message.rows_done, message.rows_total, 1, 1)
+            job.cancel.set()  # the user presses Esc after the first row
+
+    document.start_generation()
+    result = engine.run_job_blocking(job, emit)
+    assert isinstance(result, studio_engine.Cancelled)
+    document.end_generation()
+    assert np.array_equal(document.image, image)
+    assert document.shown_image is document.image
+
+
+def test_errors_become_messages(bundle, tmp_path):
+    engine = Engine()
+    no_model = run(engine, Job(image=picture(), cell=(0, 0), caption="x"))
+    assert isinstance(no_model[-1], studio_engine.Failed)
+    assert "no model" in no_model[-1].message
+    engine.set_bundle(bundle)
+    bad_option = run(engine, Job(image=picture(), cell=(0, 0), caption="x", temperature=0))
+    assert isinstance(bad_option[-1], studio_engine.Failed)
+    assert "temperature" in bad_option[-1].message
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB\nmore")
+        yield  # pragma: no cover
+
+    engine_oom = Engine(sampler=out_of_memory)
+    engine_oom.set_bundle(bundle)
+    oom = run(engine_oom, Job(image=picture(), cell=(0, 0), caption="x"))
+    assert isinstance(oom[-1], studio_engine.Failed)
+    assert oom[-1].message.startswith("out of memory") and "\n" not in oom[-1].message
+
+
+def test_load_reports_bad_and_missing_bundles(tmp_path):
+    engine = Engine()
+    bad = tmp_path / "bad.dalle.safetensors"
+    bad.write_bytes(b"garbage")
+    result = engine._load(bad, "cpu")
+    assert (
+        isinstance(result, studio_engine.LoadFailed) and "bad.dalle.safetensors" in result.message
+    )
+    missing = engine._load(tmp_path / "none.dalle.safetensors", "cpu")
+    assert isinstance(missing, studio_engine.LoadFailed)
+    assert not engine.loaded
+
+
+def test_load_on_the_worker_emits_loaded(qtbot, tmp_path):
+    path = tiny_bundle_file(tmp_path)
+    engine = Engine()
+    try:
+        with qtbot.waitSignal(engine.message, timeout=20_000) as blocker:
+            engine.load(path, "cpu")
+        loaded = blocker.args[0]
+        assert isinstance(loaded, studio_engine.Loaded)
+        assert (loaded.size, loaded.factor, loaded.device) == (32, 8, "cpu")
+        assert loaded.card["example_captions"]
+        assert engine.loaded
+    finally:
+        engine.shutdown()
+
+
+def test_submit_streams_through_the_signal(qtbot, bundle):
+    engine = Engine(sampler=fake_sampler(rows=2))
+    engine.set_bundle(bundle)
+    received = []
+    engine.message.connect(received.append)
+    try:
+        with qtbot.waitSignal(
+            engine.message,
+            timeout=10_000,
+            check_params_cb=lambda m: isinstance(m, studio_engine.Finished),
+        ):
+            engine.submit(Job(image=picture(), cell=(2, 2), caption="x", n=3))
+        kinds = [type(m).__name__ for m in received]
+        assert kinds == ["RowDecoded", "RowDecoded", "Finished"]
+        assert len(received[-1].candidates) == 3
+    finally:
+        engine.shutdown()
+
+
+def test_cancel_through_the_engine_before_and_during_a_job(qtbot, bundle):
+    gate = threading.Event()
+    engine = Engine(sampler=fake_sampler(rows=3, block=gate))
+    engine.set_bundle(bundle)
+    try:
+        with qtbot.waitSignal(
+            engine.message,
+            timeout=10_000,
+            check_params_cb=lambda m: isinstance(m, studio_engine.Cancelled),
+        ):
+            engine.submit(Job(image=picture(), cell=(0, 0), caption="x"))
+            engine.cancel()
+            gate.set()
+    finally:
+        engine.shutdown()
+
+
+def test_geometry_matches_the_models_placement():
+    geometry = studio_engine.Geometry(100, 50, 32, 8)  # scale 0.32
+    assert geometry.grid == 4
+    assert geometry.cell_at(99, 49) == (1, 3)
+    x, y = geometry.pixel_of((1, 3))
+    assert geometry.cell_at(x, y) == (1, 3) and geometry.cell_at(x - 1, y) == (1, 2)
+    assert geometry.masked_cells((1, 3)) == 3

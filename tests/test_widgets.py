@@ -1,0 +1,293 @@
+"""pytest-qt tests of the studio's widgets (offscreen). Async flows run on the engine's worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
+from PySide6.QtGui import QImage
+
+from studio import engine as messages
+from studio.document import Document
+from studio.engine import Engine
+from studio.widgets.canvas import to_qimage
+from studio.widgets.main_window import MainWindow, qimage_to_array
+from tests.helpers import tiny_bundle, tiny_bundle_file
+
+
+def picture(width=96, height=64, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def default_or_tiny_bundle(tmp_path_factory):
+    """The embedded default bundle when it is installed, else the tiny test bundle."""
+    path = messages.default_bundle_path()
+    if path.exists():
+        from model.bundle import load
+
+        return load(path)
+    return tiny_bundle()
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, default_or_tiny_bundle):
+    engine = Engine()
+    engine.set_bundle(default_or_tiny_bundle)
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(engine, settings, autosave_folder=tmp_path)
+    win.ask_before_close = False
+    win.set_document(Document(picture()))
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    engine.shutdown()
+
+
+def viewport_point(canvas, x: float, y: float) -> QPoint:
+    return canvas.mapFromScene(QPointF(x, y))
+
+
+def canvas_pixels(canvas) -> np.ndarray:
+    return qimage_to_array(canvas._pixmap.pixmap().toImage())
+
+
+def test_dragging_places_a_snapped_rectangle(window, qtbot):
+    canvas = window.canvas
+    viewport = canvas.viewport()
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=viewport_point(canvas, 5, 5))
+    qtbot.mouseMove(viewport, viewport_point(canvas, 30, 20))
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=viewport_point(canvas, 50, 40))
+    document = window.document
+    expected = document.geometry.cell_at(50, 40)
+    assert document.cell == expected
+    x, y, w, h = document.rectangle_pixels()
+    assert x <= 50 and y <= 40  # snapped to the cell's corner, at or before the pointer
+    assert (x + w, y + h) == (document.width, document.height)  # reaches the bottom-right
+    assert f"{document.masked_cells} cells" in canvas.rectangle_label()
+
+
+def test_zoom_shortcuts_and_wheel(window, qtbot):
+    canvas = window.canvas
+    canvas.actual_size()
+    assert canvas.zoom == pytest.approx(1.0)
+    canvas.set_zoom(3.0)
+    assert canvas.zoom == pytest.approx(3.0)
+    canvas.fit()
+    assert canvas.zoom != pytest.approx(3.0)
+
+
+def test_ctrl_enter_changes_the_canvas_only_inside_the_rectangle(window, qtbot):
+    document = window.document
+    original = document.image.copy()
+    document.set_rectangle_from_pixel(50, 30)
+    x, y, _, _ = document.rectangle_pixels()
+    window.caption.caption.setText("a red circle")
+    window.caption.candidates.setValue(2)
+    window.activateWindow()
+    window.canvas.setFocus()
+    with qtbot.waitSignal(document.candidates_changed, timeout=60_000):
+        qtbot.keyClick(window.canvas, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    assert len(document.candidates) == 2 and not window.errors
+    shown = canvas_pixels(window.canvas)
+    outside = np.ones(original.shape[:2], bool)
+    outside[y:, x:] = False
+    assert np.array_equal(shown[outside], original[outside])
+    assert not np.array_equal(shown[y:, x:], original[y:, x:])
+    assert np.array_equal(document.image, original)  # nothing is applied before accepting
+
+
+def stage(document: Document, count=3) -> list[np.ndarray]:
+    candidates = [picture(seed=10 + i) for i in range(count)]
+    document.start_generation()
+    document.finish_generation(candidates, "staged", (1, 1), 9, {"n": count})
+    return candidates
+
+
+def test_candidate_keys_browse_accept_undo_redo(window, qtbot):
+    document = window.document
+    original = document.image.copy()
+    candidates = stage(document)
+    strip = window.strip
+    assert strip.isVisible() and strip.count() == 3
+    qtbot.keyClick(strip, Qt.Key.Key_Right)
+    qtbot.keyClick(strip, Qt.Key.Key_Right)
+    assert document.candidate_index == 2
+    assert np.array_equal(canvas_pixels(window.canvas), candidates[2])
+    qtbot.keyClick(strip, Qt.Key.Key_Left)
+    assert document.candidate_index == 1
+    qtbot.keyClick(strip, Qt.Key.Key_Return)
+    assert np.array_equal(document.image, candidates[1]) and not strip.isVisible()
+    window.undo_action.trigger()
+    assert np.array_equal(document.image, original)
+    assert np.array_equal(canvas_pixels(window.canvas), original)
+    window.redo_action.trigger()
+    assert np.array_equal(document.image, candidates[1])
+
+
+def test_escape_discards_candidates(window, qtbot):
+    document = window.document
+    original = document.image.copy()
+    stage(document, 2)
+    qtbot.keyClick(window.strip, Qt.Key.Key_Escape)
+    assert not document.candidates
+    assert np.array_equal(canvas_pixels(window.canvas), original)
+
+
+def test_history_double_click_restores(window, qtbot):
+    document = window.document
+    original = document.image.copy()
+    candidates = stage(document, 2)
+    document.accept_candidate()
+    history = window.history
+    root_item = history.items[min(document.history)]
+    assert history.topLevelItemCount() == 1 and root_item.childCount() == 2
+    rect = history.visualItemRect(root_item)
+    qtbot.mouseClick(history.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert np.array_equal(canvas_pixels(window.canvas), original)  # a click only previews
+    assert np.array_equal(document.image, candidates[0])
+    qtbot.mouseDClick(
+        history.viewport(),
+        Qt.MouseButton.LeftButton,
+        pos=history.visualItemRect(history.items[min(document.history)]).center(),
+    )
+    assert np.array_equal(document.image, original)
+    document.undo_stack.undo()
+    assert np.array_equal(document.image, candidates[0])
+
+
+def test_errors_are_messages_not_crashes(window, tmp_path):
+    before = window.document
+    assert window.generate() is None  # no rectangle yet
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    assert not window.open_path(bad)
+    assert window.document is before
+    assert any("rectangle" in e for e in window.errors)
+    assert any("broken.png" in e for e in window.errors)
+    window.on_message(messages.LoadFailed("model bundle x: bad header"))
+    assert "bad header" in window.errors[-1]
+
+
+def test_open_image_and_project_and_swap_rebinds(window, tmp_path):
+    image = picture(40, 30, seed=5)
+    path = tmp_path / "in.png"
+    QImage(to_qimage(image)).save(str(path))
+    assert window.open_path(path)
+    assert np.array_equal(window.document.image, image)
+    old = window.document
+    window._save_to(str(tmp_path / "p.dstudio"))
+    assert window.open_path(tmp_path / "p.dstudio")
+    assert window.document is not old
+    old.set_cell((0, 0))  # the old document no longer drives the views
+    assert window.document.cell is None
+    assert str(tmp_path / "p.dstudio") in window._recent()
+
+
+def test_model_loads_on_the_worker_after_the_window_is_up(qtbot, tmp_path):
+    bundle_path = tiny_bundle_file(tmp_path)
+    engine = Engine()
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(engine, settings, autosave_folder=tmp_path)
+    win.ask_before_close = False
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        with qtbot.waitSignal(engine.message, timeout=20_000):
+            win.load_model(str(bundle_path), "cpu")
+        assert "tiny test bundle" in win.model_label.text()
+        assert "cpu" in win.device_label.text()
+        assert win.caption.examples.menu().actions()
+    finally:
+        engine.shutdown()
+
+
+def test_recovery_is_offered_and_restores_the_autosave(window, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    stage(window.document, 1)
+    window.document.accept_candidate()
+    kept = window.document.image.copy()
+    window.autosave()
+    window.set_document(Document(picture(seed=99)))
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    window.offer_recovery()
+    assert np.array_equal(window.document.image, kept)
+    assert len(window.document.history) == 2
+    assert not (tmp_path / "autosave.dstudio").exists()  # offered once only
+
+
+def test_switching_documents_mid_generation_drops_the_job(window, qtbot):
+    document = window.document
+    document.set_cell((0, 0))
+    window.caption.caption.setText("x")
+    assert window.generate() is not None
+    window.set_document(Document(picture(seed=3)))
+    assert window.job is None and not document.generating
+    qtbot.wait(200)
+    assert not window.document.candidates
+
+
+def test_settings_dialog_shows_the_bundle_card(qtbot, tmp_path):
+    from studio.widgets.settings import SettingsDialog
+
+    path = tiny_bundle_file(tmp_path)
+    dialog = SettingsDialog("cpu", str(path))
+    qtbot.addWidget(dialog)
+    assert "tiny test bundle" in dialog.card.toPlainText()
+    assert dialog.values() == ("cpu", str(path))
+    dialog.bundle.setText(str(tmp_path / "missing.dalle.safetensors"))
+    assert "Cannot read" in dialog.card.toPlainText()
+
+
+def test_caption_history_walks_with_alt_up_down(window, qtbot):
+    edit = window.caption.caption
+    edit.set_history(["first", "second"])
+    alt = Qt.KeyboardModifier.AltModifier
+    qtbot.keyClick(edit, Qt.Key.Key_Up, alt)
+    assert edit.text() == "second"
+    qtbot.keyClick(edit, Qt.Key.Key_Up, alt)
+    assert edit.text() == "first"
+    qtbot.keyClick(edit, Qt.Key.Key_Down, alt)
+    qtbot.keyClick(edit, Qt.Key.Key_Down, alt)
+    assert edit.text() == ""
+
+
+def test_middle_button_pans(window, qtbot):
+    canvas = window.canvas
+    canvas.set_zoom(40.0)
+    bar = canvas.horizontalScrollBar()
+    assert bar.maximum() > 0
+    bar.setValue(bar.maximum() // 2)
+    before = bar.value()
+    viewport = canvas.viewport()
+    qtbot.mousePress(viewport, Qt.MouseButton.MiddleButton, pos=QPoint(100, 100))
+    qtbot.mouseMove(viewport, QPoint(160, 100))
+    qtbot.mouseRelease(viewport, Qt.MouseButton.MiddleButton, pos=QPoint(160, 100))
+    assert bar.value() < before
+    assert window.document.cell is None  # panning does not move the rectangle
+
+
+def test_paste_and_drop_open_images(window, qtbot, tmp_path):
+    from PySide6.QtCore import QMimeData, QUrl
+    from PySide6.QtGui import QDropEvent, QGuiApplication
+
+    image = picture(30, 20, seed=7)
+    QGuiApplication.clipboard().setImage(to_qimage(image))
+    window.paste_image()
+    assert np.array_equal(window.document.image, image)
+    path = tmp_path / "dropped.png"
+    other = picture(24, 24, seed=8)
+    to_qimage(other).save(str(path))
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(str(path))])
+    event = QDropEvent(
+        QPointF(10, 10),
+        Qt.DropAction.CopyAction,
+        data,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    window.dropEvent(event)
+    assert np.array_equal(window.document.image, other)

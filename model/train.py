@@ -426,6 +426,25 @@ def device_name(device: torch.device) -> str:
     return f"{device.type} ({os.cpu_count()} cores)"
 
 
+def run_stage(trainer: Trainer, stage: str, data: dict, callbacks=(), resume=False):
+    """Run a stage's trainer; returns its final (EMA) model and the card describing the run."""
+    for event, fn in callbacks:
+        trainer.add_callback(event, fn)
+    started = time.perf_counter()
+    final = trainer.run(resume=resume).model
+    metrics = read_metrics(trainer.out_dir)
+    card = {
+        "stage": stage,
+        "data": data,
+        "train": asdict(trainer.config),
+        "steps": trainer.step,
+        "wall_seconds_this_run": time.perf_counter() - started,
+        "device": device_name(trainer.device),
+        "final_metrics": metrics[-1] if metrics else {},
+    }
+    return final, card
+
+
 def train_vae(data_dir, out_dir, vae_config, config: TrainConfig, resume=False, callbacks=()):
     """Train a dVAE on a caption folder's images; returns the path of ``vae.safetensors``."""
     from model.data.folder import CaptionFolder
@@ -443,20 +462,8 @@ def train_vae(data_dir, out_dir, vae_config, config: TrainConfig, resume=False, 
         return {**metrics, "psnr": -10 * torch.log10(mse)}
 
     trainer = Trainer(Objective(vae), step_fn, len(dataset), config, out_dir)
-    for event, fn in callbacks:
-        trainer.add_callback(event, fn)
-    started = time.perf_counter()
-    final = trainer.run(resume=resume).model
-    metrics = read_metrics(out_dir)
-    card = {
-        "stage": "vae",
-        "data": {"folder": str(data_dir), "images": len(dataset)},
-        "train": asdict(config),
-        "steps": trainer.step,
-        "wall_seconds_this_run": time.perf_counter() - started,
-        "device": device_name(trainer.device),
-        "final_metrics": metrics[-1] if metrics else {},
-    }
+    data = {"folder": str(data_dir), "images": len(dataset)}
+    final, card = run_stage(trainer, "vae", data, callbacks, resume)
     path = out_dir / "vae.safetensors"
     if trainer.dist.main:
         save_vae(final.cpu(), path, card)
@@ -548,24 +555,14 @@ def train_transformer(
     seed_everything(config.seed)
     transformer = Transformer(tf_config)
     trainer = Trainer(Objective(transformer), step_fn, len(dataset), config, out_dir)
-    for event, fn in callbacks:
-        trainer.add_callback(event, fn)
-    started = time.perf_counter()
-    final = trainer.run(resume=resume).model
-    metrics = read_metrics(out_dir)
+    data = {"folder": str(data_dir), "pairs": len(dataset)}
+    final, card = run_stage(trainer, "transformer", data, callbacks, resume)
+    card.update(
+        parameters=transformer.num_parameters(),
+        vae=vae_card,
+        example_captions=[lines[0] for _, lines in dataset.samples[:8]],
+    )
     bundle_config = BundleConfig(vae=vae.config, text=text_config, transformer=tf_config)
-    card = {
-        "stage": "transformer",
-        "data": {"folder": str(data_dir), "pairs": len(dataset)},
-        "train": asdict(config),
-        "steps": trainer.step,
-        "wall_seconds_this_run": time.perf_counter() - started,
-        "device": device_name(trainer.device),
-        "parameters": transformer.num_parameters(),
-        "final_metrics": metrics[-1] if metrics else {},
-        "vae": vae_card,
-        "example_captions": [lines[0] for _, lines in dataset.samples[:8]],
-    }
     path = out_dir / "model.dalle.safetensors"
     if trainer.dist.main:
         bundle = Bundle(
@@ -669,21 +666,10 @@ def train_reranker(
     seed_everything(config.seed)
     reranker = Reranker(reranker_config)
     trainer = Trainer(Objective(reranker), step_fn, len(dataset), config, out_dir)
-    for event, fn in callbacks:
-        trainer.add_callback(event, fn)
-    started = time.perf_counter()
-    final = trainer.run(resume=resume).model
-    metrics = read_metrics(out_dir)
+    data = {"folder": str(data_dir), "pairs": len(dataset)}
+    final, bundle.card["reranker"] = run_stage(trainer, "reranker", data, callbacks, resume)
     bundle.reranker = final.cpu().eval()
     bundle.config.reranker = reranker_config
-    bundle.card["reranker"] = {
-        "data": {"folder": str(data_dir), "pairs": len(dataset)},
-        "train": asdict(config),
-        "steps": trainer.step,
-        "wall_seconds_this_run": time.perf_counter() - started,
-        "device": device_name(trainer.device),
-        "final_metrics": metrics[-1] if metrics else {},
-    }
     path = out_dir / "model.dalle.safetensors"
     if trainer.dist.main:
         save(bundle, path)

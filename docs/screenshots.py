@@ -19,21 +19,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 MAX_BYTES = 300_000
 
 
-def picture(width: int = 640, height: int = 480):
-    from PIL import Image, ImageDraw
+def picture(size: int = 512):
+    """A held-out "scenes" picture, the kind of image the embedded model was trained on."""
+    from model.data.scenes import render_scene
 
-    image = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(image)
-    for y in range(height):
-        t = y / height
-        draw.line([(0, y), (width, y)], fill=(int(90 + 120 * t), int(150 + 60 * t), 235))
-    draw.ellipse([440, 60, 540, 160], fill=(255, 214, 90))
-    draw.polygon(
-        [(0, 360), (180, 240), (360, 340), (520, 250), (640, 330), (640, 480), (0, 480)],
-        fill=(70, 140, 80),
-    )
-    draw.rectangle([90, 300, 190, 400], fill=(200, 60, 60))
-    draw.polygon([(80, 300), (140, 250), (200, 300)], fill=(120, 50, 40))
+    image, _spec = render_scene(11, 9, size=size)  # a black square and a red diamond on green
     return image
 
 
@@ -66,7 +56,8 @@ def main() -> int:
     app = QApplication(sys.argv[:1])
     out = ROOT / "docs"
     bundle = load(default_bundle_path()) if default_bundle_path().exists() else synthetic_bundle()
-    bundle.card.setdefault("example_captions", ["a red house under a yellow sun"])
+    caption = "a yellow circle in the bottom right on a green background"
+    bundle.card.setdefault("example_captions", [caption])
     engine = Engine()
     folder = Path("/tmp/studio-screenshots")
     window = MainWindow(
@@ -101,11 +92,11 @@ def main() -> int:
             )
         )
         window.set_document(Document(np.asarray(picture(), dtype=np.uint8)))
-        window.document.source_path = "landscape.png"
+        window.document.source_path = "scene.png"
         window.grid_action.setChecked(True)
         window.canvas.set_show_grid(True)
         window.document.set_rectangle_from_pixel(260, 200)
-        window.caption.caption.setText("a red house under a yellow sun")
+        window.caption.caption.setText(caption)
         window.caption.candidates.setValue(4)
         window.canvas.eta_per_cell = 4 / 150
         shoot("02-rectangle.png")

@@ -1,4 +1,4 @@
-"""The ``dalle`` command line: generation, completion, data, training, bundles, eval and bench.
+"""The ``dalle`` command line: generation, completion, data, training, bundles and bench.
 
 Every command checks its input before doing any work, exits non-zero with a one-line reason on
 bad input, and writes each output file through a temporary name, so nothing is left half-written.
@@ -311,7 +311,7 @@ def cmd_complete(args) -> int:
     return 0
 
 
-# -- data / train / bundle / eval / bench --------------------------------------------------------
+# -- data / train / bundle / bench -------------------------------------------------------------
 
 
 def cmd_data(args) -> int:
@@ -355,16 +355,6 @@ def cmd_bundle(args) -> int:
         raise CLIError(str(error)) from None
     print(path)
     return 0
-
-
-def cmd_eval(args) -> int:
-    from model import evaluate
-
-    bundle = load_bundle(args.bundle, args.device)
-    try:
-        return evaluate.eval_command(bundle, args)
-    except (FileNotFoundError, ValueError) as error:
-        raise CLIError(str(error)) from None
 
 
 def cmd_bench(args) -> int:
@@ -469,14 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reranker", help="a bundle carrying a trained reranker, to take it from")
     p.add_argument("--out", required=True, help="X.dalle.safetensors")
     p.set_defaults(func=cmd_bundle)
-
-    p = sub.add_parser("eval", help="evaluate a bundle")
-    add_common_args(p)
-    p.add_argument("--count", type=int, default=64, help="held-out scenes per measure")
-    p.add_argument("--samples", type=int, default=8, help="candidates per caption (best kept)")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--json", dest="json_out", help="write the figures here as JSON")
-    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="time sampling (tokens/s, latency, peak memory)")
     add_common_args(p)

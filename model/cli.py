@@ -357,6 +357,51 @@ def cmd_bundle(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from model import evaluate
+
+    config = evaluate.EvalConfig(
+        count=args.count,
+        samples=args.samples,
+        recon_count=args.recon_count,
+        seed=args.seed,
+        precision=args.precision,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance=args.guidance,
+    )
+    try:
+        config.validate()
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    if args.json:
+        check_writable_dir(Path(args.json).resolve().parent)
+    bundle = load_bundle(args.bundle, args.device)
+    bars = {}
+
+    def progress(split: str, total: int):
+        if args.quiet:
+            return None
+        bar = bars[split] = ProgressBar(total, f"eval {split}", "runs")
+        done = [0]
+
+        def tick():
+            done[0] += 1
+            bar.update(done[0])
+            if done[0] == total:
+                bar.close()
+
+        return tick
+
+    report = evaluate.evaluate(bundle, config, progress)
+    print(evaluate.format_report(report))
+    if args.json:
+        evaluate.write_json(report, Path(args.json))
+        print(args.json)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from model import bench
 
@@ -436,6 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, result)")
     p.add_argument("--vae", help="transformer: the trained dVAE (vae.safetensors)")
     p.add_argument("--bundle", help="reranker: the bundle it will join")
+    p.add_argument(
+        "--tokenizer",
+        help="transformer: reuse this tokenizer.json instead of training one on the captions",
+    )
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=None)
@@ -449,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a model config field, e.g. --set dim=384",
+        help="override a config field: --set dim=384, --set text.text_len=48, "
+        "--set train.code_usage=1",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -459,6 +509,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reranker", help="a bundle carrying a trained reranker, to take it from")
     p.add_argument("--out", required=True, help="X.dalle.safetensors")
     p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("eval", help="measure a bundle on held-out scenes (table + JSON)")
+    p.add_argument("--count", type=int, default=100, help="captions (and completions) per split")
+    p.add_argument("--samples", type=int, default=8, help="candidates per caption")
+    p.add_argument("--recon-count", type=int, default=500, help="images per split for the dVAE")
+    p.add_argument("--seed", type=int, default=20_261_124, help="which scenes are drawn")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--json", help="also write the full report here")
+    add_precision_arg(p)
+    add_common_args(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("bench", help="time sampling (tokens/s, latency, peak memory)")
     add_common_args(p)

@@ -416,7 +416,9 @@ class DVAE(nn.Module):
         mu = stats[:, : self.config.channels]  # (B, C, S, S), logit space
         return unmap_pixels(torch.sigmoid(mu), self.config.logit_laplace_eps)
 
-    def loss(self, images: torch.Tensor, tau: float, beta: float) -> dict[str, torch.Tensor]:
+    def loss(
+        self, images: torch.Tensor, tau: float, beta: float, usage_weight: float = 0.0
+    ) -> dict[str, torch.Tensor]:
         """Negative relaxed ELB of a batch of images (B, C, S, S) in [0, 1].
 
         Returns scalars: ``nll`` (logit-Laplace negative log-likelihood per pixel value, on
@@ -428,6 +430,14 @@ class DVAE(nn.Module):
         pixel values and the KL over all G * G positions, and the sum is divided by C * S * S.
         So ``loss = nll + beta * (G * G) / (C * S * S) * kl``; at 256x256x3 with a 32x32 grid
         the KL weight is beta / 192.
+
+        ``usage_weight`` adds ``usage_weight * usage``, where ``usage`` is the KL of the batch's
+        average code distribution to uniform (wav2vec 2.0's "diversity" term for gumbel
+        codebooks). The per-position KL above cannot stop every position from choosing among
+        the same few codes; this term can, and without it a small dVAE trained for a few
+        thousand steps collapses onto a few dozen codes. 0 is the paper's objective.
+        ``perplexity`` (exp of the average distribution's entropy) reports how many codes the
+        batch spreads over.
         """
         c, eps = self.config.channels, self.config.logit_laplace_eps
         logits = self.logits(images).float()  # (B, K, G, G)
@@ -441,11 +451,22 @@ class DVAE(nn.Module):
         # KL(q || uniform) = sum_k q log q + log K
         kl = (log_q.exp() * (log_q + math.log(self.config.vocab_size))).sum(dim=1).mean()
 
+        average = log_q.exp().mean(dim=(0, 2, 3))  # (K,)
+        entropy = -(average * torch.log(average.clamp_min(1e-12))).sum()
+        usage = math.log(self.config.vocab_size) - entropy
+
         positions = logits.shape[2] * logits.shape[3]
         pixel_values = images.shape[1] * images.shape[2] * images.shape[3]
-        loss = nll + beta * positions / pixel_values * kl
+        loss = nll + beta * positions / pixel_values * kl + usage_weight * usage
 
         with torch.no_grad():
             reconstruction = unmap_pixels(torch.sigmoid(mu), eps)
             mse = F.mse_loss(reconstruction, images.float())
-        return {"loss": loss, "nll": nll, "kl": kl, "mse": mse}
+        return {
+            "loss": loss,
+            "nll": nll,
+            "kl": kl,
+            "usage": usage.detach(),
+            "perplexity": entropy.detach().exp(),
+            "mse": mse,
+        }

@@ -4,6 +4,11 @@ The paper draws many samples and keeps those a contrastive model ranks highest. 
 downloaded here, so we train a small one on our own caption–image pairs: a conv image tower and a
 transformer text tower over the bundle's BPE ids, both projected to a shared unit sphere and trained
 with the symmetric InfoNCE loss and a learned temperature (Radford et al. 2021).
+
+Random in-batch captions are easy negatives: a background colour tells most of them apart. A
+reranker must instead tell a "red star in the top left" from a "red heart in the top left", so each
+caption also brings a hard negative, the same caption with one attribute word swapped (colour,
+shape, count, size, side or relation), in the manner of NegCLIP (Yuksekgonul et al. 2023).
 """
 
 from __future__ import annotations
@@ -16,9 +21,40 @@ from torch import nn
 
 from model.config import RerankerConfig
 
+# words that can be swapped for another of their group to make a hard negative caption
+SWAP_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+    + ("gray", "cyan"),
+    ("circle", "square", "triangle", "star", "heart", "diamond", "cross", "ring"),
+    ("circles", "squares", "triangles", "stars", "hearts", "diamonds", "crosses", "rings"),
+    ("two", "three", "four"),
+    ("small", "large"),
+    ("top", "bottom"),
+    ("left", "right"),
+    ("above", "below"),
+)
+_SWAPPABLE = {word: group for group in SWAP_GROUPS for word in group}
+
+
+def hard_negative(caption: str, generator: torch.Generator | None = None) -> str | None:
+    """``caption`` with one swappable word replaced by another of its group, or None when it has
+    none. "a red star in the top left" may become "a red star in the bottom left"."""
+    words = caption.split(" ")
+    spots = [i for i, word in enumerate(words) if word.rstrip(",.") in _SWAPPABLE]
+    if not spots:
+        return None
+    i = spots[int(torch.randint(len(spots), (1,), generator=generator))]
+    core = words[i].rstrip(",.")
+    others = [word for word in _SWAPPABLE[core] if word != core]
+    words[i] = (
+        others[int(torch.randint(len(others), (1,), generator=generator))] + words[i][len(core) :]
+    )
+    return " ".join(words)
+
 
 class ImageTower(nn.Module):
-    """Conv stages halving the resolution down to 8x8, then global average pooling."""
+    """Conv stages halving the resolution down to 8x8, pooled to 4x4 and flattened, so the
+    embedding keeps where things are ("in the top left") and not only what they are."""
 
     def __init__(self, config: RerankerConfig):
         super().__init__()
@@ -33,11 +69,12 @@ class ImageTower(nn.Module):
             ]
             channels, width, size = width, width * 2, size // 2
         self.body = nn.Sequential(*layers)
-        self.proj = nn.Linear(channels, config.dim)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.proj = nn.Linear(channels * 16, config.dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.body(images * 2 - 1)  # (B, C, 8, 8)
-        return self.proj(x.mean(dim=(2, 3)))  # (B, dim)
+        x = self.pool(self.body(images * 2 - 1))  # (B, C, 4, 4)
+        return self.proj(x.flatten(1))  # (B, dim)
 
 
 class TextTower(nn.Module):
@@ -67,14 +104,37 @@ class Reranker(nn.Module):
     def embed(self, images: torch.Tensor, text: torch.Tensor):
         return F.normalize(self.image(images), dim=-1), F.normalize(self.text(text), dim=-1)
 
-    def loss(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Symmetric InfoNCE over the batch: each image's caption against the others."""
+    def loss(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        has_negative: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Symmetric InfoNCE over the batch: each image's caption against the others.
+
+        ``negatives`` (B, T) are extra captions that match no image (hard negatives); they join
+        the image-to-text side only, where ``has_negative`` (B,) bool marks the real ones.
+        ``hard_accuracy`` is how often an image scores its caption above its own hard negative.
+        """
         image_emb, text_emb = self.embed(images, text)
-        logits = self.log_scale.clamp(max=math.log(100)).exp() * image_emb @ text_emb.t()
+        scale = self.log_scale.clamp(max=math.log(100)).exp()
+        logits = scale * image_emb @ text_emb.t()  # (B, B)
         labels = torch.arange(len(images), device=images.device)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        text_loss = F.cross_entropy(logits.t(), labels)
+        metrics = {}
+        if negatives is not None:
+            negative_emb = F.normalize(self.text(negatives), dim=-1)
+            extra = scale * image_emb @ negative_emb.t()  # (B, B)
+            extra = extra.masked_fill(~has_negative[None, :], float("-inf"))
+            own = extra.diagonal()
+            hard = (logits.diagonal() > own)[has_negative].float()
+            metrics["hard_accuracy"] = hard.mean().detach() if len(hard) else hard.sum()
+            logits = torch.cat([logits, extra], dim=1)  # (B, 2B)
+        image_loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        return {"loss": loss, "accuracy": accuracy.detach()}
+        loss = (image_loss + text_loss) / 2
+        return {"loss": loss, "accuracy": accuracy.detach(), **metrics}
 
     @torch.inference_mode()
     def score(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA; CPU runs stay fp32 (bf16 is slower there)
     caption_dropout: float = 0.1  # transformer: empty caption this often, for guidance
     bpe_dropout: float = 0.1  # transformer: the paper's BPE dropout
+    kl_warmup: float = 5_000 / 150_000  # dVAE: beta's warm-up as a fraction of steps (paper's)
+    code_usage: float = 0.0  # dVAE: weight of the batch code-usage term (DVAE.loss); 0 = paper
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -338,12 +340,12 @@ PRESETS: dict[str, dict[str, dict]] = {
         "transformer": dict(dim=192, depth=6, heads=6, conv_kernel=5),
         "train": dict(steps=4000, batch_size=32, lr=1e-3, warmup=100),
     },
-    # the embedded model: 128x128 images, a 16x16 grid
+    # the embedded model's recipe (resources/models/MODEL_CARD.md): 64x64 images, a 16x16 grid
     "default": {
-        "vae": {},
-        "text": {},
-        "transformer": {},
-        "train": {},
+        "vae": dict(image_size=64, n_groups=3, n_hid=32, n_blk_per_group=1, vocab_size=512),
+        "text": dict(vocab_size=512, text_len=32),
+        "transformer": dict(dim=256, depth=8, heads=8, conv_kernel=5),
+        "train": dict(kl_warmup=0.5, code_usage=1.0),
     },
 }
 
@@ -457,7 +459,8 @@ def train_vae(data_dir, out_dir, vae_config, config: TrainConfig, resume=False, 
 
     def step_fn(model, indices, step, generator):
         images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
-        metrics = model(images, tau_at(step, config.steps), beta_at(step, config.steps))
+        beta = beta_at(step, config.steps, warmup_fraction=config.kl_warmup)
+        metrics = model(images, tau_at(step, config.steps), beta, config.code_usage)
         mse = metrics["mse"].detach().clamp_min(1e-10)
         return {**metrics, "psnr": -10 * torch.log10(mse)}
 
@@ -503,8 +506,10 @@ def train_transformer(
     config: TrainConfig,
     resume=False,
     callbacks=(),
+    tokenizer_file=None,
 ):
-    """Train the transformer on a caption folder; returns the path of the finished bundle."""
+    """Train the transformer on a caption folder; returns the path of the finished bundle.
+    ``tokenizer_file`` reuses a tokenizer.json (so a reranker trained beside it can join)."""
     from model.bundle import Bundle, save
     from model.config import BundleConfig
     from model.data.folder import CaptionFolder
@@ -522,6 +527,11 @@ def train_transformer(
     tokenizer_path = out_dir / "tokenizer.json"
     if resume and tokenizer_path.exists():
         tokenizer = CaptionTokenizer.from_json(tokenizer_path.read_text(), text_config.text_len)
+    elif tokenizer_file is not None:
+        tokenizer = CaptionTokenizer.from_json(
+            Path(tokenizer_file).read_text(), text_config.text_len
+        )
+        tokenizer_path.write_text(tokenizer.to_json())
     else:
         all_lines = [line for _, lines in dataset.samples for line in lines]
         tokenizer = CaptionTokenizer.train(all_lines, text_config.vocab_size, text_config.text_len)
@@ -595,7 +605,9 @@ def train_command(args, progress_bar_cls) -> int:
         if value is not None:
             train_values[key] = value
     train_values.update(seed=args.seed, device=args.device)
-    config = TrainConfig(**train_values)
+    train_sets = {k[6:]: v for k, v in sets.items() if k.startswith("train.")}
+    sets = {k: v for k, v in sets.items() if not k.startswith("train.")}
+    config = _override(TrainConfig, train_values, train_sets)
     if config.steps <= 0 or config.batch_size <= 0:
         raise ValueError("--steps and --batch-size must be positive")
     if not Path(args.data).is_dir():
@@ -625,7 +637,15 @@ def train_command(args, progress_bar_cls) -> int:
         text_config = _override(TextConfig, preset["text"], text_sets)
         tf_config = _override(TransformerConfig, preset["transformer"], tf_sets)
         path = train_transformer(
-            args.data, args.out, args.vae, text_config, tf_config, config, args.resume, callbacks
+            args.data,
+            args.out,
+            args.vae,
+            text_config,
+            tf_config,
+            config,
+            args.resume,
+            callbacks,
+            tokenizer_file=getattr(args, "tokenizer", None),
         )
     else:
         if not args.bundle:
@@ -646,7 +666,7 @@ def train_reranker(
     """Train the contrastive scorer on a caption folder; returns the bundle that carries it."""
     from model.bundle import load, save
     from model.data.folder import CaptionFolder
-    from model.rerank import Reranker
+    from model.rerank import Reranker, hard_negative
 
     out_dir = Path(out_dir)
     bundle = load(bundle_path)
@@ -660,8 +680,13 @@ def train_reranker(
 
     def step_fn(model, indices, step, generator):
         images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
-        text = tokenizer.encode([captions(i, generator) for i in indices]).to(trainer.device)
-        return model(images, text)
+        lines = [captions(i, generator) for i in indices]
+        swapped = [hard_negative(line, generator) for line in lines]
+        has_negative = torch.tensor([n is not None for n in swapped], device=trainer.device)
+        negatives = [n if n is not None else line for n, line in zip(swapped, lines, strict=True)]
+        text = tokenizer.encode(lines).to(trainer.device)
+        negatives = tokenizer.encode(negatives).to(trainer.device)
+        return model(images, text, negatives, has_negative)
 
     seed_everything(config.seed)
     reranker = Reranker(reranker_config)

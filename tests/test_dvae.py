@@ -312,7 +312,7 @@ def test_bad_inputs_are_refused():
 def test_loss_terms_are_finite_and_differentiable():
     model = make_model()
     out = model.loss(simple_images(2), tau=1.0, beta=2.0)
-    assert set(out) == {"loss", "nll", "kl", "mse"}
+    assert set(out) == {"loss", "nll", "kl", "usage", "perplexity", "mse"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     assert 0 <= out["kl"].item() <= math.log(TINY.vocab_size) + 1e-5
     # the paper's normalisation: KL weight beta * positions / pixel values (8*8 / (3*32*32))
@@ -332,6 +332,27 @@ def test_kl_is_zero_for_uniform_codes():
         model.encoder.blocks.output.conv.b.zero_()
     out = model.loss(simple_images(2), tau=1.0, beta=1.0)
     assert out["kl"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_code_usage_term_measures_the_batch_average():
+    model = make_model()
+    images = simple_images(2)
+    with torch.no_grad():
+        # every position certain of code 3: the batch uses one code, the most skewed average
+        model.encoder.blocks.output.conv.w.zero_()
+        model.encoder.blocks.output.conv.b.zero_()
+        model.encoder.blocks.output.conv.b[3] = 50.0
+    collapsed = model.loss(images, tau=1.0, beta=0.0, usage_weight=0.5)
+    assert collapsed["usage"].item() == pytest.approx(math.log(TINY.vocab_size), abs=1e-4)
+    assert collapsed["perplexity"].item() == pytest.approx(1.0, abs=1e-3)
+    assert collapsed["loss"].item() == pytest.approx(
+        (collapsed["nll"] + 0.5 * collapsed["usage"]).item(), rel=1e-6
+    )
+    with torch.no_grad():
+        model.encoder.blocks.output.conv.b.zero_()
+    uniform = model.loss(images, tau=1.0, beta=0.0, usage_weight=0.5)
+    assert uniform["usage"].item() == pytest.approx(0.0, abs=1e-5)
+    assert uniform["perplexity"].item() == pytest.approx(TINY.vocab_size, rel=1e-4)
 
 
 def test_adam_steps_reduce_the_loss():

@@ -27,7 +27,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -743,6 +743,78 @@ def render_scene(
     """Sample ``index`` of the dataset ``seed``: its image and its structured form."""
     spec = sample_spec(scene_rng(seed, index, split, emoji), split, emoji)
     return render(spec, size), spec
+
+
+COMPLETION_CELL = (2, 2)  # completion cases regenerate the bottom-right place
+
+
+def _box(obj: SceneObject, size: int) -> tuple[float, float, float, float]:
+    """The pixel box (x0, y0, x1, y1) that ``obj`` may touch at ``size``, anti-aliasing included."""
+    w, h = _box_size(obj.shape, obj.extent)
+    (x, y), pad = obj.center, 1  # fractions of the side; a pixel more for the box filter
+    return (
+        (x - w / 2) * size - pad,
+        (y - h / 2) * size - pad,
+        (x + w / 2) * size + pad,
+        (y + h / 2) * size + pad,
+    )
+
+
+def completion_case(
+    seed: int, index: int, size: int, start: int, split: str = "train"
+) -> tuple[Image.Image, SceneSpec]:
+    """A completion test: (source image, target scene) that differ only in the rectangle from
+    pixel (``start``, ``start``) to the bottom-right corner.
+
+    The target is the first scene drawn for ``index`` (of the dataset ``seed``) whose
+    bottom-right place holds an object lying wholly inside that rectangle, with every other
+    object wholly outside it; the source draws that object in another colour and shape.
+    Regenerating the rectangle of the source under the target's caption should give an image
+    the scorer finds right for the target.
+    """
+    if not 0 < start < size:
+        raise ValueError(f"the rectangle must start inside the image, got {start} of {size}")
+
+    def inside(obj: SceneObject) -> bool:
+        x0, y0, _, _ = _box(obj, size)
+        return x0 >= start and y0 >= start
+
+    def outside(obj: SceneObject) -> bool:
+        _, _, x1, y1 = _box(obj, size)
+        return x1 <= start or y1 <= start
+
+    def swaps(obj: SceneObject, forbidden: set[str]) -> list[SceneObject]:
+        out = []
+        for colour in COLOURS:
+            for shape in SHAPES:
+                new = replace(obj, colour=colour, shape=shape)
+                if (
+                    colour != obj.colour
+                    and shape != obj.shape
+                    and colour not in forbidden
+                    and new.kind not in HELDOUT_PAIRS
+                    and inside(new)
+                ):
+                    out.append(new)
+        return out
+
+    for attempt in range(1000):
+        rng = scene_rng(seed, index + attempt * 1_000_003, split)
+        target = sample_spec(rng, split)
+        chosen = [obj for obj in target.objects if obj.cell == COMPLETION_CELL]
+        others = [obj for obj in target.objects if obj.cell != COMPLETION_CELL]
+        if not (chosen and all(map(inside, chosen)) and all(map(outside, others))):
+            continue
+        forbidden = set(target.background.colours)
+        options = swaps(chosen[0], forbidden)  # one object per place
+        if options:
+            break
+    else:
+        raise ValueError(f"no scene fits a rectangle from pixel {start} at size {size}")
+    swapped = _choice(rng, options)
+    objects = [swapped if obj.cell == COMPLETION_CELL else obj for obj in target.objects]
+    source = replace(target, objects=tuple(objects))
+    return render(source, size), target
 
 
 # ---------------------------------------------------------------------------------------------

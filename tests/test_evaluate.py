@@ -1,0 +1,100 @@
+"""`dalle eval`: the completion protocol, the report's figures and the command's errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from model import cli, evaluate
+from model.data import scenes
+from tests.helpers import tiny_bundle, tiny_bundle_file
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_completion_case_differs_only_inside_the_rectangle(split):
+    for index in range(40):
+        source, target = scenes.completion_case(3, index, 64, 44, split)
+        drawn = np.asarray(scenes.render(target, 64))
+        changed = np.any(np.asarray(source) != drawn, axis=-1)
+        assert changed[44:, 44:].any(), "the source must differ from the target in the rectangle"
+        changed[44:, 44:] = False
+        assert not changed.any(), f"case {index}: pixels outside the rectangle differ"
+
+
+def test_completion_case_can_pass_and_fail_the_scorer():
+    """The target's own render is right for its caption and the source is not, so the completion
+    figure measures the regenerated region and nothing else."""
+    for index in range(40):
+        source, target = scenes.completion_case(7, index, 64, 44)
+        assert scenes.score(scenes.render(target, 64), target.stated).correct
+        assert not scenes.score(source, target.stated).correct
+
+
+def test_completion_case_is_deterministic_and_checks_its_rectangle():
+    a_image, a_spec = scenes.completion_case(1, 5, 64, 44)
+    b_image, b_spec = scenes.completion_case(1, 5, 64, 44)
+    assert a_spec == b_spec and np.array_equal(np.asarray(a_image), np.asarray(b_image))
+    with pytest.raises(ValueError, match="inside the image"):
+        scenes.completion_case(1, 5, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def report():
+    bundle = tiny_bundle()
+    config = evaluate.EvalConfig(count=2, samples=2, recon_count=6, precision="fp32")
+    return evaluate.evaluate(bundle, config)
+
+
+def test_report_has_every_section_and_sane_figures(report):
+    for split in evaluate.SPLITS:
+        section = report[split]
+        recon = section["reconstruction"]
+        assert recon["images"] == 6
+        assert 1 <= recon["codes_used"] <= 32
+        assert recon["codebook_usage"] == pytest.approx(recon["codes_used"] / 32)
+        assert 1.0 <= recon["code_perplexity"] <= recon["codes_used"] + 1e-6
+        assert np.isfinite(recon["psnr_db"])
+        # a random model spreads its guesses: about log2(32) = 5 bits per token, never 0
+        assert 1.0 < section["bits_per_image_token"] < 10.0
+        for part in ("caption", "completion"):
+            for reading in ("first", "reranked", "any"):
+                table = section[part][reading]
+                assert table["n"] == 2
+                assert 0.0 <= table["accuracy"] <= 1.0
+            # the best of the candidates is never worse than either single reading
+            assert section[part]["any"]["accuracy"] >= section[part]["first"]["accuracy"]
+            assert section[part]["any"]["accuracy"] >= section[part]["reranked"]["accuracy"]
+        assert section["completion"]["kept_region_identical"] == 1.0
+    assert set(report["headline"]) == set(evaluate.TARGETS)
+    assert report["heldout"]["caption"]["first"]["by_heldout"]["heldout"]["n"] == 2
+
+
+def test_report_formats_a_table_and_writes_json(report, tmp_path):
+    text = evaluate.format_report(report)
+    assert "dVAE PSNR" in text and "targets (issue 3):" in text
+    assert text.count("missed") + text.count("met") + text.count("not measured") >= len(
+        evaluate.TARGETS
+    )
+    path = evaluate.write_json(report, tmp_path / "eval.json")
+    assert json.loads(path.read_text())["seen"]["reconstruction"]["images"] == 6
+    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+
+
+def test_eval_command_writes_json(tmp_path, capsys):
+    bundle = tiny_bundle_file(tmp_path)
+    out = tmp_path / "reports" / "eval.json"
+    argv = ["eval", "--bundle", str(bundle), "--count", "1", "--samples", "2"]
+    argv += ["--recon-count", "2", "--json", str(out), "--quiet", "--precision", "fp32"]
+    assert cli.main(argv) == 0
+    assert "bits per image token" in capsys.readouterr().out
+    assert json.loads(out.read_text())["config"]["samples"] == 2
+
+
+@pytest.mark.parametrize("flag", ["--count", "--samples", "--recon-count"])
+def test_eval_command_refuses_non_positive_counts(tmp_path, capsys, flag):
+    bundle = tiny_bundle_file(tmp_path)
+    assert cli.main(["eval", "--bundle", str(bundle), flag, "0", "--quiet"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err

@@ -24,6 +24,13 @@ APP_NAME = "DALL-E Studio"
 SELFTEST_TIMEOUT_S = 600
 
 
+def icon_path() -> Path:
+    """The app icon, found the same way from source, installed or frozen (it is package data)."""
+    from importlib import resources
+
+    return Path(str(resources.files("resources") / "icons" / "dalle-studio.png"))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="dalle-studio", description=__doc__.splitlines()[0])
     parser.add_argument("file", nargs="?", help="an image or .dstudio project to open")
@@ -61,6 +68,9 @@ def _setup_logging(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # frozen builds: a spawned worker must not start the app
     _ensure_streams()
     args = parse_args(argv)
     if args.selftest:
@@ -72,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName(APP_NAME)
     app.setApplicationName(APP_NAME)
+    from PySide6.QtGui import QIcon
+
+    app.setWindowIcon(QIcon(str(icon_path())))
     if sys.version_info >= (3, 12):
         return asyncio.run(main_async(app, args), loop_factory=qasync.QEventLoop)
     return qasync.run(main_async(app, args))  # the same, for Python < 3.12

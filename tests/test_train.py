@@ -194,3 +194,54 @@ def test_two_process_gloo_data_parallel_takes_two_steps(scenes, tmp_path):
     assert [r["step"] for r in records][-1] == 2
     assert (out / "vae.safetensors").is_file()
     assert records[-1]["world_size"] == 2
+
+
+def test_set_reaches_training_fields_and_names_unknown_ones():
+    from model.train import _override
+
+    config = _override(TrainConfig, {"steps": 5}, {"code_usage": "1.5", "kl_warmup": "0.25"})
+    assert (config.steps, config.code_usage, config.kl_warmup) == (5, 1.5, 0.25)
+    with pytest.raises(ValueError, match="unknown TrainConfig field 'code_usge'"):
+        _override(TrainConfig, {}, {"code_usge": "1"})
+
+
+def test_transformer_run_reuses_a_given_tokenizer_and_reranker_joins_it(scenes, tmp_path):
+    """A reranker trained beside a transformer run shares its tokenizer, so `dalle bundle` can put
+    them together; a run given --tokenizer keeps that tokenizer exactly."""
+    from model.bundle import load
+    from model.config import RerankerConfig, TextConfig, TransformerConfig
+    from model.text import CaptionTokenizer
+    from model.train import assemble_bundle, train_reranker, train_transformer
+
+    vae = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
+    first = train_transformer(
+        scenes,
+        tmp_path / "tf1",
+        vae,
+        TextConfig(**PRESETS["tiny"]["text"]),
+        TransformerConfig(**PRESETS["tiny"]["transformer"]),
+        tiny_train_config(steps=2),
+    )
+    tokenizer_file = tmp_path / "tf1" / "tokenizer.json"
+    second = train_transformer(
+        scenes,
+        tmp_path / "tf2",
+        vae,
+        TextConfig(**PRESETS["tiny"]["text"]),
+        TransformerConfig(**PRESETS["tiny"]["transformer"]),
+        tiny_train_config(steps=2, seed=9),
+        tokenizer_file=tokenizer_file,
+    )
+    given = CaptionTokenizer.from_json(tokenizer_file.read_text(), load(first).tokenizer.text_len)
+    assert load(second).tokenizer == given
+    reranker = train_reranker(
+        scenes,
+        tmp_path / "rr",
+        first,
+        RerankerConfig(dim=16, text_layers=1, image_width=8),
+        tiny_train_config(steps=2),
+    )
+    metrics = read_metrics(tmp_path / "rr")
+    assert all(0.0 <= m["hard_accuracy"] <= 1.0 for m in metrics)
+    out = assemble_bundle(second, tmp_path / "joined.dalle.safetensors", reranker)
+    assert load(out).reranker is not None

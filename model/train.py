@@ -344,7 +344,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "default": {
         "vae": dict(image_size=64, n_groups=3, n_hid=32, n_blk_per_group=1, vocab_size=512),
         "text": dict(vocab_size=512, text_len=32),
-        "transformer": dict(dim=256, depth=8, heads=8, conv_kernel=5),
+        "transformer": dict(dim=192, depth=6, heads=6, conv_kernel=5),
         "train": dict(kl_warmup=0.5, code_usage=1.0),
     },
 }

@@ -110,6 +110,7 @@ async def main_async(app, args: argparse.Namespace) -> int:
     engine = Engine()
     window = MainWindow(engine, settings, autosave_folder)
     window.show()
+    log.info("window shown")  # benchmarks/startup.py reads this line's time stamp
     device = args.device or str(settings.value("device", "auto"))
     bundle = args.bundle or str(settings.value("bundle", "")) or None
     if args.selftest:

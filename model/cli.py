@@ -350,7 +350,9 @@ def cmd_bundle(args) -> int:
     from model import train
 
     try:
-        path = train.assemble_bundle(args.transformer, args.out, reranker=args.reranker)
+        path = train.assemble_bundle(
+            args.transformer, args.out, reranker=args.reranker, evaluation=args.eval
+        )
     except (FileNotFoundError, ValueError) as error:
         raise CLIError(str(error)) from None
     print(path)
@@ -507,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bundle", help="assemble a single-file model bundle")
     p.add_argument("--transformer", required=True, help="a transformer run's bundle")
     p.add_argument("--reranker", help="a bundle carrying a trained reranker, to take it from")
+    p.add_argument("--eval", help="a `dalle eval --json` report to summarise into the card")
     p.add_argument("--out", required=True, help="X.dalle.safetensors")
     p.set_defaults(func=cmd_bundle)
 

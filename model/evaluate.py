@@ -173,7 +173,12 @@ def caption_fidelity(bundle, specs, config: EvalConfig, progress=None) -> dict[s
             readings[name].append(result)
         if progress:
             progress()
-    return {name: _summary(results) for name, results in readings.items()}
+    out = {name: _summary(results) for name, results in readings.items()}
+    # captions the model gets right: what the model card and the studio's Examples offer
+    out["right_captions"] = [
+        spec.caption for spec, r in zip(specs, readings["reranked"], strict=True) if r.correct
+    ]
+    return out
 
 
 def completion_fidelity(bundle, split: str, config: EvalConfig, progress=None) -> dict[str, Any]:
@@ -378,6 +383,29 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {key}: {shown} (target ≥ {goal}) {mark}")
     lines.append(f"{report['seconds']:.0f} s")
     return "\n".join(lines)
+
+
+def card_summary(report: dict[str, Any], examples: int = 12) -> dict[str, Any]:
+    """What a bundle's card keeps of a report: the headline, the main rows, example captions."""
+    keep = {}
+    for split in SPLITS:
+        section = report[split]
+        keep[split] = {
+            "reconstruction": section["reconstruction"],
+            "bits_per_image_token": section["bits_per_image_token"],
+            "caption": {k: section["caption"][k]["accuracy"] for k in ("first", "reranked", "any")},
+            "completion": {
+                k: section["completion"][k]["accuracy"] for k in ("first", "reranked", "any")
+            },
+        }
+    right = report["seen"]["caption"]["right_captions"]
+    shortest_first = sorted(right, key=len)
+    return {
+        "headline": report["headline"],
+        "config": report["config"],
+        **keep,
+        "example_captions": shortest_first[:examples],
+    }
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:

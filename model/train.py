@@ -701,11 +701,27 @@ def train_reranker(
     return path
 
 
-def assemble_bundle(transformer_bundle, out, reranker=None) -> Path:
-    """``dalle bundle``: a transformer run's bundle, optionally with a reranker run's scorer."""
+def assemble_bundle(transformer_bundle, out, reranker=None, evaluation=None) -> Path:
+    """``dalle bundle``: a transformer run's bundle, optionally with a reranker run's scorer and
+    a ``dalle eval`` report (its path) summarised into the card."""
     from model.bundle import load, save
 
     bundle = load(transformer_bundle)
+    if evaluation is not None:
+        import json
+
+        from model.evaluate import card_summary
+
+        try:
+            report = json.loads(Path(evaluation).read_text())
+            summary = card_summary(report)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{evaluation}: no such eval report") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{evaluation}: not a dalle eval report ({error})") from None
+        bundle.card["eval"] = {k: v for k, v in summary.items() if k != "example_captions"}
+        if summary["example_captions"]:
+            bundle.card["example_captions"] = summary["example_captions"]
     if reranker is not None:
         source = load(reranker)
         if source.reranker is None:

@@ -98,3 +98,24 @@ def test_eval_command_refuses_non_positive_counts(tmp_path, capsys, flag):
     assert cli.main(["eval", "--bundle", str(bundle), flag, "0", "--quiet"]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flag in err
+
+
+def test_bundle_command_puts_an_eval_summary_into_the_card(report, tmp_path, capsys):
+    from model.bundle import read_card
+
+    bundle = tiny_bundle_file(tmp_path)
+    report = json.loads(json.dumps(report, default=str))  # as read back from --json
+    report["seen"]["caption"]["right_captions"] = ["a red circle in the top left", "two stars"]
+    path = evaluate.write_json(report, tmp_path / "eval.json")
+    out = tmp_path / "with-eval.dalle.safetensors"
+    argv = ["bundle", "--transformer", str(bundle), "--eval", str(path), "--out", str(out)]
+    assert cli.main(argv) == 0
+    card = read_card(out)
+    assert card["eval"]["headline"] == report["headline"]
+    assert card["example_captions"] == ["two stars", "a red circle in the top left"]
+    (tmp_path / "bad.json").write_text('{"seen": 1}')
+    argv[4] = str(tmp_path / "bad.json")
+    argv[-1] = str(tmp_path / "never.dalle.safetensors")
+    assert cli.main(argv) != 0
+    assert "not a dalle eval report" in capsys.readouterr().err
+    assert not (tmp_path / "never.dalle.safetensors").exists()

@@ -122,6 +122,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="ours; theirs runs once (slow)")
+    parser.add_argument(
+        "--tasks", nargs="*", default=["full", "quarter"], choices=["full", "quarter"]
+    )
     parser.add_argument("--skip-uncached", action="store_true", help="skip their use_cache=False")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
@@ -146,6 +149,8 @@ def main(argv=None) -> int:
             ("full", Plan(a.grid, 0, 0)),
             ("quarter", Plan(a.grid, a.grid // 2, a.grid // 2)),
         ):
+            if task not in a.tasks:
+                continue
             row = {"task": task, "batch": batch, "cells": plan.cells}
             for precision, model in ours.items():
                 row[f"ours_{precision}"] = time_sampling(model, plan, batch, a.repeats)[

@@ -351,7 +351,7 @@ def cmd_bundle(args) -> int:
 
     try:
         path = train.assemble_bundle(
-            args.transformer, args.out, reranker=args.reranker, evaluation=args.eval
+            args.transformer, args.out, reranker=args.reranker, evaluation=args.eval, name=args.name
         )
     except (FileNotFoundError, ValueError) as error:
         raise CLIError(str(error)) from None
@@ -510,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transformer", required=True, help="a transformer run's bundle")
     p.add_argument("--reranker", help="a bundle carrying a trained reranker, to take it from")
     p.add_argument("--eval", help="a `dalle eval --json` report to summarise into the card")
+    p.add_argument("--name", help="the name the studio shows for this model")
     p.add_argument("--out", required=True, help="X.dalle.safetensors")
     p.set_defaults(func=cmd_bundle)
 

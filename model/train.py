@@ -701,12 +701,16 @@ def train_reranker(
     return path
 
 
-def assemble_bundle(transformer_bundle, out, reranker=None, evaluation=None) -> Path:
-    """``dalle bundle``: a transformer run's bundle, optionally with a reranker run's scorer and
-    a ``dalle eval`` report (its path) summarised into the card."""
+def assemble_bundle(
+    transformer_bundle, out, reranker=None, evaluation=None, name: str | None = None
+) -> Path:
+    """``dalle bundle``: a transformer run's bundle, optionally with a reranker run's scorer,
+    a ``dalle eval`` report (its path) summarised into the card, and a display name."""
     from model.bundle import load, save
 
     bundle = load(transformer_bundle)
+    if name:
+        bundle.card["name"] = name
     if evaluation is not None:
         import json
 

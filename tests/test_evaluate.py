@@ -109,8 +109,9 @@ def test_bundle_command_puts_an_eval_summary_into_the_card(report, tmp_path, cap
     path = evaluate.write_json(report, tmp_path / "eval.json")
     out = tmp_path / "with-eval.dalle.safetensors"
     argv = ["bundle", "--transformer", str(bundle), "--eval", str(path), "--out", str(out)]
-    assert cli.main(argv) == 0
+    assert cli.main(argv + ["--name", "scenes test"]) == 0
     card = read_card(out)
+    assert card["name"] == "scenes test"
     assert card["eval"]["headline"] == report["headline"]
     assert card["example_captions"] == ["two stars", "a red circle in the top left"]
     (tmp_path / "bad.json").write_text('{"seen": 1}')

@@ -351,7 +351,12 @@ def cmd_bundle(args) -> int:
 
     try:
         path = train.assemble_bundle(
-            args.transformer, args.out, reranker=args.reranker, evaluation=args.eval, name=args.name
+            args.transformer,
+            args.out,
+            reranker=args.reranker,
+            evaluation=args.eval,
+            name=args.name,
+            vae=args.vae,
         )
     except (FileNotFoundError, ValueError) as error:
         raise CLIError(str(error)) from None
@@ -487,6 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer",
         help="transformer: reuse this tokenizer.json instead of training one on the captions",
     )
+    p.add_argument("--init", help="vae: start from this trained vae.safetensors")
+    p.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="vae: freeze --init's encoder (tokens unchanged) and fine-tune its decoder on hard codes",
+    )
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=None)
@@ -511,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reranker", help="a bundle carrying a trained reranker, to take it from")
     p.add_argument("--eval", help="a `dalle eval --json` report to summarise into the card")
     p.add_argument("--name", help="the name the studio shows for this model")
+    p.add_argument(
+        "--vae", help="a `train vae --decoder-only` dVAE to replace the bundle's (same encoder)"
+    )
     p.add_argument("--out", required=True, help="X.dalle.safetensors")
     p.set_defaults(func=cmd_bundle)
 

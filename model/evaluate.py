@@ -99,20 +99,38 @@ def scene_batch(split: str, count: int, size: int, seed: int):
 
 
 @torch.inference_mode()
-def reconstruction(bundle, images: torch.Tensor, batch: int = 64) -> dict[str, Any]:
-    """dVAE PSNR (per image, then averaged) and codebook usage of argmax tokens."""
+def reconstruction(bundle, images: torch.Tensor, specs=None, batch: int = 64) -> dict[str, Any]:
+    """dVAE PSNR (per image, then averaged) and codebook usage of argmax tokens.
+
+    With ``specs`` (the images' scenes), also ``caption_right``: how often the scorer finds each
+    image's own caption fully right in its reconstruction. No sample of the transformer can be
+    read better than the dVAE can draw it, so this is the ceiling of the caption figures.
+    """
     vae, device = bundle.vae, bundle.device
     psnr, counts = [], torch.zeros(vae.config.vocab_size, dtype=torch.long)
+    scored = []
     for start in range(0, len(images), batch):
         x = images[start : start + batch].to(device)
         tokens = vae.encode(x)
-        mse = (vae.decode(tokens).float() - x).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+        decoded = vae.decode(tokens).float()
+        mse = (decoded - x).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
         psnr.append(-10 * torch.log10(mse).cpu())
+        if specs is not None:
+            for image, spec in zip(decoded, specs[start : start + batch], strict=True):
+                scored.append(scenes.score(to_uint8(image), spec.stated))
         counts += torch.bincount(tokens.flatten().cpu(), minlength=vae.config.vocab_size)
     p = counts.float() / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
     used = int((counts > 0).sum())
+    ceiling = {}
+    if scored:
+        table = scenes.fidelity_table(scored)
+        ceiling = {
+            "caption_right": table["accuracy"],
+            "caption_right_by_objects": {n: v["accuracy"] for n, v in table["by_objects"].items()},
+        }
     return {
+        **ceiling,
         "images": len(images),
         "psnr_db": float(torch.cat(psnr).mean()),
         "codes_used": used,
@@ -244,7 +262,7 @@ def evaluate(bundle, config: EvalConfig, progress: Callable[[str, int], Any] | N
         tick = progress(split, 2 * config.count) if progress else None
         images, specs = scene_batch(split, config.recon_count, size, config.seed)
         section = {
-            "reconstruction": reconstruction(bundle, images),
+            "reconstruction": reconstruction(bundle, images, specs),
             "bits_per_image_token": likelihood(bundle, images, [s.caption for s in specs]),
             "caption": caption_fidelity(bundle, specs[: config.count], config, tick),
             "completion": completion_fidelity(bundle, split, config, tick),
@@ -302,6 +320,21 @@ def format_report(report: dict[str, Any]) -> str:
             f"{h['reconstruction']['codes_used']} ({_pct(h['reconstruction']['codebook_usage'])})",
         )
     )
+    if "caption_right" in s["reconstruction"]:
+        rows.append(
+            (
+                "caption right on dVAE reconstructions",
+                _pct(s["reconstruction"]["caption_right"]),
+                _pct(h["reconstruction"]["caption_right"]),
+            )
+        )
+        one = [r["reconstruction"]["caption_right_by_objects"] for r in (s, h)]
+        rows.append(
+            (
+                "  1 object(s)",
+                *(_pct(by.get(1, by.get("1"))) for by in one),
+            )
+        )
     rows.append(
         (
             "bits per image token",

@@ -412,14 +412,16 @@ def load_vae(path: str | Path, device="cpu"):
 
 
 class Objective(nn.Module):
-    """Puts a model's ``loss`` behind ``forward``, which DistributedDataParallel requires."""
+    """Puts a model's ``loss`` (or another method) behind ``forward``, which
+    DistributedDataParallel requires."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, method: str = "loss"):
         super().__init__()
         self.model = model
+        self.method = method
 
     def forward(self, *args, **kwargs):
-        return self.model.loss(*args, **kwargs)
+        return getattr(self.model, self.method)(*args, **kwargs)
 
 
 def device_name(device: torch.device) -> str:
@@ -447,26 +449,65 @@ def run_stage(trainer: Trainer, stage: str, data: dict, callbacks=(), resume=Fal
     return final, card
 
 
-def train_vae(data_dir, out_dir, vae_config, config: TrainConfig, resume=False, callbacks=()):
-    """Train a dVAE on a caption folder's images; returns the path of ``vae.safetensors``."""
+def train_vae(
+    data_dir,
+    out_dir,
+    vae_config,
+    config: TrainConfig,
+    resume=False,
+    callbacks=(),
+    init=None,
+    decoder_only=False,
+):
+    """Train a dVAE on a caption folder's images; returns the path of ``vae.safetensors``.
+
+    ``init`` starts from a trained ``vae.safetensors`` (its config wins over ``vae_config``).
+    ``decoder_only`` (needs ``init``) freezes the encoder and fine-tunes the decoder on its hard
+    codes (``DVAE.decoder_loss``): every image keeps its tokens, so a transformer trained on the
+    old dVAE works unchanged with the new one. Its images are not augmented: the tokens a
+    transformer learns are those of uncropped images.
+    """
     from model.data.folder import CaptionFolder
     from model.dvae import DVAE, beta_at, tau_at
 
     out_dir = Path(out_dir)
-    dataset = CaptionFolder(data_dir, vae_config.image_size, augment=True)
+    if decoder_only and init is None:
+        raise ValueError("--decoder-only needs --init PATH (the dVAE whose decoder to fine-tune)")
     seed_everything(config.seed)  # the same initial weights for the same seed
-    vae = DVAE(vae_config)
+    if init is not None:
+        vae, init_card = load_vae(init)
+        vae_config = vae.config
+    else:
+        vae = DVAE(vae_config)
+    dataset = CaptionFolder(data_dir, vae_config.image_size, augment=not decoder_only)
 
-    def step_fn(model, indices, step, generator):
-        images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
-        beta = beta_at(step, config.steps, warmup_fraction=config.kl_warmup)
-        metrics = model(images, tau_at(step, config.steps), beta, config.code_usage)
-        mse = metrics["mse"].detach().clamp_min(1e-10)
-        return {**metrics, "psnr": -10 * torch.log10(mse)}
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
 
-    trainer = Trainer(Objective(vae), step_fn, len(dataset), config, out_dir)
+        def step_fn(model, indices, step, generator):
+            images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
+            metrics = model(images)
+            mse = metrics["mse"].detach().clamp_min(1e-10)
+            return {**metrics, "psnr": -10 * torch.log10(mse)}
+
+        objective = Objective(vae, "decoder_loss")
+    else:
+
+        def step_fn(model, indices, step, generator):
+            images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
+            beta = beta_at(step, config.steps, warmup_fraction=config.kl_warmup)
+            metrics = model(images, tau_at(step, config.steps), beta, config.code_usage)
+            mse = metrics["mse"].detach().clamp_min(1e-10)
+            return {**metrics, "psnr": -10 * torch.log10(mse)}
+
+        objective = Objective(vae)
+
+    trainer = Trainer(objective, step_fn, len(dataset), config, out_dir)
     data = {"folder": str(data_dir), "images": len(dataset)}
     final, card = run_stage(trainer, "vae", data, callbacks, resume)
+    if init is not None:
+        card["init"] = {"path": str(init), "card": init_card}
+        card["decoder_only"] = decoder_only
     path = out_dir / "vae.safetensors"
     if trainer.dist.main:
         save_vae(final.cpu(), path, card)
@@ -628,7 +669,16 @@ def train_command(args, progress_bar_cls) -> int:
 
     if args.stage == "vae":
         vae_config = _override(DVAEConfig, preset["vae"], sets)
-        path = train_vae(args.data, args.out, vae_config, config, args.resume, callbacks)
+        path = train_vae(
+            args.data,
+            args.out,
+            vae_config,
+            config,
+            args.resume,
+            callbacks,
+            init=getattr(args, "init", None),
+            decoder_only=getattr(args, "decoder_only", False),
+        )
     elif args.stage == "transformer":
         if not args.vae:
             raise ValueError("train transformer needs --vae PATH (a trained vae.safetensors)")
@@ -701,14 +751,38 @@ def train_reranker(
     return path
 
 
+def replace_decoder(bundle, vae_path) -> None:
+    """Put ``vae_path``'s dVAE into ``bundle``; its encoder must be the bundle's, weight for
+    weight, or the transformer would be reading tokens it never learned."""
+    vae, card = load_vae(vae_path)
+    if vae.config != bundle.vae.config:
+        raise ValueError(f"{vae_path}: its dVAE config differs from the bundle's")
+    theirs, ours = vae.encoder.state_dict(), bundle.vae.encoder.state_dict()
+    if any(not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
+        raise ValueError(
+            f"{vae_path}: its encoder differs from the bundle's (tokens would change); "
+            "only a dVAE from `train vae --decoder-only --init` on this bundle's dVAE fits"
+        )
+    bundle.vae.load_state_dict(vae.state_dict())
+    bundle.card["vae"] = card
+
+
 def assemble_bundle(
-    transformer_bundle, out, reranker=None, evaluation=None, name: str | None = None
+    transformer_bundle,
+    out,
+    reranker=None,
+    evaluation=None,
+    name: str | None = None,
+    vae=None,
 ) -> Path:
     """``dalle bundle``: a transformer run's bundle, optionally with a reranker run's scorer,
-    a ``dalle eval`` report (its path) summarised into the card, and a display name."""
+    a ``dalle eval`` report (its path) summarised into the card, a display name, and a dVAE
+    whose decoder was fine-tuned (``train vae --decoder-only``) in place of the bundle's own."""
     from model.bundle import load, save
 
     bundle = load(transformer_bundle)
+    if vae is not None:
+        replace_decoder(bundle, vae)
     if name:
         bundle.card["name"] = name
     if evaluation is not None:

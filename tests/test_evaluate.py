@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from model import cli, evaluate
 from model.data import scenes
@@ -56,6 +57,7 @@ def test_report_has_every_section_and_sane_figures(report):
         assert recon["codebook_usage"] == pytest.approx(recon["codes_used"] / 32)
         assert 1.0 <= recon["code_perplexity"] <= recon["codes_used"] + 1e-6
         assert np.isfinite(recon["psnr_db"])
+        assert 0.0 <= recon["caption_right"] <= 1.0
         # a random model spreads its guesses: about log2(32) = 5 bits per token, never 0
         assert 1.0 < section["bits_per_image_token"] < 10.0
         for part in ("caption", "completion"):
@@ -120,3 +122,34 @@ def test_bundle_command_puts_an_eval_summary_into_the_card(report, tmp_path, cap
     assert cli.main(argv) != 0
     assert "not a dalle eval report" in capsys.readouterr().err
     assert not (tmp_path / "never.dalle.safetensors").exists()
+
+
+class _PerfectVAE:
+    """Stands in for a dVAE: tokens are image indices, decoding gives back the image itself."""
+
+    class config:  # noqa: N801 - mirrors DVAEConfig's attribute
+        vocab_size = 8
+
+    def __init__(self, images, blank=False):
+        self.images, self.blank = images, blank
+
+    def encode(self, x):
+        index = [next(i for i, im in enumerate(self.images) if torch.equal(im, y)) for y in x]
+        return torch.tensor(index).view(-1, 1, 1)
+
+    def decode(self, tokens):
+        out = self.images[tokens.flatten()]
+        return out.mul(0).add(out.mean()) if self.blank else out
+
+
+def test_reconstruction_ceiling_reads_the_dvae_output():
+    """The ceiling is 100% when the dVAE draws the scene exactly and 0% when it draws a flat
+    image: it scores what the dVAE decodes, against each image's own caption."""
+    from types import SimpleNamespace
+
+    images, specs = evaluate.scene_batch("seen", 6, 64, 11)
+    for blank, expected in ((False, 1.0), (True, 0.0)):
+        bundle = SimpleNamespace(vae=_PerfectVAE(images, blank), device="cpu")
+        recon = evaluate.reconstruction(bundle, images, specs, batch=4)
+        assert recon["caption_right"] == expected
+        assert recon["images"] == 6

@@ -245,3 +245,66 @@ def test_transformer_run_reuses_a_given_tokenizer_and_reranker_joins_it(scenes, 
     assert all(0.0 <= m["hard_accuracy"] <= 1.0 for m in metrics)
     out = assemble_bundle(second, tmp_path / "joined.dalle.safetensors", reranker)
     assert load(out).reranker is not None
+
+
+def test_decoder_only_keeps_every_token_and_joins_the_bundle(scenes, tmp_path, capsys):
+    """`train vae --decoder-only --init` changes the decoder and nothing the transformer reads:
+    encoder weights and every image's tokens stay the same, and `dalle bundle --vae` accepts it
+    only over the dVAE it started from."""
+    from model.bundle import load
+    from model.config import TextConfig, TransformerConfig
+    from model.data.folder import CaptionFolder
+    from model.train import load_vae, train_transformer
+
+    base = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
+    tuned = train_vae(
+        scenes,
+        tmp_path / "dec",
+        DVAEConfig(),  # ignored: --init's config wins
+        tiny_train_config(steps=3, lr=1e-2),
+        init=base,
+        decoder_only=True,
+    )
+    old, _ = load_vae(base)
+    new, card = load_vae(tuned)
+    assert new.config == old.config and card["decoder_only"] and card["init"]["path"] == str(base)
+    for name, value in old.encoder.state_dict().items():
+        assert torch.equal(value, new.encoder.state_dict()[name]), name
+    assert any(
+        not torch.equal(value, new.decoder.state_dict()[name])
+        for name, value in old.decoder.state_dict().items()
+    )
+    images = torch.stack([CaptionFolder(scenes, 32, augment=False)[i][0] for i in range(8)])
+    assert torch.equal(old.encode(images), new.encode(images))
+    assert not torch.equal(old.decode(old.encode(images)), new.decode(new.encode(images)))
+
+    bundle = train_transformer(
+        scenes,
+        tmp_path / "tf",
+        base,
+        TextConfig(**PRESETS["tiny"]["text"]),
+        TransformerConfig(**PRESETS["tiny"]["transformer"]),
+        tiny_train_config(steps=1),
+    )
+    out = tmp_path / "tuned.dalle.safetensors"
+    argv = ["bundle", "--transformer", str(bundle), "--vae", str(tuned), "--out", str(out)]
+    from model import cli
+
+    assert cli.main(argv) == 0
+    joined = load(out)
+    for name, value in new.state_dict().items():
+        assert torch.equal(value, joined.vae.state_dict()[name]), name
+    assert joined.card["vae"]["decoder_only"]
+
+    other = train_vae(scenes, tmp_path / "other", TINY_VAE, tiny_train_config(steps=2, seed=8))
+    argv[4], argv[-1] = str(other), str(tmp_path / "never.dalle.safetensors")
+    capsys.readouterr()
+    assert cli.main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "encoder differs" in err
+    assert not (tmp_path / "never.dalle.safetensors").exists()
+
+
+def test_decoder_only_needs_init(scenes, tmp_path):
+    with pytest.raises(ValueError, match="--decoder-only needs --init"):
+        train_vae(scenes, tmp_path / "x", TINY_VAE, tiny_train_config(), decoder_only=True)

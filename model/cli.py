@@ -496,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--decoder-only",
         action="store_true",
-        help="vae: freeze --init's encoder (tokens unchanged) and fine-tune its decoder on hard codes",
+        help="vae: freeze --init's encoder (tokens unchanged), fine-tune its decoder on hard codes",
     )
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--device", default="auto")

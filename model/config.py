@@ -23,6 +23,23 @@ class DVAEConfig:
     vocab_size: int = 1024  # K codes (paper: 8192; a 16x16 grid of simple scenes needs far fewer)
     n_init: int = 128  # decoder's first 1x1 conv width, as released
     logit_laplace_eps: float = 0.1  # pixels are mapped into (eps, 1 - eps)
+    # the decoder's own width and depth (0 = same as the encoder's): a decoder retrained on a
+    # frozen encoder's codes (`train vae --decoder-only`) can be bigger without changing a token
+    dec_n_hid: int = 0
+    dec_n_blk_per_group: int = 0
+
+    @property
+    def decoder_n_hid(self) -> int:
+        return self.dec_n_hid or self.n_hid
+
+    @property
+    def decoder_blocks(self) -> int:
+        return self.dec_n_blk_per_group or self.n_blk_per_group
+
+    def encoder_config(self) -> DVAEConfig:
+        """This config with the decoder-only fields cleared: equal for dVAEs whose encoders (and
+        so tokens) can be the same."""
+        return dataclasses.replace(self, dec_n_hid=0, dec_n_blk_per_group=0)
 
     @property
     def factor(self) -> int:

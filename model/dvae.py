@@ -126,6 +126,15 @@ def check_config(config: DVAEConfig) -> None:
     if config.n_hid < 4 or config.n_hid % 4:
         # every block's bottleneck is a quarter of its width, and group 1 is n_hid wide
         raise ValueError(f"dVAE n_hid must be a positive multiple of 4, got {config.n_hid}")
+    if config.dec_n_hid < 0 or config.dec_n_hid % 4 or 0 < config.dec_n_hid < 4:
+        raise ValueError(
+            f"dVAE dec_n_hid must be 0 (as n_hid) or a positive multiple of 4, got {config.dec_n_hid}"
+        )
+    if config.dec_n_blk_per_group < 0:
+        raise ValueError(
+            f"dVAE dec_n_blk_per_group must be 0 (as n_blk_per_group) or positive, "
+            f"got {config.dec_n_blk_per_group}"
+        )
     if config.vocab_size < 2:
         raise ValueError(f"dVAE vocab_size must be at least 2, got {config.vocab_size}")
     if config.channels < 1 or config.n_init < 1:
@@ -251,14 +260,14 @@ class Decoder(nn.Module):
     def __init__(self, config: DVAEConfig):
         super().__init__()
         check_config(config)
-        n_layers = config.n_groups * config.n_blk_per_group
+        n_layers = config.n_groups * config.decoder_blocks
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["input"] = Conv2d(config.vocab_size, config.n_init, 1)
         n_in = config.n_init
         for g in range(1, config.n_groups + 1):
-            width = 2 ** (config.n_groups - g) * config.n_hid
+            width = 2 ** (config.n_groups - g) * config.decoder_n_hid
             group: OrderedDict[str, nn.Module] = OrderedDict()
-            for i in range(1, config.n_blk_per_group + 1):
+            for i in range(1, config.decoder_blocks + 1):
                 group[f"block_{i}"] = DecoderBlock(n_in, width, n_layers)
                 n_in = width
             if g < config.n_groups:

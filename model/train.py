@@ -13,6 +13,7 @@ the same steps as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -458,6 +459,7 @@ def train_vae(
     callbacks=(),
     init=None,
     decoder_only=False,
+    decoder_sets=None,
 ):
     """Train a dVAE on a caption folder's images; returns the path of ``vae.safetensors``.
 
@@ -465,7 +467,8 @@ def train_vae(
     ``decoder_only`` (needs ``init``) freezes the encoder and fine-tunes the decoder on its hard
     codes (``DVAE.decoder_loss``): every image keeps its tokens, so a transformer trained on the
     old dVAE works unchanged with the new one. Its images are not augmented: the tokens a
-    transformer learns are those of uncropped images.
+    transformer learns are those of uncropped images. ``decoder_sets`` (``dec_n_hid``,
+    ``dec_n_blk_per_group``) gives the decoder a new size; it then starts from scratch.
     """
     from model.data.folder import CaptionFolder
     from model.dvae import DVAE, beta_at, tau_at
@@ -474,9 +477,15 @@ def train_vae(
     if decoder_only and init is None:
         raise ValueError("--decoder-only needs --init PATH (the dVAE whose decoder to fine-tune)")
     seed_everything(config.seed)  # the same initial weights for the same seed
+    if decoder_sets and not decoder_only:
+        raise ValueError("dec_n_hid / dec_n_blk_per_group with --init need --decoder-only")
     if init is not None:
         vae, init_card = load_vae(init)
-        vae_config = vae.config
+        vae_config = dataclasses.replace(vae.config, **(decoder_sets or {}))
+        if vae_config != vae.config:  # a new decoder size: same encoder, fresh decoder
+            encoder = vae.encoder.state_dict()
+            vae = DVAE(vae_config)
+            vae.encoder.load_state_dict(encoder)
     else:
         vae = DVAE(vae_config)
     dataset = CaptionFolder(data_dir, vae_config.image_size, augment=not decoder_only)
@@ -667,18 +676,33 @@ def train_command(args, progress_bar_cls) -> int:
             ("on_end", lambda trainer: state.get("bar") and state["bar"].close()),
         ]
 
-    if args.stage == "vae":
-        vae_config = _override(DVAEConfig, preset["vae"], sets)
+    if args.stage == "vae" and getattr(args, "init", None):
+        decoder_keys = {"dec_n_hid", "dec_n_blk_per_group"}
+        other = sorted(set(sets) - decoder_keys)
+        if other:
+            raise ValueError(
+                f"--set {', '.join(other)}: with --init the dVAE's config comes from that file; "
+                "only dec_n_hid and dec_n_blk_per_group can change (with --decoder-only)"
+            )
+        decoder_sets = {k: int(v) for k, v in sets.items()}
         path = train_vae(
             args.data,
             args.out,
-            vae_config,
+            None,
             config,
             args.resume,
             callbacks,
-            init=getattr(args, "init", None),
-            decoder_only=getattr(args, "decoder_only", False),
+            init=args.init,
+            decoder_only=args.decoder_only,
+            decoder_sets=decoder_sets,
         )
+    elif args.stage == "vae":
+        if getattr(args, "decoder_only", False):
+            raise ValueError(
+                "--decoder-only needs --init PATH (the dVAE whose decoder to fine-tune)"
+            )
+        vae_config = _override(DVAEConfig, preset["vae"], sets)
+        path = train_vae(args.data, args.out, vae_config, config, args.resume, callbacks)
     elif args.stage == "transformer":
         if not args.vae:
             raise ValueError("train transformer needs --vae PATH (a trained vae.safetensors)")
@@ -755,15 +779,16 @@ def replace_decoder(bundle, vae_path) -> None:
     """Put ``vae_path``'s dVAE into ``bundle``; its encoder must be the bundle's, weight for
     weight, or the transformer would be reading tokens it never learned."""
     vae, card = load_vae(vae_path)
-    if vae.config != bundle.vae.config:
-        raise ValueError(f"{vae_path}: its dVAE config differs from the bundle's")
+    if vae.config.encoder_config() != bundle.vae.config.encoder_config():
+        raise ValueError(f"{vae_path}: its dVAE encoder config differs from the bundle's")
     theirs, ours = vae.encoder.state_dict(), bundle.vae.encoder.state_dict()
     if any(not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
         raise ValueError(
             f"{vae_path}: its encoder differs from the bundle's (tokens would change); "
             "only a dVAE from `train vae --decoder-only --init` on this bundle's dVAE fits"
         )
-    bundle.vae.load_state_dict(vae.state_dict())
+    bundle.vae = vae.to(bundle.device).eval()
+    bundle.config.vae = vae.config
     bundle.card["vae"] = card
 
 

@@ -123,6 +123,10 @@ def test_bad_config_is_refused_with_the_value():
         DVAE(tiny(n_hid=6))
     with pytest.raises(ValueError, match="image_size 34"):
         DVAE(tiny(image_size=34))
+    with pytest.raises(ValueError, match="dec_n_hid must be .* got 6"):
+        DVAE(tiny(dec_n_hid=6))
+    with pytest.raises(ValueError, match="dec_n_blk_per_group .* got -1"):
+        DVAE(tiny(dec_n_blk_per_group=-1))
 
 
 # -----------------------------------------------------------------------------------------------

@@ -308,3 +308,51 @@ def test_decoder_only_keeps_every_token_and_joins_the_bundle(scenes, tmp_path, c
 def test_decoder_only_needs_init(scenes, tmp_path):
     with pytest.raises(ValueError, match="--decoder-only needs --init"):
         train_vae(scenes, tmp_path / "x", TINY_VAE, tiny_train_config(), decoder_only=True)
+
+
+def test_decoder_only_can_grow_the_decoder(scenes, tmp_path, capsys):
+    """--set dec_n_hid / dec_n_blk_per_group with --decoder-only: a bigger, fresh decoder on the
+    same encoder; the tokens stay and the bundle takes it. Other --set keys are refused."""
+    from model import cli
+    from model.bundle import load
+    from model.config import TextConfig, TransformerConfig
+    from model.data.folder import CaptionFolder
+    from model.train import load_vae, train_transformer
+
+    base = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
+    argv = ["train", "vae", "--data", str(scenes), "--out", str(tmp_path / "big"), "--quiet"]
+    argv += ["--init", str(base), "--decoder-only", "--steps", "2", "--batch-size", "4"]
+    argv += ["--device", "cpu", "--set", "dec_n_hid=24", "--set", "dec_n_blk_per_group=2"]
+    assert cli.main(argv) == 0
+    old, _ = load_vae(base)
+    big, _ = load_vae(tmp_path / "big" / "vae.safetensors")
+    assert (big.config.decoder_n_hid, big.config.decoder_blocks) == (24, 2)
+    assert big.config.encoder_config() == old.config.encoder_config()
+    assert sum(p.numel() for p in big.decoder.parameters()) > sum(
+        p.numel() for p in old.decoder.parameters()
+    )
+    images = torch.stack([CaptionFolder(scenes, 32, augment=False)[i][0] for i in range(8)])
+    tokens = old.encode(images)
+    assert torch.equal(big.encode(images), tokens)
+    assert big.decode(tokens).shape == images.shape
+
+    bundle = train_transformer(
+        scenes,
+        tmp_path / "tf",
+        base,
+        TextConfig(**PRESETS["tiny"]["text"]),
+        TransformerConfig(**PRESETS["tiny"]["transformer"]),
+        tiny_train_config(steps=1),
+    )
+    out = tmp_path / "big.dalle.safetensors"
+    bundle_argv = ["bundle", "--transformer", str(bundle), "--out", str(out)]
+    assert cli.main(bundle_argv + ["--vae", str(tmp_path / "big" / "vae.safetensors")]) == 0
+    joined = load(out)
+    assert joined.config.vae == big.config
+    assert torch.equal(joined.vae.decode(tokens), big.decode(tokens))
+
+    capsys.readouterr()
+    bad = argv[:-4] + ["--set", "n_hid=8", "--out", str(tmp_path / "bad")]
+    assert cli.main(bad) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "n_hid" in err and "--init" in err

@@ -128,7 +128,8 @@ def check_config(config: DVAEConfig) -> None:
         raise ValueError(f"dVAE n_hid must be a positive multiple of 4, got {config.n_hid}")
     if config.dec_n_hid < 0 or config.dec_n_hid % 4 or 0 < config.dec_n_hid < 4:
         raise ValueError(
-            f"dVAE dec_n_hid must be 0 (as n_hid) or a positive multiple of 4, got {config.dec_n_hid}"
+            "dVAE dec_n_hid must be 0 (as n_hid) or a positive multiple of 4, "
+            f"got {config.dec_n_hid}"
         )
     if config.dec_n_blk_per_group < 0:
         raise ValueError(

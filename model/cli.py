@@ -492,7 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer",
         help="transformer: reuse this tokenizer.json instead of training one on the captions",
     )
-    p.add_argument("--init", help="vae: start from this trained vae.safetensors")
+    p.add_argument(
+        "--init",
+        help="vae: start from this trained vae.safetensors; transformer: start from this "
+        "bundle's transformer and tokenizer (fine-tuning)",
+    )
     p.add_argument(
         "--decoder-only",
         action="store_true",

@@ -55,6 +55,9 @@ class TrainConfig:
     bpe_dropout: float = 0.1  # transformer: the paper's BPE dropout
     kl_warmup: float = 5_000 / 150_000  # dVAE: beta's warm-up as a fraction of steps (paper's)
     code_usage: float = 0.0  # dVAE: weight of the batch code-usage term (DVAE.loss); 0 = paper
+    kl_weight: float = 6.6  # dVAE: beta's final value (paper's)
+    tau_start: float = 1.0  # dVAE: gumbel-softmax temperature, cosine from start to end
+    tau_end: float = 1 / 16
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -504,8 +507,9 @@ def train_vae(
 
         def step_fn(model, indices, step, generator):
             images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
-            beta = beta_at(step, config.steps, warmup_fraction=config.kl_warmup)
-            metrics = model(images, tau_at(step, config.steps), beta, config.code_usage)
+            beta = beta_at(step, config.steps, config.kl_weight, config.kl_warmup)
+            tau = tau_at(step, config.steps, config.tau_start, config.tau_end)
+            metrics = model(images, tau, beta, config.code_usage)
             mse = metrics["mse"].detach().clamp_min(1e-10)
             return {**metrics, "psnr": -10 * torch.log10(mse)}
 
@@ -557,10 +561,13 @@ def train_transformer(
     resume=False,
     callbacks=(),
     tokenizer_file=None,
+    init=None,
 ):
     """Train the transformer on a caption folder; returns the path of the finished bundle.
-    ``tokenizer_file`` reuses a tokenizer.json (so a reranker trained beside it can join)."""
-    from model.bundle import Bundle, save
+    ``tokenizer_file`` reuses a tokenizer.json (so a reranker trained beside it can join).
+    ``init`` (a bundle) starts from its transformer, config and tokenizer: fine-tuning the
+    default model on one's own folder, or following a dVAE that was trained further."""
+    from model.bundle import Bundle, load, save
     from model.config import BundleConfig
     from model.data.folder import CaptionFolder
     from model.text import CaptionTokenizer
@@ -574,8 +581,23 @@ def train_transformer(
     dataset = CaptionFolder(data_dir, vae.config.image_size, augment=False)
     captions = caption_picker(dataset)
 
+    start = None
+    if init is not None:
+        start = load(init, "cpu")
+        if start.config.vae.encoder_config() != vae.config.encoder_config():
+            raise ValueError(
+                f"{init}: its dVAE has another shape ({start.config.vae.grid} grid, "
+                f"{start.config.vae.vocab_size} codes) than --vae's"
+            )
+        if tokenizer_file is not None:
+            raise ValueError("--init brings its own tokenizer; leave out --tokenizer")
+        tf_config = start.config.transformer
+        text_config = start.config.text
     tokenizer_path = out_dir / "tokenizer.json"
-    if resume and tokenizer_path.exists():
+    if start is not None:
+        tokenizer = start.tokenizer
+        tokenizer_path.write_text(tokenizer.to_json())
+    elif resume and tokenizer_path.exists():
         tokenizer = CaptionTokenizer.from_json(tokenizer_path.read_text(), text_config.text_len)
     elif tokenizer_file is not None:
         tokenizer = CaptionTokenizer.from_json(
@@ -614,9 +636,13 @@ def train_transformer(
 
     seed_everything(config.seed)
     transformer = Transformer(tf_config)
+    if start is not None:
+        transformer.load_state_dict(start.transformer.state_dict())
     trainer = Trainer(Objective(transformer), step_fn, len(dataset), config, out_dir)
     data = {"folder": str(data_dir), "pairs": len(dataset)}
     final, card = run_stage(trainer, "transformer", data, callbacks, resume)
+    if start is not None:
+        card["init"] = {"path": str(init), "card": start.card}
     card.update(
         parameters=transformer.num_parameters(),
         vae=vae_card,
@@ -720,6 +746,7 @@ def train_command(args, progress_bar_cls) -> int:
             args.resume,
             callbacks,
             tokenizer_file=getattr(args, "tokenizer", None),
+            init=getattr(args, "init", None),
         )
     else:
         if not args.bundle:

@@ -356,3 +356,37 @@ def test_decoder_only_can_grow_the_decoder(scenes, tmp_path, capsys):
     assert cli.main(bad) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "n_hid" in err and "--init" in err
+
+
+def test_transformer_init_fine_tunes_a_bundle(scenes, tmp_path, capsys):
+    """`train transformer --init BUNDLE` starts from that bundle's weights, config and tokenizer:
+    zero steps of learning rate leave the transformer exactly as it was."""
+    from model import cli
+    from model.bundle import load
+    from model.config import TextConfig, TransformerConfig
+    from model.train import train_transformer
+
+    vae = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
+    first = train_transformer(
+        scenes,
+        tmp_path / "tf1",
+        vae,
+        TextConfig(**PRESETS["tiny"]["text"]),
+        TransformerConfig(**PRESETS["tiny"]["transformer"]),
+        tiny_train_config(steps=2),
+    )
+    argv = ["train", "transformer", "--data", str(scenes), "--vae", str(vae), "--quiet"]
+    argv += ["--init", str(first), "--steps", "2", "--batch-size", "4", "--device", "cpu"]
+    argv += ["--preset", "small", "--out", str(tmp_path / "tuned")]  # preset ignored: --init wins
+    assert cli.main(argv + ["--lr", "0", "--set", "train.ema=0"]) == 0
+    before, after = load(first), load(tmp_path / "tuned" / "model.dalle.safetensors")
+    assert after.config.transformer == before.config.transformer
+    assert after.tokenizer == before.tokenizer
+    for name, value in before.transformer.state_dict().items():
+        assert torch.equal(value, after.transformer.state_dict()[name]), name
+    assert after.card["init"]["path"] == str(first)
+
+    capsys.readouterr()
+    assert cli.main(argv[:-1] + [str(tmp_path / "t2"), "--tokenizer", "x.json"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--init brings its own tokenizer" in err

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -188,7 +190,13 @@ def test_two_process_gloo_data_parallel_takes_two_steps(scenes, tmp_path):
         "cpu",
         "--quiet",
     ]
+    # torchrun's launcher failed once in about 30 runs here, in a way not seen again; one retry
+    # (in a fresh folder) keeps that from failing CI, and a real failure still fails twice
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        warnings.warn(f"torchrun failed once, retrying: {result.stderr[-1000:]}", stacklevel=1)
+        shutil.rmtree(out, ignore_errors=True)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records][-1] == 2

@@ -301,6 +301,14 @@ def _pct(value) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+def _rate(summary: dict | None) -> str:
+    """A sub-group's accuracy with how many it was measured on: small groups are noisy."""
+    if not summary or summary.get("accuracy") is None:
+        return "—"
+    right = round(summary["accuracy"] * summary["n"])
+    return f"{_pct(summary['accuracy'])} ({right}/{summary['n']})"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table of the report, one row per figure, seen and held-out side by side."""
     samples = report["config"]["samples"]
@@ -356,30 +364,30 @@ def format_report(report: dict[str, Any]) -> str:
             rows.append(
                 (
                     f"  {n} object(s)",
-                    _pct(sc["by_objects"][n]["accuracy"]),
-                    _pct(hn.get("accuracy")),
+                    _rate(sc["by_objects"][n]),
+                    _rate(hn),
                 )
             )
         rows.append(
             (
                 "  two objects with a relation",
-                _pct(sc["two_objects_relation"]["accuracy"]),
-                _pct(hc["two_objects_relation"]["accuracy"]),
+                _rate(sc["two_objects_relation"]),
+                _rate(hc["two_objects_relation"]),
             )
         )
         for fact in ("count", "place", "relation", "background"):
             rows.append(
                 (
                     f"  fact: {fact}",
-                    _pct(sc["by_fact"][fact]["accuracy"]),
-                    _pct(hc["by_fact"][fact]["accuracy"]),
+                    _rate(sc["by_fact"][fact]),
+                    _rate(hc["by_fact"][fact]),
                 )
             )
         rows.append(
             (
                 "  captions naming a held-out pair",
                 "—",
-                _pct(hc["by_heldout"]["heldout"]["accuracy"]),
+                _rate(hc["by_heldout"]["heldout"]),
             )
         )
     for reading, name in (("first", "first sample"), ("reranked", "reranked"), ("any", "any")):

@@ -76,6 +76,11 @@ def test_report_has_every_section_and_sane_figures(report):
 def test_report_formats_a_table_and_writes_json(report, tmp_path):
     text = evaluate.format_report(report)
     assert "dVAE PSNR" in text and "targets (issue 3):" in text
+    # sub-groups are small: each shows how many it was measured on, "12.5% (1/8)"
+    groups = report["seen"]["caption"]["reranked"]["by_objects"]
+    n, summary = next(iter(groups.items()))
+    right = round(summary["accuracy"] * summary["n"])
+    assert f"{n} object(s)" in text and f"({right}/{summary['n']})" in text
     assert text.count("missed") + text.count("met") + text.count("not measured") >= len(
         evaluate.TARGETS
     )

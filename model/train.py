@@ -702,14 +702,21 @@ def train_command(args, progress_bar_cls) -> int:
             ("on_end", lambda trainer: state.get("bar") and state["bar"].close()),
         ]
 
-    if args.stage == "vae" and getattr(args, "init", None):
-        decoder_keys = {"dec_n_hid", "dec_n_blk_per_group"}
+    if getattr(args, "init", None) and args.stage in ("vae", "transformer"):
+        # the model's config comes from --init's file: a --set that would be ignored is refused
+        decoder_keys = {"dec_n_hid", "dec_n_blk_per_group"} if args.stage == "vae" else set()
         other = sorted(set(sets) - decoder_keys)
         if other:
             raise ValueError(
-                f"--set {', '.join(other)}: with --init the dVAE's config comes from that file; "
-                "only dec_n_hid and dec_n_blk_per_group can change (with --decoder-only)"
+                f"--set {', '.join(other)}: with --init the {args.stage}'s config comes from "
+                "that file"
+                + (
+                    "; only dec_n_hid and dec_n_blk_per_group can change (with --decoder-only)"
+                    if decoder_keys
+                    else "; only train.* fields can change"
+                )
             )
+    if args.stage == "vae" and getattr(args, "init", None):
         decoder_sets = {k: int(v) for k, v in sets.items()}
         path = train_vae(
             args.data,

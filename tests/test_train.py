@@ -43,6 +43,21 @@ def tiny_train_config(**overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def tiny_transformer(scenes, out, vae, **train):
+    """A transformer run on the tiny preset (2 steps unless told); returns its bundle's path."""
+    from model.config import TextConfig, TransformerConfig
+    from model.train import train_transformer
+
+    return train_transformer(
+        scenes,
+        out,
+        vae,
+        TextConfig(**PRESETS["tiny"]["text"]),
+        TransformerConfig(**PRESETS["tiny"]["transformer"]),
+        tiny_train_config(**{"steps": 2, **train}),
+    )
+
+
 class Stop(Exception):
     pass
 
@@ -222,14 +237,7 @@ def test_transformer_run_reuses_a_given_tokenizer_and_reranker_joins_it(scenes, 
     from model.train import assemble_bundle, train_reranker, train_transformer
 
     vae = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
-    first = train_transformer(
-        scenes,
-        tmp_path / "tf1",
-        vae,
-        TextConfig(**PRESETS["tiny"]["text"]),
-        TransformerConfig(**PRESETS["tiny"]["transformer"]),
-        tiny_train_config(steps=2),
-    )
+    first = tiny_transformer(scenes, tmp_path / "tf1", vae)
     tokenizer_file = tmp_path / "tf1" / "tokenizer.json"
     second = train_transformer(
         scenes,
@@ -260,9 +268,8 @@ def test_decoder_only_keeps_every_token_and_joins_the_bundle(scenes, tmp_path, c
     encoder weights and every image's tokens stay the same, and `dalle bundle --vae` accepts it
     only over the dVAE it started from."""
     from model.bundle import load
-    from model.config import TextConfig, TransformerConfig
     from model.data.folder import CaptionFolder
-    from model.train import load_vae, train_transformer
+    from model.train import load_vae
 
     base = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
     tuned = train_vae(
@@ -286,14 +293,7 @@ def test_decoder_only_keeps_every_token_and_joins_the_bundle(scenes, tmp_path, c
     assert torch.equal(old.encode(images), new.encode(images))
     assert not torch.equal(old.decode(old.encode(images)), new.decode(new.encode(images)))
 
-    bundle = train_transformer(
-        scenes,
-        tmp_path / "tf",
-        base,
-        TextConfig(**PRESETS["tiny"]["text"]),
-        TransformerConfig(**PRESETS["tiny"]["transformer"]),
-        tiny_train_config(steps=1),
-    )
+    bundle = tiny_transformer(scenes, tmp_path / "tf", base, steps=1)
     out = tmp_path / "tuned.dalle.safetensors"
     argv = ["bundle", "--transformer", str(bundle), "--vae", str(tuned), "--out", str(out)]
     from model import cli
@@ -323,9 +323,8 @@ def test_decoder_only_can_grow_the_decoder(scenes, tmp_path, capsys):
     same encoder; the tokens stay and the bundle takes it. Other --set keys are refused."""
     from model import cli
     from model.bundle import load
-    from model.config import TextConfig, TransformerConfig
     from model.data.folder import CaptionFolder
-    from model.train import load_vae, train_transformer
+    from model.train import load_vae
 
     base = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
     argv = ["train", "vae", "--data", str(scenes), "--out", str(tmp_path / "big"), "--quiet"]
@@ -344,14 +343,7 @@ def test_decoder_only_can_grow_the_decoder(scenes, tmp_path, capsys):
     assert torch.equal(big.encode(images), tokens)
     assert big.decode(tokens).shape == images.shape
 
-    bundle = train_transformer(
-        scenes,
-        tmp_path / "tf",
-        base,
-        TextConfig(**PRESETS["tiny"]["text"]),
-        TransformerConfig(**PRESETS["tiny"]["transformer"]),
-        tiny_train_config(steps=1),
-    )
+    bundle = tiny_transformer(scenes, tmp_path / "tf", base, steps=1)
     out = tmp_path / "big.dalle.safetensors"
     bundle_argv = ["bundle", "--transformer", str(bundle), "--out", str(out)]
     assert cli.main(bundle_argv + ["--vae", str(tmp_path / "big" / "vae.safetensors")]) == 0
@@ -371,18 +363,9 @@ def test_transformer_init_fine_tunes_a_bundle(scenes, tmp_path, capsys):
     zero steps of learning rate leave the transformer exactly as it was."""
     from model import cli
     from model.bundle import load
-    from model.config import TextConfig, TransformerConfig
-    from model.train import train_transformer
 
     vae = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
-    first = train_transformer(
-        scenes,
-        tmp_path / "tf1",
-        vae,
-        TextConfig(**PRESETS["tiny"]["text"]),
-        TransformerConfig(**PRESETS["tiny"]["transformer"]),
-        tiny_train_config(steps=2),
-    )
+    first = tiny_transformer(scenes, tmp_path / "tf1", vae)
     argv = ["train", "transformer", "--data", str(scenes), "--vae", str(vae), "--quiet"]
     argv += ["--init", str(first), "--steps", "2", "--batch-size", "4", "--device", "cpu"]
     argv += ["--preset", "small", "--out", str(tmp_path / "tuned")]  # preset ignored: --init wins
@@ -398,3 +381,6 @@ def test_transformer_init_fine_tunes_a_bundle(scenes, tmp_path, capsys):
     assert cli.main(argv[:-1] + [str(tmp_path / "t2"), "--tokenizer", "x.json"]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--init brings its own tokenizer" in err
+    assert cli.main(argv[:-1] + [str(tmp_path / "t3"), "--set", "dim=96"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dim" in err and "--init" in err

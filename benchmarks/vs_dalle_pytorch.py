@@ -9,8 +9,8 @@ offers), at batch 1 and 8. Their VAE decode is left out of the timing (ours is n
     pip install -e '.[bench]'   # dalle-pytorch 1.6.6 without its heavy dependencies
     python benchmarks/vs_dalle_pytorch.py --threads 1 [--json out.json]
 
-Their ``import`` pulls in taming-transformers, omegaconf, youtokentome, webdataset, ftfy and
-transformers for VAE and tokenizer classes this benchmark never uses; they are stubbed below.
+Their ``import`` pulls in taming-transformers, omegaconf, requests, youtokentome, webdataset, ftfy
+and transformers for VAE and tokenizer classes this benchmark never uses; they are stubbed below.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def stub_unused_imports() -> None:
         "taming.models": {},
         "taming.models.vqgan": {"VQModel": object, "GumbelVQ": object},
         "omegaconf": {"OmegaConf": object},
+        "requests": {},
         "youtokentome": {},
         "webdataset": {},
         "ftfy": {"fix_text": lambda s: s},

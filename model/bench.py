@@ -100,7 +100,8 @@ def bench_command(args, load_bundle) -> int:
         source = str(bundle.path)
     parameters = transformer.num_parameters()  # counted before int8 turns weights into buffers
     precision = getattr(args, "precision", "auto")
-    transformer = prepared(transformer, precision)
+    compile = getattr(args, "compile", False)
+    transformer = prepared(transformer, precision, compile)
     if args.repeats <= 0:
         raise ValueError("--repeats must be positive")
     batches = args.batch or [1, 8]
@@ -124,6 +125,7 @@ def bench_command(args, load_bundle) -> int:
         },
         "device": str(device),
         "precision": transformer.precision,
+        "compiled": compile and getattr(transformer.decode_step, "failure", True) is None,
         "threads": torch.get_num_threads(),
         "tokens_per_s": full[0]["tokens_per_s"],
         "seconds_per_image": full[0]["seconds_per_image"],
@@ -134,7 +136,11 @@ def bench_command(args, load_bundle) -> int:
         print(json.dumps(summary))
         return 0
     print(f"model {source}: {summary['parameters'] / 1e6:.2f}M parameters, {summary['config']}")
-    print(f"device {device}, {summary['threads']} threads, precision {transformer.precision}")
+    compiled = ", compiled" if summary["compiled"] else ""
+    print(
+        f"device {device}, {summary['threads']} threads, precision {transformer.precision}"
+        f"{compiled}"
+    )
     print(
         f"{'task':8s} {'batch':>5s} {'cells':>5s} {'seconds':>8s} {'s/image':>8s} "
         f"{'tokens/s':>9s} {'ms/step':>8s}"

@@ -58,6 +58,7 @@ class EvalConfig:
     recon_count: int = 500  # images per split for reconstruction and bits per token
     seed: int = DEFAULT_SEED
     precision: str = "auto"
+    compile: bool = False
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -185,6 +186,7 @@ def caption_fidelity(bundle, specs, config: EvalConfig, progress=None) -> dict[s
                 spec.caption,
                 config.options(config.seed + i),
                 precision=config.precision,
+                compile=config.compile,
             )
         )
         for name, result in _readings(done, spec.stated).items():
@@ -221,6 +223,7 @@ def completion_fidelity(bundle, split: str, config: EvalConfig, progress=None) -
                 target.caption,
                 config.options(config.seed + 10_000 + i),
                 precision=config.precision,
+                compile=config.compile,
             )
         )
         pasted = [paste_back(source, image, placement, cell, factor) for image in done.images]

@@ -217,19 +217,19 @@ def sample_tokens(
     )
 
 
-def prepared(transformer, precision: str):
+def prepared(transformer, precision: str, compile: bool = False):
     """``transformer`` in ``precision`` for sampling, converted once and kept on the model.
 
-    ``fp32`` is the model itself (the reference); ``auto``/``bf16``/``int8`` see
+    ``fp32`` is the model itself (the reference); ``auto``/``bf16``/``int8`` and ``compile`` see
     ``model.transformer.for_inference``.
     """
     precision = resolve_precision(precision, transformer.ln_f.weight.device)
-    if precision == transformer.precision:
+    if precision == transformer.precision and not compile:
         return transformer
     copies = _inference_copies.setdefault(transformer, {})
-    if precision not in copies:
-        copies[precision] = for_inference(transformer, precision)
-    return copies[precision]
+    if (precision, compile) not in copies:
+        copies[precision, compile] = for_inference(transformer, precision, compile)
+    return copies[precision, compile]
 
 
 def complete(
@@ -241,13 +241,15 @@ def complete(
     cancel: threading.Event | None = None,
     use_cache: bool = True,
     precision: str = "fp32",
+    compile: bool = False,
 ) -> Iterator[Message]:
     """Regenerate the rectangle from ``from_cell`` to the bottom-right corner under ``caption``.
 
     image: (3, S, S) in [0, 1] at the bundle's resolution (see ``model.images.to_model``), or
     None for a blank start (only valid from cell (0, 0)). Yields Progress per finished row, then
     Done with decoded candidates, reranked best first when the bundle carries a reranker.
-    precision: fp32 (default: the exact reference), bf16, int8 or auto (see ``prepared``).
+    precision: fp32 (default: the exact reference), bf16, int8 or auto (see ``prepared``);
+    compile: run each one-cell step through ``torch.compile`` (``model.transformer.CompiledStep``).
     """
     options = options or SamplingOptions()
     options.validate()
@@ -266,7 +268,7 @@ def complete(
         image_tokens = bundle.vae.encode(image.unsqueeze(0).to(device))[0]
     text = bundle.tokenizer.encode([caption])[0]
     empty = bundle.tokenizer.empty(1)[0]
-    transformer = prepared(bundle.transformer, precision)
+    transformer = prepared(bundle.transformer, precision, compile)
     for message in sample_tokens(
         transformer, text, image_tokens, plan, options, empty, cancel, use_cache
     ):
@@ -286,10 +288,17 @@ def complete(
 
 
 def generate(
-    bundle, caption: str, options: SamplingOptions | None = None, cancel=None, precision="fp32"
+    bundle,
+    caption: str,
+    options: SamplingOptions | None = None,
+    cancel=None,
+    precision="fp32",
+    compile=False,
 ):
     """Generate whole images from a caption: completion from cell (0, 0)."""
-    return complete(bundle, None, (0, 0), caption, options, cancel, precision=precision)
+    return complete(
+        bundle, None, (0, 0), caption, options, cancel, precision=precision, compile=compile
+    )
 
 
 def run(messages: Iterator[Message]) -> Done:

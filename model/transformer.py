@@ -14,6 +14,7 @@ convolutional masks (Ramesh et al. 2021, appendix B.1), all defined on slots in 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from model.config import TransformerConfig
 
+log = logging.getLogger(__name__)
 ROW, COLUMN, CONV = "row", "column", "conv"
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
@@ -89,14 +91,15 @@ def attention_dtype(x: torch.Tensor) -> torch.Tensor:
 class KVCache:
     """Keys and values of every layer, allocated once and written in place (as min-dalle does).
 
-    ``state`` is (depth, 2, batch, heads, seq_len, head_dim): static shapes, one tensor to reason
-    about, and nothing reallocated while sampling.
+    ``layers[i]`` is layer i's (2, batch, heads, seq_len, head_dim): static shapes, nothing
+    reallocated while sampling. One tensor per layer, not one for all: a compiled decode step
+    writes each in place, where a view into a shared tensor makes inductor copy the whole tensor.
     """
 
     def __init__(self, config: TransformerConfig, batch: int, device, dtype=torch.float32):
         head_dim = config.dim // config.heads
-        shape = (config.depth, 2, batch, config.heads, config.seq_len, head_dim)
-        self.state = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (2, batch, config.heads, config.seq_len, head_dim)
+        self.layers = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.depth)]
         self.length = 0  # positions [0, length) hold valid keys and values
 
 
@@ -116,19 +119,15 @@ class SelfAttention(nn.Module):
         mask: torch.Tensor | None,
         start: int,
         cache: KVCache | None,
-        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``keys``: for a one-position step with a cache, the positions it sees (no mask then)."""
         B, T, C = x.shape
         hs = C // self.heads
-        if keys is not None:
-            return self.decode(x, start, cache, keys)
         q, k, v = attention_dtype(self.qkv(x)).split(C, dim=2)
         q = q.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.heads, hs).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
-            layer = cache.state[self.index]  # (2, B, nh, L, hs)
+            layer = cache.layers[self.index]  # (2, B, nh, L, hs)
             layer[0, :, :, start : start + T] = k
             layer[1, :, :, start : start + T] = v
             k = layer[0, :, :, : start + T]  # (B, nh, start+T, hs)
@@ -138,16 +137,27 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y.to(x.dtype))
 
-    def decode(self, x: torch.Tensor, pos: int, cache: KVCache, keys: torch.Tensor):
-        """One position: write its key and value, gather only the keys it sees, attend unmasked."""
+    def decode(
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor,
+        cache: list[torch.Tensor],
+        keys: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """One position: write its key and value, gather the padded window of keys it sees.
+
+        Shape-static: ``pos`` is a (1,) tensor, ``cache`` the ``KVCache.layers``, and ``keys`` and
+        ``valid`` the position's row of the padded gather table: no Python value depends on ``pos``.
+        """
         B, _, C = x.shape
         hs = C // self.heads
         qkv = attention_dtype(self.qkv(x)).view(B, 3, self.heads, hs)  # (B, 3, nh, hs)
-        layer = cache.state[self.index]  # (2, B, nh, L, hs)
-        layer[:, :, :, pos] = qkv[:, 1:].transpose(0, 1)  # k and v in one copy
+        layer = cache[self.index]  # (2, B, nh, L, hs)
+        layer[:, :, :, pos] = qkv[:, 1:].transpose(0, 1).unsqueeze(3)  # k and v in one copy
         kv = layer.index_select(3, keys)  # (2, B, nh, K, hs)
         q = qkv[:, 0].unsqueeze(2)  # (B, nh, 1, hs)
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1])  # (B, nh, 1, hs)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=valid)  # (B, nh, 1, hs)
         return self.proj(y.view(B, 1, C).to(x.dtype))
 
 
@@ -171,8 +181,12 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.dim)
         self.mlp = MLP(config)
 
-    def forward(self, x, mask, start, cache, keys=None):
-        x = x + self.attn(self.ln_1(x), mask, start, cache, keys)
+    def forward(self, x, mask, start, cache):
+        x = x + self.attn(self.ln_1(x), mask, start, cache)
+        return x + self.mlp(self.ln_2(x))
+
+    def decode(self, x, pos, cache, keys, valid):
+        x = x + self.attn.decode(self.ln_1(x), pos, cache, keys, valid)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -203,11 +217,12 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.dim)
         self.to_text = nn.Linear(config.dim, config.text_vocab_padded, bias=False)
         self.to_image = nn.Linear(config.dim, config.image_vocab, bias=False)
-        self.decode_counts = {}
         for kind in (ROW, COLUMN, CONV):
             self.register_buffer(f"mask_{kind}", stream_mask(kind, config), persistent=False)
-            index, self.decode_counts[kind] = decode_keys(kind, config)
+            index, counts = decode_keys(kind, config)
+            valid = torch.arange(index.shape[1]) < torch.tensor(counts).view(-1, 1)  # (L, K)
             self.register_buffer(f"keys_{kind}", index, persistent=False)
+            self.register_buffer(f"valid_{kind}", valid, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # GPT-2's scaled init of residual projections
@@ -267,22 +282,19 @@ class Transformer(nn.Module):
             raise ValueError(f"positions up to {end} exceed seq_len {self.config.seq_len}")
         if cache is None and start != 0:
             raise ValueError("a chunk that starts after position 0 needs a KV cache")
+        if cache is not None and T == 1 and start >= self.config.text_len and not self.training:
+            pos = torch.tensor([start], device=ids.device)
+            image = self.decode_step(ids, pos, cache.layers)  # one image slot: the static step
+            cache.length = end
+            return Logits(text=None, image=image.unsqueeze(1))
         x = self.drop(self.embed(ids, start))
-        if cache is not None and T == 1:  # a decode step: gather each layer's visible keys
-            keys = {
-                kind: getattr(self, f"keys_{kind}")[start, : self.decode_counts[kind][start]]
-                for kind in (ROW, COLUMN, CONV)
-            }
-            for block in self.blocks:
-                x = block(x, None, start, cache, keys[block.kind])
-        else:
-            seen = end if cache is not None else T
-            masks = {
-                kind: getattr(self, f"mask_{kind}")[start:end, end - seen : end]
-                for kind in (ROW, COLUMN, CONV)
-            }
-            for block in self.blocks:
-                x = block(x, masks[block.kind], start, cache)
+        seen = end if cache is not None else T
+        masks = {
+            kind: getattr(self, f"mask_{kind}")[start:end, end - seen : end]
+            for kind in (ROW, COLUMN, CONV)
+        }
+        for block in self.blocks:
+            x = block(x, masks[block.kind], start, cache)
         if cache is not None:
             cache.length = end
         x = self.ln_f(x)
@@ -295,6 +307,26 @@ class Transformer(nn.Module):
         text = self.to_text(x[:, :text_end]) if text_end else None
         image = self.to_image(x[:, text_end:]) if text_end < T else None
         return Logits(text=text, image=image)
+
+    def decode_step(
+        self, ids: torch.Tensor, pos: torch.Tensor, cache: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """One image slot with a KV cache: (B, 1) ids at stream position ``pos`` -> (B, V) logits.
+
+        ``pos`` is a (1,) tensor and ``cache`` the ``KVCache.layers``, written in place. Every shape
+        is the same at every position (each layer gathers its padded key window and masks the
+        padding), so ``torch.compile`` builds one graph per batch size and CUDA graphs could replay
+        it; ``forward`` takes this path for every one-slot step.
+        """
+        cfg = self.config
+        slot = pos - cfg.text_len
+        x = self.image_embed(ids) + self.row_embed(slot // cfg.grid)
+        x = x + self.col_embed(slot % cfg.grid)
+        for block in self.blocks:
+            keys = getattr(self, f"keys_{block.kind}")[pos]  # (1, K) positions it sees, padded
+            valid = getattr(self, f"valid_{block.kind}")[pos]  # (1, K) False on the padding
+            x = block.decode(x, pos, cache, keys[0], valid)
+        return self.to_image(self.ln_f(x))[:, 0]
 
     def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Cross-entropy on every token: text and image each averaged, weighted 1/8 and 7/8."""
@@ -374,18 +406,53 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return "fp32"
 
 
-def for_inference(transformer: Transformer, precision: str = "auto") -> Transformer:
+class CompiledStep:
+    """``Transformer.decode_step`` through ``torch.compile``, or eager if compiling fails.
+
+    The step is shape-static, so inductor builds one graph per batch size (about 15 s on two CPU
+    cores the first time, a few seconds from its on-disk cache later). Compiling needs a C++
+    compiler on CPU and Triton on CUDA; where that fails, the step logs one warning and runs
+    eager, which is the same computation.
+    """
+
+    def __init__(self, eager, backend: str = "inductor"):
+        self.eager = eager
+        self.compiled = torch.compile(eager, backend=backend, fullgraph=True, dynamic=False)
+        self.failure: str | None = None
+
+    def __call__(self, ids: torch.Tensor, pos: torch.Tensor, cache: list[torch.Tensor]):
+        if self.failure is None:
+            try:
+                return self.compiled(ids, pos, cache)
+            except Exception as error:  # any compiler failure: eager is the same computation
+                # dynamo wraps the compiler's own error (BackendCompilerFailed.inner_exception)
+                while getattr(error, "inner_exception", None) or error.__cause__:
+                    error = getattr(error, "inner_exception", None) or error.__cause__
+                lines = str(error).strip().splitlines()
+                self.failure = f"{type(error).__name__}: {lines[0] if lines else ''}"
+                log.warning("torch.compile failed, sampling eagerly: %s", self.failure)
+        return self.eager(ids, pos, cache)
+
+
+def for_inference(
+    transformer: Transformer, precision: str = "auto", compile: bool = False
+) -> Transformer:
     """An eval-mode copy of ``transformer`` in ``precision`` (fp32, bf16, int8 or auto).
 
     bf16 and int8 run activations and the KV cache in bf16; int8 also stores every Linear's
-    weights as int8 (see ``Int8Linear``). fp32 returns the model itself, in eval mode. The copy is
-    for sampling only: it has no gradients and cannot be trained or saved into a bundle.
+    weights as int8 (see ``Int8Linear``). fp32 returns the model itself, in eval mode, unless
+    ``compile`` asks for its decode step through ``torch.compile`` (see ``CompiledStep``). A copy
+    is for sampling only: it has no gradients and cannot be trained or saved into a bundle.
     """
     device = transformer.ln_f.weight.device
     precision = resolve_precision(precision, device)
-    if precision == "fp32":
+    if precision == "fp32" and not compile:
         return transformer.eval()
     model = copy.deepcopy(transformer).eval().requires_grad_(False)
+    if compile:
+        model.decode_step = CompiledStep(model.decode_step)
+    if precision == "fp32":
+        return model
     if precision == "int8":
         for module in list(model.modules()):
             for name, child in module.named_children():

@@ -143,21 +143,22 @@ class SelfAttention(nn.Module):
         pos: torch.Tensor,
         cache: list[torch.Tensor],
         keys: torch.Tensor,
-        valid: torch.Tensor,
+        bias: torch.Tensor,
     ) -> torch.Tensor:
         """One position: write its key and value, gather the padded window of keys it sees.
 
         Shape-static: ``pos`` is a (1,) tensor, ``cache`` the ``KVCache.layers``, and ``keys`` and
-        ``valid`` the position's row of the padded gather table: no Python value depends on ``pos``.
+        ``bias`` the position's row of the padded gather table and its mask (0, or -inf on the
+        padding): no Python value depends on ``pos``.
         """
         B, _, C = x.shape
         hs = C // self.heads
         qkv = attention_dtype(self.qkv(x)).view(B, 3, self.heads, hs)  # (B, 3, nh, hs)
         layer = cache[self.index]  # (2, B, nh, L, hs)
-        layer[:, :, :, pos] = qkv[:, 1:].transpose(0, 1).unsqueeze(3)  # k and v in one copy
+        layer.index_copy_(3, pos, qkv[:, 1:].transpose(0, 1).unsqueeze(3))  # k and v, one copy
         kv = layer.index_select(3, keys)  # (2, B, nh, K, hs)
         q = qkv[:, 0].unsqueeze(2)  # (B, nh, 1, hs)
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=valid)  # (B, nh, 1, hs)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias)  # (B, nh, 1, hs)
         return self.proj(y.view(B, 1, C).to(x.dtype))
 
 
@@ -185,8 +186,8 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), mask, start, cache)
         return x + self.mlp(self.ln_2(x))
 
-    def decode(self, x, pos, cache, keys, valid):
-        x = x + self.attn.decode(self.ln_1(x), pos, cache, keys, valid)
+    def decode(self, x, pos, cache, keys, bias):
+        x = x + self.attn.decode(self.ln_1(x), pos, cache, keys, bias)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -220,9 +221,10 @@ class Transformer(nn.Module):
         for kind in (ROW, COLUMN, CONV):
             self.register_buffer(f"mask_{kind}", stream_mask(kind, config), persistent=False)
             index, counts = decode_keys(kind, config)
-            valid = torch.arange(index.shape[1]) < torch.tensor(counts).view(-1, 1)  # (L, K)
+            padding = torch.arange(index.shape[1]) >= torch.tensor(counts).view(-1, 1)  # (L, K)
+            bias = torch.zeros(padding.shape).masked_fill(padding, float("-inf"))
             self.register_buffer(f"keys_{kind}", index, persistent=False)
-            self.register_buffer(f"valid_{kind}", valid, persistent=False)
+            self.register_buffer(f"bias_{kind}", bias, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # GPT-2's scaled init of residual projections
@@ -322,10 +324,15 @@ class Transformer(nn.Module):
         slot = pos - cfg.text_len
         x = self.image_embed(ids) + self.row_embed(slot // cfg.grid)
         x = x + self.col_embed(slot % cfg.grid)
+        windows = {  # per kind: the positions ``pos`` sees, padded, and -inf on the padding
+            kind: (
+                getattr(self, f"keys_{kind}").index_select(0, pos)[0],  # (K,)
+                attention_dtype(getattr(self, f"bias_{kind}").index_select(0, pos)),  # (1, K)
+            )
+            for kind in (ROW, COLUMN, CONV)
+        }
         for block in self.blocks:
-            keys = getattr(self, f"keys_{block.kind}")[pos]  # (1, K) positions it sees, padded
-            valid = getattr(self, f"valid_{block.kind}")[pos]  # (1, K) False on the padding
-            x = block.decode(x, pos, cache, keys[0], valid)
+            x = block.decode(x, pos, cache, *windows[block.kind])
         return self.to_image(self.ln_f(x))[:, 0]
 
     def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ from model import images as model_images
 from model import sampling
 from model.config import SamplingOptions
 from model.train import pick_device
+from model.transformer import PRECISIONS, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Loaded:
     card: dict[str, Any]
     size: int
     factor: int
+    precision: str = "fp32"  # what sampling runs in on this device ("auto" resolved)
 
 
 @dataclass
@@ -212,6 +214,11 @@ def available_devices() -> list[str]:
     return ["auto", "cuda", "cpu"]
 
 
+def available_precisions() -> list[str]:
+    """auto: bf16 on CUDA, int8 weights on x86 CPUs, else fp32 (``resolve_precision``)."""
+    return list(PRECISIONS)
+
+
 Sampler = Callable[..., Iterator[Any]]
 
 
@@ -231,6 +238,14 @@ class Engine(QObject):
         self.geometry_size = PAPER_SIZE
         self.geometry_factor = PAPER_FACTOR
         self.last_tokens_per_s = 0.0
+        self.precision = "auto"  # what the CLI and `dalle eval` sample in by default
+        self.compile = False  # torch.compile the decode step (first run per batch size compiles)
+
+    def set_speed(self, precision: str, compile: bool) -> None:
+        """How later jobs sample: a precision (see ``model.transformer.for_inference``) and
+        whether the decode step is compiled. Raises ValueError naming an unknown precision."""
+        resolve_precision(precision, "cpu")  # validates the name
+        self.precision, self.compile = precision, bool(compile)
 
     # -- bundle ---------------------------------------------------------------------------
 
@@ -264,6 +279,7 @@ class Engine(QObject):
                 card=dict(bundle.card),
                 size=self.geometry_size,
                 factor=self.geometry_factor,
+                precision=resolve_precision(self.precision, target),
             )
         except FileNotFoundError as error:
             result = LoadFailed(one_line(error))
@@ -322,7 +338,17 @@ class Engine(QObject):
         factor = bundle.config.vae.factor
         tensor, placement = model_images.to_model(image, size)
         options = job.options()
-        for message in self._sampler(bundle, tensor, job.cell, job.caption, options, job.cancel):
+        messages = self._sampler(
+            bundle,
+            tensor,
+            job.cell,
+            job.caption,
+            options,
+            job.cancel,
+            precision=self.precision,
+            compile=self.compile,
+        )
+        for message in messages:
             if isinstance(message, sampling.Progress):
                 # one decode of the whole current grid per finished row (first candidate only)
                 with torch.inference_mode():

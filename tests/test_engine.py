@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model import sampling
+from model.transformer import resolve_precision
 from studio import engine as studio_engine
 from studio.document import Document
 from studio.engine import Engine, Job
@@ -56,7 +57,7 @@ def test_job_streams_rows_then_candidates_pasted_back(bundle):
 def fake_sampler(rows=3, block: threading.Event | None = None):
     """A sampler that yields instantly (or waits on ``block``) and honours cancel."""
 
-    def sample(bundle, image, cell, caption, options, cancel):
+    def sample(bundle, image, cell, caption, options, cancel, precision="fp32", compile=False):
         grid = bundle.config.transformer.grid
         tokens = torch.zeros(options.n, grid, grid, dtype=torch.long)
         for row in range(rows):
@@ -183,3 +184,32 @@ def test_geometry_matches_the_models_placement():
     x, y = geometry.pixel_of((1, 3))
     assert geometry.cell_at(x, y) == (1, 3) and geometry.cell_at(x - 1, y) == (1, 2)
     assert geometry.masked_cells((1, 3)) == 3
+
+
+def test_jobs_sample_in_the_chosen_precision(bundle):
+    seen = []
+
+    def recording(bundle, image, cell, caption, options, cancel, precision, compile):
+        seen.append((precision, compile))
+        yield from fake_sampler(rows=1)(bundle, image, cell, caption, options, cancel)
+
+    engine = Engine(sampler=recording)
+    engine.set_bundle(bundle)
+    run(engine, Job(image=picture(), cell=(0, 0), caption="x"))
+    engine.set_speed("fp32", True)
+    run(engine, Job(image=picture(), cell=(0, 0), caption="x"))
+    assert seen == [("auto", False), ("fp32", True)]  # auto by default, as the CLI and eval
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        engine.set_speed("fp8", False)
+    assert (engine.precision, engine.compile) == ("fp32", True)
+
+
+def test_loaded_reports_the_precision_auto_resolves_to(tmp_path):
+    engine = Engine()
+    engine.set_speed("auto", False)
+    loaded = engine._load(tiny_bundle_file(tmp_path), "cpu")
+    assert isinstance(loaded, studio_engine.Loaded)
+    assert loaded.precision == resolve_precision("auto", "cpu") != "auto"
+    engine.set_speed("bf16", False)
+    assert engine._load(tiny_bundle_file(tmp_path), "cpu").precision == "bf16"
+    engine.shutdown()

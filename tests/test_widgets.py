@@ -237,8 +237,33 @@ def test_settings_dialog_shows_the_bundle_card(qtbot, tmp_path):
     qtbot.addWidget(dialog)
     assert "tiny test bundle" in dialog.card.toPlainText()
     assert dialog.values() == ("cpu", str(path))
+    assert dialog.speed() == ("auto", False)
     dialog.bundle.setText(str(tmp_path / "missing.dalle.safetensors"))
     assert "Cannot read" in dialog.card.toPlainText()
+
+
+def test_speed_settings_reach_the_engine_and_a_bad_saved_value_falls_back(qtbot, tmp_path):
+    from studio.widgets.settings import SettingsDialog
+
+    dialog = SettingsDialog("cpu", "", precision="int8", compile=True)
+    qtbot.addWidget(dialog)
+    assert dialog.speed() == ("int8", True)
+    dialog.precision.setCurrentText("fp32")
+    dialog.compile.setChecked(False)
+    assert dialog.speed() == ("fp32", False)
+
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    settings.setValue("precision", "bf16")
+    settings.setValue("compile", True)
+    engine = Engine()
+    window = MainWindow(engine, settings, autosave_folder=tmp_path)
+    qtbot.addWidget(window)
+    assert (engine.precision, engine.compile) == ("bf16", True)
+    settings.setValue("precision", "fp8")  # a hand-edited settings file
+    window.apply_speed_settings()
+    assert (engine.precision, engine.compile) == ("auto", True)
+    window.ask_before_close = False
+    engine.shutdown()
 
 
 def test_caption_history_walks_with_alt_up_down(window, qtbot):

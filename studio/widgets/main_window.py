@@ -60,6 +60,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.engine = engine
         self.settings = settings or QSettings()
+        self.apply_speed_settings()
         self.autosave_folder = autosave_folder
         self.ask_before_close = True
         self.errors: list[str] = []  # every message shown, for tests and the selftest
@@ -219,7 +220,8 @@ class MainWindow(QMainWindow):
             self.model_name = message.name
             self.model_label.setText(f"model: {message.name}")
             self.model_label.setToolTip(message.path)
-            self.device_label.setText(f"device: {message.device}")
+            compiled = " · compiled" if self.engine.compile else ""
+            self.device_label.setText(f"device: {message.device} · {message.precision}{compiled}")
             self.document.set_model_geometry(message.size, message.factor)
             self.caption.set_examples([str(c) for c in message.card.get("example_captions", [])])
         elif isinstance(message, messages.LoadFailed):
@@ -461,14 +463,32 @@ class MainWindow(QMainWindow):
 
     # -- settings, autosave, close ------------------------------------------------------
 
+    def apply_speed_settings(self) -> None:
+        """Hand the saved precision and compile choice to the engine (a bad value: auto)."""
+        precision = str(self.settings.value("precision", "auto"))
+        compile = self.settings.value("compile", False, type=bool)
+        try:
+            self.engine.set_speed(precision, compile)
+        except ValueError as error:
+            log.warning("settings: %s; using auto", error)
+            self.engine.set_speed("auto", compile)
+
     def open_settings(self) -> None:
         dialog = SettingsDialog(
-            self.settings.value("device", "auto"), self.settings.value("bundle", ""), self
+            self.settings.value("device", "auto"),
+            self.settings.value("bundle", ""),
+            self,
+            precision=self.engine.precision,
+            compile=self.engine.compile,
         )
         if dialog.exec():
             device, bundle = dialog.values()
+            precision, compile = dialog.speed()
             self.settings.setValue("device", device)
             self.settings.setValue("bundle", bundle)
+            self.settings.setValue("precision", precision)
+            self.settings.setValue("compile", compile)
+            self.apply_speed_settings()
             self.load_model(bundle, device)
 
     def autosave(self) -> None:

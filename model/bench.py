@@ -1,7 +1,8 @@
 """``dalle bench``: sampling speed of a bundle's transformer or of a random model of any size.
 
 Prints tokens/s and latency for a full image and for a quarter-image completion (the bottom-right
-quarter) at each batch size, and peak memory. Figures only: nothing here asserts a time.
+quarter) at each batch size, the memory bandwidth each step reaches against what a large copy
+reaches on the same device, and peak memory. Figures only: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -72,6 +73,51 @@ def time_sampling(
     }
 
 
+def step_bytes(transformer, batch: int) -> int:
+    """Bytes one one-cell decode step must read from memory: every weight on the image path
+    once (int8 weights and scales up to ``Int8Linear.int8_rows_max`` rows, their bf16 copy
+    above), plus each layer's gathered key/value window. Embedding rows and activations are
+    left out (under 0.1%). Divided by the step's time this is the bandwidth the step reaches."""
+    from model.transformer import Int8Linear
+
+    total = 0
+    for name, module in transformer.named_modules():
+        if name == "to_text":  # image steps never run the text head
+            continue
+        if isinstance(module, Int8Linear):
+            if batch <= module.int8_rows_max:
+                total += module.weight.numel() + 2 * module.scale.numel()
+            else:
+                total += module.dense.numel() * module.dense.element_size()
+            if module.bias is not None:
+                total += module.bias.numel() * module.bias.element_size()
+        elif isinstance(module, torch.nn.Linear | torch.nn.LayerNorm):
+            total += sum(p.numel() * p.element_size() for p in module.parameters())
+    cfg = transformer.config
+    cache = transformer.new_cache(1).layers[0]
+    for kind in transformer.kinds:
+        window = getattr(transformer, f"keys_{kind}").shape[1]
+        total += 2 * batch * cfg.dim * window * cache.element_size()  # keys and values
+    return total
+
+
+def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
+    """Memory bandwidth in bytes/s that a large tensor copy reaches on ``device`` with the
+    current thread count: bytes read plus bytes written, best of ``repeats``."""
+    source = torch.ones(megabytes * 2**20 // 4, device=device)
+    target = torch.empty_like(source)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first pass faults the pages in
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        target.copy_(source)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * source.numel() * 4 / best
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -115,7 +161,12 @@ def bench_command(args, load_bundle) -> int:
             ("quarter", Plan(grid, grid // 2, grid // 2)),
         ):
             result = time_sampling(transformer, plan, batch, args.repeats)
-            runs.append({"task": name, **result})
+            moved = step_bytes(transformer, batch) / (result["ms_per_step"] / 1000)
+            runs.append({"task": name, **result, "step_gb_per_s": moved / 1e9})
+    peak_memory = peak_memory_mb(device)  # before the copy below allocates its buffers
+    bandwidth = copy_bandwidth(device)
+    for r in runs:
+        r["fraction_of_copy_bandwidth"] = r["step_gb_per_s"] * 1e9 / bandwidth
     full = [r for r in runs if r["task"] == "full"]
     summary = {
         "model": source,
@@ -129,7 +180,8 @@ def bench_command(args, load_bundle) -> int:
         "threads": torch.get_num_threads(),
         "tokens_per_s": full[0]["tokens_per_s"],
         "seconds_per_image": full[0]["seconds_per_image"],
-        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_mb": peak_memory,
+        "copy_bandwidth_gb_per_s": bandwidth / 1e9,
         "runs": runs,
     }
     if args.json:
@@ -143,12 +195,16 @@ def bench_command(args, load_bundle) -> int:
     )
     print(
         f"{'task':8s} {'batch':>5s} {'cells':>5s} {'seconds':>8s} {'s/image':>8s} "
-        f"{'tokens/s':>9s} {'ms/step':>8s}"
+        f"{'tokens/s':>9s} {'ms/step':>8s} {'GB/s':>6s} {'of copy':>7s}"
     )
     for r in runs:
         print(
             f"{r['task']:8s} {r['batch']:5d} {r['cells']:5d} {r['seconds']:8.3f} "
-            f"{r['seconds_per_image']:8.3f} {r['tokens_per_s']:9.0f} {r['ms_per_step']:8.2f}"
+            f"{r['seconds_per_image']:8.3f} {r['tokens_per_s']:9.0f} {r['ms_per_step']:8.2f} "
+            f"{r['step_gb_per_s']:6.1f} {r['fraction_of_copy_bandwidth']:7.0%}"
         )
-    print(f"peak memory {summary['peak_memory_mb']:.0f} MiB")
+    print(
+        f"peak memory {summary['peak_memory_mb']:.0f} MiB; GB/s: the weights and key/value "
+        f"windows one step reads, per step time; copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+    )
     return 0

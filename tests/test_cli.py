@@ -216,3 +216,45 @@ def test_generate_refuses_non_png_and_bad_options(bundle_path, tmp_path, capsys)
         tmp_path / "a.png",
     )
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_bench_random_model_prints_one_json_object(capsys):
+    import json
+
+    args = "--dim 32 --depth 2 --heads 4 --grid 4 --text-len 4 --vocab 16 --repeats 1"
+    assert dalle("bench", "--random", *args.split(), "--batch", "1", "3", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"] == {"dim": 32, "depth": 2, "heads": 4, "grid": 4, "text_len": 4}
+    assert report["tokens_per_s"] > 0 and report["seconds_per_image"] > 0
+    assert report["copy_bandwidth_gb_per_s"] > 0
+    runs = report["runs"]
+    assert [(r["task"], r["batch"], r["cells"]) for r in runs] == [
+        ("full", 1, 16),
+        ("quarter", 1, 4),
+        ("full", 3, 16),
+        ("quarter", 3, 4),
+    ]
+    for r in runs:
+        assert r["tokens_per_s"] == pytest.approx(r["cells"] * r["batch"] / r["seconds"])
+        assert 0 < r["fraction_of_copy_bandwidth"]
+
+
+def test_bench_step_bytes_counts_the_weights_a_step_reads():
+    from model.bench import random_transformer, step_bytes
+    from model.sampling import prepared
+
+    model = random_transformer(32, 2, 4, 4, 4, 16, "cpu")
+    fp32 = step_bytes(model, 1)
+    skipped = ("text_", "image_embed", "row_embed", "col_embed", "to_text")  # not read per step
+    weights = sum(p.numel() * 4 for n, p in model.named_parameters() if not n.startswith(skipped))
+    window = sum(getattr(model, f"keys_{k}").shape[1] for k in model.kinds)
+    assert fp32 == weights + 2 * 32 * window * 4  # + keys and values, batch 1, fp32 cache
+    int8 = step_bytes(prepared(model, "int8"), 1)
+    assert fp32 / 4.5 < int8 - 2 * 32 * window * 4 < fp32 / 2  # one byte per weight, not four
+    assert step_bytes(model, 8) - fp32 == 7 * 2 * 32 * window * 4  # more rows: more keys
+
+
+def test_bench_refuses_bad_sizes_with_one_line(capsys):
+    assert dalle("bench", "--random", "--dim", "0") != 0
+    err = capsys.readouterr().err.strip()
+    assert "--dim must be positive" in err and "\n" not in err

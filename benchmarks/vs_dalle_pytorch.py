@@ -93,14 +93,19 @@ def their_model(dim, depth, heads, grid, text_len, vocab):
 
 
 def time_theirs(dalle, grid, text_len, vocab, batch, cells, use_cache) -> dict:
-    text = torch.randint(1, vocab, (batch, text_len))
+    device = next(dalle.parameters()).device
+    text = torch.randint(1, vocab, (batch, text_len), device=device)
     size = dalle.vae.image_size
-    image = torch.zeros(batch, 3, size, size) if cells < grid * grid else None
-    primed = torch.randint(0, vocab, (batch, grid * grid))
+    image = torch.zeros(batch, 3, size, size, device=device) if cells < grid * grid else None
+    primed = torch.randint(0, vocab, (batch, grid * grid), device=device)
     dalle.vae.get_codebook_indices = lambda img: primed[: img.shape[0]]
     dalle.vae.decode = lambda seq: seq  # leave their VAE decoder out of the timing
+    # on a GPU both sides sample in bf16: ours as bf16 weights (`--precision auto`), theirs under
+    # autocast, which is how DALLE-pytorch's own generate script runs fp16/bf16
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+    sync(device)
     started = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         dalle.generate_images(
             text,
             img=image,
@@ -108,8 +113,14 @@ def time_theirs(dalle, grid, text_len, vocab, batch, cells, use_cache) -> dict:
             filter_thres=0.0,
             use_cache=use_cache,
         )
+    sync(device)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "tokens_per_s": batch * cells / seconds}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main(argv=None) -> int:
@@ -122,6 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--batch", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (there: bf16 for both)")
     parser.add_argument("--repeats", type=int, default=3, help="ours; theirs runs once (slow)")
     parser.add_argument(
         "--tasks", nargs="*", default=["full", "quarter"], choices=["full", "quarter"]
@@ -132,16 +144,17 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     a = args
-    dalle = their_model(a.dim, a.depth, a.heads, a.grid, a.text_len, a.vocab)
-    reference = random_transformer(
-        a.dim, a.depth, a.heads, a.grid, a.text_len, a.vocab, torch.device("cpu")
-    )
-    ours = {p: prepared(reference, p) for p in ("fp32", "int8")}
+    device = torch.device(a.device)
+    dalle = their_model(a.dim, a.depth, a.heads, a.grid, a.text_len, a.vocab).to(device)
+    reference = random_transformer(a.dim, a.depth, a.heads, a.grid, a.text_len, a.vocab, device)
+    # CPU: fp32 and int8 weights; CUDA: fp32 and bf16 (int8 weights are a CPU kernel)
+    reduced = "bf16" if device.type == "cuda" else "int8"
+    ours = {p: prepared(reference, p) for p in ("fp32", reduced)}
     theirs_params = sum(p.numel() for n, p in dalle.named_parameters() if not n.startswith("vae."))
     print(
         f"DALLE-pytorch {theirs_params / 1e6:.2f}M vs ours {reference.num_parameters() / 1e6:.2f}M"
         f" parameters; dim {a.dim} depth {a.depth} heads {a.heads} grid {a.grid} text {a.text_len}"
-        f"; {torch.get_num_threads()} threads",
+        f"; {device}, {torch.get_num_threads()} threads",
         flush=True,
     )
     rows = []
@@ -165,19 +178,19 @@ def main(argv=None) -> int:
                     dalle, a.grid, a.text_len, a.vocab, batch, plan.cells, False
                 )["tokens_per_s"]
             row["ratio_fp32"] = row["ours_fp32"] / row["theirs_cache"]
-            row["ratio_int8"] = row["ours_int8"] / row["theirs_cache"]
+            row[f"ratio_{reduced}"] = row[f"ours_{reduced}"] / row["theirs_cache"]
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(
         f"\n{'task':8s} {'batch':>5s} {'theirs':>8s} {'theirs':>8s} {'ours':>8s} {'ours':>8s}"
-        f" {'fp32/':>7s} {'int8/':>7s}\n{'':14s} {'no cache':>8s} {'cache':>8s} {'fp32':>8s}"
-        f" {'int8':>8s} {'cache':>7s} {'cache':>7s}   (tokens/s)"
+        f" {'fp32/':>7s} {reduced + '/':>7s}\n{'':14s} {'no cache':>8s} {'cache':>8s}"
+        f" {'fp32':>8s} {reduced:>8s} {'cache':>7s} {'cache':>7s}   (tokens/s)"
     )
     for r in rows:
         print(
             f"{r['task']:8s} {r['batch']:5d} {r.get('theirs_no_cache', float('nan')):8.1f}"
-            f" {r['theirs_cache']:8.1f} {r['ours_fp32']:8.0f} {r['ours_int8']:8.0f}"
-            f" {r['ratio_fp32']:6.1f}x {r['ratio_int8']:6.1f}x"
+            f" {r['theirs_cache']:8.1f} {r['ours_fp32']:8.0f} {r[f'ours_{reduced}']:8.0f}"
+            f" {r['ratio_fp32']:6.1f}x {r[f'ratio_{reduced}']:6.1f}x"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -513,7 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init",
         help="vae: start from this trained vae.safetensors; transformer: start from this "
-        "bundle's transformer and tokenizer (fine-tuning)",
+        "bundle's transformer and tokenizer (fine-tuning); reranker: from this bundle's reranker",
+    )
+    p.add_argument(
+        "--reconstructed",
+        action="store_true",
+        help="reranker: train on --bundle's dVAE reconstructions of the images (how samples look)",
     )
     p.add_argument(
         "--decoder-only",

@@ -702,7 +702,9 @@ def train_command(args, progress_bar_cls) -> int:
             ("on_end", lambda trainer: state.get("bar") and state["bar"].close()),
         ]
 
-    if getattr(args, "init", None) and args.stage in ("vae", "transformer"):
+    if getattr(args, "reconstructed", False) and args.stage != "reranker":
+        raise ValueError("--reconstructed is for train reranker only")
+    if getattr(args, "init", None):
         # the model's config comes from --init's file: a --set that would be ignored is refused
         decoder_keys = {"dec_n_hid", "dec_n_blk_per_group"} if args.stage == "vae" else set()
         other = sorted(set(sets) - decoder_keys)
@@ -762,22 +764,75 @@ def train_command(args, progress_bar_cls) -> int:
 
         reranker_config = _override(RerankerConfig, preset.get("reranker", {}), sets)
         path = train_reranker(
-            args.data, args.out, args.bundle, reranker_config, config, args.resume, callbacks
+            args.data,
+            args.out,
+            args.bundle,
+            reranker_config,
+            config,
+            args.resume,
+            callbacks,
+            init=getattr(args, "init", None),
+            reconstructed=getattr(args, "reconstructed", False),
         )
     print(path)
     return 0
 
 
+def reconstructions(vae, dataset, batch_size: int = 128) -> torch.Tensor:
+    """(N, 3, S, S) uint8: every image of ``dataset`` through ``vae`` (argmax codes, decoded),
+    which is how the transformer's samples look. Kept in memory: N * 3 * S * S bytes."""
+    out = torch.empty(
+        len(dataset), 3, vae.config.image_size, vae.config.image_size, dtype=torch.uint8
+    )
+    device = next(vae.parameters()).device
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for first in range(0, len(dataset), batch_size):
+            last = min(first + batch_size, len(dataset))
+            images = torch.stack([dataset[i][0] for i in range(first, last)]).to(device)
+            decoded = vae.decode(vae.encode(images)).float().clamp(0, 1)
+            out[first:last] = decoded.mul(255).round().to(torch.uint8).cpu()
+            if first // batch_size % 50 == 0:
+                log.info(
+                    "reconstructed %d / %d images (%.0f s)",
+                    last,
+                    len(dataset),
+                    time.perf_counter() - started,
+                )
+    return out
+
+
 def train_reranker(
-    data_dir, out_dir, bundle_path, reranker_config, config: TrainConfig, resume=False, callbacks=()
+    data_dir,
+    out_dir,
+    bundle_path,
+    reranker_config,
+    config: TrainConfig,
+    resume=False,
+    callbacks=(),
+    init=None,
+    reconstructed=False,
 ):
-    """Train the contrastive scorer on a caption folder; returns the bundle that carries it."""
+    """Train the contrastive scorer on a caption folder; returns the bundle that carries it.
+
+    ``init``: start from that bundle's reranker (its config; same tokenizer as ``bundle_path``).
+    ``reconstructed``: score the bundle's dVAE reconstructions of the images instead of the
+    images, the look of the samples it will rank.
+    """
     from model.bundle import load, save
     from model.data.folder import CaptionFolder
     from model.rerank import Reranker, hard_negative
 
     out_dir = Path(out_dir)
     bundle = load(bundle_path)
+    start = None
+    if init is not None:
+        source = load(init)
+        if source.reranker is None:
+            raise ValueError(f"--init {init}: this bundle carries no reranker")
+        if source.tokenizer != bundle.tokenizer:
+            raise ValueError(f"--init {init}: its reranker was trained with another tokenizer")
+        reranker_config, start = source.config.reranker, source.reranker
     reranker_config.text_vocab = bundle.tokenizer.padded_vocab_size
     reranker_config.text_len = bundle.tokenizer.text_len
     reranker_config.image_size = bundle.config.vae.image_size
@@ -785,9 +840,13 @@ def train_reranker(
     dataset = CaptionFolder(data_dir, reranker_config.image_size, augment=False)
     captions = caption_picker(dataset)
     tokenizer = bundle.tokenizer
+    seen = reconstructions(bundle.vae, dataset) if reconstructed else None
 
     def step_fn(model, indices, step, generator):
-        images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
+        if seen is None:
+            images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
+        else:
+            images = seen[torch.as_tensor(indices)].to(trainer.device).float().div_(255)
         lines = [captions(i, generator) for i in indices]
         swapped = [hard_negative(line, generator) for line in lines]
         has_negative = torch.tensor([n is not None for n in swapped], device=trainer.device)
@@ -798,8 +857,12 @@ def train_reranker(
 
     seed_everything(config.seed)
     reranker = Reranker(reranker_config)
+    if start is not None:
+        reranker.load_state_dict(start.state_dict())
     trainer = Trainer(Objective(reranker), step_fn, len(dataset), config, out_dir)
-    data = {"folder": str(data_dir), "pairs": len(dataset)}
+    data = {"folder": str(data_dir), "pairs": len(dataset), "reconstructed": reconstructed}
+    if init is not None:
+        data["init"] = str(init)
     final, bundle.card["reranker"] = run_stage(trainer, "reranker", data, callbacks, resume)
     bundle.reranker = final.cpu().eval()
     bundle.config.reranker = reranker_config

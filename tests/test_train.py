@@ -384,3 +384,43 @@ def test_transformer_init_fine_tunes_a_bundle(scenes, tmp_path, capsys):
     assert cli.main(argv[:-1] + [str(tmp_path / "t3"), "--set", "dim=96"]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "dim" in err and "--init" in err
+
+
+def test_reranker_init_and_reconstructed_images(scenes, tmp_path, capsys):
+    """`train reranker --init B` starts from B's reranker (zero learning rate keeps it exactly);
+    `--reconstructed` trains on the bundle's dVAE reconstructions, recorded in the card."""
+    from model import cli
+    from model.bundle import load
+    from model.config import RerankerConfig
+    from model.train import reconstructions, train_reranker
+
+    vae = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
+    bundle = tiny_transformer(scenes, tmp_path / "tf", vae)
+    tiny = RerankerConfig(dim=16, text_layers=1, image_width=8)
+    first = train_reranker(scenes, tmp_path / "rr", bundle, tiny, tiny_train_config(steps=2))
+
+    from model.data.folder import CaptionFolder
+
+    dataset = CaptionFolder(scenes, 32, augment=False)
+    seen = reconstructions(load(bundle).vae, dataset, batch_size=5)
+    assert seen.shape == (len(dataset), 3, 32, 32) and seen.dtype == torch.uint8
+    original = dataset[0][0].mul(255).round()
+    assert not torch.equal(seen[0].float(), original)  # a tiny dVAE does not reproduce pixels
+
+    argv = ["train", "reranker", "--data", str(scenes), "--bundle", str(bundle), "--quiet"]
+    argv += ["--init", str(first), "--steps", "2", "--batch-size", "4", "--device", "cpu"]
+    argv += ["--reconstructed", "--out", str(tmp_path / "tuned")]
+    assert cli.main(argv + ["--lr", "0", "--set", "train.ema=0"]) == 0
+    before, after = load(first), load(tmp_path / "tuned" / "model.dalle.safetensors")
+    assert after.config.reranker == before.config.reranker
+    for name, value in before.reranker.state_dict().items():
+        assert torch.equal(value, after.reranker.state_dict()[name]), name
+    assert after.card["reranker"]["data"]["reconstructed"] is True
+
+    capsys.readouterr()
+    assert cli.main(argv[:-1] + [str(tmp_path / "t2"), "--init", str(bundle)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "carries no reranker" in err
+    vae_argv = ["train", "vae", "--data", str(scenes), "--out", str(tmp_path / "v2")]
+    assert cli.main(vae_argv + ["--reconstructed", "--quiet"]) != 0
+    assert "--reconstructed is for train reranker only" in capsys.readouterr().err

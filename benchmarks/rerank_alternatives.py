@@ -8,11 +8,12 @@ once and picks one of them five ways:
 - pmi: the highest log p(image | caption) - log p(image | empty caption), the pointwise mutual
   information that guidance also uses.
 - pmi+rr: the best sum of the pmi and reranker ranks.
+- other: with ``--other B``, the reranker of bundle B (same tokenizer), on the same candidates.
 
 It prints how often the pick is fully right and the mean fraction of its facts that are right
 (a denser signal than "fully right" when few captions succeed).
 
-    python benchmarks/rerank_alternatives.py [--bundle B] [--count 100]
+    python benchmarks/rerank_alternatives.py [--bundle B] [--count 100] [--other B2]
 """
 
 from __future__ import annotations
@@ -47,11 +48,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=str(default_bundle_path()))
     parser.add_argument("--count", type=int, default=100, help="captions per split")
+    parser.add_argument("--other", help="also pick with this bundle's reranker")
     args = parser.parse_args()
     bundle = load(args.bundle, "cpu")
     config = EvalConfig()
     transformer = bundle.transformer.eval()
     methods = ("first", "reranker", "cond", "pmi", "pmi+rr")
+    other = None
+    if args.other:
+        source = load(args.other, "cpu")
+        if source.reranker is None or source.tokenizer != bundle.tokenizer:
+            raise SystemExit(f"{args.other}: no reranker, or another tokenizer than the bundle's")
+        other, methods = source.reranker.eval(), (*methods, "other")
     for split in ("seen", "heldout"):
         _, specs = scene_batch(split, args.count, bundle.config.vae.image_size, config.seed)
         right = {m: 0 for m in (*methods, "any")}
@@ -78,6 +86,9 @@ def main() -> None:
                 "pmi": int(pmi.argmax()),
                 "pmi+rr": int((torch.arange(n) + pmi_rank).argmin()),
             }
+            if other is not None:
+                captions = bundle.tokenizer.encode([spec.caption]).expand(n, -1)
+                chosen["other"] = int(other.score(done.images, captions).argmax())
             for method, index in chosen.items():
                 right[method] += results[index].correct
                 facts[method] += facts_right(results[index])

@@ -426,11 +426,18 @@ class CompiledStep:
         self.eager = eager
         self.compiled = torch.compile(eager, backend=backend, fullgraph=True, dynamic=False)
         self.failure: str | None = None
+        self.batches: set[int] = set()  # batch sizes compiled so far
+
+    def will_compile(self, batch: int) -> bool:
+        """Whether a step at ``batch`` rows would compile first (the wait worth telling)."""
+        return self.failure is None and batch not in self.batches
 
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, cache: list[torch.Tensor]):
         if self.failure is None:
             try:
-                return self.compiled(ids, pos, cache)
+                logits = self.compiled(ids, pos, cache)
+                self.batches.add(ids.shape[0])
+                return logits
             except Exception as error:  # any compiler failure: eager is the same computation
                 # dynamo wraps the compiler's own error (BackendCompilerFailed.inner_exception)
                 while getattr(error, "inner_exception", None) or error.__cause__:

@@ -119,6 +119,12 @@ class RowDecoded:
 
 
 @dataclass
+class Compiling:
+    job: int
+    batch: int  # rows the model runs at once: candidates, doubled with guidance
+
+
+@dataclass
 class Finished:
     job: int
     candidates: list[np.ndarray]  # (H, W, 3) uint8 each, pasted back, best first
@@ -138,7 +144,7 @@ class Cancelled:
     job: int
 
 
-Message = Loaded | LoadFailed | RowDecoded | Finished | Failed | Cancelled
+Message = Loaded | LoadFailed | RowDecoded | Compiling | Finished | Failed | Cancelled
 
 
 @dataclass
@@ -338,6 +344,11 @@ class Engine(QObject):
         factor = bundle.config.vae.factor
         tensor, placement = model_images.to_model(image, size)
         options = job.options()
+        if self.compile:  # say why the first run at a new batch size waits
+            batch = options.n * (2 if options.guidance != 1.0 else 1)
+            step = sampling.prepared(bundle.transformer, self.precision, True).decode_step
+            if step.will_compile(batch):
+                emit(Compiling(job.id, batch))
         messages = self._sampler(
             bundle,
             tensor,

@@ -213,3 +213,19 @@ def test_loaded_reports_the_precision_auto_resolves_to(tmp_path):
     engine.set_speed("bf16", False)
     assert engine._load(tiny_bundle_file(tmp_path), "cpu").precision == "bf16"
     engine.shutdown()
+
+
+def test_a_compiled_engine_says_when_a_new_batch_size_compiles(bundle):
+    engine = Engine(sampler=fake_sampler(rows=1))
+    engine.set_bundle(bundle)
+    engine.set_speed("fp32", True)
+    first = run(engine, Job(image=picture(), cell=(0, 0), caption="x", n=3, guidance=2.0))
+    assert isinstance(first[0], studio_engine.Compiling) and first[0].batch == 6
+    assert isinstance(first[-1], studio_engine.Finished)
+    step = sampling.prepared(bundle.transformer, "fp32", True).decode_step
+    step.batches.add(6)  # what a real compiled run at 6 rows leaves behind
+    again = run(engine, Job(image=picture(), cell=(0, 0), caption="x", n=3, guidance=2.0))
+    assert not any(isinstance(m, studio_engine.Compiling) for m in again)
+    engine.set_speed("fp32", False)
+    eager = run(engine, Job(image=picture(), cell=(0, 0), caption="x", n=5))
+    assert not any(isinstance(m, studio_engine.Compiling) for m in eager)

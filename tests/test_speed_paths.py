@@ -165,6 +165,8 @@ def test_decode_step_is_shape_static_one_graph_serves_every_position(precision):
     assert torch.equal(sample_all(model), reference)
     assert model.decode_step.failure is None
     assert backend.graphs == 1  # 12 one-cell steps at positions 6..19, one graph
+    assert model.decode_step.batches == {2}
+    assert not model.decode_step.will_compile(2) and model.decode_step.will_compile(4)
     sample_all(model, guidance=3.0)  # batch 4 (candidates + unconditional rows): one more
     assert backend.graphs == 2
 
@@ -181,6 +183,7 @@ def test_compiled_step_falls_back_to_eager_with_one_warning(caplog):
         tokens = sample_all(model)
     assert torch.equal(tokens, reference)
     assert "no C++ compiler found" in model.decode_step.failure
+    assert not model.decode_step.will_compile(4)  # it samples eagerly now: nothing to wait for
     warnings = [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert len(warnings) == 1
 

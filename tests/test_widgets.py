@@ -316,3 +316,13 @@ def test_paste_and_drop_open_images(window, qtbot, tmp_path):
     )
     window.dropEvent(event)
     assert np.array_equal(window.document.image, other)
+
+
+def test_compiling_message_explains_the_wait(window, qtbot):
+    window.document.set_cell((0, 0))
+    window.caption.caption.setText("x")
+    job = window.generate()
+    assert job is not None
+    window.on_message(messages.Compiling(job.id, 4))
+    assert "compiling the model for 4 rows" in window.progress_label.text()
+    window.engine.cancel()

@@ -237,6 +237,11 @@ class MainWindow(QMainWindow):
                 message.tokens_per_s,
                 message.eta_s,
             )
+        elif isinstance(message, messages.Compiling):
+            self.progress_label.setText(
+                f"compiling the model for {message.batch} rows at once "
+                "(once per number of candidates, 10–20 s)…"
+            )
         elif isinstance(message, messages.Finished):
             job, self.job = self.job, None
             options = dict(self._job_options(job), seconds=round(message.seconds, 2))

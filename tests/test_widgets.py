@@ -318,11 +318,10 @@ def test_paste_and_drop_open_images(window, qtbot, tmp_path):
     assert np.array_equal(window.document.image, other)
 
 
-def test_compiling_message_explains_the_wait(window, qtbot):
-    window.document.set_cell((0, 0))
-    window.caption.caption.setText("x")
-    job = window.generate()
-    assert job is not None
-    window.on_message(messages.Compiling(job.id, 4))
+def test_compiling_message_explains_the_wait(window):
+    window.job = messages.Job(image=picture(), cell=(0, 0), caption="x", id=99)  # in flight
+    window.on_message(messages.Compiling(98, 4))  # another job's: ignored
+    assert "compiling" not in window.progress_label.text()
+    window.on_message(messages.Compiling(99, 4))
     assert "compiling the model for 4 rows" in window.progress_label.text()
-    window.engine.cancel()
+    window.job = None

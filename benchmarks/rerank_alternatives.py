@@ -30,6 +30,7 @@ from model.bundle import default_bundle_path, load  # noqa: E402
 from model.data import scenes  # noqa: E402
 from model.evaluate import EvalConfig, scene_batch, to_uint8  # noqa: E402
 from model.sampling import complete, run  # noqa: E402
+from model.train import reranker_source  # noqa: E402
 
 
 @torch.inference_mode()
@@ -56,9 +57,10 @@ def main() -> None:
     methods = ("first", "reranker", "cond", "pmi", "pmi+rr")
     other = None
     if args.other:
-        source = load(args.other, "cpu")
-        if source.reranker is None or source.tokenizer != bundle.tokenizer:
-            raise SystemExit(f"{args.other}: no reranker, or another tokenizer than the bundle's")
+        try:
+            source = reranker_source(args.other, bundle.tokenizer)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         other, methods = source.reranker.eval(), (*methods, "other")
     for split in ("seen", "heldout"):
         _, specs = scene_batch(split, args.count, bundle.config.vae.image_size, config.seed)

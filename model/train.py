@@ -778,6 +778,18 @@ def train_command(args, progress_bar_cls) -> int:
     return 0
 
 
+def reranker_source(path, tokenizer, device="cpu"):
+    """The bundle at ``path``, checked to carry a reranker trained with ``tokenizer``."""
+    from model.bundle import load
+
+    source = load(path, device)
+    if source.reranker is None:
+        raise ValueError(f"{path}: this bundle carries no reranker")
+    if source.tokenizer != tokenizer:
+        raise ValueError(f"{path}: its reranker was trained with another tokenizer")
+    return source
+
+
 def reconstructions(vae, dataset, batch_size: int = 128) -> torch.Tensor:
     """(N, 3, S, S) uint8: every image of ``dataset`` through ``vae`` (argmax codes, decoded),
     which is how the transformer's samples look. Kept in memory: N * 3 * S * S bytes."""
@@ -827,11 +839,7 @@ def train_reranker(
     bundle = load(bundle_path)
     start = None
     if init is not None:
-        source = load(init)
-        if source.reranker is None:
-            raise ValueError(f"--init {init}: this bundle carries no reranker")
-        if source.tokenizer != bundle.tokenizer:
-            raise ValueError(f"--init {init}: its reranker was trained with another tokenizer")
+        source = reranker_source(init, bundle.tokenizer)
         reranker_config, start = source.config.reranker, source.reranker
     reranker_config.text_vocab = bundle.tokenizer.padded_vocab_size
     reranker_config.text_len = bundle.tokenizer.text_len
@@ -923,11 +931,7 @@ def assemble_bundle(
         if summary["example_captions"]:
             bundle.card["example_captions"] = summary["example_captions"]
     if reranker is not None:
-        source = load(reranker)
-        if source.reranker is None:
-            raise ValueError(f"{reranker}: this bundle carries no reranker")
-        if source.tokenizer != bundle.tokenizer:
-            raise ValueError(f"{reranker}: its reranker was trained with another tokenizer")
+        source = reranker_source(reranker, bundle.tokenizer)
         bundle.reranker, bundle.config.reranker = source.reranker, source.config.reranker
         bundle.card["reranker"] = source.card.get("reranker", {})
     return save(bundle, out)

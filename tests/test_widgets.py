@@ -56,6 +56,7 @@ def canvas_pixels(canvas) -> np.ndarray:
 def test_dragging_places_a_snapped_rectangle(window, qtbot):
     canvas = window.canvas
     viewport = canvas.viewport()
+    assert window.progress_label.text().startswith("drag on the image")  # what to do first
     qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=viewport_point(canvas, 5, 5))
     qtbot.mouseMove(viewport, viewport_point(canvas, 30, 20))
     qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=viewport_point(canvas, 50, 40))
@@ -66,6 +67,7 @@ def test_dragging_places_a_snapped_rectangle(window, qtbot):
     assert x <= 50 and y <= 40  # snapped to the cell's corner, at or before the pointer
     assert (x + w, y + h) == (document.width, document.height)  # reaches the bottom-right
     assert f"{document.masked_cells} cells" in canvas.rectangle_label()
+    assert window.progress_label.text().endswith(f"{document.masked_cells} cells")
 
 
 def test_zoom_shortcuts_and_wheel(window, qtbot):
@@ -279,6 +281,25 @@ def test_caption_history_walks_with_alt_up_down(window, qtbot):
     assert edit.text() == ""
 
 
+def test_caption_box_shows_a_long_caption_whole_and_enter_generates(window, qtbot):
+    from PySide6.QtCore import QMimeData
+
+    edit = window.caption.caption
+    caption = "a drawing of a pink square at the bottom left with an orange background"
+    edit.setText(caption)
+    edit.document().adjustSize()
+    assert edit.verticalScrollBar().maximum() == 0  # every word is in view
+    assert edit.text() == caption
+    edit.clear()
+    mime = QMimeData()
+    mime.setText("a red circle\non the left\n")
+    edit.insertFromMimeData(mime)
+    assert edit.text() == "a red circle on the left"  # a caption is one line
+    with qtbot.waitSignal(window.caption.generate_requested, timeout=1000):
+        qtbot.keyClick(edit, Qt.Key.Key_Return)
+    assert edit.text() == "a red circle on the left"
+
+
 def test_middle_button_pans(window, qtbot):
     canvas = window.canvas
     canvas.set_zoom(40.0)
@@ -325,3 +346,34 @@ def test_compiling_message_explains_the_wait(window):
     window.on_message(messages.Compiling(99, 4))
     assert "compiling the model for 4 rows" in window.progress_label.text()
     window.job = None
+
+
+def test_selected_thumbnails_are_not_tinted(qtbot):
+    """A selected candidate or history entry shows its true colours: Qt's default Selected icon
+    blends in the highlight colour, which would misstate the very colours an artist compares."""
+    from PySide6.QtGui import QIcon
+
+    from studio.widgets.candidates import THUMBNAIL, thumbnail
+
+    icon = thumbnail(picture(seed=3))
+    normal = qimage_to_array(icon.pixmap(THUMBNAIL, QIcon.Mode.Normal).toImage())
+    selected = qimage_to_array(icon.pixmap(THUMBNAIL, QIcon.Mode.Selected).toImage())
+    assert normal.shape == selected.shape
+    assert np.array_equal(normal, selected)
+
+
+def test_the_rectangle_tint_leaves_candidates_in_their_true_colours(window, qtbot):
+    gray = np.full((64, 96, 3), 200, np.uint8)
+    window.set_document(Document(gray))
+    document, canvas = window.document, window.canvas
+    document.set_cell((0, 0))  # the whole image
+
+    def centre_pixel() -> tuple[int, int, int]:
+        canvas.viewport().repaint()
+        point = canvas.mapFromScene(QPointF(document.width * 0.6, document.height * 0.6))
+        color = canvas.viewport().grab().toImage().pixelColor(point)
+        return color.red(), color.green(), color.blue()
+
+    assert centre_pixel() != (200, 200, 200)  # the marked region of the image itself is tinted
+    document.set_candidates([gray.copy()])
+    assert centre_pixel() == (200, 200, 200)

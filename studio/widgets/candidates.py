@@ -19,7 +19,9 @@ def thumbnail(image, size: int = THUMBNAIL) -> QIcon:
     pixmap = QPixmap.fromImage(to_qimage(image[::step, ::step])).scaled(
         size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
     )
-    return QIcon(pixmap)
+    icon = QIcon(pixmap)
+    icon.addPixmap(pixmap, QIcon.Mode.Selected)  # Qt's default tints it with the highlight colour
+    return icon
 
 
 class CandidateStrip(QListWidget):

@@ -210,7 +210,8 @@ class Canvas(QGraphicsView):
         if box is None:
             return
         x, y, w, h = box
-        painter.fillRect(QRectF(x, y, w, h), QBrush(QColor(80, 160, 255, 40)))
+        if document.shown_image is document.image:  # a result is judged in its true colours
+            painter.fillRect(QRectF(x, y, w, h), QBrush(QColor(80, 160, 255, 40)))
         pen = QPen(QColor(80, 170, 255), 0)
         pen.setWidth(2)
         pen.setCosmetic(True)

@@ -6,13 +6,14 @@ import random
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
-    QLineEdit,
     QMenu,
+    QPlainTextEdit,
     QPushButton,
     QSpinBox,
     QToolButton,
@@ -24,27 +25,49 @@ SEED_MODES = ("random", "fixed", "increment")
 MAX_SEED = 2**31 - 1
 
 
-class CaptionEdit(QLineEdit):
-    """A line edit that walks a caption history with Alt+Up / Alt+Down."""
+class CaptionEdit(QPlainTextEdit):
+    """The caption box. It wraps over three lines, so a long caption is read whole in a narrow
+    dock. A caption is one line: Enter generates, and pasted line breaks become spaces.
+    Alt+Up / Alt+Down walk the caption history."""
+
+    submitted = Signal()
+    LINES = 3
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self.history: list[str] = []
         self._position = 0
-        self.setPlaceholderText("Describe the region to regenerate…  (Ctrl+Enter)")
-        self.setClearButtonEnabled(True)
+        self.setPlaceholderText("Describe the region to regenerate…  (Enter)")
+        self.setTabChangesFocus(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        margins = 2 * (self.document().documentMargin() + self.frameWidth())
+        self.setFixedHeight(int(self.fontMetrics().lineSpacing() * self.LINES + margins) + 2)
+
+    def text(self) -> str:
+        return self.toPlainText()
+
+    def setText(self, text: str) -> None:
+        self.setPlainText(" ".join(text.splitlines()))
+        self.moveCursor(QTextCursor.MoveOperation.End)
 
     def set_history(self, history: list[str]) -> None:
         self.history = list(history)
         self._position = len(self.history)
 
+    def insertFromMimeData(self, source):
+        self.insertPlainText(" ".join(source.text().splitlines()))
+
     def keyPressEvent(self, event):
+        key = event.key()
+        if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            self.submitted.emit()
+            return
         if event.modifiers() & Qt.KeyboardModifier.AltModifier and self.history:
-            if event.key() == Qt.Key.Key_Up:
+            if key == Qt.Key.Key_Up:
                 self._position = max(0, self._position - 1)
                 self.setText(self.history[self._position])
                 return
-            if event.key() == Qt.Key.Key_Down:
+            if key == Qt.Key.Key_Down:
                 self._position = min(len(self.history), self._position + 1)
                 inside = self._position < len(self.history)
                 self.setText(self.history[self._position] if inside else "")
@@ -61,12 +84,13 @@ class CaptionPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.caption = CaptionEdit()
+        self.caption.submitted.connect(self.generate_requested)
         self.examples = QToolButton()
         self.examples.setText("Examples")
         self.examples.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.examples.setMenu(QMenu(self.examples))
         self.generate = QPushButton("Generate")
-        self.generate.setToolTip("Generate (Ctrl+Enter)")
+        self.generate.setToolTip("Generate (Enter in the caption, Ctrl+Enter)")
         self.generate.clicked.connect(self.generate_requested)
         self.cancel = QPushButton("Cancel")
         self.cancel.setToolTip("Cancel (Esc)")

@@ -196,6 +196,7 @@ class MainWindow(QMainWindow):
         self.history.set_document(document)
         self.caption.caption.set_history(document.caption_history)
         self._update_title()
+        self._rectangle_changed()
 
     def _update_title(self, *_) -> None:
         name = Path(self.document.path or self.document.source_path or "untitled").name
@@ -207,6 +208,11 @@ class MainWindow(QMainWindow):
         if document.cell is not None:
             self.progress_label.setText(
                 f"rectangle from cell {document.cell} · {document.masked_cells} cells"
+            )
+        else:
+            self.progress_label.setText(
+                "drag on the image to mark the region to regenerate "
+                "(it reaches the bottom-right corner)"
             )
 
     # -- engine messages ----------------------------------------------------------------

@@ -48,6 +48,7 @@ def main() -> int:
     from studio_responsiveness import synthetic_bundle
 
     from model.bundle import default_bundle_path, load
+    from model.transformer import resolve_precision
     from studio import engine as messages
     from studio.document import Document
     from studio.engine import Engine
@@ -89,6 +90,7 @@ def main() -> int:
                 bundle.card,
                 bundle.config.vae.image_size,
                 bundle.config.vae.factor,
+                resolve_precision(engine.precision, "cpu"),
             )
         )
         window.set_document(Document(np.asarray(picture(), dtype=np.uint8)))

@@ -397,6 +397,16 @@ def cmd_eval(args) -> int:
     if args.json:
         check_writable_dir(Path(args.json).resolve().parent)
     bundle = load_bundle(args.bundle, args.device)
+    if args.data is not None:
+        try:
+            report = evaluate.evaluate_folder(bundle, args.data, args.recon_count)
+        except (OSError, ValueError) as error:
+            raise CLIError(str(error)) from None
+        print(evaluate.format_folder_report(report))
+        if args.json:
+            evaluate.write_json(report, Path(args.json))
+            print(args.json)
+        return 0
     bars = {}
 
     def progress(split: str, total: int):
@@ -555,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="X.dalle.safetensors")
     p.set_defaults(func=cmd_bundle)
 
-    p = sub.add_parser("eval", help="measure a bundle on held-out scenes (table + JSON)")
+    p = sub.add_parser(
+        "eval", help="measure a bundle on held-out scenes or your own folder (table + JSON)"
+    )
     p.add_argument("--count", type=int, default=100, help="captions (and completions) per split")
     p.add_argument("--samples", type=int, default=8, help="candidates per caption")
     p.add_argument("--recon-count", type=int, default=500, help="images per split for the dVAE")
@@ -565,6 +577,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--json", help="also write the full report here")
+    p.add_argument(
+        "--data",
+        help="your own caption folder, held out from training: dVAE PSNR, codes, bits per "
+        "image token and reranker retrieval on its first --recon-count pairs (no scenes)",
+    )
     add_precision_arg(p)
     add_common_args(p)
     p.set_defaults(func=cmd_eval)

@@ -13,6 +13,9 @@ Four sections, each on freshly drawn "scenes" (model/data/scenes.py), so no data
 
 Two splits: "seen" (colour–shape pairs the training split contains, new images and captions) and
 "heldout" (each caption names at least one pair never rendered in training).
+
+``evaluate_folder`` (``dalle eval --data``) measures a user's own caption folder instead: the
+reconstruction and likelihood sections, and the reranker's retrieval accuracy.
 """
 
 from __future__ import annotations
@@ -450,6 +453,98 @@ def card_summary(report: dict[str, Any], examples: int = 12) -> dict[str, Any]:
         **keep,
         "example_captions": shortest_first[:examples],
     }
+
+
+# -----------------------------------------------------------------------------------------------
+# a user's own caption folder: the figures that need no scenes scorer
+
+
+@torch.inference_mode()
+def retrieval(bundle, images: torch.Tensor, captions: list[str], group: int = 32) -> dict:
+    """How often the reranker finds each image's own caption among its group's captions, and
+    each caption's image among the group's images (top-1; chance is 1 / group)."""
+    reranker, device = bundle.reranker.eval(), bundle.device
+    image_hits = caption_hits = n = 0
+    for start in range(0, len(images), group):
+        x = images[start : start + group].to(device)
+        if len(x) < 2:  # a lone last image has nothing to be told apart from
+            break
+        text = bundle.tokenizer.encode(captions[start : start + group]).to(device)
+        image_emb, text_emb = reranker.embed(x, text)
+        similarity = image_emb @ text_emb.t()
+        labels = torch.arange(len(x), device=similarity.device)
+        image_hits += int((similarity.argmax(dim=1) == labels).sum())
+        caption_hits += int((similarity.argmax(dim=0) == labels).sum())
+        n += len(x)
+    return {
+        "group": group,
+        "pairs": n,
+        "image_to_caption": image_hits / n if n else None,
+        "caption_to_image": caption_hits / n if n else None,
+    }
+
+
+def evaluate_folder(bundle, folder, count: int = 500) -> dict[str, Any]:
+    """dVAE reconstruction, bits per image token and reranker retrieval on a caption folder
+    (``dalle eval --data``). Caption fidelity needs the scenes scorer, so it is not measured.
+
+    Takes the folder's first ``count`` pairs in path order, each as its largest centred square
+    with its first caption line: keep that folder out of training."""
+    from model.data.folder import CaptionFolder
+
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    started = time.perf_counter()
+    dataset = CaptionFolder(folder, bundle.config.vae.image_size, augment=False)
+    pairs = [dataset[index] for index in range(min(count, len(dataset)))]
+    images = torch.stack([image for image, _ in pairs])
+    captions = [caption for _, caption in pairs]
+    report: dict[str, Any] = {
+        "bundle": bundle.card.get("name", ""),
+        "folder": str(folder),
+        "pairs": len(pairs),
+        "pairs_in_folder": len(dataset),
+        "skipped": {
+            "no_caption": dataset.skipped_no_caption,
+            "unreadable": dataset.skipped_unreadable,
+        },
+        "reconstruction": reconstruction(bundle, images),
+        "bits_per_image_token": likelihood(bundle, images, captions),
+    }
+    if bundle.reranker is not None:
+        report["retrieval"] = retrieval(bundle, images, captions)
+    report["seconds"] = time.perf_counter() - started
+    return report
+
+
+def format_folder_report(report: dict[str, Any]) -> str:
+    recon = report["reconstruction"]
+    rows = [
+        ("pairs measured", f"{report['pairs']} of {report['pairs_in_folder']}"),
+        ("dVAE PSNR (dB)", f"{recon['psnr_db']:.2f}"),
+        ("codes used", f"{recon['codes_used']} ({_pct(recon['codebook_usage'])})"),
+        ("code perplexity", f"{recon['code_perplexity']:.1f}"),
+        ("bits per image token", f"{report['bits_per_image_token']:.3f}"),
+    ]
+    found = report.get("retrieval")
+    if found and found["pairs"]:
+        rows.append(
+            (
+                f"reranker: image finds its caption among {found['group']}",
+                _pct(found["image_to_caption"]),
+            )
+        )
+        rows.append(
+            (
+                f"reranker: caption finds its image among {found['group']}",
+                _pct(found["caption_to_image"]),
+            )
+        )
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{report['folder']}  ({report['bundle'] or 'unnamed bundle'})"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    lines.append("caption fidelity: not measured (it needs scenes; run dalle eval without --data)")
+    return "\n".join(lines)
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:

@@ -158,3 +158,78 @@ def test_reconstruction_ceiling_reads_the_dvae_output():
         recon = evaluate.reconstruction(bundle, images, specs, batch=4)
         assert recon["caption_right"] == expected
         assert recon["images"] == 6
+
+
+def _caption_folder(folder, n=5):
+    """``n`` captioned pictures of mixed sizes, one picture without a caption."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(n):
+        pixels = rng.integers(0, 256, (40 + 8 * index, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+        (folder / f"{index}.txt").write_text(f"a red circle number {index}\n")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "uncaptioned.png")
+    return folder
+
+
+def test_folder_report_measures_a_users_own_pairs(tmp_path):
+    folder = _caption_folder(tmp_path / "held-out")
+    report = evaluate.evaluate_folder(tiny_bundle(), folder, count=3)
+    assert (report["pairs"], report["pairs_in_folder"]) == (3, 5)
+    assert report["skipped"] == {"no_caption": 1, "unreadable": 0}
+    assert report["reconstruction"]["images"] == 3
+    assert np.isfinite(report["reconstruction"]["psnr_db"])
+    assert 1.0 < report["bits_per_image_token"] < 10.0  # random weights: about 5 bits
+    assert "retrieval" not in report  # the tiny bundle carries no reranker
+    text = evaluate.format_folder_report(report)
+    assert "3 of 5" in text and "bits per image token" in text and "not measured" in text
+
+
+def test_retrieval_counts_top1_hits_both_ways():
+    """A reranker that embeds image i and caption i alike finds every pair; one that pairs each
+    image with the next caption finds none."""
+    from types import SimpleNamespace
+
+    images = torch.arange(5.0).view(5, 1, 1, 1)
+    captions = [str(i) for i in range(5)]
+    tokenizer = SimpleNamespace(encode=lambda lines: torch.tensor([int(c) for c in lines]))
+    for shift, expected in ((0, 1.0), (1, 0.0)):
+
+        class Stub:
+            def eval(self):
+                return self
+
+            def embed(self, x, text, shift=shift):
+                image = torch.eye(8)[x.flatten().long()]
+                return image, torch.eye(8)[(text + shift) % len(x)]
+
+        bundle = SimpleNamespace(reranker=Stub(), tokenizer=tokenizer, device="cpu")
+        found = evaluate.retrieval(bundle, images, captions, group=5)
+        assert found == {
+            "group": 5,
+            "pairs": 5,
+            "image_to_caption": expected,
+            "caption_to_image": expected,
+        }
+
+
+def test_eval_data_command_writes_json_and_refuses_an_empty_folder(tmp_path, capsys):
+    bundle = tiny_bundle_file(tmp_path)
+    folder = _caption_folder(tmp_path / "mine", n=2)
+    out = tmp_path / "folder.json"
+    argv = ["eval", "--bundle", str(bundle), "--data", str(folder), "--quiet"]
+    assert cli.main(argv + ["--json", str(out)]) == 0
+    assert "dVAE PSNR" in capsys.readouterr().out
+    assert json.loads(out.read_text())["pairs"] == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    never = tmp_path / "never.json"
+    argv = ["eval", "--bundle", str(bundle), "--data", str(empty), "--json", str(never)]
+    assert cli.main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no image–caption pairs" in err and str(empty) in err
+    assert not never.exists()
+    assert cli.main(["eval", "--bundle", str(bundle), "--data", str(tmp_path / "nope")]) != 0
+    assert "not found" in capsys.readouterr().err

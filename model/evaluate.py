@@ -132,6 +132,7 @@ def reconstruction(bundle, images: torch.Tensor, specs=None, batch: int = 64) ->
         ceiling = {
             "caption_right": table["accuracy"],
             "caption_right_by_objects": {n: v["accuracy"] for n, v in table["by_objects"].items()},
+            "caption_right_by_fact": {k: v["accuracy"] for k, v in table["by_fact"].items()},
         }
     return {
         **ceiling,

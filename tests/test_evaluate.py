@@ -157,6 +157,8 @@ def test_reconstruction_ceiling_reads_the_dvae_output():
         bundle = SimpleNamespace(vae=_PerfectVAE(images, blank), device="cpu")
         recon = evaluate.reconstruction(bundle, images, specs, batch=4)
         assert recon["caption_right"] == expected
+        assert set(recon["caption_right_by_fact"]) >= {"present", "count", "background"}
+        assert recon["caption_right_by_fact"]["present"] == expected
         assert recon["images"] == 6
 
 

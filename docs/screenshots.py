@@ -91,6 +91,7 @@ def main() -> int:
                 bundle.config.vae.image_size,
                 bundle.config.vae.factor,
                 resolve_precision(engine.precision, "cpu"),
+                bundle.tokenizer,
             )
         )
         window.set_document(Document(np.asarray(picture(), dtype=np.uint8)))

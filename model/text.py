@@ -211,6 +211,14 @@ class CaptionTokenizer:
             ids.extend(self._vocab[symbol] for symbol in symbols)
         return ids
 
+    def length(self, caption: str) -> int:
+        """How many BPE tokens ``caption`` has, before ``encode`` cuts it to ``text_len``."""
+        return len(self._tokenizer.encode(caption).ids)
+
+    def kept(self, caption: str) -> str:
+        """The part of ``caption`` the model reads: its first ``text_len`` tokens, as text."""
+        return self.decode(self.encode([caption])[0])
+
     # -- decoding -----------------------------------------------------------------------------
 
     def decode(self, ids: torch.Tensor | Sequence[int]) -> str:

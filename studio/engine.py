@@ -101,6 +101,7 @@ class Loaded:
     size: int
     factor: int
     precision: str = "fp32"  # what sampling runs in on this device ("auto" resolved)
+    tokenizer: Any = None  # the bundle's CaptionTokenizer: the caption box counts tokens with it
 
 
 @dataclass
@@ -286,6 +287,7 @@ class Engine(QObject):
                 size=self.geometry_size,
                 factor=self.geometry_factor,
                 precision=resolve_precision(self.precision, target),
+                tokenizer=bundle.tokenizer,
             )
         except FileNotFoundError as error:
             result = LoadFailed(one_line(error))

@@ -72,6 +72,13 @@ def test_long_captions_are_truncated(tokenizer, caplog):
         ids = tokenizer.encode([caption])
     assert ids[0].tolist() == full[:TEXT_LEN]
     assert "keeping the first 12" in caplog.text
+    # what the studio's caption box reports: the full length, and the part the model reads
+    assert tokenizer.length(caption) == len(full)
+    kept = tokenizer.kept(caption)
+    assert kept == tokenizer.decode(full[:TEXT_LEN])
+    assert normalize(caption).startswith(kept) and len(kept) < len(normalize(caption))
+    short = CAPTIONS[0]
+    assert tokenizer.length(short) <= TEXT_LEN and tokenizer.kept(short) == normalize(short)
 
 
 def test_normalisation_is_nfkc_lowercase_and_collapsed_whitespace(tokenizer):

@@ -300,6 +300,26 @@ def test_caption_box_shows_a_long_caption_whole_and_enter_generates(window, qtbo
     assert edit.text() == "a red circle on the left"
 
 
+def test_caption_box_counts_tokens_and_says_what_a_long_caption_loses(window):
+    tiny = tiny_bundle()  # 12 text positions
+    window.on_message(
+        messages.Loaded("tiny", "cpu", "tiny", {}, 32, 8, "fp32", tokenizer=tiny.tokenizer)
+    )
+    panel = window.caption
+    panel.caption.setText("a red circle")
+    assert panel.tokens.text() == f"{tiny.tokenizer.length('a red circle')} / 12 tokens"
+    long = "a red circle in the top left and a blue square in the bottom right on a gray field"
+    panel.caption.setText(long)
+    count = tiny.tokenizer.length(long)
+    assert count > 12
+    text = panel.tokens.text()
+    assert text.startswith(f"{count} / 12 tokens: the model reads up to")
+    last_word = tiny.tokenizer.kept(long).split()[-1]
+    assert last_word in text and "field" not in text
+    window.on_message(messages.Loaded("tiny", "cpu", "tiny", {}, 32, 8, "fp32"))
+    assert panel.tokens.text() == ""  # no tokenizer, no count
+
+
 def test_middle_button_pans(window, qtbot):
     canvas = window.canvas
     canvas.set_zoom(40.0)

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QMenu,
     QPlainTextEdit,
     QPushButton,
@@ -85,6 +86,10 @@ class CaptionPanel(QWidget):
         super().__init__(parent)
         self.caption = CaptionEdit()
         self.caption.submitted.connect(self.generate_requested)
+        self.caption.textChanged.connect(self._count_tokens)
+        self.tokenizer = None
+        self.tokens = QLabel()  # "9 / 32 tokens"; says what is cut when the caption is too long
+        self.tokens.setWordWrap(True)
         self.examples = QToolButton()
         self.examples.setText("Examples")
         self.examples.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
@@ -133,9 +138,29 @@ class CaptionPanel(QWidget):
         form.addRow("Guidance", self.guidance)
         layout = QVBoxLayout(self)
         layout.addWidget(self.caption)
+        layout.addWidget(self.tokens)
         layout.addLayout(row)
         layout.addLayout(form)
         layout.addStretch(1)
+
+    def set_tokenizer(self, tokenizer) -> None:
+        """The loaded model's tokenizer (None: no model), so the caption's length can be shown."""
+        self.tokenizer = tokenizer
+        self._count_tokens()
+
+    def _count_tokens(self) -> None:
+        if self.tokenizer is None:
+            self.tokens.clear()
+            return
+        text, limit = self.caption.text(), self.tokenizer.text_len
+        count = self.tokenizer.length(text)
+        if count <= limit:
+            self.tokens.setText(f"{count} / {limit} tokens")
+            self.tokens.setStyleSheet("color: palette(mid);")
+            return
+        tail = " ".join(self.tokenizer.kept(text).split()[-4:])
+        self.tokens.setText(f"{count} / {limit} tokens: the model reads up to “…{tail}”")
+        self.tokens.setStyleSheet("color: #c62828;")
 
     def set_examples(self, captions: list[str]) -> None:
         menu = self.examples.menu()

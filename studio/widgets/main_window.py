@@ -230,6 +230,7 @@ class MainWindow(QMainWindow):
             self.device_label.setText(f"device: {message.device} · {message.precision}{compiled}")
             self.document.set_model_geometry(message.size, message.factor)
             self.caption.set_examples([str(c) for c in message.card.get("example_captions", [])])
+            self.caption.set_tokenizer(message.tokenizer)
         elif isinstance(message, messages.LoadFailed):
             self.model_label.setText("model: none")
             self.show_error(message.message)

@@ -267,10 +267,13 @@ def evaluate(bundle, config: EvalConfig, progress: Callable[[str, int], Any] | N
     started = time.perf_counter()
     for split in SPLITS:
         tick = progress(split, 2 * config.count) if progress else None
-        images, specs = scene_batch(split, config.recon_count, size, config.seed)
+        # the same scenes serve every section: the first recon_count of them the dVAE and the
+        # likelihood, the first count of them caption fidelity
+        images, specs = scene_batch(split, max(config.recon_count, config.count), size, config.seed)
+        images, recon_specs = images[: config.recon_count], specs[: config.recon_count]
         section = {
-            "reconstruction": reconstruction(bundle, images, specs),
-            "bits_per_image_token": likelihood(bundle, images, [s.caption for s in specs]),
+            "reconstruction": reconstruction(bundle, images, recon_specs),
+            "bits_per_image_token": likelihood(bundle, images, [s.caption for s in recon_specs]),
             "caption": caption_fidelity(bundle, specs[: config.count], config, tick),
             "completion": completion_fidelity(bundle, split, config, tick),
         }

@@ -73,6 +73,15 @@ def test_report_has_every_section_and_sane_figures(report):
     assert report["heldout"]["caption"]["first"]["by_heldout"]["heldout"]["n"] == 2
 
 
+def test_more_captions_than_reconstruction_images_are_all_measured():
+    config = evaluate.EvalConfig(count=3, samples=1, recon_count=2, precision="fp32")
+    report = evaluate.evaluate(tiny_bundle(), config)
+    for split in evaluate.SPLITS:
+        assert report[split]["reconstruction"]["images"] == 2
+        assert report[split]["caption"]["first"]["n"] == 3
+        assert report[split]["completion"]["first"]["n"] == 3
+
+
 def test_report_formats_a_table_and_writes_json(report, tmp_path):
     text = evaluate.format_report(report)
     assert "dVAE PSNR" in text and "targets (issue 3):" in text

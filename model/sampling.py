@@ -125,6 +125,12 @@ def guided(logits: torch.Tensor, n: int, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
 
+def batch_rows(options: SamplingOptions, guided: bool = True) -> int:
+    """Rows the model runs at once: the candidates, twice over with guidance (the second half
+    unconditional). ``guided=False``: no empty caption to guide with."""
+    return 2 * options.n if guided and options.guidance != 1.0 else options.n
+
+
 def resolve_seed(seed: int | None) -> int:
     return int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
 
@@ -154,8 +160,8 @@ def sample_tokens(
         )
     device = transformer.ln_f.weight.device
     n = options.n
-    use_guidance = options.guidance != 1.0 and empty_text is not None
-    batch = 2 * n if use_guidance else n
+    batch = batch_rows(options, guided=empty_text is not None)
+    use_guidance = batch != n
     seed = resolve_seed(options.seed)
     generator = torch.Generator(device=device).manual_seed(seed)
 

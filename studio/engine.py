@@ -347,7 +347,7 @@ class Engine(QObject):
         tensor, placement = model_images.to_model(image, size)
         options = job.options()
         if self.compile:  # say why the first run at a new batch size waits
-            batch = options.n * (2 if options.guidance != 1.0 else 1)
+            batch = sampling.batch_rows(options)
             step = sampling.prepared(bundle.transformer, self.precision, True).decode_step
             if step.will_compile(batch):
                 emit(Compiling(job.id, batch))

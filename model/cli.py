@@ -394,8 +394,12 @@ def cmd_eval(args) -> int:
         config.validate()
     except ValueError as error:
         raise CLIError(str(error)) from None
+    if args.data is not None and args.sheets:
+        raise CLIError("--sheets draws scenes; it cannot be used with --data")
     if args.json:
         check_writable_dir(Path(args.json).resolve().parent)
+    if args.sheets:
+        check_writable_dir(Path(args.sheets))
     bundle = load_bundle(args.bundle, args.device)
     if args.data is not None:
         try:
@@ -423,11 +427,16 @@ def cmd_eval(args) -> int:
 
         return tick
 
-    report = evaluate.evaluate(bundle, config, progress)
+    sheets = {} if args.sheets else None
+    report = evaluate.evaluate(bundle, config, progress, sheets)
     print(evaluate.format_report(report))
     if args.json:
         evaluate.write_json(report, Path(args.json))
         print(args.json)
+    for name, sheet in (sheets or {}).items():
+        path = Path(args.sheets) / f"{name}.png"
+        save_png_atomic(sheet, path)
+        print(path)
     return 0
 
 
@@ -577,6 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
     p.add_argument("--json", help="also write the full report here")
+    p.add_argument(
+        "--sheets",
+        help="also draw contact sheets into this folder: the first 16 captions and completions "
+        "per split, every candidate framed by the scorer's verdict",
+    )
     p.add_argument(
         "--data",
         help="your own caption folder, held out from training: dVAE PSNR, codes, bits per "

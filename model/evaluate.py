@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from model.config import SamplingOptions
 from model.data import scenes
@@ -99,6 +100,79 @@ def scene_batch(split: str, count: int, size: int, seed: int):
 
 
 # -----------------------------------------------------------------------------------------------
+# contact sheets: what the figures were measured on, to look at
+
+SHEET_ROWS = 16  # captions (and completions) per sheet
+SHEET_SCALE = 2  # tiles are drawn at twice the model's size, nearest-neighbour
+_VERDICT_COLOURS = {None: (150, 150, 150), True: (30, 170, 70), False: (220, 40, 40)}
+_FRAME, _GAP, _LINE = 2, 6, 14  # frame width, gap between tiles, height of a text line (px)
+
+
+@dataclass
+class SheetRow:
+    caption: str
+    references: list[tuple[np.ndarray, bool | None]]  # (S, S, 3) uint8 tiles shown first
+    candidates: list[np.ndarray]  # (S, S, 3) uint8, in the order the app shows them
+    results: list[scenes.ScoreResult]  # the scorer's reading of each candidate
+
+
+@torch.inference_mode()
+def _reconstruct(bundle, image: Image.Image) -> np.ndarray:
+    """The dVAE's argmax reconstruction of one image, as (S, S, 3) uint8."""
+    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
+    decoded = bundle.vae.decode(bundle.vae.encode(x.to(bundle.device)))
+    return to_uint8(decoded[0].float())
+
+
+def _missed(result: scenes.ScoreResult) -> str:
+    facts = [check.fact for check in result.checks if check.ok is False]
+    return "right" if not facts else "misses " + "; ".join(facts)
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's own font at 11 px (it has "×" and "—"), or its bitmap font without FreeType."""
+    try:
+        return ImageFont.load_default(size=11)
+    except ImportError:
+        return ImageFont.load_default()
+
+
+def contact_sheet(rows: list[SheetRow], title: str) -> Image.Image:
+    """One row per caption: its text and what the pick misses, then the reference tiles and the
+    candidates, each framed by the scorer's verdict (green right, red wrong, grey not scored)."""
+    if not rows:
+        raise ValueError("a contact sheet needs at least one row")
+    side = rows[0].candidates[0].shape[0] * SHEET_SCALE + 2 * _FRAME
+    tiles = max(len(r.references) + len(r.candidates) for r in rows)
+    width = tiles * (side + _GAP) + _GAP * 3
+    row_height = 2 * _LINE + side + _GAP
+    sheet = Image.new("RGB", (width, _LINE + _GAP + len(rows) * row_height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.font = _font()
+    draw.text((_GAP, 2), title, fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        top = _LINE + _GAP + r * row_height
+        draw.text((_GAP, top), row.caption, fill=(0, 0, 0))
+        draw.text((_GAP, top + _LINE), f"pick: {_missed(row.results[0])}", fill=(90, 90, 90))
+        framed = row.references + [
+            (image, result.correct)
+            for image, result in zip(row.candidates, row.results, strict=True)
+        ]
+        x = _GAP
+        for k, (image, verdict) in enumerate(framed):
+            if k == len(row.references):
+                x += 2 * _GAP  # candidates start after a wider gap
+            y = top + 2 * _LINE
+            draw.rectangle((x, y, x + side - 1, y + side - 1), fill=_VERDICT_COLOURS[verdict])
+            tile = Image.fromarray(image).resize(
+                (side - 2 * _FRAME, side - 2 * _FRAME), Image.Resampling.NEAREST
+            )
+            sheet.paste(tile, (x + _FRAME, y + _FRAME))
+            x += side + _GAP
+    return sheet
+
+
+# -----------------------------------------------------------------------------------------------
 # sections
 
 
@@ -159,9 +233,9 @@ def likelihood(bundle, images: torch.Tensor, captions: list[str], batch: int = 3
     return total / n / math.log(2)
 
 
-def _readings(done, caption_spec) -> dict[str, scenes.ScoreResult]:
-    """Score the candidates of one Done: first as drawn, reranker's pick, best of all."""
-    results = [scenes.score(to_uint8(image), caption_spec) for image in done.images]
+def _readings(done, results: list[scenes.ScoreResult]) -> dict[str, scenes.ScoreResult]:
+    """The scored candidates of one Done read three ways: first as drawn, the reranker's pick,
+    the best of all."""
     order = getattr(done, "order", None) or list(range(len(results)))
     first = results[order.index(0)]  # the candidate sampled first, wherever reranking put it
     best = next((r for r in results if r.correct), results[0])
@@ -178,9 +252,16 @@ def _summary(results: list[scenes.ScoreResult]) -> dict[str, Any]:
     return table
 
 
-def caption_fidelity(bundle, specs, config: EvalConfig, progress=None) -> dict[str, Any]:
-    """Generate ``config.samples`` candidates per caption and score them three ways."""
+def caption_fidelity(
+    bundle, specs, config: EvalConfig, progress=None, sheet: list | None = None
+) -> dict[str, Any]:
+    """Generate ``config.samples`` candidates per caption and score them three ways.
+
+    With ``sheet`` (a list), the first ``SHEET_ROWS`` captions are added to it as contact-sheet
+    rows: the scene as rendered, its dVAE reconstruction, then the candidates best first.
+    """
     readings: dict[str, list] = {"first": [], "reranked": [], "any": []}
+    size = bundle.config.vae.image_size
     for i, spec in enumerate(specs):
         done = run(
             complete(
@@ -193,8 +274,18 @@ def caption_fidelity(bundle, specs, config: EvalConfig, progress=None) -> dict[s
                 compile=config.compile,
             )
         )
-        for name, result in _readings(done, spec.stated).items():
+        results = [scenes.score(to_uint8(image), spec.stated) for image in done.images]
+        for name, result in _readings(done, results).items():
             readings[name].append(result)
+        if sheet is not None and i < SHEET_ROWS:
+            rendered = scenes.render(spec, size)
+            reconstructed = _reconstruct(bundle, rendered)
+            references = [
+                (np.asarray(rendered), None),
+                (reconstructed, scenes.score(reconstructed, spec.stated).correct),
+            ]
+            candidates = [to_uint8(image) for image in done.images]
+            sheet.append(SheetRow(spec.caption, references, candidates, results))
         if progress:
             progress()
     out = {name: _summary(results) for name, results in readings.items()}
@@ -205,8 +296,14 @@ def caption_fidelity(bundle, specs, config: EvalConfig, progress=None) -> dict[s
     return out
 
 
-def completion_fidelity(bundle, split: str, config: EvalConfig, progress=None) -> dict[str, Any]:
-    """Regenerate the bottom-right place of ``config.count`` scenes under a new caption."""
+def completion_fidelity(
+    bundle, split: str, config: EvalConfig, progress=None, sheet: list | None = None
+) -> dict[str, Any]:
+    """Regenerate the bottom-right place of ``config.count`` scenes under a new caption.
+
+    With ``sheet``, the first ``SHEET_ROWS`` cases become contact-sheet rows: the source, the
+    target scene the caption describes, then the pasted candidates best first.
+    """
     size = bundle.config.vae.image_size
     factor = bundle.config.vae.factor
     grid = bundle.config.transformer.grid
@@ -239,10 +336,12 @@ def completion_fidelity(bundle, split: str, config: EvalConfig, progress=None) -
             np.array_equal(np.asarray(image)[mask], original[mask]) for image in pasted
         )
         results = [scenes.score(image, target.stated) for image in pasted]
-        order = getattr(done, "order", None) or list(range(len(results)))
-        readings["first"].append(results[order.index(0)])
-        readings["reranked"].append(results[0])
-        readings["any"].append(next((r for r in results if r.correct), results[0]))
+        for name, result in _readings(done, results).items():
+            readings[name].append(result)
+        if sheet is not None and i < SHEET_ROWS:
+            references = [(original, None), (np.asarray(scenes.render(target, size)), None)]
+            candidates = [np.asarray(image) for image in pasted]
+            sheet.append(SheetRow(target.caption, references, candidates, results))
         if progress:
             progress()
     out = {name: _summary(results) for name, results in readings.items()}
@@ -255,8 +354,17 @@ def completion_fidelity(bundle, split: str, config: EvalConfig, progress=None) -
 # the whole evaluation
 
 
-def evaluate(bundle, config: EvalConfig, progress: Callable[[str, int], Any] | None = None):
-    """Every section on both splits; returns a JSON-ready dict."""
+def evaluate(
+    bundle,
+    config: EvalConfig,
+    progress: Callable[[str, int], Any] | None = None,
+    sheets: dict[str, Image.Image] | None = None,
+):
+    """Every section on both splits; returns a JSON-ready dict.
+
+    With ``sheets`` (a dict), also draws a contact sheet per section and split into it, named
+    ``caption_seen``, ``completion_heldout`` and so on (``contact_sheet``).
+    """
     config.validate()
     size = bundle.config.vae.image_size
     report: dict[str, Any] = {
@@ -271,13 +379,29 @@ def evaluate(bundle, config: EvalConfig, progress: Callable[[str, int], Any] | N
         # likelihood, the first count of them caption fidelity
         images, specs = scene_batch(split, max(config.recon_count, config.count), size, config.seed)
         images, recon_specs = images[: config.recon_count], specs[: config.recon_count]
+        rows: dict[str, list[SheetRow] | None] = {
+            part: [] if sheets is not None else None for part in ("caption", "completion")
+        }
         section = {
             "reconstruction": reconstruction(bundle, images, recon_specs),
             "bits_per_image_token": likelihood(bundle, images, [s.caption for s in recon_specs]),
-            "caption": caption_fidelity(bundle, specs[: config.count], config, tick),
-            "completion": completion_fidelity(bundle, split, config, tick),
+            "caption": caption_fidelity(
+                bundle, specs[: config.count], config, tick, rows["caption"]
+            ),
+            "completion": completion_fidelity(bundle, split, config, tick, rows["completion"]),
         }
         report[split] = section
+        if sheets is not None:
+            sheets[f"caption_{split}"] = contact_sheet(
+                rows["caption"],
+                f"{split} captions: scene, its dVAE reconstruction | {config.samples} samples, "
+                "the reranker's order",
+            )
+            sheets[f"completion_{split}"] = contact_sheet(
+                rows["completion"],
+                f"{split} completions: source, target scene | {config.samples} completions, "
+                "the reranker's order",
+            )
     report["seconds"] = time.perf_counter() - started
     report["headline"] = headline(report)
     return report

@@ -244,3 +244,64 @@ def test_eval_data_command_writes_json_and_refuses_an_empty_folder(tmp_path, cap
     assert not never.exists()
     assert cli.main(["eval", "--bundle", str(bundle), "--data", str(tmp_path / "nope")]) != 0
     assert "not found" in capsys.readouterr().err
+
+
+def _tile_origin(k: int, n_references: int, size: int) -> tuple[int, int]:
+    """Top-left corner of tile ``k`` in the first row of a contact sheet (its frame's corner)."""
+    side = size * evaluate.SHEET_SCALE + 2 * evaluate._FRAME
+    x = evaluate._GAP + k * (side + evaluate._GAP) + (2 * evaluate._GAP if k >= n_references else 0)
+    return x, evaluate._LINE + evaluate._GAP + 2 * evaluate._LINE
+
+
+def test_contact_sheet_frames_each_candidate_by_the_scorers_verdict():
+    rendered, spec = scenes.render_scene(5, 0, 64)
+    right = np.asarray(rendered)
+    wrong = np.zeros_like(right)
+    results = [scenes.score(image, spec.stated) for image in (wrong, right)]
+    assert [r.correct for r in results] == [False, True]
+    row = evaluate.SheetRow(spec.caption, [(right, None)], [wrong, right], results)
+    sheet = np.asarray(evaluate.contact_sheet([row, row], "title"))
+    side = 64 * evaluate.SHEET_SCALE + 2 * evaluate._FRAME
+    assert sheet.shape[0] > 2 * side and sheet.shape[1] >= 3 * side
+    colours = evaluate._VERDICT_COLOURS
+    for k, (verdict, image) in enumerate(((None, right), (False, wrong), (True, right))):
+        x, y = _tile_origin(k, 1, 64)
+        assert tuple(sheet[y, x]) == colours[verdict], f"tile {k}'s frame"
+        # inside the frame: the image, drawn at SHEET_SCALE
+        inner = sheet[y + evaluate._FRAME : y + side - evaluate._FRAME, x + evaluate._FRAME :]
+        inner = inner[:, : side - 2 * evaluate._FRAME]
+        s = evaluate.SHEET_SCALE
+        assert np.array_equal(inner[::s, ::s], image), f"tile {k}'s picture"
+    with pytest.raises(ValueError, match="at least one row"):
+        evaluate.contact_sheet([], "title")
+
+
+def test_eval_draws_a_sheet_per_section_and_split(tmp_path, capsys):
+    sheets, bundle = {}, tiny_bundle()
+    config = evaluate.EvalConfig(count=2, samples=3, recon_count=2, precision="fp32")
+    evaluate.evaluate(bundle, config, sheets=sheets)
+    assert set(sheets) == {f"{p}_{s}" for p in ("caption", "completion") for s in evaluate.SPLITS}
+    size = bundle.config.vae.image_size
+    side = size * evaluate.SHEET_SCALE + 2 * evaluate._FRAME
+    row = 2 * evaluate._LINE + side + evaluate._GAP
+    for name, sheet in sheets.items():
+        # two rows of 2 references and 3 candidates each, under a title line
+        assert sheet.width == 5 * (side + evaluate._GAP) + 3 * evaluate._GAP, name
+        assert sheet.height == evaluate._LINE + evaluate._GAP + 2 * row, name
+        # the last candidate's frame says right or wrong: every candidate is scored
+        x, y = _tile_origin(4, 2, size)
+        frame = tuple(np.asarray(sheet)[y, x])
+        assert frame in {evaluate._VERDICT_COLOURS[v] for v in (True, False)}, name
+
+    bundle = tiny_bundle_file(tmp_path)
+    argv = ["eval", "--bundle", str(bundle), "--count", "1", "--samples", "2"]
+    argv += ["--recon-count", "1", "--quiet", "--precision", "fp32"]
+    assert cli.main(argv + ["--sheets", str(tmp_path / "sheets")]) == 0
+    written = sorted(p.name for p in (tmp_path / "sheets").iterdir())
+    assert written == sorted(f"{name}.png" for name in sheets)
+    capsys.readouterr()
+    folder = _caption_folder(tmp_path / "mine", n=2)
+    argv = ["eval", "--bundle", str(bundle), "--data", str(folder), "--sheets", str(tmp_path)]
+    assert cli.main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--sheets" in err and "--data" in err

@@ -137,9 +137,10 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def contact_sheet(rows: list[SheetRow], title: str) -> Image.Image:
-    """One row per caption: its text and what the pick misses, then the reference tiles and the
-    candidates, each framed by the scorer's verdict (green right, red wrong, grey not scored)."""
+def contact_sheet(rows: list[SheetRow], title: str, first: str = "pick") -> Image.Image:
+    """One row per caption: its text and what the first candidate (the reranker's pick) misses,
+    then the reference tiles and the candidates, each framed by the scorer's verdict (green
+    right, red wrong, grey not scored). ``first`` names the first candidate in the text."""
     if not rows:
         raise ValueError("a contact sheet needs at least one row")
     side = rows[0].candidates[0].shape[0] * SHEET_SCALE + 2 * _FRAME
@@ -153,7 +154,7 @@ def contact_sheet(rows: list[SheetRow], title: str) -> Image.Image:
     for r, row in enumerate(rows):
         top = _LINE + _GAP + r * row_height
         draw.text((_GAP, top), row.caption, fill=(0, 0, 0))
-        draw.text((_GAP, top + _LINE), f"pick: {_missed(row.results[0])}", fill=(90, 90, 90))
+        draw.text((_GAP, top + _LINE), f"{first}: {_missed(row.results[0])}", fill=(90, 90, 90))
         framed = row.references + [
             (image, result.correct)
             for image, result in zip(row.candidates, row.results, strict=True)

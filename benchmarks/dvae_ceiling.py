@@ -1,0 +1,104 @@
+"""Which dVAE draws the scenes best? Side by side on the same held-out scenes.
+
+For each dVAE (a `dalle train vae` output, or a bundle, whose dVAE is used) this prints the
+figures `dalle eval` reports for the dVAE alone: PSNR of argmax tokens, codes in use, and how often
+the scenes scorer reads each scene's own caption right on its reconstruction, overall, for
+one-object captions and by fact. That last figure is the ceiling of every caption figure of a
+transformer trained on those tokens, so it says whether a new dVAE is worth training one on.
+
+    python benchmarks/dvae_ceiling.py [--count 300] [--sheet PNG] A.safetensors B.dalle.safetensors
+
+``--sheet`` also draws the first 16 seen scenes, then each dVAE's reconstruction of them, one
+column per dVAE, framed green where the caption reads right and red where it does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model import evaluate  # noqa: E402
+from model.bundle import load  # noqa: E402
+from model.data import scenes  # noqa: E402
+from model.train import load_vae  # noqa: E402
+
+FACTS = ("present", "count", "size", "place", "relation", "background")
+
+
+def load_any(path: str):
+    """The dVAE of a `train vae` file or of a bundle."""
+    if path.endswith(".dalle.safetensors"):
+        return load(path).vae
+    return load_vae(path)[0]
+
+
+def pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("vaes", nargs="+", help="vae.safetensors files or bundles")
+    parser.add_argument("--count", type=int, default=300, help="scenes per split")
+    parser.add_argument("--seed", type=int, default=evaluate.DEFAULT_SEED)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--sheet", help="also draw the first 16 seen scenes and reconstructions")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vaes = {path: load_any(path).eval() for path in args.vaes}
+    sizes = {vae.config.image_size for vae in vaes.values()}
+    if len(sizes) != 1:
+        raise SystemExit(f"the dVAEs read different image sizes {sorted(sizes)}; compare alike")
+    size = sizes.pop()
+
+    rows = []
+    for split in evaluate.SPLITS:
+        images, specs = evaluate.scene_batch(split, args.count, size, args.seed)
+        for path, vae in vaes.items():
+            recon = evaluate.reconstruction(SimpleNamespace(vae=vae, device="cpu"), images, specs)
+            one = recon["caption_right_by_objects"].get(1)
+            facts = [pct(recon["caption_right_by_fact"][f]) for f in FACTS]
+            rows.append(
+                (
+                    Path(path).name,
+                    split,
+                    f"{recon['psnr_db']:.2f}",
+                    f"{recon['codes_used']}/{vae.config.vocab_size}",
+                    pct(recon["caption_right"]),
+                    pct(one),
+                    *facts,
+                )
+            )
+    header = ("dVAE", "split", "PSNR dB", "codes", "caption right", "1 object", *FACTS)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+    if args.sheet:
+        images, specs = evaluate.scene_batch("seen", evaluate.SHEET_ROWS, size, args.seed)
+        sheet_rows = []
+        for image, spec in zip(images, specs, strict=True):
+            original = evaluate.to_uint8(image)
+            drawn, results = [], []
+            for vae in vaes.values():
+                with torch.inference_mode():
+                    decoded = vae.decode(vae.encode(image[None]))[0]
+                drawn.append(evaluate.to_uint8(decoded))
+                results.append(scenes.score(drawn[-1], spec.stated))
+            sheet_rows.append(evaluate.SheetRow(spec.caption, [(original, None)], drawn, results))
+        title = "scene | " + ", ".join(Path(p).name for p in vaes)
+        sheet = evaluate.contact_sheet(sheet_rows, title, first=Path(args.vaes[0]).name)
+        sheet.save(args.sheet)
+        print(args.sheet, np.asarray(sheet).shape)
+
+
+if __name__ == "__main__":
+    main()

@@ -130,7 +130,7 @@ def _missed(result: scenes.ScoreResult) -> str:
 
 
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's own font at 11 px (it has "×" and "—"), or its bitmap font without FreeType."""
+    """Pillow's own font at 11 px, or its bitmap font without FreeType. Neither has "×"."""
     try:
         return ImageFont.load_default(size=11)
     except ImportError:
@@ -145,16 +145,19 @@ def contact_sheet(rows: list[SheetRow], title: str, first: str = "pick") -> Imag
         raise ValueError("a contact sheet needs at least one row")
     side = rows[0].candidates[0].shape[0] * SHEET_SCALE + 2 * _FRAME
     tiles = max(len(r.references) + len(r.candidates) for r in rows)
-    width = tiles * (side + _GAP) + _GAP * 3
+    font = _font()
+    lines = [(row.caption, f"{first}: {_missed(row.results[0])}".replace("×", "x")) for row in rows]
+    text_width = max(font.getlength(text) for pair in lines for text in pair)
+    width = max(tiles * (side + _GAP) + _GAP * 3, math.ceil(text_width) + 2 * _GAP)
     row_height = 2 * _LINE + side + _GAP
     sheet = Image.new("RGB", (width, _LINE + _GAP + len(rows) * row_height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    draw.font = _font()
+    draw.font = font
     draw.text((_GAP, 2), title, fill=(0, 0, 0))
-    for r, row in enumerate(rows):
+    for r, (row, (caption, missed)) in enumerate(zip(rows, lines, strict=True)):
         top = _LINE + _GAP + r * row_height
-        draw.text((_GAP, top), row.caption, fill=(0, 0, 0))
-        draw.text((_GAP, top + _LINE), f"{first}: {_missed(row.results[0])}", fill=(90, 90, 90))
+        draw.text((_GAP, top), caption, fill=(0, 0, 0))
+        draw.text((_GAP, top + _LINE), missed, fill=(90, 90, 90))
         framed = row.references + [
             (image, result.correct)
             for image, result in zip(row.candidates, row.results, strict=True)

@@ -89,9 +89,7 @@ def main() -> None:
             original = evaluate.to_uint8(image)
             drawn, results = [], []
             for vae in vaes.values():
-                with torch.inference_mode():
-                    decoded = vae.decode(vae.encode(image[None]))[0]
-                drawn.append(evaluate.to_uint8(decoded))
+                drawn.append(evaluate.reconstruct(vae, image))
                 results.append(scenes.score(drawn[-1], spec.stated))
             sheet_rows.append(evaluate.SheetRow(spec.caption, [(original, None)], drawn, results))
         title = "scene | " + ", ".join(Path(p).name for p in vaes)

@@ -117,11 +117,10 @@ class SheetRow:
 
 
 @torch.inference_mode()
-def _reconstruct(bundle, image: Image.Image) -> np.ndarray:
-    """The dVAE's argmax reconstruction of one image, as (S, S, 3) uint8."""
-    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
-    decoded = bundle.vae.decode(bundle.vae.encode(x.to(bundle.device)))
-    return to_uint8(decoded[0].float())
+def reconstruct(vae, image: torch.Tensor) -> np.ndarray:
+    """The dVAE's argmax reconstruction of one image (3, S, S) in [0, 1], as (S, S, 3) uint8."""
+    device = next(vae.parameters()).device
+    return to_uint8(vae.decode(vae.encode(image[None].to(device)))[0].float())
 
 
 def _missed(result: scenes.ScoreResult) -> str:
@@ -282,10 +281,11 @@ def caption_fidelity(
         for name, result in _readings(done, results).items():
             readings[name].append(result)
         if sheet is not None and i < SHEET_ROWS:
-            rendered = scenes.render(spec, size)
-            reconstructed = _reconstruct(bundle, rendered)
+            rendered = np.asarray(scenes.render(spec, size))
+            pixels = torch.from_numpy(rendered.copy()).permute(2, 0, 1).float() / 255
+            reconstructed = reconstruct(bundle.vae, pixels)
             references = [
-                (np.asarray(rendered), None),
+                (rendered, None),
                 (reconstructed, scenes.score(reconstructed, spec.stated).correct),
             ]
             candidates = [to_uint8(image) for image in done.images]
@@ -383,26 +383,23 @@ def evaluate(
         # likelihood, the first count of them caption fidelity
         images, specs = scene_batch(split, max(config.recon_count, config.count), size, config.seed)
         images, recon_specs = images[: config.recon_count], specs[: config.recon_count]
-        rows: dict[str, list[SheetRow] | None] = {
-            part: [] if sheets is not None else None for part in ("caption", "completion")
-        }
+        caption_rows = [] if sheets is not None else None
+        completion_rows = [] if sheets is not None else None
         section = {
             "reconstruction": reconstruction(bundle, images, recon_specs),
             "bits_per_image_token": likelihood(bundle, images, [s.caption for s in recon_specs]),
-            "caption": caption_fidelity(
-                bundle, specs[: config.count], config, tick, rows["caption"]
-            ),
-            "completion": completion_fidelity(bundle, split, config, tick, rows["completion"]),
+            "caption": caption_fidelity(bundle, specs[: config.count], config, tick, caption_rows),
+            "completion": completion_fidelity(bundle, split, config, tick, completion_rows),
         }
         report[split] = section
         if sheets is not None:
             sheets[f"caption_{split}"] = contact_sheet(
-                rows["caption"],
+                caption_rows,
                 f"{split} captions: scene, its dVAE reconstruction | {config.samples} samples, "
                 "the reranker's order",
             )
             sheets[f"completion_{split}"] = contact_sheet(
-                rows["completion"],
+                completion_rows,
                 f"{split} completions: source, target scene | {config.samples} completions, "
                 "the reranker's order",
             )

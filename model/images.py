@@ -18,37 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from model.files import ImageError, open_image, to_rgb  # noqa: F401 - re-exported
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-class ImageError(ValueError):
-    """An image that cannot be read; the message names the file."""
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """EXIF orientation honoured; alpha composited on white; palette and grey made RGB."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def load_image(path: str | Path) -> Image.Image:
-    path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder, not an image")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ImageError(f"{path}: not a readable image ({error})") from None
+    """A user's image file as RGB, its size checked before decoding (``model.files``)."""
+    return open_image(path)
 
 
 @dataclass(frozen=True)
@@ -83,6 +62,11 @@ class Placement:
         x = min(self.width, math.ceil(col * factor / self.scale - 1e-6))
         y = min(self.height, math.ceil(row * factor / self.scale - 1e-6))
         return x, y
+
+    def visible_grid(self, factor: int) -> tuple[int, int]:
+        """(rows, cols) of token cells that hold some of the image; the rest is padding."""
+        w, h = self.content
+        return math.ceil(h / factor), math.ceil(w / factor)
 
     def grid_covers_image(self, cell: tuple[int, int], factor: int) -> bool:
         """True when the rectangle from ``cell`` touches the image (not only its padding)."""

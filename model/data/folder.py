@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
+
+from model.files import check_pixels, to_rgb  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -31,32 +33,11 @@ CROP_SCALE = (0.75, 1.0)
 MAX_LOAD_RETRIES = 8  # __getitem__ tries the next pairs when an image turns out to be corrupt
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB copy of any PIL image: EXIF orientation applied, transparency composited on white."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "P":
-        # A palette image may carry transparency; go through RGBA so it is not lost.
-        image = image.convert("RGBA")
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit and float greyscale: scale into 8 bits rather than clip.
-        arr = np.asarray(image, dtype=np.float64)
-        peak = arr.max(initial=0)
-        if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
-            top = 65535.0
-        else:  # 8-bit values in a 32-bit mode, or floats in 0–1 (or already 0–255)
-            top = 1.0 if image.mode == "F" and peak <= 1.0 else 255.0
-        image = Image.fromarray(np.clip(np.rint(arr / top * 255), 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def load_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
     """Open an image file as RGB (:func:`to_rgb`). ``draft_size`` lets JPEG decode at a reduced
     scale that still leaves at least that many pixels on each side, which is much faster."""
     with Image.open(path) as image:
+        check_pixels(image.width, image.height, str(path))
         if draft_size is not None and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
         image.load()

@@ -1,0 +1,195 @@
+"""User files, read and written safely: one atomic writer, and limits checked before decoding.
+
+Every file the product writes (images, projects, bundles, checkpoints, reports) goes through
+:func:`atomic_write` or :func:`atomic_path`: a temporary file made with ``mkstemp`` (``O_EXCL``,
+an unpredictable name) in the target's own folder, flushed and fsynced, given the permissions a
+normal file gets under the user's umask, then renamed over the target. A crash, an exception, a
+full disk or a signal turned into an exception leaves the target as it was and no temporary file
+behind; a symlink planted at the temporary name cannot redirect the write.
+
+Every image the product reads (command line, batch files, the studio, images inside projects)
+goes through :func:`open_image`, which reads the header only, refuses more than ``MAX_PIXELS``
+before a single pixel is decoded, and brings the pixels to 8-bit RGB (:func:`to_rgb`).
+
+Stdlib, numpy and Pillow only: the studio's document and project code use it without torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# The product's own image limit: 50 megapixels (8660 x 5773, a 50 MP camera) is what an artist
+# opens; the scaled-down model input and the full-size paste-back of such an image stay under
+# about 1.5 GB. Pillow's own guard (89 MP warning, 179 MP error) comes too late and too high.
+MAX_PIXELS = 50_000_000
+IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "MPO"})  # MPO: many phones' JPEGs
+
+
+class ImageError(ValueError):
+    """An image that cannot or must not be read; the message names the file and the problem."""
+
+
+class FileTooLarge(ValueError):
+    """Input whose declared size is beyond the product's limits (refused before reading it)."""
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; put it straight back.
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, private: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary path beside ``path``; on a clean exit it replaces ``path``.
+
+    For writers that need a file name (``safetensors.save_file``). The temporary file exists
+    (empty, private) when the block starts. ``private`` keeps the result 0600; otherwise it gets
+    the permissions of a normal new file (0666 less the umask).
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(handle)
+    temp = Path(name)
+    try:
+        yield temp
+        with open(temp, "rb+") as written:  # on disk before the rename
+            os.fsync(written.fileno())
+        os.chmod(temp, 0o600 if private else 0o666 & ~_umask())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(folder)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, private: bool = False) -> Iterator[BinaryIO]:
+    """Yield a binary file whose contents replace ``path`` when the block ends without error."""
+    with atomic_path(path, private) as temp, open(temp, "wb") as handle:
+        yield handle
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, private: bool = False) -> Path:
+    with atomic_write(path, private) as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str, private: bool = False) -> Path:
+    return write_bytes(path, text.encode("utf-8"), private)
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, **options) -> Path:
+    """``image`` as a PNG at ``path``, atomically."""
+    with atomic_write(path) as handle:
+        image.save(handle, format="PNG", **options)
+    return Path(path)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # the rename itself is durable only once the folder is; not possible everywhere (Windows)
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+# -- reading images ----------------------------------------------------------------------------
+
+
+def check_pixels(width: int, height: int, name: str) -> None:
+    """Raise ImageError when a ``width`` x ``height`` image is beyond the product's limit."""
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name}: has no pixels ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels; "
+            f"DALL·E Studio opens images up to {MAX_PIXELS / 1e6:.0f} megapixels"
+        )
+
+
+def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+    """An image file (a path, or the bytes of one) as 8-bit RGB, checked before decoding.
+
+    Raises ImageError naming ``name`` (default: the path) for a missing file, a folder, a
+    format the product does not read, more than ``MAX_PIXELS`` pixels, or a corrupt file.
+    """
+    if isinstance(source, bytes):
+        label = name or "image"
+        opened = io.BytesIO(source)
+    else:
+        path = Path(source)
+        label = name or str(path)
+        if not path.exists():
+            raise ImageError(f"{label}: no such file")
+        if path.is_dir():
+            raise ImageError(f"{label}: is a folder, not an image")
+        opened = path
+    try:
+        with warnings.catch_warnings():
+            # our own limit is lower; Pillow's warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(opened) as image:  # reads the header only
+                if image.format not in IMAGE_FORMATS:
+                    raise ImageError(
+                        f"{label}: a {image.format or 'unknown'} image; "
+                        "DALL·E Studio reads PNG, JPEG, WebP and BMP"
+                    )
+                check_pixels(image.width, image.height, label)
+                image.load()
+                return to_rgb(image)
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"{label}: declares far more than {MAX_PIXELS / 1e6:.0f} megapixels "
+            "(a decompression bomb?)"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
+        if isinstance(error, ImageError):
+            raise
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImageError(f"{label}: not a readable image ({detail})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB copy of any PIL image: EXIF orientation applied, transparency composited on white,
+    16-bit and float greyscale scaled into 8 bits (not clipped)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "P":
+        # A palette image may carry transparency; go through RGBA so it is not lost.
+        image = image.convert("RGBA")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        peak = values.max(initial=0)
+        if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
+            top = 65535.0
+        else:  # 8-bit values in a 32-bit mode, or floats in 0–1 (or already 0–255)
+            top = 1.0 if image.mode == "F" and peak <= 1.0 else 255.0
+        grey = np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8)
+        image = Image.fromarray(grey, "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.selftest:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from studio import preflight
+
+    cannot_start = preflight.problem()
+    if cannot_start:  # Qt itself would abort the process with a misleading message
+        print(f"dalle-studio: {cannot_start}", file=sys.stderr)
+        return 2
     os.environ["QT_API"] = "pyside6"  # qasync picks its binding from this at import
     import qasync
     from PySide6.QtWidgets import QApplication

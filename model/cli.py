@@ -217,7 +217,8 @@ def prepare_job(job: Job, bundle):
             raise CLIError(
                 f"{where}cell {cell[0]},{cell[1]} is outside the {grid}x{grid} token grid"
             )
-    if not placement.grid_covers_image(cell, factor):
+    rows, cols = placement.visible_grid(factor)
+    if not placement.grid_covers_image(cell, factor) or cell[0] >= rows or cell[1] >= cols:
         raise CLIError(
             f"{where}the rectangle from cell {cell[0]},{cell[1]} lies in the padding beside"
             f" {job.image}, not on the image"
@@ -241,8 +242,18 @@ def run_job(
 
     original, tensor, placement, cell, caption = prepared
     factor = bundle.config.vae.factor
+    visible = placement.visible_grid(factor)  # padding cells of the rectangle are not sampled
     done = run_with_progress(
-        complete(bundle, tensor, cell, caption, options, precision=precision, compile=compile),
+        complete(
+            bundle,
+            tensor,
+            cell,
+            caption,
+            options,
+            precision=precision,
+            compile=compile,
+            visible=visible,
+        ),
         job.image.name,
         quiet,
     )

@@ -3,7 +3,9 @@
 The paper's completion: walk the raster order; every cell outside the rectangle (r >= r0 and
 c >= c0) is forced to the image's own token, every cell inside it is sampled. With a KV cache this
 costs one model call per masked cell: the call that produces a masked cell's logits also prefills
-the run of kept cells before it, in one chunk (as ru-dalle does).
+the run of kept cells before it, in one chunk (as ru-dalle does). A non-square image's padding
+cells inside the rectangle are not sampled at all: they keep the image's own (edge-padded) tokens
+and are dropped when the result is pasted back (``Plan``'s visible rows and columns).
 
 ``complete`` yields ``Progress`` once per finished rectangle row and ends with ``Done`` (or
 ``Cancelled``); ``generate`` is ``complete`` from cell (0, 0). Callers only iterate, as min-dalle's
@@ -31,16 +33,37 @@ _inference_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # mo
 
 @dataclass
 class Plan:
-    """Which cells of a grid x grid raster are sampled: the rectangle from (row, col) on."""
+    """Which cells of a grid x grid raster are sampled: the rectangle from (row, col) on, less
+    the padding.
+
+    A non-square image fills only the top-left ``visible_rows`` x ``visible_cols`` cells of the
+    grid (``model.images.Placement.visible_grid``); the rest is edge padding that the result
+    drops. Cells of the rectangle outside the visible rows and columns keep the input's own
+    (padding) tokens and cost no model call. None: the whole grid is visible.
+    """
 
     grid: int
     row: int
     col: int
+    visible_rows: int | None = None
+    visible_cols: int | None = None
 
     def __post_init__(self):
         if not (0 <= self.row < self.grid and 0 <= self.col < self.grid):
             raise ValueError(
                 f"cell ({self.row}, {self.col}) is outside the {self.grid}x{self.grid} token grid"
+            )
+        self.visible_rows = self.grid if self.visible_rows is None else self.visible_rows
+        self.visible_cols = self.grid if self.visible_cols is None else self.visible_cols
+        if not (1 <= self.visible_rows <= self.grid and 1 <= self.visible_cols <= self.grid):
+            raise ValueError(
+                f"the visible {self.visible_rows}x{self.visible_cols} cells must lie within the "
+                f"{self.grid}x{self.grid} token grid"
+            )
+        if self.row >= self.visible_rows or self.col >= self.visible_cols:
+            raise ValueError(
+                f"the rectangle from cell ({self.row}, {self.col}) lies in the padding beside "
+                f"the image (its {self.visible_rows}x{self.visible_cols} visible cells)"
             )
 
     @property
@@ -48,24 +71,24 @@ class Plan:
         """Raster indices of the sampled cells, in sampling order."""
         return [
             r * self.grid + c
-            for r in range(self.row, self.grid)
-            for c in range(self.col, self.grid)
+            for r in range(self.row, self.visible_rows)
+            for c in range(self.col, self.visible_cols)
         ]
 
     @property
     def mask(self) -> torch.Tensor:
         """(grid, grid) bool, True on sampled cells."""
         m = torch.zeros(self.grid, self.grid, dtype=torch.bool)
-        m[self.row :, self.col :] = True
+        m[self.row : self.visible_rows, self.col : self.visible_cols] = True
         return m
 
     @property
     def rows(self) -> int:
-        return self.grid - self.row
+        return self.visible_rows - self.row
 
     @property
     def cells(self) -> int:
-        return (self.grid - self.row) * (self.grid - self.col)
+        return self.rows * (self.visible_cols - self.col)
 
 
 @dataclass
@@ -198,7 +221,7 @@ def sample_tokens(
         logits = filter_logits(guided(logits, n, options.guidance), options)
         probs = logits.float().softmax(dim=-1)
         grid_tokens[:, cell] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        if cell % cfg.grid == cfg.grid - 1:  # a rectangle row is finished
+        if cell % cfg.grid == plan.visible_cols - 1:  # a rectangle row is finished
             rows_done += 1
             elapsed = time.perf_counter() - started
             yield Progress(
@@ -248,6 +271,7 @@ def complete(
     use_cache: bool = True,
     precision: str = "fp32",
     compile: bool = False,
+    visible: tuple[int, int] | None = None,
 ) -> Iterator[Message]:
     """Regenerate the rectangle from ``from_cell`` to the bottom-right corner under ``caption``.
 
@@ -256,12 +280,15 @@ def complete(
     Done with decoded candidates, reranked best first when the bundle carries a reranker.
     precision: fp32 (default: the exact reference), bf16, int8 or auto (see ``prepared``);
     compile: run each one-cell step through ``torch.compile`` (``model.transformer.CompiledStep``).
+    visible: (rows, cols) of cells that hold the image (``Placement.visible_grid``); the
+    rectangle's padding cells beyond them keep the image's own tokens and are not sampled.
+    None: the whole grid.
     """
     options = options or SamplingOptions()
     options.validate()
     cfg = bundle.config
     grid = cfg.transformer.grid
-    plan = Plan(grid, *from_cell)
+    plan = Plan(grid, *from_cell, *(visible or (None, None)))
     device = bundle.device
     if image is None:
         if from_cell != (0, 0):

@@ -258,3 +258,14 @@ def test_bench_refuses_bad_sizes_with_one_line(capsys):
     assert dalle("bench", "--random", "--dim", "0") != 0
     err = capsys.readouterr().err.strip()
     assert "--dim must be positive" in err and "\n" not in err
+
+
+def test_complete_samples_no_padding_rows(bundle_path, photo, tmp_path, capsys):
+    # 60x45 in a 32x32 square: 32x24 pixels of image, 3 of the 4 token rows; row 3 is padding
+    code = dalle(
+        "complete", "--bundle", bundle_path, "--image", photo, "--from", "1,0",
+        "--caption", "a red circle", "--seed", 1, "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert code == 0
+    bar = capsys.readouterr().err.strip().splitlines()[-1]
+    assert " 2/2 rows" in bar, bar

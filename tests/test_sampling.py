@@ -206,3 +206,84 @@ def test_bad_options_are_refused(options, message):
 def test_plan_outside_grid_is_refused():
     with pytest.raises(ValueError, match="outside the 4x4 token grid"):
         Plan(4, 4, 0)
+
+
+# -- padding cells: the rectangle's cells below or right of the image are not sampled ----------
+
+
+@pytest.mark.parametrize("cell, visible", [((0, 0), (3, 2)), ((1, 1), (3, 4)), ((2, 0), (4, 1))])
+def test_padding_cells_keep_their_tokens_and_cost_no_call(cell, visible):
+    model = RecordingTransformer(CFG, forced=True).eval()
+    text, image, empty = inputs()
+    plan = Plan(CFG.grid, *cell, *visible)
+    done = run(sample_tokens(model, text, image, plan, SamplingOptions(n=2, seed=0), empty))
+    rows, cols = visible
+    sampled = torch.zeros(CFG.grid, CFG.grid, dtype=torch.bool)
+    sampled[cell[0] : rows, cell[1] : cols] = True
+    assert torch.equal(plan.mask, sampled)
+    expected = (torch.arange(CFG.image_len).view(CFG.grid, CFG.grid) + 1) % CFG.image_vocab
+    for candidate in done.tokens:
+        assert torch.equal(candidate[~sampled], image[~sampled])  # padding and kept cells
+        assert torch.equal(candidate[sampled], expected[sampled])
+    assert done.model_calls == plan.cells == len(model.calls) == int(sampled.sum())
+    fed = sum(length for _, length, _ in model.calls)
+    assert fed == CFG.text_len + plan.masked_cells[-1] + 1
+
+
+def test_padding_cells_are_not_counted_in_progress():
+    model = Transformer(CFG).eval()
+    text, image, empty = inputs()
+    plan = Plan(CFG.grid, 1, 0, visible_rows=3, visible_cols=2)
+    messages = list(sample_tokens(model, text, image, plan, SamplingOptions(), empty))
+    progress = [m for m in messages if isinstance(m, Progress)]
+    assert [p.row for p in progress] == [1, 2]
+    assert [(p.rows_done, p.rows_total) for p in progress] == [(1, 2), (2, 2)]
+    assert [(p.cells_done, p.cells_total) for p in progress] == [(2, 4), (4, 4)]
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_cached_sampling_equals_recompute_with_padding(guidance):
+    model = Transformer(CFG).eval()
+    text, image, empty = inputs()
+    options = SamplingOptions(n=2, seed=4, guidance=guidance)
+    plan = Plan(CFG.grid, 0, 1, visible_rows=4, visible_cols=3)
+    a = run(sample_tokens(model, text, image, plan, options, empty, use_cache=True))
+    b = run(sample_tokens(model, text, image, plan, options, empty, use_cache=False))
+    assert torch.equal(a.tokens, b.tokens)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((4, 3, 0, 3, 4), "padding"),
+        ((4, 0, 2, 4, 2), "padding"),
+        ((4, 0, 0, 0, 4), "visible"),
+        ((4, 0, 0, 4, 5), "visible"),
+    ],
+)
+def test_plan_refuses_a_rectangle_only_in_the_padding(args, message):
+    with pytest.raises(ValueError, match=message):
+        Plan(*args)
+
+
+def test_complete_skips_the_padding_of_a_wide_image():
+    from model.images import to_model, to_pil
+    from model.sampling import complete
+    from tests.helpers import tiny_bundle
+
+    bundle = tiny_bundle()
+    grid, factor = bundle.config.transformer.grid, bundle.config.vae.factor
+    pixels = torch.rand(3, 12, 32)  # wide: the lower rows of the square are padding
+    tensor, placement = to_model(to_pil(pixels), bundle.config.vae.image_size)
+    visible = placement.visible_grid(factor)
+    assert visible[0] < grid and visible[1] == grid
+    own = bundle.vae.encode(tensor.unsqueeze(0))[0]
+    options = SamplingOptions(n=2, seed=3)
+    messages = list(complete(bundle, tensor, (1, 0), "a red circle", options, visible=visible))
+    done = messages[-1]
+    assert isinstance(done, Done)
+    assert done.model_calls == (visible[0] - 1) * grid
+    assert all(torch.equal(t[visible[0] :], own[visible[0] :]) for t in done.tokens)
+    assert messages[0].rows_total == visible[0] - 1
+    whole = run(complete(bundle, tensor, (1, 0), "a red circle", SamplingOptions(seed=3)))
+    assert whole.model_calls == (grid - 1) * grid  # visible=None: the whole grid, as before

@@ -4,6 +4,12 @@ QObjects with ``*_changed`` signals and no widgets (krita-ai-diffusion's model/u
 only bind to these signals. Images are (H, W, 3) uint8 numpy arrays, kept bit-exact; nothing here
 resamples the user's pixels. Cell geometry comes from ``studio.engine.Geometry`` (the model's
 ``Placement`` rules), so this module never imports ``model/`` itself.
+
+What counts as unsaved work: everything a project keeps except the rectangle. Image changes go
+through the undo stack; every other kept change (a new history entry, a star, a deletion, a
+remembered caption) goes through ``_changed``, so none can be missed by the title's ``*``, the
+close dialog or the autosave. The rectangle only says where the next run goes; moving it is not
+work to lose, like a selection in a paint program.
 """
 
 from __future__ import annotations
@@ -68,17 +74,23 @@ class Document(QObject):
     history_changed = Signal()
     generating_changed = Signal(bool)
     progress_changed = Signal(int, int, float, float)  # rows done, rows total, tokens/s, eta s
-    modified_changed = Signal(bool)
+    modified_changed = Signal(bool)  # True: there is work a save would keep
 
     def __init__(self, image: np.ndarray | None = None, parent: QObject | None = None):
         super().__init__(parent)
         self.undo_stack = QUndoStack(self)
         self.undo_stack.cleanChanged.connect(self._clean_changed)
+        self.undo_stack.indexChanged.connect(self._touched)
+        self.revision = 0  # grows with every change (autosave writes when it moved)
+        self._unsaved = False  # kept changes outside the undo stack since the last save
         self._ids = itertools.count(1)
         self.image: np.ndarray = (
             np.full((256, 256, 3), 255, np.uint8) if image is None else _checked(image)
         )
+        # the geometry the rectangle's cell was made in; False only for a cell read from a
+        # project that did not record it (then the next model's geometry is taken as its own)
         self.model_size, self.model_factor = PAPER_SIZE, PAPER_FACTOR
+        self.cell_geometry_known = True
         self.cell: tuple[int, int] | None = None
         self.preview: np.ndarray | None = None
         self.peek: np.ndarray | None = None  # a history entry shown without restoring it
@@ -92,12 +104,40 @@ class Document(QObject):
         self.caption_history: list[str] = []
         self.path: str | None = None  # the .dstudio file, when saved
         self.source_path: str | None = None  # the image file it was opened from
-        self.project_modified = False
         original = self._add_entry(None, self.image)
         self.current_entry = original.id
 
+    # -- saved state ----------------------------------------------------------------------
+
+    @property
+    def modified(self) -> bool:
+        """True when the document holds work that its project file (if any) does not."""
+        return self._unsaved or not self.undo_stack.isClean()
+
+    def mark_modified(self) -> None:
+        """Count the document as unsaved (recovered work, or a kept change outside undo)."""
+        self._changed()
+
+    def mark_saved(self) -> None:
+        """Everything is in the project file now (after a save or a load)."""
+        was = self.modified
+        self._unsaved = False
+        self.undo_stack.setClean()
+        if was:
+            self.modified_changed.emit(False)
+
+    def _changed(self) -> None:
+        was = self.modified
+        self.revision += 1
+        self._unsaved = True
+        if not was:
+            self.modified_changed.emit(True)
+
+    def _touched(self, *_) -> None:
+        self.revision += 1
+
     def _clean_changed(self, clean: bool) -> None:
-        self.modified_changed.emit(not clean)
+        self.modified_changed.emit(self.modified)
 
     # -- image and geometry -------------------------------------------------------------
 
@@ -114,7 +154,17 @@ class Document(QObject):
         return Geometry(self.width, self.height, self.model_size, self.model_factor)
 
     def set_model_geometry(self, size: int, factor: int) -> None:
-        """The loaded model's resolution; the rectangle is re-snapped to the new cells."""
+        """The loaded model's resolution. A rectangle made in another geometry is re-snapped
+        through the geometry it was made in (never through one it was not made in); in the same
+        geometry it stays exactly as it is."""
+        if not self.cell_geometry_known:
+            self.cell_geometry_known = True
+            self.model_size, self.model_factor = size, factor
+            if self.cell is not None:  # taken as made in this model: kept, clamped to its grid
+                last = self.geometry.grid - 1
+                self.cell = (min(self.cell[0], last), min(self.cell[1], last))
+            self.rectangle_changed.emit()
+            return
         if (size, factor) == (self.model_size, self.model_factor):
             return
         corner = self.rectangle_pixels()
@@ -150,6 +200,8 @@ class Document(QObject):
                 raise ValueError(f"cell {cell} is outside the {grid}x{grid} token grid")
             cell = (int(row), int(col))
         self.cell = cell
+        self.cell_geometry_known = True
+        self.revision += 1
         self.rectangle_changed.emit()
 
     def rectangle_pixels(self) -> tuple[int, int, int, int] | None:
@@ -196,8 +248,11 @@ class Document(QObject):
         seed: int | None,
         options: dict[str, Any],
         model: str = "",
+        previewed: int = 0,
     ) -> None:
-        """Record the results as history entries (children of the source) and stage them."""
+        """Record the results as history entries (children of the source) and stage them,
+        selecting ``previewed``: the candidate the live preview showed, so the view does not
+        jump when a reranker put another one first."""
         parent = self.source_entry if self.source_entry in self.history else self.current_entry
         entries = [
             self._add_entry(
@@ -211,19 +266,22 @@ class Document(QObject):
             )
             for index, candidate in enumerate(candidates)
         ]
+        self._changed()
         self.remember_caption(caption)
         self.end_generation()
-        self.set_candidates(candidates, [entry.id for entry in entries])
+        self.set_candidates(candidates, [entry.id for entry in entries], previewed)
         self.history_changed.emit()
 
     # -- candidates ---------------------------------------------------------------------
 
-    def set_candidates(self, candidates: list[np.ndarray], entries: list[int] | None = None):
+    def set_candidates(
+        self, candidates: list[np.ndarray], entries: list[int] | None = None, selected: int = 0
+    ) -> None:
         self.candidates = list(candidates)
         self.candidate_entries = list(entries or [])
-        self.candidate_index = 0
+        self.candidate_index = max(0, min(selected, len(self.candidates) - 1))
         self.candidates_changed.emit()
-        self.candidate_index_changed.emit(0)
+        self.candidate_index_changed.emit(self.candidate_index)
 
     def select_candidate(self, index: int) -> None:
         if not self.candidates:
@@ -259,6 +317,7 @@ class Document(QObject):
         entry = self.candidate_entries[index] if index < len(self.candidate_entries) else None
         if entry is None:
             entry = self._add_entry(self.current_entry, image).id
+            self._changed()
         self.history[entry].accepted = True
         self.candidates, self.candidate_entries = [], []
         self.undo_stack.push(SetImageCommand(self, image, entry, "Accept candidate"))
@@ -310,10 +369,14 @@ class Document(QObject):
         del self.history[entry_id]
         if self.current_entry == entry_id:
             self.current_entry = entry.parent
+        self._changed()
         self.history_changed.emit()
 
     def set_starred(self, entry_id: int, starred: bool) -> None:
+        if self.history[entry_id].starred == starred:
+            return
         self.history[entry_id].starred = starred
+        self._changed()
         self.history_changed.emit()
 
     def children(self, entry_id: int | None) -> list[HistoryEntry]:
@@ -333,10 +396,13 @@ class Document(QObject):
         caption = caption.strip()
         if not caption:
             return
+        if self.caption_history and self.caption_history[-1] == caption:
+            return
         if caption in self.caption_history:
             self.caption_history.remove(caption)
         self.caption_history.append(caption)
         del self.caption_history[:-MAX_CAPTION_HISTORY]
+        self._changed()
 
 
 def _checked(image: np.ndarray) -> np.ndarray:

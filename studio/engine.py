@@ -82,8 +82,10 @@ class Geometry:
         return col * step, row * step, step, step
 
     def masked_cells(self, cell: tuple[int, int]) -> int:
+        """Cells from ``cell`` to the bottom-right that hold image (not the square's padding)."""
         row, col = cell
-        return (self.grid - row) * (self.grid - col)
+        rows, cols = self._placement.visible_grid(self.factor)
+        return max(0, min(rows, self.grid) - row) * max(0, min(cols, self.grid) - col)
 
     def covers_image(self, cell: tuple[int, int]) -> bool:
         return self._placement.grid_covers_image(cell, self.factor)
@@ -132,6 +134,7 @@ class Finished:
     seed: int
     seconds: float
     tokens_per_s: float
+    previewed: int = 0  # the candidate the live rows showed (sampled first; reranking moves it)
 
 
 @dataclass
@@ -363,7 +366,8 @@ class Engine(QObject):
         )
         for message in messages:
             if isinstance(message, sampling.Progress):
-                # one decode of the whole current grid per finished row (first candidate only)
+                # one decode of the whole current grid per finished row, of the first sampled
+                # candidate only; Finished.previewed says where reranking put it
                 with torch.inference_mode():
                     decoded = bundle.vae.decode(message.tokens[:1].to(bundle.device))[0]
                 preview = model_images.paste_back(
@@ -393,8 +397,14 @@ class Engine(QObject):
                     for decoded in message.images
                 ]
                 self.last_tokens_per_s = message.tokens_per_s
+                previewed = message.order.index(0) if 0 in message.order else 0
                 return Finished(
-                    job.id, candidates, message.seed, message.seconds, message.tokens_per_s
+                    job.id,
+                    candidates,
+                    message.seed,
+                    message.seconds,
+                    message.tokens_per_s,
+                    previewed,
                 )
         if job.cancel.is_set():
             return Cancelled(job.id)

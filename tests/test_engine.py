@@ -7,7 +7,9 @@ import threading
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from model import images as model_images
 from model import sampling
 from model.transformer import resolve_precision
 from studio import engine as studio_engine
@@ -183,7 +185,7 @@ def test_geometry_matches_the_models_placement():
     assert geometry.cell_at(99, 49) == (1, 3)
     x, y = geometry.pixel_of((1, 3))
     assert geometry.cell_at(x, y) == (1, 3) and geometry.cell_at(x - 1, y) == (1, 2)
-    assert geometry.masked_cells((1, 3)) == 3
+    assert geometry.masked_cells((1, 3)) == 1  # 32x16 in the square: rows 2 and 3 are padding
 
 
 def test_jobs_sample_in_the_chosen_precision(bundle):
@@ -229,3 +231,30 @@ def test_a_compiled_engine_says_when_a_new_batch_size_compiles(bundle):
     engine.set_speed("fp32", False)
     eager = run(engine, Job(image=picture(), cell=(0, 0), caption="x", n=5))
     assert not any(isinstance(m, studio_engine.Compiling) for m in eager)
+
+
+def test_finished_names_the_candidate_the_live_preview_showed(bundle):
+    """The live rows decode the first sampled candidate; a reranker may put it anywhere. The
+    finished view must select it, so the canvas does not jump to another image."""
+
+    def reranked(bundle, image, cell, caption, options, cancel, precision, compile):
+        grid = bundle.config.transformer.grid
+        tokens = torch.arange(options.n).view(-1, 1, 1).expand(-1, grid, grid).contiguous()
+        yield sampling.Progress(tokens, grid - 1, 1, 1, 1, 1, 100.0)
+        order = list(range(options.n))[::-1]  # the reranker liked the last sample best
+        images = torch.rand(options.n, 3, 32, 32)
+        yield sampling.Done(tokens[order], images[order], None, 1, 0.1, 100.0, 1, order=order)
+
+    engine = Engine(sampler=reranked)
+    engine.set_bundle(bundle)
+    image = picture()
+    messages = run(engine, Job(image=image, cell=(0, 0), caption="x", n=3))
+    preview, finished = messages[0], messages[-1]
+    assert isinstance(finished, studio_engine.Finished)
+    assert finished.previewed == 2  # sampled first, ranked last
+    pil = Image.fromarray(image)
+    _, placement = model_images.to_model(pil, 32)
+    with torch.inference_mode():
+        sample_0 = bundle.vae.decode(torch.zeros(1, 4, 4, dtype=torch.long))[0]
+    expected = model_images.paste_back(pil, sample_0, placement, (0, 0), 8)
+    assert np.array_equal(preview.preview, np.asarray(expected))  # the live rows: sample 0

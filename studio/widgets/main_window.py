@@ -253,7 +253,13 @@ class MainWindow(QMainWindow):
             job, self.job = self.job, None
             options = dict(self._job_options(job), seconds=round(message.seconds, 2))
             self.document.finish_generation(
-                message.candidates, job.caption, job.cell, message.seed, options, self.model_name
+                message.candidates,
+                job.caption,
+                job.cell,
+                message.seed,
+                options,
+                self.model_name,
+                previewed=message.previewed,
             )
             self.caption.after_run(message.seed)
             self.caption.caption.set_history(self.document.caption_history)

@@ -363,6 +363,7 @@ class Engine(QObject):
             job.cancel,
             precision=self.precision,
             compile=self.compile,
+            visible=placement.visible_grid(factor),  # the padding below or beside is not sampled
         )
         for message in messages:
             if isinstance(message, sampling.Progress):

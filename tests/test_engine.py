@@ -59,7 +59,9 @@ def test_job_streams_rows_then_candidates_pasted_back(bundle):
 def fake_sampler(rows=3, block: threading.Event | None = None):
     """A sampler that yields instantly (or waits on ``block``) and honours cancel."""
 
-    def sample(bundle, image, cell, caption, options, cancel, precision="fp32", compile=False):
+    def sample(
+        bundle, image, cell, caption, options, cancel, precision="fp32", compile=False, visible=None
+    ):
         grid = bundle.config.transformer.grid
         tokens = torch.zeros(options.n, grid, grid, dtype=torch.long)
         for row in range(rows):
@@ -191,7 +193,7 @@ def test_geometry_matches_the_models_placement():
 def test_jobs_sample_in_the_chosen_precision(bundle):
     seen = []
 
-    def recording(bundle, image, cell, caption, options, cancel, precision, compile):
+    def recording(bundle, image, cell, caption, options, cancel, precision, compile, visible):
         seen.append((precision, compile))
         yield from fake_sampler(rows=1)(bundle, image, cell, caption, options, cancel)
 
@@ -237,7 +239,7 @@ def test_finished_names_the_candidate_the_live_preview_showed(bundle):
     """The live rows decode the first sampled candidate; a reranker may put it anywhere. The
     finished view must select it, so the canvas does not jump to another image."""
 
-    def reranked(bundle, image, cell, caption, options, cancel, precision, compile):
+    def reranked(bundle, image, cell, caption, options, cancel, precision, compile, visible):
         grid = bundle.config.transformer.grid
         tokens = torch.arange(options.n).view(-1, 1, 1).expand(-1, grid, grid).contiguous()
         yield sampling.Progress(tokens, grid - 1, 1, 1, 1, 1, 100.0)
@@ -258,3 +260,16 @@ def test_finished_names_the_candidate_the_live_preview_showed(bundle):
         sample_0 = bundle.vae.decode(torch.zeros(1, 4, 4, dtype=torch.long))[0]
     expected = model_images.paste_back(pil, sample_0, placement, (0, 0), 8)
     assert np.array_equal(preview.preview, np.asarray(expected))  # the live rows: sample 0
+
+
+def test_jobs_sample_only_the_cells_that_hold_image(bundle):
+    seen = []
+
+    def recording(bundle, image, cell, caption, options, cancel, precision, compile, visible):
+        seen.append(visible)
+        yield from fake_sampler(rows=1)(bundle, image, cell, caption, options, cancel)
+
+    engine = Engine(sampler=recording)
+    engine.set_bundle(bundle)
+    run(engine, Job(image=picture(48, 20), cell=(0, 0), caption="x"))  # 32x13 in the square
+    assert seen == [(2, 4)]  # rows 2 and 3 are padding below the image

@@ -61,10 +61,10 @@ def test_dragging_places_a_snapped_rectangle(window, qtbot):
     qtbot.mouseMove(viewport, viewport_point(canvas, 30, 20))
     qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=viewport_point(canvas, 50, 40))
     document = window.document
-    expected = document.geometry.cell_at(50, 40)
+    expected = document.geometry.cell_at(5, 5)  # the corner is where the drag started
     assert document.cell == expected
     x, y, w, h = document.rectangle_pixels()
-    assert x <= 50 and y <= 40  # snapped to the cell's corner, at or before the pointer
+    assert x <= 5 and y <= 5  # snapped to the cell's corner, at or before the press
     assert (x + w, y + h) == (document.width, document.height)  # reaches the bottom-right
     assert f"{document.masked_cells} cells" in canvas.rectangle_label()
     assert window.progress_label.text().endswith(f"{document.masked_cells} cells")
@@ -217,7 +217,7 @@ def test_recovery_is_offered_and_restores_the_autosave(window, tmp_path, monkeyp
     window.offer_recovery()
     assert np.array_equal(window.document.image, kept)
     assert len(window.document.history) == 2
-    assert not (tmp_path / "autosave.dstudio").exists()  # offered once only
+    assert window.document.modified  # recovered work is not saved anywhere yet
 
 
 def test_switching_documents_mid_generation_drops_the_job(window, qtbot):
@@ -397,3 +397,314 @@ def test_the_rectangle_tint_leaves_candidates_in_their_true_colours(window, qtbo
     assert centre_pixel() != (200, 200, 200)  # the marked region of the image itself is tinted
     document.set_candidates([gray.copy()])
     assert centre_pixel() == (200, 200, 200)
+
+
+# -- issue 15 ---------------------------------------------------------------------------------
+
+
+def new_window(qtbot, tmp_path, bundle, document: Document | None = None) -> MainWindow:
+    engine = Engine()
+    engine.set_bundle(bundle)
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(engine, settings, autosave_folder=tmp_path)
+    if document is not None:
+        win.set_document(document)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    return win
+
+
+def answer(monkeypatch, button) -> list[str]:
+    """Make every QMessageBox.question answer ``button``; returns the questions asked."""
+    from PySide6.QtWidgets import QMessageBox
+
+    asked = []
+
+    def question(parent, title, text, *args, **kwargs):
+        asked.append(text)
+        return button
+
+    monkeypatch.setattr(QMessageBox, "question", question)
+    return asked
+
+
+def test_recovered_work_is_unsaved_and_its_autosave_stays_until_saved_or_discarded(
+    window, qtbot, tmp_path, monkeypatch, default_or_tiny_bundle
+):
+    from PySide6.QtWidgets import QMessageBox
+
+    stage(window.document, 1)
+    window.document.accept_candidate()
+    saved = str(tmp_path / "work.dstudio")
+    assert window._save_to(saved)
+    window.document.set_starred(window.document.current_entry, True)
+    window.autosave()
+    kept = window.document.image.copy()
+    autosave = tmp_path / "autosave.dstudio"
+    assert autosave.exists()
+    window.autosave_timer.stop()  # the app "crashes": nothing clears the autosave
+
+    after_crash = new_window(qtbot, tmp_path, default_or_tiny_bundle)
+    answer(monkeypatch, QMessageBox.StandardButton.Yes)
+    after_crash.offer_recovery()
+    document = after_crash.document
+    assert np.array_equal(document.image, kept)
+    assert document.path == saved and document.modified
+    assert after_crash.windowTitle().startswith("work.dstudio*")
+    assert autosave.exists()  # still there until the work is saved or discarded
+    asked = answer(monkeypatch, QMessageBox.StandardButton.Cancel)
+    after_crash.close()
+    assert asked and after_crash.isVisible() and autosave.exists()  # Ctrl+Q asks first
+    answer(monkeypatch, QMessageBox.StandardButton.Discard)
+    after_crash.close()
+    assert not after_crash.isVisible() and not autosave.exists()
+
+    window.document.set_starred(window.document.current_entry, False)  # more work, autosaved
+    window.autosave()
+    assert autosave.exists()
+    assert window._save_to(saved)
+    assert not autosave.exists()
+
+
+def test_declining_recovery_discards_the_autosave_and_nothing_overwrites_it_before(
+    qtbot, tmp_path, monkeypatch, default_or_tiny_bundle
+):
+    from PySide6.QtWidgets import QMessageBox
+
+    from studio import project
+
+    work = Document(picture(seed=4))
+    work.mark_modified()
+    project.autosave(work, tmp_path)
+    before = (tmp_path / "autosave.dstudio").read_bytes()
+    window = new_window(qtbot, tmp_path, default_or_tiny_bundle)
+    window.document.mark_modified()
+    window.autosave()  # the timer fires while the recovery question is still open
+    assert (tmp_path / "autosave.dstudio").read_bytes() == before
+    answer(monkeypatch, QMessageBox.StandardButton.No)
+    window.offer_recovery()
+    assert not (tmp_path / "autosave.dstudio").exists()
+    window.ask_before_close = False
+
+
+def test_a_corrupt_autosave_is_set_aside_said_once_and_the_app_goes_on(
+    qtbot, tmp_path, monkeypatch, default_or_tiny_bundle
+):
+    from PySide6.QtWidgets import QMessageBox
+
+    (tmp_path / "autosave.dstudio").write_bytes(b"PK\x03\x04 half a zip")
+    window = new_window(qtbot, tmp_path, default_or_tiny_bundle)
+    document, pixels = window.document, window.document.image.copy()
+    asked = answer(monkeypatch, QMessageBox.StandardButton.Yes)
+    window.offer_recovery()
+    assert len(window.errors) == 1 and "\n" not in window.errors[0]
+    aside = [p.name for p in tmp_path.glob("autosave-corrupt-*.dstudio")]
+    assert len(aside) == 1 and aside[0] in window.errors[0]
+    assert not (tmp_path / "autosave.dstudio").exists() and not asked
+    assert window.document is document and np.array_equal(document.image, pixels)
+    window.offer_recovery()  # the next start
+    assert len(window.errors) == 1
+    window.ask_before_close = False
+
+
+def test_starring_or_deleting_an_entry_marks_the_project_modified(window, tmp_path):
+    stage(window.document, 2)
+    window.document.accept_candidate()
+    assert window._save_to(str(tmp_path / "p.dstudio"))
+    assert "*" not in window.windowTitle()
+    window.document.set_starred(window.document.current_entry, True)
+    assert window.windowTitle().startswith("p.dstudio*")
+    assert window._save_to(str(tmp_path / "p.dstudio"))
+    assert "*" not in window.windowTitle()
+    other = next(e for e in window.document.children(min(window.document.history)))
+    sibling = [e.id for e in window.document.history.values() if e.id not in (other.id,)]
+    window.document.delete_entry(max(sibling))
+    assert window.windowTitle().startswith("p.dstudio*")
+
+
+def focus(qtbot, window, widget) -> None:
+    window.activateWindow()
+    widget.setFocus()
+    qtbot.waitUntil(widget.hasFocus, timeout=2000)
+
+
+def test_ctrl_z_acts_on_the_image_wherever_focus_is_except_while_typing_a_caption(window, qtbot):
+    document, caption = window.document, window.caption.caption
+    original = document.image.copy()
+    control = Qt.KeyboardModifier.ControlModifier
+    focus(qtbot, window, caption)
+    qtbot.keyClicks(caption, "a red circle")
+    candidates = stage(document, 2)  # the strip takes focus
+    qtbot.keyClick(window.strip, Qt.Key.Key_Return)
+    assert np.array_equal(document.image, candidates[0])
+    focus(qtbot, window, caption)  # focus falls back into the caption box
+    qtbot.keyClick(caption, Qt.Key.Key_Z, control)
+    assert np.array_equal(document.image, original)  # the image, not the caption
+    assert caption.text() == "a red circle"
+    qtbot.keyClick(caption, Qt.Key.Key_Z, control | Qt.KeyboardModifier.ShiftModifier)
+    assert np.array_equal(document.image, candidates[0])
+    qtbot.keyClick(caption, Qt.Key.Key_Z, control)
+    qtbot.keyClick(caption, Qt.Key.Key_Y, control)
+    assert np.array_equal(document.image, candidates[0])
+    qtbot.keyClicks(caption, " on blue")  # typing: the keys belong to the caption
+    qtbot.keyClick(caption, Qt.Key.Key_Z, control)
+    assert caption.text() == "a red circle"
+    assert np.array_equal(document.image, candidates[0])
+    spin = window.caption.candidates
+    focus(qtbot, window, spin)
+    qtbot.keyClick(spin, Qt.Key.Key_Z, control)
+    assert np.array_equal(document.image, original)
+
+
+def test_huge_clipboard_and_dropped_images_are_refused_before_converting(window, qtbot):
+    from PySide6.QtCore import QMimeData
+    from PySide6.QtGui import QDropEvent, QGuiApplication
+
+    document, pixels = window.document, window.document.image.copy()
+    huge = QImage(8000, 7000, QImage.Format.Format_Mono)  # 56 MP in 7 MB
+    huge.fill(0)
+    QGuiApplication.clipboard().setImage(huge)
+    window.paste_image()
+    data = QMimeData()
+    data.setImageData(huge)
+    window.dropEvent(
+        QDropEvent(
+            QPointF(10, 10),
+            Qt.DropAction.CopyAction,
+            data,
+            Qt.MouseButton.LeftButton,
+            Qt.KeyboardModifier.NoModifier,
+        )
+    )
+    assert len(window.errors) == 2
+    assert all("8000x7000" in e and "megapixels" in e and "\n" not in e for e in window.errors)
+    assert window.document is document and np.array_equal(document.image, pixels)
+
+
+def test_a_transparent_clipboard_image_is_composited_on_white_like_a_file(window):
+    from PySide6.QtGui import QColor, QGuiApplication
+
+    image = QImage(4, 3, QImage.Format.Format_ARGB32)
+    image.fill(QColor(200, 10, 10, 0))  # fully transparent red
+    QGuiApplication.clipboard().setImage(image)
+    window.paste_image()
+    assert np.array_equal(window.document.image, np.full((3, 4, 3), 255, np.uint8))
+
+
+def test_a_project_with_a_decompression_bomb_opens_as_one_dialog(window, tmp_path):
+    from tests.test_hostile_projects import png_claiming
+
+    document = window.document
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(30000, 30000))
+    assert not window.open_path(bomb)
+    assert len(window.errors) == 1 and "bomb.png" in window.errors[0]
+    assert "megapixels" in window.errors[0] and window.document is document
+
+
+def test_accepting_clears_the_status_and_the_tint_and_the_canvas_does_not_jump(window, qtbot):
+    document, canvas = window.document, window.canvas
+    document.set_cell((0, 0))
+    canvas.fit()
+    zoom, size = canvas.zoom, canvas.viewport().size()
+    window.on_message(messages.Loaded("m", "cpu", "m", {}, 64, 4))
+    candidates = [np.full_like(document.image, 200) for _ in range(2)]
+    window.job = messages.Job(image=document.image, cell=(0, 0), caption="x", id=7)
+    document.start_generation()
+    window.on_message(messages.Finished(7, candidates, 1, 0.5, 10.0))
+    assert "Enter accepts" in window.progress_label.text()
+    qtbot.wait(50)
+    assert canvas.viewport().size() == size and canvas.zoom == pytest.approx(zoom)
+    qtbot.keyClick(window.strip, Qt.Key.Key_Return)
+    qtbot.wait(50)
+    assert "Enter accepts" not in window.progress_label.text()
+    assert canvas.viewport().size() == size and canvas.zoom == pytest.approx(zoom)
+    canvas.viewport().repaint()
+    point = canvas.mapFromScene(QPointF(document.width * 0.6, document.height * 0.6))
+    color = canvas.viewport().grab().toImage().pixelColor(point)
+    assert (color.red(), color.green(), color.blue()) == (200, 200, 200)  # no tint on a result
+    document.set_cell((1, 1))  # a new region to regenerate is marked again
+    canvas.viewport().repaint()
+    color = canvas.viewport().grab().toImage().pixelColor(point)
+    assert (color.red(), color.green(), color.blue()) != (200, 200, 200)
+
+
+def test_a_drag_puts_the_corner_at_the_press_and_a_click_does_not_move_it(window, qtbot):
+    canvas, document = window.canvas, window.document
+    viewport = canvas.viewport()
+    left = Qt.MouseButton.LeftButton
+    qtbot.mousePress(viewport, left, pos=viewport_point(canvas, 41, 31))
+    qtbot.mouseMove(viewport, viewport_point(canvas, 70, 50))
+    assert document.cell == document.geometry.cell_at(41, 31)  # follows the drag at once
+    qtbot.mouseRelease(viewport, left, pos=viewport_point(canvas, 80, 60))
+    placed = document.geometry.cell_at(41, 31)
+    assert document.cell == placed
+    qtbot.mouseClick(viewport, left, pos=viewport_point(canvas, 10, 10))
+    assert document.cell == placed  # a click is not a drag
+    qtbot.mousePress(viewport, left, pos=viewport_point(canvas, 60, 50))
+    qtbot.mouseMove(viewport, viewport_point(canvas, 20, 15))  # dragging up and left
+    qtbot.mouseRelease(viewport, left, pos=viewport_point(canvas, 20, 15))
+    assert document.cell == document.geometry.cell_at(20, 15)
+
+
+def test_settings_ok_without_a_change_keeps_the_model(window, monkeypatch):
+    from PySide6.QtWidgets import QDialog
+
+    from studio.widgets import settings as settings_module
+
+    loads = []
+    monkeypatch.setattr(window.engine, "load", lambda *args: loads.append(args))
+    monkeypatch.setattr(
+        settings_module.SettingsDialog, "exec", lambda self: QDialog.DialogCode.Accepted
+    )
+    window.open_settings()
+    assert loads == []
+    monkeypatch.setattr(
+        settings_module.SettingsDialog,
+        "exec",
+        lambda self: (self.precision.setCurrentText("fp32"), QDialog.DialogCode.Accepted)[1],
+    )
+    window.open_settings()
+    assert loads == [] and window.engine.precision == "fp32"  # applies to the next run
+    assert "fp32" in window.device_label.text() or "model" in window.model_label.text()
+    monkeypatch.setattr(
+        settings_module.SettingsDialog,
+        "exec",
+        lambda self: (self.device.setCurrentText("cpu"), QDialog.DialogCode.Accepted)[1],
+    )
+    window.settings.setValue("device", "auto")
+    window.open_settings()
+    assert len(loads) == 1
+
+
+def test_the_model_card_reads_as_text_without_the_developers_paths():
+    from studio.widgets.settings import card_text
+
+    text = card_text(str(messages.default_bundle_path()))
+    card = messages.read_card(messages.default_bundle_path())
+    assert card["name"] in text
+    assert all(caption in text for caption in card["example_captions"])
+    assert "/work/" not in text and "{" not in text and '"' not in text
+    assert "scenes64" in text  # the data folder's own name stays
+
+
+def test_window_geometry_is_restored_at_start(qtbot, tmp_path, default_or_tiny_bundle):
+    first = new_window(qtbot, tmp_path, default_or_tiny_bundle)
+    first.ask_before_close = False
+    first.resize(700, 500)
+    first.close()
+    second = new_window(qtbot, tmp_path, default_or_tiny_bundle)
+    second.ask_before_close = False
+    assert (second.width(), second.height()) == (700, 500)
+
+
+def test_the_data_folder_is_one_level_and_an_old_autosave_is_found(tmp_path, monkeypatch):
+    from studio import project
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    nested = tmp_path / "DALL-E Studio" / "DALL-E Studio"
+    nested.mkdir(parents=True)
+    project.autosave(Document(picture()), nested)
+    assert project.data_dir() == tmp_path / "DALL-E Studio"
+    assert project.pending_recovery() == tmp_path / "DALL-E Studio" / "autosave.dstudio"

@@ -35,7 +35,7 @@ class CandidateStrip(QListWidget):
         self.setMovement(QListView.Movement.Static)
         self.document: Document | None = None
         self.currentRowChanged.connect(self._row_changed)
-        self.itemDoubleClicked.connect(lambda _: self.accept())
+        self.itemDoubleClicked.connect(self._double_clicked)
 
     def set_document(self, document: Document) -> None:
         if self.document is not None:
@@ -67,6 +67,9 @@ class CandidateStrip(QListWidget):
     def _row_changed(self, row: int) -> None:
         if row >= 0:
             self.document.select_candidate(row)
+
+    def _double_clicked(self, _item: QListWidgetItem) -> None:
+        self.accept()
 
     def accept(self) -> None:
         self.document.accept_candidate()

@@ -3,6 +3,15 @@
 A view only: it shows ``document.shown_image`` and tells the document where the user put the
 rectangle's top-left corner; the document snaps it to a token cell. Krita/GIMP habits: the wheel
 zooms around the cursor, Ctrl+0 fits, Ctrl+1 is 100 %, Space+drag or the middle button pans.
+
+The rectangle tool works as a selection tool does in any editor: the drag starts where the button
+is pressed, and the corner is the top-left of the press point and the pointer (the rectangle
+always reaches the image's bottom-right corner, so that is all there is to place). It follows the
+drag and the release commits it. A click without a drag (less than the platform's drag distance)
+places a rectangle only when there is none; it never moves an existing one.
+
+The blue tint marks a region that is about to be regenerated; a result shown there (a candidate,
+or an accepted generation from that very cell) is shown in its true colours.
 """
 
 from __future__ import annotations
@@ -10,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen, QPixmap
-from PySide6.QtWidgets import QGraphicsScene, QGraphicsView
+from PySide6.QtWidgets import QApplication, QGraphicsScene, QGraphicsView
 
 from studio.document import Document
 
@@ -47,7 +56,8 @@ class Canvas(QGraphicsView):
         self.eta_per_cell = 0.0  # seconds per masked cell, from the last run's speed
         self._space = False
         self._panning: QPointF | None = None
-        self._dragging = False
+        self._press: QPointF | None = None  # where the left button went down (viewport)
+        self._dragging = False  # moved past the drag distance since the press
         self._fitted = True
 
     # -- binding ------------------------------------------------------------------------
@@ -90,6 +100,12 @@ class Canvas(QGraphicsView):
         self.scale(factor, factor)
         self._fitted = False
         self.zoom_changed.emit(self.zoom)
+
+    def zoom_in(self) -> None:
+        self.set_zoom(self.zoom * ZOOM_STEP)
+
+    def zoom_out(self) -> None:
+        self.set_zoom(self.zoom / ZOOM_STEP)
 
     def fit(self) -> None:
         if self.document is None:
@@ -149,8 +165,8 @@ class Canvas(QGraphicsView):
             self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
             return
         if button == Qt.MouseButton.LeftButton and self.document is not None:
-            self._dragging = True
-            self._place(event.position())
+            self._press = event.position()
+            self._dragging = False
             return
         super().mousePressEvent(event)
 
@@ -161,8 +177,11 @@ class Canvas(QGraphicsView):
             self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() - delta.x())
             self.verticalScrollBar().setValue(self.verticalScrollBar().value() - delta.y())
             return
-        if self._dragging:
-            self._place(event.position())
+        if self._press is not None:
+            distance = (event.position() - self._press).manhattanLength()
+            if self._dragging or distance >= QApplication.startDragDistance():
+                self._dragging = True
+                self._place(self._press, event.position())
             return
         if self.document is not None:
             point = self.mapToScene(event.position().toPoint())
@@ -174,17 +193,23 @@ class Canvas(QGraphicsView):
             self._panning = None
             self.viewport().unsetCursor()
             return
-        if self._dragging:
+        if self._press is not None:
+            press, self._press = self._press, None
+            if self._dragging:
+                self._place(press, event.position())
+            elif self.document.cell is None:
+                self._place(press, press)  # a first click places one; later clicks move nothing
             self._dragging = False
-            self._place(event.position())
             return
         super().mouseReleaseEvent(event)
 
-    def _place(self, position: QPointF) -> None:
+    def _place(self, press: QPointF, pointer: QPointF) -> None:
+        """The corner at the top-left of the press point and the pointer (viewport points)."""
         if self.document.generating:
             return  # the running job's rectangle is fixed
-        point = self.mapToScene(position.toPoint())
-        self.document.set_rectangle_from_pixel(point.x(), point.y())
+        first, second = self.mapToScene(press.toPoint()), self.mapToScene(pointer.toPoint())
+        x, y = min(first.x(), second.x()), min(first.y(), second.y())
+        self.document.set_rectangle_from_pixel(x, y)
 
     # -- overlays -----------------------------------------------------------------------
 
@@ -210,7 +235,7 @@ class Canvas(QGraphicsView):
         if box is None:
             return
         x, y, w, h = box
-        if document.shown_image is document.image:  # a result is judged in its true colours
+        if self._tinted():
             painter.fillRect(QRectF(x, y, w, h), QBrush(QColor(80, 160, 255, 40)))
         pen = QPen(QColor(80, 170, 255), 0)
         pen.setWidth(2)
@@ -228,6 +253,15 @@ class Canvas(QGraphicsView):
         painter.setPen(QColor(255, 255, 255))
         painter.drawText(box_rect, Qt.AlignmentFlag.AlignCenter, label)
         painter.restore()
+
+    def _tinted(self) -> bool:
+        """Tint the region only while it shows what is about to be regenerated: never over a
+        candidate, nor over the accepted result of a generation from this very cell."""
+        document = self.document
+        if document.shown_image is not document.image:
+            return False
+        entry = document.history.get(document.current_entry)
+        return entry is None or entry.is_original or entry.cell != document.cell
 
     def rectangle_label(self) -> str:
         document = self.document

@@ -29,7 +29,11 @@ MAX_SEED = 2**31 - 1
 class CaptionEdit(QPlainTextEdit):
     """The caption box. It wraps over three lines, so a long caption is read whole in a narrow
     dock. A caption is one line: Enter generates, and pasted line breaks become spaces.
-    Alt+Up / Alt+Down walk the caption history."""
+    Alt+Up / Alt+Down walk the caption history.
+
+    Its own undo covers only the typing since it last took focus or since the last Generate
+    (``has_typing``); outside that, Ctrl+Z and the redo keys belong to the image's history (the
+    main window routes them)."""
 
     submitted = Signal()
     LINES = 3
@@ -47,6 +51,19 @@ class CaptionEdit(QPlainTextEdit):
     def text(self) -> str:
         return self.toPlainText()
 
+    def has_typing(self, redo: bool = False) -> bool:
+        """True while the box has typing of its own to undo (or, ``redo``, to redo)."""
+        document = self.document()
+        return document.isRedoAvailable() if redo else document.isUndoAvailable()
+
+    def forget_typing(self) -> None:
+        """The text so far is settled (focus came back, or it was generated from)."""
+        self.document().clearUndoRedoStacks()
+
+    def focusInEvent(self, event):
+        self.forget_typing()
+        super().focusInEvent(event)
+
     def setText(self, text: str) -> None:
         self.setPlainText(" ".join(text.splitlines()))
         self.moveCursor(QTextCursor.MoveOperation.End)
@@ -61,6 +78,7 @@ class CaptionEdit(QPlainTextEdit):
     def keyPressEvent(self, event):
         key = event.key()
         if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            self.forget_typing()
             self.submitted.emit()
             return
         if event.modifiers() & Qt.KeyboardModifier.AltModifier and self.history:

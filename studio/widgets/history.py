@@ -106,3 +106,4 @@ class HistoryPanel(QTreeWidget):
         delete = menu.addAction("Delete", lambda: self.document.delete_entry(entry.id))
         delete.setEnabled(not entry.is_original)
         menu.exec(self.viewport().mapToGlobal(position))
+        menu.deleteLater()  # one menu per right-click: not kept until the window goes

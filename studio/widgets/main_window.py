@@ -4,6 +4,15 @@ It owns no state of its own beyond the window: the image, rectangle, candidates 
 the Document's; the model is the Engine's. Every engine message is handled on the Qt thread (the
 engine's signal is queued here from its worker). Errors are shown without blocking the loop and
 never touch the image.
+
+No lost work: a modified document (``Document.modified``) is autosaved every minute into the
+app-data folder, and the autosave stays until the work is saved or the user discards it (the
+close dialog's Discard, replacing the document with Discard, or declining recovery). Closing,
+opening another file, pasting or dropping over modified work asks first.
+
+Undo keys: Ctrl+Z, Ctrl+Shift+Z and Ctrl+Y act on the image's history wherever focus is. The one
+exception is the caption box while the user is typing in it: it keeps the keys as long as it has
+typing of its own to undo (or redo) since it last took focus or since the last Generate.
 """
 
 from __future__ import annotations
@@ -13,12 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSettings, Qt, QTimer
-from PySide6.QtGui import QAction, QGuiApplication, QImage, QKeySequence
+from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer
+from PySide6.QtGui import QAction, QColor, QGuiApplication, QImage, QKeySequence, QPainter
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QDockWidget,
     QFileDialog,
     QLabel,
+    QLineEdit,
     QMainWindow,
     QMessageBox,
     QProgressBar,
@@ -26,6 +37,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from model.files import ImageError, check_pixels
 from studio import engine as messages
 from studio import project
 from studio.document import Document
@@ -42,13 +54,51 @@ AUTOSAVE_MS = 60_000
 MAX_RECENT = 10
 IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")"
 PROJECT_FILTER = f"DALL·E Studio projects (*{project.SUFFIX})"
+UNDO_KEYS = (QKeySequence("Ctrl+Z"),)
+REDO_KEYS = (QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y"))
 
 
-def qimage_to_array(image: QImage) -> np.ndarray:
+def qimage_to_array(image: QImage, name: str = "the image") -> np.ndarray:
+    """A QImage (clipboard, drop) as (H, W, 3) uint8 RGB. Its size is checked against the
+    product's pixel limit before any conversion allocates (raises ImageError), and transparency
+    is composited on white, as for image files."""
+    check_pixels(image.width(), image.height(), name)
+    if image.hasAlphaChannel():
+        flat = QImage(image.size(), QImage.Format.Format_RGB888)
+        flat.fill(QColor(255, 255, 255))
+        painter = QPainter(flat)
+        painter.drawImage(0, 0, image)
+        painter.end()
+        image = flat
     image = image.convertToFormat(QImage.Format.Format_RGB888)
     width, height, stride = image.width(), image.height(), image.bytesPerLine()
     data = np.frombuffer(image.constBits(), np.uint8, count=stride * height)
     return data.reshape(height, stride)[:, : width * 3].reshape(height, width, 3).copy()
+
+
+def _matches(event, keys: tuple[QKeySequence, ...]) -> bool:
+    combination = QKeySequence(event.keyCombination())
+    return any(combination.matches(key) == QKeySequence.SequenceMatch.ExactMatch for key in keys)
+
+
+class ImageUndoKeys(QObject):
+    """Installed on the window's text fields: their own undo does not take Ctrl+Z / Ctrl+Shift+Z
+    / Ctrl+Y (the window's actions do), except the caption box's while it has typing to undo."""
+
+    def __init__(self, caption, parent=None):
+        super().__init__(parent)
+        self.caption = caption
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() != QEvent.Type.ShortcutOverride:
+            return False
+        undo, redo = _matches(event, UNDO_KEYS), _matches(event, REDO_KEYS)
+        if not (undo or redo):
+            return False
+        if watched is self.caption and self.caption.has_typing(redo=redo):
+            return False  # the user is typing: the caption box undoes its own text
+        event.ignore()  # not overridden: the shortcut (the window's Undo/Redo) fires
+        return True
 
 
 class MainWindow(QMainWindow):
@@ -65,12 +115,18 @@ class MainWindow(QMainWindow):
         self.ask_before_close = True
         self.errors: list[str] = []  # every message shown, for tests and the selftest
         self.model_name = ""
+        self._device = ""  # the loaded model's device
         self.job: Job | None = None
-        self._autosaved_at = -1
+        self._autosaved: tuple[int, int] | None = None  # (id of the document, its revision)
+        # an autosave left by a crash is never overwritten before the user answered about it
+        self._recovery_pending = project.pending_recovery(autosave_folder) is not None
         self.document: Document | None = None
 
         self.canvas = Canvas()
         self.strip = CandidateStrip()
+        policy = self.strip.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)  # the canvas keeps its size: no re-fit, no jump
+        self.strip.setSizePolicy(policy)
         self.strip.setVisible(False)
         central = QWidget()
         layout = QVBoxLayout(central)
@@ -113,7 +169,16 @@ class MainWindow(QMainWindow):
         self.autosave_timer.timeout.connect(self.autosave)
         self.autosave_timer.start(AUTOSAVE_MS)
         self.set_document(Document())
+        self.undo_keys = ImageUndoKeys(self.caption.caption, self)
+        fields = [self.caption.caption]
+        for kind in (QLineEdit, QAbstractSpinBox):
+            fields += self.caption.findChildren(kind)
+        for field in fields:
+            field.installEventFilter(self.undo_keys)
         self.resize(1280, 820)
+        geometry = self.settings.value("geometry")
+        if geometry:
+            self.restoreGeometry(geometry)
 
     # -- actions ------------------------------------------------------------------------
 
@@ -145,16 +210,8 @@ class MainWindow(QMainWindow):
         view = bar.addMenu("&View")
         self._action(view, "&Fit", self.canvas.fit, "Ctrl+0")
         self._action(view, "&100 %", self.canvas.actual_size, "Ctrl+1")
-        self._action(
-            view,
-            "Zoom &in",
-            lambda: self.canvas.set_zoom(self.canvas.zoom * 1.25),
-            "Ctrl++",
-            "Ctrl+=",
-        )
-        self._action(
-            view, "Zoom &out", lambda: self.canvas.set_zoom(self.canvas.zoom / 1.25), "Ctrl+-"
-        )
+        self._action(view, "Zoom &in", self.canvas.zoom_in, "Ctrl++", "Ctrl+=")
+        self._action(view, "Zoom &out", self.canvas.zoom_out, "Ctrl+-")
         self.grid_action = self._action(view, "Token &grid", self.canvas.set_show_grid, "Ctrl+G")
         self.grid_action.setCheckable(True)
         run = bar.addMenu("&Generate")
@@ -184,6 +241,7 @@ class MainWindow(QMainWindow):
             self.document.progress_changed.disconnect(self._progress)
             self.document.rectangle_changed.disconnect(self._rectangle_changed)
             self.document.modified_changed.disconnect(self._update_title)
+            self.document.candidates_changed.disconnect(self._candidates_changed)
         if self.engine.loaded:
             document.set_model_geometry(self.engine.geometry_size, self.engine.geometry_factor)
         self.document = document
@@ -191,6 +249,8 @@ class MainWindow(QMainWindow):
         document.progress_changed.connect(self._progress)
         document.rectangle_changed.connect(self._rectangle_changed)
         document.modified_changed.connect(self._update_title)
+        document.candidates_changed.connect(self._candidates_changed)
+        self._autosaved = None
         self.canvas.set_document(document)
         self.strip.set_document(document)
         self.history.set_document(document)
@@ -200,8 +260,13 @@ class MainWindow(QMainWindow):
 
     def _update_title(self, *_) -> None:
         name = Path(self.document.path or self.document.source_path or "untitled").name
-        star = "*" if not self.document.undo_stack.isClean() else ""
+        star = "*" if self.document.modified else ""
         self.setWindowTitle(f"{name}{star} — DALL·E Studio")
+
+    def _candidates_changed(self) -> None:
+        """Candidates accepted or discarded: the staging hint gives way to the standing status."""
+        if not self.document.candidates and not self.document.generating:
+            self._rectangle_changed()
 
     def _rectangle_changed(self) -> None:
         document = self.document
@@ -226,6 +291,7 @@ class MainWindow(QMainWindow):
             self.model_name = message.name
             self.model_label.setText(f"model: {message.name}")
             self.model_label.setToolTip(message.path)
+            self._device = message.device
             compiled = " · compiled" if self.engine.compile else ""
             self.device_label.setText(f"device: {message.device} · {message.precision}{compiled}")
             self.document.set_model_geometry(message.size, message.factor)
@@ -340,6 +406,7 @@ class MainWindow(QMainWindow):
             guidance=options["guidance"],
             seed=self.caption.next_seed(),
         )
+        self.caption.caption.forget_typing()  # generated from: Ctrl+Z is the image's again
         document.start_generation()
         self.job = self.engine.submit(job)
         self.progress_label.setText("generating…")
@@ -361,6 +428,7 @@ class MainWindow(QMainWindow):
     # -- files --------------------------------------------------------------------------
 
     def open_path(self, path: str | Path) -> bool:
+        """Open an image or a project; on any error one dialog, and the document is untouched."""
         path = Path(path)
         try:
             if path.suffix.lower() == project.SUFFIX:
@@ -371,8 +439,37 @@ class MainWindow(QMainWindow):
         except (ValueError, OSError) as error:
             self.show_error(messages.one_line(error))
             return False
+        if not self.keep_or_discard_work():
+            return False
         self.set_document(document)
         self._add_recent(str(path))
+        return True
+
+    def keep_or_discard_work(self) -> bool:
+        """Before the modified document is closed or replaced: Save, Discard or Cancel.
+        True when it may go (saved, or discarded: then its autosave goes too)."""
+        if self.ask_before_close and self.document.modified:
+            answer = QMessageBox.question(
+                self,
+                "Unsaved changes",
+                "Save the project before closing it?",
+                QMessageBox.StandardButton.Save
+                | QMessageBox.StandardButton.Discard
+                | QMessageBox.StandardButton.Cancel,
+            )
+            if answer == QMessageBox.StandardButton.Save:
+                return self.save_project()
+            if answer != QMessageBox.StandardButton.Discard:
+                return False
+        if not self._recovery_pending:
+            project.clear_autosave(self.autosave_folder)
+        return True
+
+    def replace_document(self, document: Document) -> bool:
+        """Show ``document`` unless the user keeps the current, modified one."""
+        if not self.keep_or_discard_work():
+            return False
+        self.set_document(document)
         return True
 
     def open_image_dialog(self) -> None:
@@ -411,7 +508,9 @@ class MainWindow(QMainWindow):
             self.show_error(f"could not save {path}: {messages.one_line(error)}")
             return False
         self.document.path = path
-        self.document.undo_stack.setClean()
+        self.document.mark_saved()
+        if not self._recovery_pending:
+            project.clear_autosave(self.autosave_folder)  # the work is in the project now
         self._add_recent(path)
         self._update_title()
         return True
@@ -440,8 +539,15 @@ class MainWindow(QMainWindow):
         if image.isNull():
             self.show_error("the clipboard holds no image")
             return
-        document = Document(qimage_to_array(image))
-        self.set_document(document)
+        self._open_qimage(image, "the clipboard's image")
+
+    def _open_qimage(self, image: QImage, name: str) -> bool:
+        try:
+            pixels = qimage_to_array(image, name)
+        except ImageError as error:
+            self.show_error(str(error))
+            return False
+        return self.replace_document(Document(pixels))
 
     def dragEnterEvent(self, event):
         if event.mimeData().hasUrls() or event.mimeData().hasImage():
@@ -455,7 +561,7 @@ class MainWindow(QMainWindow):
                     self.open_path(url.toLocalFile())
                     break
         elif data.hasImage():
-            self.set_document(Document(qimage_to_array(QImage(data.imageData()))))
+            self._open_qimage(QImage(data.imageData()), "the dropped image")
         event.acceptProposedAction()
 
     def _last_folder(self) -> str:
@@ -492,69 +598,90 @@ class MainWindow(QMainWindow):
             self.engine.set_speed("auto", compile)
 
     def open_settings(self) -> None:
+        """The settings dialog. The model reloads only when its device or bundle changed; the
+        precision and compile choice apply to the next generation without a reload."""
+        device = str(self.settings.value("device", "auto"))
+        bundle = str(self.settings.value("bundle", "") or "")
+        # Parented for placement, deleted right after: a dialog left to the window's teardown
+        # took its connections down with it out of order ("shared QObject was deleted
+        # directly", exit 134 on quit).
         dialog = SettingsDialog(
-            self.settings.value("device", "auto"),
-            self.settings.value("bundle", ""),
-            self,
-            precision=self.engine.precision,
-            compile=self.engine.compile,
+            device, bundle, self, precision=self.engine.precision, compile=self.engine.compile
         )
-        if dialog.exec():
-            device, bundle = dialog.values()
+        try:
+            if not dialog.exec():
+                return
+            new_device, new_bundle = dialog.values()
             precision, compile = dialog.speed()
-            self.settings.setValue("device", device)
-            self.settings.setValue("bundle", bundle)
-            self.settings.setValue("precision", precision)
-            self.settings.setValue("compile", compile)
-            self.apply_speed_settings()
-            self.load_model(bundle, device)
+        finally:
+            dialog.deleteLater()
+        self.settings.setValue("device", new_device)
+        self.settings.setValue("bundle", new_bundle)
+        self.settings.setValue("precision", precision)
+        self.settings.setValue("compile", compile)
+        self.apply_speed_settings()
+        if (new_device, new_bundle) != (device, bundle):
+            self.load_model(new_bundle, new_device)
+        else:
+            self._show_device()
+
+    def _show_device(self) -> None:
+        if not self._device:
+            return
+        precision = messages.resolve_precision(self.engine.precision, self._device)
+        compiled = " · compiled" if self.engine.compile else ""
+        self.device_label.setText(f"device: {self._device} · {precision}{compiled}")
 
     def autosave(self) -> None:
-        stamp = self.document.undo_stack.index() + 1000 * len(self.document.history)
-        if stamp == self._autosaved_at or self.document.generating:
+        """Write the modified document's work to the autosave (timer; also safe to call)."""
+        document = self.document
+        if self._recovery_pending or not document.modified or document.generating:
+            return
+        stamp = (id(document), document.revision)
+        if stamp == self._autosaved:
             return
         try:
-            project.autosave(self.document, self.autosave_folder)
-            self._autosaved_at = stamp
+            project.autosave(document, self.autosave_folder)
+            self._autosaved = stamp
         except OSError as error:
             log.warning("autosave failed: %s", error)
 
     def offer_recovery(self) -> None:
-        """Called once at start: a leftover autosave means the last session crashed."""
-        path = project.pending_recovery(self.autosave_folder)
-        if path is None:
+        """Called once at start: a leftover autosave means the last session did not end
+        cleanly. An unreadable one is set aside (kept, renamed) and said once."""
+        if project.pending_recovery(self.autosave_folder) is None:
+            self._recovery_pending = False
+            return
+        try:
+            recovered = project.recover(self.autosave_folder)
+        except project.ProjectError as error:
+            self._recovery_pending = False
+            try:
+                aside = project.set_aside_autosave(self.autosave_folder)
+            except OSError as move_error:
+                self.show_error(f"{error} (and it could not be moved aside: {move_error})")
+                return
+            self.show_error(f"{error}; it was kept as {aside.name} and the app goes on")
             return
         answer = QMessageBox.question(
             self,
             "Recover work",
-            "DALL·E Studio did not exit cleanly last time. Recover the autosaved project?",
+            "DALL·E Studio did not exit cleanly last time. Recover the autosaved work? "
+            "(No discards it.)",
         )
+        self._recovery_pending = False
         if answer == QMessageBox.StandardButton.Yes:
-            try:
-                self.set_document(project.recover(self.autosave_folder))
-            except project.ProjectError as error:
-                self.show_error(str(error))
-                return
-        project.clear_autosave(self.autosave_folder)
+            self.set_document(recovered)  # modified; its autosave stays until saved
+            self.autosave()
+        else:
+            project.clear_autosave(self.autosave_folder)
 
     def closeEvent(self, event):
-        if self.ask_before_close and not self.document.undo_stack.isClean():
-            answer = QMessageBox.question(
-                self,
-                "Unsaved changes",
-                "Save the project before closing?",
-                QMessageBox.StandardButton.Save
-                | QMessageBox.StandardButton.Discard
-                | QMessageBox.StandardButton.Cancel,
-            )
-            if answer == QMessageBox.StandardButton.Cancel or (
-                answer == QMessageBox.StandardButton.Save and not self.save_project()
-            ):
-                event.ignore()
-                return
+        if not self.keep_or_discard_work():
+            event.ignore()
+            return
         self.cancel()
         self.autosave_timer.stop()
-        project.clear_autosave(self.autosave_folder)  # a clean exit: nothing to recover
         self.settings.setValue("geometry", self.saveGeometry())
         self._closed_at = time.time()
         event.accept()

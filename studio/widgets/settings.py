@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import ntpath
+from pathlib import PurePath
+from typing import Any
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -38,13 +40,82 @@ COMPILE_HELP = (
 
 
 def card_text(path: str) -> str:
-    """The card of the bundle at ``path`` (header only), or why it cannot be read."""
+    """The card of the bundle at ``path`` (header only) as text a user reads, or why it cannot
+    be read."""
     if not path:
         path = str(default_bundle_path())
     try:
-        return json.dumps(read_card(path), indent=2, ensure_ascii=False)
+        card = read_card(path)
     except (ValueError, OSError) as error:
         return f"Cannot read this bundle: {error}"
+    return readable_card(card if isinstance(card, dict) else {})
+
+
+FIGURE_NAMES = {"psnr_db": "dVAE PSNR", "heldout_pairs": "held-out pairs"}
+
+
+def _folder_name(value: Any) -> str:
+    """A folder of whoever built the bundle, by its last part only: a user has no use for the
+    folders of another machine (and they are that machine's business)."""
+    text = str(value).replace("\\", "/")
+    return PurePath(ntpath.splitdrive(text)[1]).name or text
+
+
+def _figure(key: str, value: Any) -> str:
+    label = FIGURE_NAMES.get(key, key.removesuffix("_db").replace("_", " "))
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{label} {value}"
+    if key.endswith("_db"):
+        return f"{label} {value:.1f} dB"
+    if 0 <= value <= 1 and isinstance(value, float):
+        return f"{label} {value:.0%}"
+    return f"{label} {value:,}"
+
+
+def _training(stage: dict) -> str:
+    train = stage.get("train") if isinstance(stage.get("train"), dict) else {}
+    parts = []
+    if stage.get("steps"):
+        batch = train.get("batch_size")
+        parts.append(f"{stage['steps']:,} steps" + (f" of {batch}" if batch else ""))
+    if stage.get("device"):
+        parts.append(f"on {stage['device']}")
+    seconds = stage.get("wall_seconds_this_run")
+    if isinstance(seconds, int | float) and seconds > 0:
+        parts.append(f"in {seconds / 60:.0f} min")
+    return " ".join(parts)
+
+
+def readable_card(card: dict[str, Any]) -> str:
+    """Name, description, data, training, metrics and example captions, one fact a line."""
+    lines = [f"Name: {card.get('name') or 'unnamed model'}"]
+    if card.get("description"):
+        lines.append(f"Description: {card['description']}")
+    data = card.get("data") if isinstance(card.get("data"), dict) else {}
+    if data:
+        count = data.get("pairs") or data.get("images")
+        folder = _folder_name(data.get("folder", "")) or "unnamed"
+        lines.append(f"Data: {folder}" + (f" ({count:,} caption-image pairs)" if count else ""))
+    if training := _training(card):
+        lines.append(f"Training: {training}")
+    if isinstance(card.get("parameters"), int):
+        lines.append(f"Transformer: {card['parameters'] / 1e6:.1f} M parameters")
+    vae = card.get("vae") if isinstance(card.get("vae"), dict) else {}
+    if training := _training(vae):
+        lines.append(f"dVAE training: {training}")
+    reranker = card.get("reranker") if isinstance(card.get("reranker"), dict) else {}
+    if reranker:
+        lines.append(f"Reranker: yes ({_training(reranker) or 'trained'})")
+    evaluation = card.get("eval") if isinstance(card.get("eval"), dict) else {}
+    headline = evaluation.get("headline") if isinstance(evaluation.get("headline"), dict) else {}
+    if headline:
+        figures = " · ".join(_figure(key, value) for key, value in headline.items())
+        lines.append(f"Measured (dalle eval): {figures}")
+    captions = card.get("example_captions")
+    if isinstance(captions, list) and captions:
+        lines.append("Example captions:")
+        lines += [f"  • {caption}" for caption in captions]
+    return "\n".join(lines)
 
 
 class SettingsDialog(QDialog):
@@ -76,7 +147,7 @@ class SettingsDialog(QDialog):
         browse.clicked.connect(self._browse)
         self.card = QPlainTextEdit(readOnly=True)
         self.card.setMinimumHeight(160)
-        self.bundle.textChanged.connect(lambda text: self.card.setPlainText(card_text(text)))
+        self.bundle.textChanged.connect(self._show_card)  # a method: no lambda outlives it
         self.card.setPlainText(card_text(bundle))
         row = QHBoxLayout()
         row.addWidget(self.bundle, 1)
@@ -95,6 +166,9 @@ class SettingsDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(buttons)
+
+    def _show_card(self, path: str) -> None:
+        self.card.setPlainText(card_text(path))
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -13,16 +13,22 @@ No pickle anywhere. ``load`` refuses a bundle that is truncated, is not safetens
 unknown format, missing metadata, an invalid config, missing or extra tensors, wrong shapes or
 non-finite weights, with a ``BundleError`` naming the file and the problem. Structural checks run on
 the header alone, before any weight is read; ``read_card`` and ``read_config`` read only the header.
+
+A bundle is untrusted input, so nothing is allocated on its word: the header is bounded in size,
+tensor count and nesting; every config field is typed and bounded (``model.config.FIELD_RANGES``);
+the models are first built on the meta device, where the stored shapes are compared with theirs
+without a byte of weights; and the attention tables a config asks for must be justified by the
+file's size. Only then are the weights read (as much memory as the file holds) and the models built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model.config import BundleConfig
+from model.files import atomic_path
 from model.text import CaptionTokenizer
 
 logger = logging.getLogger(__name__)
@@ -45,8 +52,13 @@ DEFAULT_BUNDLE_NAME = "default" + SUFFIX
 METADATA_KEYS = ("format", "config", "tokenizer", "card")
 PREFIXES = ("vae", "transformer", "reranker")
 
-# safetensors' own ceiling on the JSON header; a larger length field means "not safetensors"
-MAX_HEADER_BYTES = 100_000_000
+# The JSON header: a bundle's is tens of KB (the default's 39 KB; an imported DALL·E Mega with its
+# 50k-token BPE a few MB). Parsing 16 MB of hostile JSON stays within a couple of hundred MB.
+MAX_HEADER_BYTES = 16 * 2**20
+MAX_TENSORS = 65_536  # DALL·E Mega has about 1,000; ruDALL-E XL about 600
+MAX_RANK = 8  # dimensions of one tensor
+# attention tables (not weights, so not paid for by the file) up to this much or 4x the file
+MIN_TABLE_BUDGET = 256 * 2**20
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -188,26 +200,14 @@ def save(bundle: Bundle, path: str | os.PathLike) -> Path:
     }
     tensors = _tensors_for_saving(bundle)
 
+    if not path.parent.is_dir():
+        raise BundleError(path, f"cannot save: folder {path.parent} does not exist")
     try:
-        # same folder as the target, so that os.replace is a rename on one file system
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except FileNotFoundError as error:
-        raise BundleError(path, f"cannot save: folder {path.parent} does not exist") from error
+        # a model file is for everyone to read: not private
+        with atomic_path(path) as temp:
+            save_file(tensors, str(temp), metadata=metadata)
     except OSError as error:
         raise BundleError(path, f"cannot save: {error.strerror or error}") from error
-    tmp = Path(tmp_name)
-    try:
-        os.close(fd)
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:  # on disk before the rename, or a crash could leave it empty
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException as error:
-        tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise BundleError(path, f"cannot save: {error.strerror or error}") from error
-        raise
     logger.info("saved model bundle %s (%d tensors)", path, len(tensors))
     return path
 
@@ -253,7 +253,9 @@ def read_header(path: str | os.PathLike) -> Header:
             (header_len,) = struct.unpack("<Q", f.read(8))
             if header_len > MAX_HEADER_BYTES:
                 raise BundleError(
-                    path, f"not a safetensors file: its header length field reads {header_len}"
+                    path,
+                    f"not a safetensors file (or not a bundle): its header length field reads "
+                    f"{header_len} bytes; a bundle's header is at most {MAX_HEADER_BYTES}",
                 )
             if 8 + header_len > size:
                 raise BundleError(
@@ -264,18 +266,18 @@ def read_header(path: str | os.PathLike) -> Header:
             raw = f.read(header_len)
     except OSError as error:
         raise BundleError(path, f"cannot read: {error.strerror or error}") from error
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(
-            path, f"not a safetensors file: its header is not JSON ({error})"
-        ) from None
+    header = parse_json(path, raw, "not a safetensors file: its header")
     if not isinstance(header, dict):
         raise BundleError(path, "not a safetensors file: its header is not a JSON object")
 
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise BundleError(path, "corrupt header: __metadata__ is not a map of strings")
+    if len(header) > MAX_TENSORS:
+        raise BundleError(
+            path,
+            f"corrupt header: it lists {len(header)} tensors; a bundle has at most {MAX_TENSORS}",
+        )
     data_len = size - 8 - header_len
     tensors = {}
     for name, entry in header.items():
@@ -284,25 +286,52 @@ def read_header(path: str | os.PathLike) -> Header:
 
 
 def _tensor_entry(path: Path, name: str, entry: Any, data_len: int) -> TensorEntry:
-    try:
-        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        shape = tuple(int(d) for d in shape)
-        begin, end = int(begin), int(end)
-    except (TypeError, KeyError, ValueError) as error:
-        raise BundleError(path, f"corrupt header: malformed entry for tensor {name}") from error
-    if not 0 <= begin <= end or min(shape, default=0) < 0:
-        raise BundleError(path, f"corrupt header: impossible offsets or shape for tensor {name}")
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise BundleError(path, f"corrupt header: malformed entry for tensor {name}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_BYTES:
+        raise BundleError(path, f"corrupt header: tensor {name} has unknown dtype {dtype!r:.40}")
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= MAX_RANK
+        and all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise BundleError(
+            path,
+            f"corrupt header: tensor {name} has shape {shape!r:.60}; expected a list of at most "
+            f"{MAX_RANK} non-negative integers",
+        )
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(o) is int for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        raise BundleError(
+            path, f"corrupt header: impossible data_offsets {offsets!r:.60} for tensor {name}"
+        )
+    begin, end = offsets
     if end > data_len:
         raise BundleError(
             path,
             f"truncated: tensor {name} needs bytes up to {end} of the data section "
             f"but the file holds only {data_len}",
         )
-    if dtype in DTYPE_BYTES and end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
+    if end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
         raise BundleError(
-            path, f"corrupt header: tensor {name} of shape {list(shape)} does not fit its bytes"
+            path, f"corrupt header: tensor {name} of shape {shape} does not fit its bytes"
         )
-    return TensorEntry(dtype=dtype, shape=shape, begin=begin, end=end)
+    return TensorEntry(dtype=dtype, shape=tuple(shape), begin=begin, end=end)
+
+
+def parse_json(path: Path, text: str | bytes, what: str) -> Any:
+    """JSON from a bundle, any failure one BundleError: ``what`` names the part ("its card")."""
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(path, f"{what} is not JSON ({error})") from None
+    except RecursionError:
+        raise BundleError(path, f"{what} is nested too deeply to be read") from None
 
 
 def _check_format(path: Path, metadata: Mapping[str, str]) -> None:
@@ -319,12 +348,12 @@ def _check_format(path: Path, metadata: Mapping[str, str]) -> None:
 
 
 def _parse_config(path: Path, metadata: Mapping[str, str]) -> BundleConfig:
+    data = parse_json(path, metadata["config"], "invalid config metadata: the config")
     try:
-        data = json.loads(metadata["config"])
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         config = BundleConfig.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         detail = f"missing {error}" if isinstance(error, KeyError) else str(error)
         raise BundleError(path, f"invalid config metadata: {detail}") from None
     problems = config_problems(config)
@@ -334,10 +363,7 @@ def _parse_config(path: Path, metadata: Mapping[str, str]) -> BundleConfig:
 
 
 def _parse_card(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
-    try:
-        card = json.loads(metadata["card"])
-    except json.JSONDecodeError as error:
-        raise BundleError(path, f"invalid card metadata: {error}") from None
+    card = parse_json(path, metadata["card"], "invalid card metadata: the card")
     if not isinstance(card, dict):
         raise BundleError(path, "invalid card metadata: not a JSON object")
     return card
@@ -362,30 +388,50 @@ def read_config(path: str | os.PathLike) -> BundleConfig:
 # -- loading -------------------------------------------------------------------------------------
 
 
-def build_models(config: BundleConfig) -> dict[str, nn.Module]:
-    """Fresh models for ``config``, keyed by tensor prefix (the reranker only when configured)."""
+def build_models(
+    config: BundleConfig, device: str | torch.device | None = None
+) -> dict[str, nn.Module]:
+    """Fresh models for ``config``, keyed by tensor prefix (the reranker only when configured).
+
+    ``device="meta"`` builds them without allocating their weights: their shapes, for checking a
+    file's tensors before anything of its size is allocated.
+    """
     from model.dvae import DVAE
     from model.transformer import Transformer
 
-    models = {"vae": DVAE(config.vae), "transformer": Transformer(config.transformer)}
-    if config.reranker is not None:
-        try:
-            from model.rerank import Reranker
-        except ModuleNotFoundError as error:
-            if error.name != "model.rerank":
-                raise
-            raise ValueError("this installation has no reranker (model.rerank)") from error
-        models["reranker"] = Reranker(config.reranker)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        models = {"vae": DVAE(config.vae), "transformer": Transformer(config.transformer)}
+        if config.reranker is not None:
+            try:
+                from model.rerank import Reranker
+            except ModuleNotFoundError as error:
+                if error.name != "model.rerank":
+                    raise
+                raise ValueError("this installation has no reranker (model.rerank)") from error
+            models["reranker"] = Reranker(config.reranker)
     return models
 
 
-def _check_tensors(path: Path, header: Header, models: Mapping[str, nn.Module]) -> None:
-    """Names, shapes and kinds of the stored tensors against the models built from the config."""
-    expected = {
-        f"{prefix}.{name}": tensor
-        for prefix, module in models.items()
-        for name, tensor in module.state_dict().items()
-    }
+def _check_table_budget(path: Path, config: BundleConfig) -> None:
+    """Refuse a config whose attention tables (not weights: the file does not pay for them) are
+    more than the file's size justifies."""
+    from model.transformer import attention_table_bytes
+
+    tables = attention_table_bytes(config.transformer)
+    allowed = max(MIN_TABLE_BUDGET, 4 * path.stat().st_size)
+    if tables > allowed:
+        tf = config.transformer
+        raise BundleError(
+            path,
+            f"its {tf.grid}x{tf.grid} grid after {tf.text_len} text positions needs "
+            f"{tables / 2**20:.0f} MB of attention tables; a bundle of this size may ask for "
+            f"at most {allowed / 2**20:.0f} MB",
+        )
+
+
+def check_tensors(path: Path, header: Header, expected: Mapping[str, torch.Tensor]) -> None:
+    """Names, shapes and kinds of the stored tensors against ``expected`` (meta tensors will do:
+    nothing is read or allocated)."""
     missing = expected.keys() - header.tensors.keys()
     if missing:
         raise BundleError(path, f"missing tensors ({len(missing)}): {_few(missing)}")
@@ -401,6 +447,32 @@ def _check_tensors(path: Path, header: Header, models: Mapping[str, nn.Module]) 
             wrong.append(f"{name} (expected {tensor.dtype}, got {entry.dtype})")
     if wrong:
         raise BundleError(path, f"wrong shape or dtype: {_few(wrong)}")
+
+
+def _check_tensors(path: Path, header: Header, models: Mapping[str, nn.Module]) -> None:
+    """The stored tensors against the models built from the config (on the meta device)."""
+    expected = {
+        f"{prefix}.{name}": tensor
+        for prefix, module in models.items()
+        for name, tensor in module.state_dict().items()
+    }
+    check_tensors(path, header, expected)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a file whose header was checked, refusing non-finite weights."""
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise BundleError(path, f"not a valid safetensors file: {error}") from None
+    non_finite = [
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if non_finite:
+        raise BundleError(path, f"non-finite weights (NaN or inf) in {_few(non_finite)}")
+    return tensors
 
 
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Bundle:
@@ -421,22 +493,14 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     if problems:
         raise BundleError(path, "inconsistent config: " + "; ".join(problems))
     try:
-        models = build_models(config)
-    except (ValueError, TypeError) as error:  # e.g. dim not divisible by heads, a string size
+        shapes = build_models(config, device="meta")  # no weights allocated
+    except (ValueError, TypeError) as error:  # e.g. an even conv_kernel, image_size vs groups
         raise BundleError(path, f"cannot build its models: {error}") from None
-    _check_tensors(path, header, models)
+    _check_tensors(path, header, shapes)
+    _check_table_budget(path, config)
 
-    try:
-        tensors = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, RuntimeError) as error:
-        raise BundleError(path, f"not a valid safetensors file: {error}") from None
-    non_finite = [
-        name
-        for name, tensor in tensors.items()
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
-    ]
-    if non_finite:
-        raise BundleError(path, f"non-finite weights (NaN or inf) in {_few(non_finite)}")
+    tensors = read_tensors(path)
+    models = build_models(config)  # every shape checked: as big as the file's own tensors
 
     for prefix, module in models.items():
         start = len(prefix) + 1

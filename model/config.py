@@ -7,8 +7,24 @@ checkpoints do with ``GPTConfig(**checkpoint["model_args"])``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+# Bounds for every config read from a file (a bundle, a dVAE), checked before a model is built
+# from it: wide enough for the DALL·E family that importers bring (DALL·E Mega: dim 2048, 24 + 24
+# layers, 50264 text and 16384 image codes, text_len 64; ruDALL-E XL: dim 2560, depth 32,
+# text_len 128, a 32x32 grid of 8192 codes at 256 px), narrow enough that a file cannot make
+# the loader build a million layers or a 20000-wide model before its tensors are checked.
+MAX_DIM = 16384
+MAX_DEPTH = 256
+MAX_VOCAB = 2**20
+MAX_TEXT_LEN = 4096
+MAX_GRID = 128
+MAX_IMAGE_SIZE = 4096
+MAX_GROUPS = 8  # dVAE downsampling 2**7 = 128
+MAX_BLOCKS = 64  # dVAE blocks per group
+MAX_CHANNELS = 4
 
 
 @dataclass
@@ -148,18 +164,92 @@ class BundleConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BundleConfig:
-        def build(kind: type, values: dict[str, Any] | None):
-            if values is None:
-                return None
-            names = {f.name for f in dataclasses.fields(kind)}
-            unknown = set(values) - names
-            if unknown:
-                raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
-            return kind(**values)
-
+        """A config read from a file: every section a JSON object, every field of the right type
+        and within ``FIELD_RANGES`` (ValueError naming ``section.field``, its value and what was
+        expected). Only the reranker may be absent (None)."""
+        reranker = data.get("reranker")
         return cls(
-            vae=build(DVAEConfig, data["vae"]),
-            text=build(TextConfig, data["text"]),
-            transformer=build(TransformerConfig, data["transformer"]),
-            reranker=build(RerankerConfig, data.get("reranker")),
+            vae=config_from_dict(DVAEConfig, data["vae"], "vae"),
+            text=config_from_dict(TextConfig, data["text"], "text"),
+            transformer=config_from_dict(TransformerConfig, data["transformer"], "transformer"),
+            reranker=None
+            if reranker is None
+            else config_from_dict(RerankerConfig, reranker, "reranker"),
         )
+
+
+# (lowest, highest) of every field a file may set; ints must be JSON integers, floats numbers
+FIELD_RANGES: dict[type, dict[str, tuple[float, float]]] = {
+    DVAEConfig: {
+        "image_size": (1, MAX_IMAGE_SIZE),
+        "channels": (1, MAX_CHANNELS),
+        "n_groups": (1, MAX_GROUPS),
+        "n_hid": (1, MAX_DIM),
+        "n_blk_per_group": (1, MAX_BLOCKS),
+        "vocab_size": (2, MAX_VOCAB),
+        "n_init": (1, MAX_DIM),
+        "logit_laplace_eps": (0.0, 0.5),
+        "dec_n_hid": (0, MAX_DIM),
+        "dec_n_blk_per_group": (0, MAX_BLOCKS),
+    },
+    TextConfig: {
+        "vocab_size": (1, MAX_VOCAB),
+        "text_len": (1, MAX_TEXT_LEN),
+        "bpe_dropout": (0.0, 1.0),
+    },
+    TransformerConfig: {
+        "text_vocab": (1, MAX_VOCAB),
+        "text_len": (1, MAX_TEXT_LEN),
+        "image_vocab": (2, MAX_VOCAB),
+        "grid": (1, MAX_GRID),
+        "dim": (1, MAX_DIM),
+        "depth": (1, MAX_DEPTH),
+        "heads": (1, MAX_DIM),
+        "conv_kernel": (1, 2 * MAX_GRID + 1),
+        "dropout": (0.0, 1.0),
+        "text_loss_weight": (0.0, 1.0),
+    },
+    RerankerConfig: {
+        "text_vocab": (1, MAX_VOCAB + MAX_TEXT_LEN),  # BPE ids and the padding ids
+        "text_len": (1, MAX_TEXT_LEN),
+        "image_size": (8, MAX_IMAGE_SIZE),
+        "dim": (1, MAX_DIM),
+        "text_layers": (1, MAX_DEPTH),
+        "heads": (1, MAX_DIM),
+        "image_width": (1, MAX_DIM),
+    },
+}
+
+
+def config_from_dict(kind: type, values: Any, section: str):
+    """``kind(**values)`` for values read from a file, each checked against ``FIELD_RANGES``.
+
+    Raises ValueError naming ``section.field``, the value and what was expected; missing fields
+    take their defaults.
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"{section} must be a JSON object, got {values!r:.40}")
+    ranges = FIELD_RANGES[kind]
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+    for name, value in values.items():
+        low, high = ranges[name]
+        where = f"{section}.{name} is {value!r:.40}"
+        if fields[name].type == "int":
+            if type(value) is not int:  # not a bool, a float or a string
+                raise ValueError(f"{where}; expected an integer from {low} to {high}")
+        elif type(value) not in (int, float) or not math.isfinite(value):
+            raise ValueError(f"{where}; expected a number from {low} to {high}")
+        if value < low:
+            raise ValueError(f"{where}; expected at least {low}")
+        if value > high:
+            raise ValueError(f"{where}; expected at most {high}")
+    config = kind(**values)
+    heads = getattr(config, "heads", None)
+    if heads is not None and config.dim % heads:
+        raise ValueError(
+            f"{section}.heads is {heads}; expected a number that divides dim {config.dim}"
+        )
+    return config

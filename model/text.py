@@ -117,7 +117,8 @@ class CaptionTokenizer:
         try:
             tokenizer = Tokenizer.from_str(data)
         except Exception as error:  # tokenizers raises a bare Exception
-            raise ValueError(f"not a valid tokenizers JSON: {error}") from error
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"not a valid tokenizers JSON: {detail}") from None
         return cls(tokenizer, text_len)
 
     # -- sizes --------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.files import atomic_path, atomic_write, write_text
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
@@ -93,9 +95,8 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as handle:
+        torch.save(obj, handle)
 
 
 class EMA:
@@ -260,10 +261,16 @@ class Trainer:
                 for line in metrics.read_text().splitlines()
                 if line.strip() and json.loads(line)["step"] <= self.step
             ]
-            tmp = metrics.with_name(METRICS + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, metrics)
+            write_text(metrics, "".join(line + "\n" for line in kept))
         log.info("resumed %s at step %d", path, self.step)
+
+    def _append_metrics(self, record: dict) -> None:
+        """One more line of metrics.jsonl, through the atomic writer like every file: the file is
+        rewritten whole (a few KB per thousand steps) rather than opened for appending, which
+        would follow a symlink planted at its name."""
+        path = self.out_dir / METRICS
+        before = path.read_text() if path.is_file() else ""
+        write_text(path, before + json.dumps(record) + "\n")
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -308,8 +315,7 @@ class Trainer:
                     world_size=self.dist.world,
                 )
                 if self.dist.main:
-                    with open(self.out_dir / METRICS, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                    self._append_metrics(record)
                 self._emit("on_step", metrics=record)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
@@ -388,31 +394,42 @@ def save_vae(vae, path: Path, card: dict) -> None:
         "config": json.dumps(asdict(vae.config)),
         "card": json.dumps(card),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata=meta)
 
 
 def load_vae(path: str | Path, device="cpu"):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from model.config import DVAEConfig
+    """A ``save_vae`` file, read through the bundle's checks: a bounded header, every config field
+    typed and bounded, shapes compared on the meta device before any weight is read."""
+    from model.bundle import BundleError, check_tensors, parse_json, read_header, read_tensors
+    from model.config import DVAEConfig, config_from_dict
     from model.dvae import DVAE
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such dVAE file")
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception as error:  # safetensors raises its own error types
-        raise ValueError(f"{path}: not a dVAE safetensors file ({error})") from None
-    if meta.get("format") != VAE_FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {VAE_FORMAT!r}")
-    vae = DVAE(DVAEConfig(**json.loads(meta["config"])))
-    vae.load_state_dict(load_file(str(path)))
-    return vae.to(device).eval(), json.loads(meta.get("card", "{}"))
+        header = read_header(path)
+        meta = header.metadata
+        if meta.get("format") != VAE_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {VAE_FORMAT!r}")
+        if "config" not in meta:
+            raise ValueError("no config in its metadata")
+        config = config_from_dict(DVAEConfig, parse_json(path, meta["config"], "config"), "config")
+        with torch.device("meta"):
+            shapes = DVAE(config).state_dict()
+        check_tensors(path, header, shapes)
+        card = parse_json(path, meta.get("card", "{}"), "card")
+        if not isinstance(card, dict):
+            raise ValueError("its card is not a JSON object")
+        tensors = read_tensors(path)
+    except BundleError as error:
+        raise ValueError(f"dVAE {path}: {error.problem}") from None
+    except ValueError as error:
+        raise ValueError(f"dVAE {path}: {error}") from None
+    vae = DVAE(config)
+    vae.load_state_dict(tensors)
+    return vae.to(device).eval(), card
 
 
 class Objective(nn.Module):
@@ -596,20 +613,18 @@ def train_transformer(
     tokenizer_path = out_dir / "tokenizer.json"
     if start is not None:
         tokenizer = start.tokenizer
-        tokenizer_path.write_text(tokenizer.to_json())
+        write_text(tokenizer_path, tokenizer.to_json())
     elif resume and tokenizer_path.exists():
         tokenizer = CaptionTokenizer.from_json(tokenizer_path.read_text(), text_config.text_len)
     elif tokenizer_file is not None:
         tokenizer = CaptionTokenizer.from_json(
             Path(tokenizer_file).read_text(), text_config.text_len
         )
-        tokenizer_path.write_text(tokenizer.to_json())
+        write_text(tokenizer_path, tokenizer.to_json())
     else:
         all_lines = [line for _, lines in dataset.samples for line in lines]
         tokenizer = CaptionTokenizer.train(all_lines, text_config.vocab_size, text_config.text_len)
-        tmp = tokenizer_path.with_name(tokenizer_path.name + ".tmp")
-        tmp.write_text(tokenizer.to_json())
-        os.replace(tmp, tokenizer_path)
+        write_text(tokenizer_path, tokenizer.to_json())
     tf_config.text_vocab = tokenizer.vocab_size
     tf_config.text_len = tokenizer.text_len
     tf_config.image_vocab = vae.config.vocab_size

@@ -81,6 +81,19 @@ def decode_keys(kind: str, config: TransformerConfig) -> tuple[torch.Tensor, lis
     return index, counts.tolist()
 
 
+def attention_table_bytes(config: TransformerConfig) -> int:
+    """Bytes the attention tables of a model built from ``config`` take while they are made.
+
+    They are not parameters and grow with the square of the stream: three (L, L) bool masks kept,
+    int64 and bool (N, N) temporaries while ``image_mask`` runs (N = grid**2), and per kind a
+    padded (L, K) gather table of int64 keys and fp32 biases. A bundle's file pays for its
+    parameters; this is what its config alone can ask for (``model.bundle`` bounds it).
+    """
+    length, cells = config.seq_len, config.image_len
+    window = config.text_len + max(config.grid + 1, min(config.conv_kernel, config.grid) ** 2)
+    return 3 * length**2 + 11 * cells**2 + 3 * length * window * (8 + 4)
+
+
 def attention_dtype(x: torch.Tensor) -> torch.Tensor:
     """Attention runs in fp32 on CPU whatever the weights: CPU bf16 attention kernels are 2-7x
     slower than fp32 at these sizes (measured: 42 vs 20 us for one query, 940 vs 180 us for a
@@ -218,6 +231,14 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.dim)
         self.to_text = nn.Linear(config.dim, config.text_vocab_padded, bias=False)
         self.to_image = nn.Linear(config.dim, config.image_vocab, bias=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):  # GPT-2's scaled init of residual projections
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.depth))
+        if self.ln_f.weight.is_meta:
+            # built under torch.device("meta") only to know its parameters' shapes (model.bundle
+            # checks a file's tensors against them): no tables, they are not parameters
+            return
         for kind in (ROW, COLUMN, CONV):
             self.register_buffer(f"mask_{kind}", stream_mask(kind, config), persistent=False)
             index, counts = decode_keys(kind, config)
@@ -225,10 +246,6 @@ class Transformer(nn.Module):
             bias = torch.zeros(padding.shape).masked_fill(padding, float("-inf"))
             self.register_buffer(f"keys_{kind}", index, persistent=False)
             self.register_buffer(f"bias_{kind}", bias, persistent=False)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):  # GPT-2's scaled init of residual projections
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.depth))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

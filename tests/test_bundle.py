@@ -320,13 +320,13 @@ def test_inconsistent_config_is_refused(saved, tmp_path):
 
 
 def test_unbuildable_config_is_refused(saved, tmp_path):
-    def odd_heads(meta):
+    def even_kernel(meta):
         config = json.loads(meta["config"])
-        config["transformer"]["heads"] = 3
+        config["transformer"]["conv_kernel"] = 4
         meta["config"] = json.dumps(config)
 
-    path = rewrite(saved, tmp_path / "heads.dalle.safetensors", metadata=odd_heads)
-    refused(path, "cannot build its models", "heads")
+    path = rewrite(saved, tmp_path / "kernel.dalle.safetensors", metadata=even_kernel)
+    refused(path, "cannot build its models", "conv_kernel")
 
 
 def test_invalid_tokenizer_is_refused(saved, tmp_path):
@@ -407,3 +407,219 @@ def test_save_refuses_a_card_that_is_not_json(original, tmp_path):
     )
     with pytest.raises(BundleError, match="card is not JSON"):
         save(odd, tmp_path / "m.dalle.safetensors")
+
+
+# -- hostile configs and headers: refused from the header alone, before any allocation ------------
+
+
+def with_config(saved: Path, dst: Path, **changes) -> Path:
+    """``saved`` with config sections edited (``transformer={"depth": 9}``, ``vae=None``)."""
+
+    def edit(meta):
+        config = json.loads(meta["config"])
+        for section, values in changes.items():
+            if not isinstance(values, dict) or not isinstance(config.get(section), dict):
+                config[section] = values
+            else:
+                config[section].update(values)
+        meta["config"] = json.dumps(config)
+
+    return rewrite(saved, dst, metadata=edit)
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    scale = 1024 if sys.platform != "darwin" else 1024 * 1024  # kB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+@pytest.mark.parametrize(
+    "section, values, fragments",
+    [
+        ("transformer", {"depth": 1_000_000}, ["transformer.depth", "1000000", "at most 256"]),
+        ("transformer", {"dim": 20_000}, ["transformer.dim", "20000", "at most 16384"]),
+        ("transformer", {"heads": 0}, ["transformer.heads", "at least 1"]),
+        ("transformer", {"heads": 5}, ["transformer.heads", "divide", "dim 32"]),
+        ("transformer", {"grid": 1000}, ["transformer.grid"]),
+        ("transformer", {"text_len": 10**9}, ["transformer.text_len"]),
+        ("transformer", {"image_vocab": 2**40}, ["transformer.image_vocab"]),
+        ("transformer", {"dim": "32"}, ["transformer.dim", "'32'", "integer"]),
+        ("transformer", {"dim": True}, ["transformer.dim", "True", "integer"]),
+        ("transformer", {"dim": 32.0}, ["transformer.dim", "32.0", "integer"]),
+        ("transformer", {"depth": [2]}, ["transformer.depth", "integer"]),
+        ("transformer", {"dropout": "0.1"}, ["transformer.dropout", "number"]),
+        ("transformer", {"dropout": float("nan")}, ["transformer.dropout", "nan"]),
+        ("vae", {"n_groups": 40}, ["vae.n_groups"]),
+        ("vae", {"image_size": 10**6}, ["vae.image_size"]),
+        ("vae", {"vocab_size": -1}, ["vae.vocab_size"]),
+        ("text", {"text_len": 0}, ["text.text_len"]),
+        ("transformer", None, ["transformer", "JSON object", "None"]),
+        ("vae", [1, 2], ["vae", "JSON object"]),
+        ("reranker", {"dim": 8, "heads": 0}, ["reranker.heads"]),
+        ("reranker", "yes", ["reranker", "JSON object"]),
+    ],
+)
+def test_config_fields_are_bounded_and_typed(saved, tmp_path, section, values, fragments):
+    path = with_config(saved, tmp_path / "hostile.dalle.safetensors", **{section: values})
+    message = refused(path, "invalid config", *fragments)
+    assert "\n" not in message
+    with pytest.raises(BundleError, match="invalid config"):
+        read_config(path)
+
+
+def test_real_dalle_family_configs_are_within_bounds():
+    from model.config import (
+        DVAEConfig,
+        RerankerConfig,
+        TextConfig,
+        TransformerConfig,
+        config_from_dict,
+    )
+
+    mega = TransformerConfig(
+        text_vocab=50264, text_len=64, image_vocab=16384, grid=16, dim=2048, depth=48, heads=32
+    )
+    surrealist = TransformerConfig(
+        text_vocab=16384, text_len=128, image_vocab=8192, grid=32, dim=2560, depth=32, heads=32
+    )
+    for config in (mega, surrealist):
+        assert config_from_dict(TransformerConfig, config.__dict__, "transformer") == config
+    openai = DVAEConfig(image_size=256, n_hid=256, n_blk_per_group=2, vocab_size=8192)
+    assert config_from_dict(DVAEConfig, openai.__dict__, "vae") == openai
+    assert config_from_dict(TextConfig, {"vocab_size": 50264, "text_len": 64}, "text")
+    assert config_from_dict(RerankerConfig, {"text_vocab": 50328, "image_size": 256}, "reranker")
+
+
+def test_a_large_config_with_small_tensors_allocates_nothing(saved, tmp_path):
+    # within bounds, 800 MB of weights by its config, a few hundred KB in the file: the shapes
+    # are compared on the meta device and nothing the size of the config is ever allocated
+    path = with_config(
+        saved, tmp_path / "big.dalle.safetensors", transformer={"dim": 1024, "depth": 16}
+    )
+    before = peak_rss_mb()
+    refused(path, "transformer.blocks")
+    assert peak_rss_mb() - before < 300
+
+
+def forged(path: Path, grid: int, text_len: int) -> Path:
+    """A bundle written by hand, every tensor the right shape (zeros) but as few as possible,
+    for a config whose models would be costly to build: a real save would build them."""
+    from model.bundle import build_models
+
+    tokenizer = CaptionTokenizer.train(CAPTIONS, vocab_size=300, text_len=text_len)
+    config = BundleConfig(
+        vae=DVAEConfig(image_size=grid * 4, n_groups=3, n_hid=4, vocab_size=8, n_init=4),
+        text=TextConfig(vocab_size=tokenizer.vocab_size, text_len=text_len),
+        transformer=TransformerConfig(
+            text_vocab=tokenizer.vocab_size,
+            text_len=text_len,
+            image_vocab=8,
+            grid=grid,
+            dim=4,
+            depth=1,
+            heads=1,
+            conv_kernel=3,
+        ),
+    )
+    tensors = {
+        f"{prefix}.{name}": torch.zeros(tensor.shape, dtype=tensor.dtype, device="cpu")
+        for prefix, module in build_models(config, device="meta").items()
+        for name, tensor in module.state_dict().items()
+    }
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(config.to_dict()),
+        "tokenizer": tokenizer.to_json(),
+        "card": "{}",
+    }
+    save_file(tensors, path, metadata=metadata)
+    return path
+
+
+def test_attention_tables_beyond_what_the_file_justifies_are_refused(tmp_path):
+    small = load(forged(tmp_path / "small.dalle.safetensors", grid=8, text_len=8))
+    assert small.config.transformer.grid == 8  # the forged layout is a valid bundle
+    # a 128x128 grid after 2048 text positions: gigabytes of attention tables, for a tiny file
+    path = forged(tmp_path / "tables.dalle.safetensors", grid=128, text_len=2048)
+    assert path.stat().st_size < 2**20
+    before = peak_rss_mb()
+    message = refused(path, "attention tables", "128x128")
+    assert peak_rss_mb() - before < 300
+    assert "\n" not in message
+
+
+def test_models_build_on_the_meta_device():
+    from model.bundle import build_models
+    from model.config import RerankerConfig
+
+    config = BundleConfig(
+        vae=DVAEConfig(image_size=256, n_hid=256, n_blk_per_group=2, vocab_size=8192),
+        text=TextConfig(vocab_size=16384, text_len=128),
+        transformer=TransformerConfig(
+            text_vocab=16384, text_len=128, image_vocab=8192, grid=32, dim=2560, depth=32, heads=32
+        ),
+        reranker=RerankerConfig(text_vocab=16384 + 128, text_len=128, image_size=256),
+    )
+    before = peak_rss_mb()
+    models = build_models(config, device="meta")
+    assert peak_rss_mb() - before < 300  # ~3 billion parameters, none allocated
+    weights = models["transformer"].state_dict()
+    assert weights["text_pos.weight"].shape == (128, 2560) and weights["text_pos.weight"].is_meta
+    assert all(t.is_meta for m in models.values() for t in m.state_dict().values())
+
+
+def deep(depth: int = 100_000) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("key", ["config", "card", "tokenizer"])
+def test_deeply_nested_metadata_is_refused(saved, tmp_path, key):
+    def nest(meta):
+        meta[key] = deep()
+
+    path = rewrite(saved, tmp_path / "deep.dalle.safetensors", metadata=nest)
+    message = refused(path, key)
+    assert "\n" not in message
+
+
+def raw_bundle(path: Path, header: bytes, data: bytes = b"") -> Path:
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+    return path
+
+
+def test_deeply_nested_header_is_refused(tmp_path):
+    path = raw_bundle(tmp_path / "deep.dalle.safetensors", deep().encode())
+    refused(path, "not a safetensors file", "nested")
+    with pytest.raises(BundleError, match="nested"):
+        read_card(path)
+
+
+def test_huge_tensor_counts_and_headers_are_refused(saved, tmp_path):
+    entry = {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+    many = {f"t{i}": entry for i in range(bundle_module.MAX_TENSORS + 1)}
+    path = raw_bundle(tmp_path / "many.dalle.safetensors", json.dumps(many).encode())
+    refused(path, "tensors", str(bundle_module.MAX_TENSORS + 1))
+    big = tmp_path / "big-header.dalle.safetensors"
+    with open(big, "wb") as f:
+        f.write((bundle_module.MAX_HEADER_BYTES + 1).to_bytes(8, "little"))
+        f.truncate(bundle_module.MAX_HEADER_BYTES + 16)  # sparse: the length is not a lie
+    refused(big, "header", str(bundle_module.MAX_HEADER_BYTES + 1))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dtype": "F32", "shape": "12", "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]},
+        {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]},
+        {"dtype": "F32", "shape": [2], "data_offsets": [0, "8"]},
+        {"dtype": "F32", "shape": [2] * 40, "data_offsets": [0, 8]},
+        ["not", "an", "object"],
+    ],
+)
+def test_malformed_tensor_entries_are_refused(tmp_path, entry):
+    header = json.dumps({"__metadata__": {"format": FORMAT}, "w": entry}).encode()
+    path = raw_bundle(tmp_path / "entry.dalle.safetensors", header, b"\x00" * 8)
+    refused(path, "tensor w")

@@ -424,3 +424,104 @@ def test_reranker_init_and_reconstructed_images(scenes, tmp_path, capsys):
     vae_argv = ["train", "vae", "--data", str(scenes), "--out", str(tmp_path / "v2")]
     assert cli.main(vae_argv + ["--reconstructed", "--quiet"]) != 0
     assert "--reconstructed is for train reranker only" in capsys.readouterr().err
+
+
+# -- dVAE files are read through the bundle's checks ------------------------------------------
+
+
+def saved_vae(tmp_path, **config_changes) -> Path:
+    """A tiny dVAE file whose stored config (not its tensors) is edited by ``config_changes``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from model.dvae import DVAE
+    from model.train import save_vae
+
+    path = tmp_path / "vae.safetensors"
+    save_vae(DVAE(TINY_VAE), path, {"steps": 1})
+    if config_changes:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata())
+        config = json.loads(meta["config"])
+        config.update(config_changes)
+        meta["config"] = json.dumps(config)
+        save_file(load_file(path), path, metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, fragments",
+    [
+        ({"n_hid": 1_000_000}, ["n_hid", "1000000", "at most"]),
+        ({"n_groups": "4"}, ["n_groups", "integer"]),
+        ({"vocab_size": True}, ["vocab_size", "integer"]),
+        ({"n_hid": 512}, ["wrong shape"]),  # within bounds: shapes compared on the meta device
+    ],
+)
+def test_a_hostile_vae_file_is_refused_in_one_line(tmp_path, changes, fragments):
+    from model.train import load_vae
+
+    path = saved_vae(tmp_path, **changes)
+    with pytest.raises(ValueError) as caught:
+        load_vae(path)
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_a_vae_file_with_deep_json_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from model.train import load_vae
+
+    path = saved_vae(tmp_path)
+    for key in ("config", "card"):
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata())
+        meta[key] = "[" * 100_000 + "]" * 100_000
+        save_file(load_file(path), path, metadata=meta)
+        with pytest.raises(ValueError, match="nested too deeply"):
+            load_vae(path)
+
+
+def test_vae_round_trip_and_atomic_save(tmp_path):
+    from model.dvae import DVAE
+    from model.train import load_vae, save_vae
+
+    vae = DVAE(TINY_VAE)
+    path = tmp_path / "vae.safetensors"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "vae.safetensors.tmp").symlink_to(victim)  # the old predictable temp name
+    save_vae(vae, path, {"steps": 1})
+    assert victim.read_text() == "keep me"
+    loaded, card = load_vae(path)
+    assert card == {"steps": 1}
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(vae.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "vae.safetensors",
+        "vae.safetensors.tmp",
+        "victim.txt",
+    ]
+
+
+def test_training_writers_do_not_follow_planted_symlinks(scenes, tmp_path):
+    # checkpoint, metrics (rewritten on resume) and the tokenizer: none may write through a
+    # symlink at its old predictable temporary name
+    from model.train import CHECKPOINT, METRICS
+
+    out = tmp_path / "run"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in (CHECKPOINT + ".tmp", METRICS + ".tmp", "tokenizer.json.tmp", "tokens.pt.tmp"):
+        (out / name).symlink_to(victim)
+    train_vae(scenes, out, TINY_VAE, tiny_train_config(steps=2, checkpoint_every=1))
+    train_vae(scenes, out, TINY_VAE, tiny_train_config(steps=3, checkpoint_every=1), resume=True)
+    assert victim.read_text() == "keep me"
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]

@@ -28,6 +28,7 @@ from studio.document import Document
 
 ROOT = Path(__file__).resolve().parent.parent
 PEAK_GROWTH_LIMIT_MB = 200
+TOO_MANY = 20_000  # history entries or archive members: more than any real project holds
 
 
 # -- builders ------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def duplicate_id(manifest: dict) -> None:
 def many_entries(manifest: dict) -> None:
     template = manifest["history"][1]
     manifest["history"] += [
-        dict(template, id=1000 + i, parent=template["parent"]) for i in range(project.MAX_ENTRIES)
+        dict(template, id=1000 + i, parent=template["parent"]) for i in range(TOO_MANY)
     ]
 
 
@@ -229,12 +230,9 @@ NAMED_CASES: list[tuple[str, Callable]] = [
 
 
 def zip_bombs(folder: Path, members: dict[str, bytes]) -> Iterator[tuple[str, Path]]:
-    # a manifest that inflates 1000x: 64 MB of spaces (valid JSON around an object)
-    spaces = b" " * (64 * 2**20) + members["manifest.json"]
-    yield (
-        "manifest inflates 1000x",
-        write_zip(folder / "ratio.dstudio", dict(members, **{"manifest.json": spaces})),
-    )
+    # the issue's bomb: a manifest of 1.5 GB of spaces (valid JSON) in a file of 1.5 MB
+    bomb = write_zip(folder / "bomb.dstudio", {k: v for k, v in members.items() if k != "x"})
+    yield "manifest of 1.5 GB", append_zeros(bomb, "manifest.json", 1536 * 2**20, b" ", True)
     # a manifest above the bound that barely compresses
     noise = np.random.default_rng(0).integers(0, 16, 40 * 2**20, dtype=np.uint8)
     digits = b'{"x": "' + bytes(noise + ord("a")) + b'"}'
@@ -246,18 +244,30 @@ def zip_bombs(folder: Path, members: dict[str, bytes]) -> Iterator[tuple[str, Pa
     forged = folder / "forged.dstudio"
     write_zip(forged, dict(members, **{"manifest.json": digits}))
     yield "declared size forged", forge_declared_size(forged, "manifest.json", 100)
-    # a PNG member declaring 1 GB
-    yield (
-        "png member of 1 GB",
-        write_zip(
-            folder / "png.dstudio",
-            dict(members, **{"history/2.png": b"\0" * (project.MAX_MEMBER_BYTES + 1)}),
-        ),
-    )
+    # a PNG member inflating to 400 MB (more than the largest image the studio opens)
+    png = write_zip(folder / "png.dstudio", {k: v for k, v in members.items() if k != "x"})
+    yield "png member of 400 MB", append_zeros(png, "history/2.png", 400 * 2**20, replace=True)
     # more members than any project has
     crowd = dict(members)
-    crowd.update({f"extra/{i}": b"" for i in range(project.MAX_MEMBERS)})
+    crowd.update({f"extra/{i}": b"" for i in range(TOO_MANY)})
     yield "too many members", write_zip(folder / "crowd.dstudio", crowd, zipfile.ZIP_STORED)
+
+
+def append_zeros(
+    path: Path, name: str, size: int, fill: bytes = b"\0", replace: bool = False
+) -> Path:
+    """Write member ``name`` of ``size`` bytes of ``fill`` into the zip at ``path``, streamed
+    (never whole in memory); ``replace`` drops the member of that name that was there."""
+    with zipfile.ZipFile(path) as source:
+        kept = {n: source.read(n) for n in source.namelist() if not (replace and n == name)}
+    chunk = fill * 2**20
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for kept_name, data in kept.items():
+            archive.writestr(kept_name, data)
+        with archive.open(name, "w", force_zip64=True) as member:
+            for _ in range(size // len(chunk)):
+                member.write(chunk)
+    return path
 
 
 def forge_declared_size(path: Path, name: str, size: int) -> Path:
@@ -379,3 +389,136 @@ print(errors, total, (peak - base) // 1024)
     errors, total, growth_mb = map(int, result.stdout.split())
     assert total == len(hostile) and errors > total // 2
     assert growth_mb < PEAK_GROWTH_LIMIT_MB, f"peak grew {growth_mb} MB"
+
+
+# -- through the window ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    from PySide6.QtCore import QSettings
+
+    from studio.engine import Engine
+    from studio.widgets.main_window import MainWindow
+
+    engine = Engine()
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    win = MainWindow(engine, settings, autosave_folder=tmp_path / "data")
+    win.ask_before_close = False
+    win.set_document(Document(picture()))
+    qtbot.addWidget(win)
+    yield win
+    engine.shutdown()
+
+
+def assert_refused_once(window, document: Document, pixels: np.ndarray, errors: int) -> None:
+    assert len(window.errors) == errors + 1, window.errors[errors:]
+    assert "\n" not in window.errors[-1]
+    assert window.document is document and np.array_equal(document.image, pixels)
+
+
+def test_the_window_shows_each_hostile_project_as_one_line_and_keeps_its_document(window, hostile):
+    document, pixels = window.document, window.document.image.copy()
+    folder = hostile[0][1].parent
+    before = sorted(p.name for p in folder.iterdir())
+    for name, path in hostile:
+        if name.startswith(("manifest.", "entry.")) and not name.endswith(("=0", "=5")):
+            continue  # a sample of the generated ones: the rest is the same code path
+        count = len(window.errors)
+        opened = window.open_path(path)
+        if opened:  # a replacement that is valid after all: back to the document under test
+            window.set_document(document)
+            continue
+        assert_refused_once(window, document, pixels, count)
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def corrupt_autosaves(members: dict[str, bytes]) -> Iterator[tuple[str, Callable[[Path], None]]]:
+    def writer(data: bytes) -> Callable[[Path], None]:
+        return lambda path: path.write_bytes(data)
+
+    def zipped(build: Callable) -> Callable[[Path], None]:
+        return lambda path: write_zip(path, build(copy.deepcopy(members)))
+
+    yield "garbage", writer(b"\x00\x01 not a project")
+    yield "empty", writer(b"")
+    yield "half a zip", writer(b"PK\x03\x04" + b"\0" * 40)
+    yield "bad manifest", zipped(raw_manifest(b"{"))
+    yield "cycle", zipped(manifest_case(cycle))
+    yield "image bomb", zipped(member_case("history/2.png", png_claiming(30000, 30000)))
+    yield "a folder", lambda path: path.mkdir()
+
+
+def test_a_corrupt_autosave_of_any_kind_is_set_aside_and_said_once(window, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a))
+    folder = window.autosave_folder
+    folder.mkdir(exist_ok=True)
+    document, pixels = window.document, window.document.image.copy()
+    for name, write in corrupt_autosaves(valid_members()):
+        write(folder / "autosave.dstudio")
+        count = len(window.errors)
+        window.offer_recovery()
+        assert_refused_once(window, document, pixels, count)
+        assert not (folder / "autosave.dstudio").exists(), name
+        window.offer_recovery()  # the next start: nothing more is said
+        assert len(window.errors) == count + 1, name
+    kept = list(folder.glob("autosave-corrupt-*.dstudio"))
+    assert len(kept) == len(list(corrupt_autosaves(valid_members())))  # every one kept
+    assert not asked  # never offered as if it could be recovered
+
+
+def test_huge_and_odd_clipboard_images(window, qtbot):
+    from PySide6.QtCore import QMimeData, QPointF, Qt
+    from PySide6.QtGui import QColor, QDropEvent, QGuiApplication, QImage
+
+    clipboard = QGuiApplication.clipboard()
+    document, pixels = window.document, window.document.image.copy()
+    huge = [
+        QImage(8000, 7000, QImage.Format.Format_Mono),  # 56 MP in 7 MB
+        QImage(60000, 1000, QImage.Format.Format_Mono),  # 60 MP, a long strip
+        QImage(7100, 7100, QImage.Format.Format_Mono),  # just over 50 MP
+    ]
+    for image in huge:
+        image.fill(0)
+        count = len(window.errors)
+        clipboard.setImage(image)
+        window.paste_image()
+        assert_refused_once(window, document, pixels, count)
+        assert "megapixels" in window.errors[-1]
+        count = len(window.errors)
+        data = QMimeData()
+        data.setImageData(image)
+        drop = QDropEvent(
+            QPointF(5, 5),
+            Qt.DropAction.CopyAction,
+            data,
+            Qt.MouseButton.LeftButton,
+            Qt.KeyboardModifier.NoModifier,
+        )
+        window.dropEvent(drop)
+        assert_refused_once(window, document, pixels, count)
+    count = len(window.errors)
+    clipboard.clear()
+    window.paste_image()  # nothing on the clipboard
+    assert_refused_once(window, document, pixels, count)
+    odd = {
+        QImage.Format.Format_Indexed8: None,
+        QImage.Format.Format_Grayscale16: None,
+        QImage.Format.Format_RGBA64: QColor(10, 20, 30, 0),
+        QImage.Format.Format_ARGB32_Premultiplied: QColor(10, 20, 30, 128),
+    }
+    for kind, color in odd.items():
+        image = QImage(5, 3, kind)
+        if kind == QImage.Format.Format_Indexed8:
+            image.setColorTable([QColor(1, 2, 3).rgb()])
+        image.fill(color if color is not None else 0)
+        clipboard.setImage(image)
+        window.paste_image()
+        opened = window.document.image
+        assert opened.shape == (3, 5, 3) and opened.dtype == np.uint8, kind
+        if color is not None and color.alpha() == 0:
+            assert (opened == 255).all(), kind  # transparent: white, as from a file
+        window.set_document(document)

@@ -592,7 +592,8 @@ def test_a_transparent_clipboard_image_is_composited_on_white_like_a_file(window
     assert np.array_equal(window.document.image, np.full((3, 4, 3), 255, np.uint8))
 
 
-def test_a_project_with_a_decompression_bomb_opens_as_one_dialog(window, tmp_path):
+def test_a_decompression_bomb_png_opens_as_one_dialog(window, tmp_path):
+    """A 69-byte PNG claiming 30000x30000 (model.files.open_image refuses it from its header)."""
     from tests.test_hostile_projects import png_claiming
 
     document = window.document

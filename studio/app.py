@@ -170,6 +170,7 @@ def selftest_image(width: int = 160, height: int = 120):
 async def selftest(window, bundle: str | None, device: str, folder: Path) -> int:
     import numpy as np
 
+    from model.files import atomic_path
     from studio import engine as messages
     from studio import project
     from studio.document import Document
@@ -209,7 +210,9 @@ async def selftest(window, bundle: str | None, device: str, folder: Path) -> int
             return 1
     window.document.accept_candidate()
     screenshot = folder / "selftest.png"
-    window.grab().save(str(screenshot))
+    with atomic_path(screenshot) as temp:  # the one atomic writer, as every other output
+        if not window.grab().save(str(temp), "PNG"):
+            raise OSError(f"could not write {screenshot}")
     saved = project.save(window.document, folder / "selftest.dstudio")
     reloaded = project.load(saved)
     if not np.array_equal(reloaded.image, window.document.image):

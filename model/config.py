@@ -126,6 +126,15 @@ class RerankerConfig:
     image_width: int = 32  # channels of the first conv stage; doubled at each downsampling
 
 
+# Sampling options' bounds: logits divided by MIN_TEMPERATURE stay far from fp32's overflow; a
+# guidance scale beyond MAX_GUIDANCE only saturates (DALL·E Mega samples at 10-16); a seed is
+# what torch.Generator.manual_seed takes.
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 100.0
+MAX_GUIDANCE = 100.0
+MAX_SEED = 2**64 - 1
+
+
 @dataclass
 class SamplingOptions:
     """How to sample a completion; every field is exposed in the CLI and the studio."""
@@ -140,14 +149,21 @@ class SamplingOptions:
     def validate(self) -> None:
         if self.n <= 0:
             raise ValueError(f"number of candidates must be at least 1, got {self.n}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:  # also refuses NaN
+            raise ValueError(
+                f"temperature must be from {MIN_TEMPERATURE} to {MAX_TEMPERATURE}, "
+                f"got {self.temperature}"
+            )
         if self.top_k < 0:
             raise ValueError(f"top-k must be 0 (off) or positive, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.guidance < 0:
-            raise ValueError(f"guidance scale must be non-negative, got {self.guidance}")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise ValueError(
+                f"guidance scale must be from 0 to {MAX_GUIDANCE}, got {self.guidance}"
+            )
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be from 0 to 2**64 - 1, got {self.seed}")
 
 
 @dataclass

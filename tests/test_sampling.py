@@ -196,6 +196,16 @@ def test_guided_combination():
         (SamplingOptions(top_k=-1), "top-k"),
         (SamplingOptions(top_p=0), "top-p"),
         (SamplingOptions(guidance=-1), "guidance"),
+        (SamplingOptions(guidance=float("nan")), "guidance"),
+        (SamplingOptions(guidance=float("inf")), "guidance"),
+        (SamplingOptions(guidance=1e300), "guidance"),
+        (SamplingOptions(temperature=1e-45), "temperature"),
+        (SamplingOptions(temperature=float("nan")), "temperature"),
+        (SamplingOptions(temperature=float("inf")), "temperature"),
+        (SamplingOptions(top_p=float("nan")), "top-p"),
+        (SamplingOptions(top_p=float("inf")), "top-p"),
+        (SamplingOptions(seed=2**64), "seed"),
+        (SamplingOptions(seed=-1), "seed"),
     ],
 )
 def test_bad_options_are_refused(options, message):
@@ -287,3 +297,14 @@ def test_complete_skips_the_padding_of_a_wide_image():
     assert messages[0].rows_total == visible[0] - 1
     whole = run(complete(bundle, tensor, (1, 0), "a red circle", SamplingOptions(seed=3)))
     assert whole.model_calls == (grid - 1) * grid  # visible=None: the whole grid, as before
+
+
+def test_extreme_but_valid_options_sample():
+    model = Transformer(CFG).eval()
+    text, image, empty = inputs()
+    for options in (
+        SamplingOptions(seed=2**64 - 1, temperature=0.01, guidance=100.0, top_p=1e-9),
+        SamplingOptions(seed=0, temperature=100.0, top_k=10**30),
+    ):
+        done = run(sample_tokens(model, text, image, Plan(CFG.grid, 3, 0), options, empty))
+        assert ((done.tokens >= 0) & (done.tokens < CFG.image_vocab)).all()

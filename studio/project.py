@@ -50,6 +50,7 @@ MAX_MEMBERS = MAX_ENTRIES + 16
 # The largest image the studio opens, as a PNG: 3 bytes a pixel plus filter bytes and zlib's
 # framing even when nothing compresses.
 MAX_MEMBER_BYTES = 4 * MAX_PIXELS
+HEADER_BYTES = 64 * 2**10  # enough of an image file for Pillow to read its size
 # Decoded pixels of all entries together (3 bytes each in memory): 1 Gpx is 3 GB.
 MAX_PROJECT_PIXELS = 20 * MAX_PIXELS
 # Deflate shrinks JSON about 10x and PNGs are stored; a member that claims more than this
@@ -386,36 +387,37 @@ def _decode_images(
     manifest: dict[str, Any],
     path: Path,
 ) -> dict[str, np.ndarray]:
-    """Every referenced PNG decoded, after all of their headers were checked (each against the
-    pixel limit, all of them together against the project's, all the same size)."""
-    names = [manifest["image"], *(item["file"] for item in manifest["history"])]
-    data: dict[str, bytes] = {}
-    sizes: dict[str, tuple[int, int]] = {}
+    """Every referenced PNG decoded. First every header is checked (each image against the
+    pixel limit, all of them together against the project's, all of one size), reading only
+    the start of each member; then they are read and decoded one at a time."""
+    names = list(dict.fromkeys([manifest["image"], *(i["file"] for i in manifest["history"])]))
+    size = None
     total = 0
     for name in names:
-        if name in data:
-            continue
-        data[name] = _member(archive, members, name, MAX_MEMBER_BYTES, path)
         label = f"{path}: {name}"
-        sizes[name] = _header_size(data[name], label)
-        check_pixels(*sizes[name], label)
-        total += sizes[name][0] * sizes[name][1]
+        with archive.open(members[name]) as member:
+            width, height = _header_size(member.read(HEADER_BYTES), label)
+        check_pixels(width, height, label)
+        total += width * height
         if total > MAX_PROJECT_PIXELS:
             raise ProjectError(
                 f"{path}: its images hold more than {MAX_PROJECT_PIXELS / 1e6:.0f} megapixels "
                 "in all; expected at most that"
             )
-        if sizes[name] != sizes[manifest["image"]]:
-            width, height = sizes[manifest["image"]]
+        size = size or (width, height)
+        if (width, height) != size:
             raise ProjectError(
-                f"{label}: is {sizes[name][0]}x{sizes[name][1]}; "
-                f"expected the project's {width}x{height}"
+                f"{label}: is {width}x{height}; expected the project's {size[0]}x{size[1]}"
             )
     declared = manifest.get("size")
-    if declared is not None and tuple(declared) != sizes[manifest["image"]]:
-        width, height = sizes[manifest["image"]]
-        raise ProjectError(f"{path}: size is {declared}; the image is {width}x{height}")
-    return {name: _unpng(raw, f"{path}: {name}") for name, raw in data.items()}
+    if declared is not None and tuple(declared) != size:
+        raise ProjectError(f"{path}: size is {declared}; the image is {size[0]}x{size[1]}")
+    images = {}
+    for name in names:
+        data = _member(archive, members, name, MAX_MEMBER_BYTES, path)
+        images[name] = _unpng(data, f"{path}: {name}")  # open_image checks the pixels again
+        del data
+    return images
 
 
 def _header_size(data: bytes, label: str) -> tuple[int, int]:

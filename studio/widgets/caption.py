@@ -61,7 +61,12 @@ class CaptionEdit(QPlainTextEdit):
         self.document().clearUndoRedoStacks()
 
     def focusInEvent(self, event):
-        self.forget_typing()
+        # back from another window or a menu, the user is still typing where they left off
+        if event.reason() not in (
+            Qt.FocusReason.ActiveWindowFocusReason,
+            Qt.FocusReason.PopupFocusReason,
+        ):
+            self.forget_typing()
         super().focusInEvent(event)
 
     def setText(self, text: str) -> None:

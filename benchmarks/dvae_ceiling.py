@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import evaluate  # noqa: E402
 from model.bundle import load  # noqa: E402
 from model.data import scenes  # noqa: E402
+from model.files import save_png  # noqa: E402
 from model.train import load_vae  # noqa: E402
 
 FACTS = ("present", "count", "size", "place", "relation", "background")
@@ -94,7 +95,7 @@ def main() -> None:
             sheet_rows.append(evaluate.SheetRow(spec.caption, [(original, None)], drawn, results))
         title = "scene | " + ", ".join(Path(p).name for p in vaes)
         sheet = evaluate.contact_sheet(sheet_rows, title, first=Path(args.vaes[0]).name)
-        sheet.save(args.sheet)
+        save_png(sheet, args.sheet)
         print(args.sheet, np.asarray(sheet).shape)
 
 

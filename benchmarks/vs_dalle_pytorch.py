@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.bench import random_transformer, time_sampling  # noqa: E402
+from model.files import write_text  # noqa: E402
 from model.sampling import Plan, prepared  # noqa: E402
 from model.transformer import layer_kinds  # noqa: E402
 
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
             f" {r['ratio_fp32']:6.1f}x {r[f'ratio_{reduced}']:6.1f}x"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_text(args.json, json.dumps(rows, indent=1))
     return 0
 
 

@@ -1,22 +1,43 @@
 """The ``dalle`` command line: generation, completion, data, training, bundles and bench.
 
-Every command checks its input before doing any work, exits non-zero with a one-line reason on
-bad input, and writes each output file through a temporary name, so nothing is left half-written.
+Every command checks its input before doing any work (images from their headers, bundles from
+theirs, every option's range, the memory a run will need), exits 2 with a one-line reason on bad
+input, and creates its output folder only once everything has been checked. Every file goes
+through ``model.files``' atomic writer, so nothing is left half-written, even on SIGTERM. Anything
+unexpected is one line on stderr and a traceback in a log file, not a traceback on the terminal.
+
+``--out``: a path with an image suffix (``.png``) is a file, numbered ``-0``, ``-1``, ... when
+``--n`` asks for several (and said so on stderr); anything else is a folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import os
+import re
+import signal
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.files import ImageError, open_image, probe_image, save_png, write_text
+
 log = logging.getLogger("dalle")
+
+MAX_CANDIDATES = 64  # --n: sampled in one batch (the studio offers 1-16)
+MAX_BATCH_BYTES = 64 * 2**20  # a batch CSV is read whole: about a million jobs
+OUTPUT_SUFFIX = ".png"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# options whose values may start with '-' (argparse takes "-1,3" for an option, not a value)
+NEGATIVE_VALUE_OPTIONS = ("--from", "--from-px")
 
 
 class CLIError(Exception):
@@ -73,6 +94,11 @@ def parse_pair(text: str, what: str) -> tuple[int, int]:
     return a, b
 
 
+def shown(path: Path | str) -> str:
+    """A path for the terminal: bytes that are not UTF-8 (argv's surrogates) shown as U+FFFD."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def check_writable_dir(path: Path) -> None:
     """Create ``path`` if needed and prove a file can be written there, leaving nothing behind."""
     try:
@@ -83,13 +109,40 @@ def check_writable_dir(path: Path) -> None:
         raise CLIError(f"cannot write to output folder {path}: {error.strerror or error}") from None
 
 
-def save_png_atomic(image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+def check_can_create(folder: Path) -> None:
+    """Refuse early (before a bundle loads) an output folder that could not be made or written,
+    without creating anything: its nearest existing ancestor must be a writable folder."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"cannot write to output folder {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write to output folder {folder}: {existing} is not writable")
+
+
+@contextmanager
+def output_folder(folder: Path) -> Iterator[None]:
+    """Create ``folder`` for the results; when the run fails, remove every folder this made that
+    is still empty, so that bad input or a failed save leaves nothing behind."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    check_writable_dir(folder)
     try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        yield
+    except BaseException:
+        for path in made:
+            try:
+                path.rmdir()  # only while empty: results already written stay
+            except OSError:
+                break
+        raise
+
+
+def save_result(image, path: Path) -> None:
+    try:
+        save_png(image, path)
+    except OSError as error:
+        raise CLIError(f"cannot write {shown(path)}: {error.strerror or error}") from None
 
 
 def load_bundle(path: str | None, device: str = "auto"):
@@ -109,6 +162,8 @@ def load_bundle(path: str | None, device: str = "auto"):
 def sampling_options(args):
     from model.config import SamplingOptions
 
+    if args.n > MAX_CANDIDATES:
+        raise CLIError(f"--n is {args.n}; at most {MAX_CANDIDATES} candidates at once")
     options = SamplingOptions(
         n=args.n,
         temperature=args.temperature,
@@ -124,9 +179,58 @@ def sampling_options(args):
     return options
 
 
-def check_caption(caption: str, bundle=None) -> str:
+def check_device(name: str) -> None:
+    from model.train import pick_device
+
+    try:
+        pick_device(name)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+
+
+def available_memory(device) -> int | None:
+    """Bytes free for a run on ``device``: CUDA's free memory, else the machine's available
+    memory (Linux's MemAvailable, or all physical memory); None when it cannot be told."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(bundle, options, pixels: int = 0) -> None:
+    """Refuse a run whose keys, values and images would not fit, before allocating them."""
+    from model.sampling import memory_needed
+
+    needed = memory_needed(bundle.config, options, bundle.device.type) + 40 * pixels
+    free = available_memory(bundle.device)
+    if free is not None and needed > free:
+        raise CLIError(
+            f"--n {options.n} needs about {needed / 2**20:,.0f} MB for its keys, values and "
+            f"images, but {bundle.device} has {free / 2**20:,.0f} MB free: ask for fewer"
+        )
+
+
+def check_caption(caption: str, where: str = "") -> str:
+    try:
+        caption.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise CLIError(
+            f"{where}the caption is not valid UTF-8 text (a byte that is not UTF-8 at "
+            f"position {error.start})"
+        ) from None
     if not caption or not caption.strip():
-        raise CLIError("the caption is empty: describe what the region should show")
+        raise CLIError(f"{where}the caption is empty: describe what the region should show")
     return caption.strip()
 
 
@@ -149,11 +253,69 @@ def run_with_progress(messages, label: str, quiet: bool):
     raise CLIError("sampling ended without a result")
 
 
+# -- where results go --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    """``--out``: a file when it has an image suffix, else a folder."""
+
+    path: Path
+    is_file: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Output:
+        path = Path(text)
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES and suffix != OUTPUT_SUFFIX:
+            raise CLIError(
+                f"--out {shown(path)}: results are PNG files; name a .png file or a folder"
+            )
+        output = cls(path, suffix == OUTPUT_SUFFIX)
+        if output.is_file and path.is_dir():
+            raise CLIError(f"--out {shown(path)} is a folder; a .png name is a file")
+        if not output.is_file and path.exists() and not path.is_dir():
+            raise CLIError(f"cannot write to output folder {shown(path)}: it is a file")
+        return output
+
+    @property
+    def folder(self) -> Path:
+        return (
+            (self.path.parent if str(self.path.parent) else Path("."))
+            if self.is_file
+            else self.path
+        )
+
+    def files(self, stem: str, count: int) -> list[Path]:
+        """Where ``count`` results go: the file itself, numbered files, or ``stem-i.png``."""
+        if not self.is_file:
+            return [self.path / f"{stem}-{i}{OUTPUT_SUFFIX}" for i in range(count)]
+        if count == 1:
+            return [self.path]
+        return [self.path.with_name(f"{self.path.stem}-{i}{OUTPUT_SUFFIX}") for i in range(count)]
+
+
+def announce_numbering(command: str, output: Output, files: list[Path]) -> None:
+    if output.is_file and len(files) > 1:
+        print(
+            f"dalle {command}: {len(files)} candidates: writing {shown(files[0].name)} to "
+            f"{shown(files[-1].name)} (not {shown(output.path.name)})",
+            file=sys.stderr,
+        )
+
+
+def slug(caption: str, limit: int = 40) -> str:
+    """A file-name stem from a caption: 'A red heart!' -> 'a-red-heart'."""
+    words = re.findall(r"[a-z0-9]+", caption.lower())
+    stem = ""
+    for word in words:
+        if len(stem) + len(word) + 1 > limit:
+            break
+        stem = f"{stem}-{word}" if stem else word
+    return stem or "image"
+
+
 # -- generate / complete -----------------------------------------------------------------------
-
-
-def numbered(path: Path, index: int, count: int) -> Path:
-    return path if count == 1 else path.with_name(f"{path.stem}-{index}{path.suffix or '.png'}")
 
 
 def cmd_generate(args) -> int:
@@ -162,20 +324,22 @@ def cmd_generate(args) -> int:
 
     caption = check_caption(args.caption)
     options = sampling_options(args)
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise CLIError(f"--out must name a .png file, got {out}")
-    check_writable_dir(out.parent if str(out.parent) else Path("."))
+    output = Output.parse(args.out)
+    check_device(args.device)
+    check_can_create(output.folder)
     bundle = load_bundle(args.bundle, args.device)
-    done = run_with_progress(
-        generate(bundle, caption, options, precision=args.precision, compile=args.compile),
-        "generate",
-        args.quiet,
-    )
-    for i, image in enumerate(done.images):
-        path = numbered(out, i, options.n)
-        save_png_atomic(to_pil(image), path)
-        print(path)
+    check_memory(bundle, options)
+    files = output.files(slug(caption), options.n)
+    announce_numbering("generate", output, files)
+    with output_folder(output.folder):
+        done = run_with_progress(
+            generate(bundle, caption, options, precision=args.precision, compile=args.compile),
+            "generate",
+            args.quiet,
+        )
+        for image, path in zip(done.images, files, strict=True):
+            save_result(to_pil(image), path)
+            print(shown(path))
     log.info("seed %d, %.2fs, %.0f tokens/s", done.seed, done.seconds, done.tokens_per_s)
     return 0
 
@@ -188,27 +352,40 @@ class Job:
     pixel: tuple[int, int] | None = None
     line: int | None = None  # the CSV line, for messages
 
+    @property
+    def where(self) -> str:
+        return f"line {self.line}: " if self.line is not None else ""
 
-def prepare_job(job: Job, bundle):
-    """Validate a job before any sampling: returns (original, tensor, placement, cell)."""
-    from model.images import ImageError, load_image, to_model
 
-    where = f"line {job.line}: " if job.line is not None else ""
+@dataclass
+class CheckedJob:
+    """A job checked from its image's header: nothing decoded yet."""
+
+    job: Job
+    caption: str
+    size: tuple[int, int]  # (width, height) as open_image will return it
+    cell: tuple[int, int]
+
+
+def check_job(job: Job, bundle) -> CheckedJob:
+    """Validate a job from its image's header alone (format, pixel limit, cell, padding)."""
+    from model.images import Placement
+
+    where = job.where
+    caption = check_caption(job.caption, where)
     try:
-        original = load_image(job.image)
+        width, height = probe_image(job.image)
     except ImageError as error:
         raise CLIError(f"{where}{error}") from None
-    caption = check_caption(job.caption)
     size = bundle.config.vae.image_size
     factor = bundle.config.vae.factor
     grid = bundle.config.transformer.grid
-    tensor, placement = to_model(original, size)
+    placement = Placement(width, height, size)
     if job.pixel is not None:
         x, y = job.pixel
-        if x >= original.width or y >= original.height:
+        if x >= width or y >= height:
             raise CLIError(
-                f"{where}pixel ({x}, {y}) is outside the {original.width}x{original.height} image"
-                f" {job.image}"
+                f"{where}pixel ({x}, {y}) is outside the {width}x{height} image {job.image}"
             )
         cell = placement.cell_at(x, y, factor)
     else:
@@ -223,32 +400,42 @@ def prepare_job(job: Job, bundle):
             f"{where}the rectangle from cell {cell[0]},{cell[1]} lies in the padding beside"
             f" {job.image}, not on the image"
         )
-    return original, tensor, placement, cell, caption
+    return CheckedJob(job, caption, (width, height), cell)
 
 
 def run_job(
-    job: Job,
-    prepared,
+    checked: CheckedJob,
     bundle,
     options,
-    out_dir: Path,
+    files: list[Path],
     feather: int,
     quiet: bool,
     precision: str = "auto",
     compile: bool = False,
 ):
-    from model.images import paste_back
-    from model.sampling import complete
+    """Decode the job's image (only now: a batch holds one image at a time), sample, save."""
+    from model import sampling
+    from model.images import paste_back, to_model
 
-    original, tensor, placement, cell, caption = prepared
+    job = checked.job
+    try:
+        original = open_image(job.image)
+    except ImageError as error:
+        raise CLIError(f"{job.where}{error}") from None
+    if original.size != checked.size:
+        raise CLIError(
+            f"{job.where}{job.image} changed while the batch ran: it was "
+            f"{checked.size[0]}x{checked.size[1]}, now {original.width}x{original.height}"
+        )
+    tensor, placement = to_model(original, bundle.config.vae.image_size)
     factor = bundle.config.vae.factor
     visible = placement.visible_grid(factor)  # padding cells of the rectangle are not sampled
     done = run_with_progress(
-        complete(
+        sampling.complete(
             bundle,
             tensor,
-            cell,
-            caption,
+            checked.cell,
+            checked.caption,
             options,
             precision=precision,
             compile=compile,
@@ -257,38 +444,66 @@ def run_job(
         job.image.name,
         quiet,
     )
-    paths = []
-    for i, image in enumerate(done.images):
-        result = paste_back(original, image, placement, cell, factor, feather)
-        prefix = f"{job.line:04d}-" if job.line is not None else ""  # batch: one name per job
-        path = out_dir / f"{prefix}{job.image.stem}-{i}.png"
-        save_png_atomic(result, path)
-        paths.append(path)
-    return paths, done
+    for image, path in zip(done.images, files, strict=True):
+        result = paste_back(original, image, placement, checked.cell, factor, feather)
+        save_result(result, path)
+        print(shown(path))
+    return done
 
 
 def read_jobs(path: Path) -> list[Job]:
+    """The batch CSV (image,caption,row,col per line, an optional header, UTF-8 with or without
+    a BOM); every problem names the file and its line."""
     if not path.is_file():
         raise CLIError(f"{path}: no such batch file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_BATCH_BYTES:
+            raise CLIError(
+                f"{path}: {size / 2**20:.0f} MB; a batch file is at most "
+                f"{MAX_BATCH_BYTES // 2**20} MB"
+            )
+        data = path.read_bytes()
+    except OSError as error:
+        raise CLIError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise CLIError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[error.start]:02x})"
+        ) from None
     jobs = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for number, row in enumerate(csv.reader(f), start=1):
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            number = reader.line_num
             if not row or (number == 1 and row[0].strip().lower() == "image"):
                 continue  # blank line or header
-            if len(row) != 4:
-                raise CLIError(f"{path} line {number}: expected image,caption,row,col")
-            image, caption, r, c = (x.strip() for x in row)
-            try:
-                cell = (int(r), int(c))
-            except ValueError:
-                raise CLIError(f"{path} line {number}: row and col must be integers") from None
-            if cell[0] < 0 or cell[1] < 0:
-                raise CLIError(f"{path} line {number}: row and col must not be negative")
-            image_path = Path(image) if Path(image).is_absolute() else path.parent / image
-            jobs.append(Job(image_path, caption, cell=cell, line=number))
+            jobs.append(_job_from_row(path, number, row))
+    except csv.Error as error:
+        raise CLIError(f"{path} line {reader.line_num}: {error}") from None
     if not jobs:
         raise CLIError(f"{path}: no jobs in the batch file")
     return jobs
+
+
+def _job_from_row(path: Path, number: int, row: list[str]) -> Job:
+    where = f"{path} line {number}: "
+    if len(row) != 4:
+        raise CLIError(f"{where}expected image,caption,row,col, got {len(row)} fields")
+    image, caption, r, c = (x.strip() for x in row)
+    if "\x00" in image or "\x00" in caption:
+        raise CLIError(f"{where}a NUL byte in the image name or caption")
+    try:
+        cell = (int(r), int(c))
+    except ValueError:
+        raise CLIError(f"{where}row and col must be integers, got {r!r:.20}, {c!r:.20}") from None
+    if cell[0] < 0 or cell[1] < 0:
+        raise CLIError(f"{where}row and col must not be negative")
+    check_caption(caption, where)
+    image_path = Path(image) if Path(image).is_absolute() else path.parent / image
+    return Job(image_path, caption, cell=cell, line=number)
 
 
 def cmd_complete(args) -> int:
@@ -297,7 +512,6 @@ def cmd_complete(args) -> int:
             raise CLIError(
                 "--batch takes its images and captions from the CSV; drop --image/--caption"
             )
-        jobs = read_jobs(Path(args.batch))
     else:
         if not args.image:
             raise CLIError("complete needs --image (or --batch jobs.csv)")
@@ -305,31 +519,45 @@ def cmd_complete(args) -> int:
             raise CLIError("complete needs --caption")
         if (args.from_cell is None) == (args.from_px is None):
             raise CLIError("give exactly one of --from ROW,COL (cells) or --from-px X,Y")
+    output = Output.parse(args.out)
+    if args.batch and output.is_file:
+        raise CLIError(f"--out {shown(output.path)}: a batch writes several files; name a folder")
+    if args.batch:
+        jobs = read_jobs(Path(args.batch))
+    else:
         cell = parse_pair(args.from_cell, "--from") if args.from_cell else None
         pixel = parse_pair(args.from_px, "--from-px") if args.from_px else None
+        check_caption(args.caption)
         jobs = [Job(Path(args.image), args.caption, cell=cell, pixel=pixel)]
     if args.feather < 0:
         raise CLIError(f"--feather must not be negative, got {args.feather}")
     options = sampling_options(args)
-    out_dir = Path(args.out)
-    check_writable_dir(out_dir)
+    check_device(args.device)
+    check_can_create(output.folder)
     bundle = load_bundle(args.bundle, args.device)
-    prepared = [prepare_job(job, bundle) for job in jobs]  # every job checked before any runs
-    for job, prep in zip(jobs, prepared, strict=True):
-        paths, done = run_job(
-            job,
-            prep,
-            bundle,
-            options,
-            out_dir,
-            args.feather,
-            args.quiet,
-            args.precision,
-            args.compile,
-        )
-        for path in paths:
-            print(path)
-        log.info("%s: seed %d, %.2fs", job.image, done.seed, done.seconds)
+    checked = [check_job(job, bundle) for job in jobs]  # every header before any decoding
+    largest = max(width * height for width, height in (c.size for c in checked))
+    check_memory(bundle, options, largest)
+    plans = []
+    for item in checked:
+        job = item.job
+        prefix = f"{job.line:04d}-" if job.line is not None else ""  # batch: one name per job
+        plans.append((item, output.files(f"{prefix}{job.image.stem}", options.n)))
+    if not args.batch:
+        announce_numbering("complete", output, plans[0][1])
+    with output_folder(output.folder):
+        for item, files in plans:
+            done = run_job(
+                item,
+                bundle,
+                options,
+                files,
+                args.feather,
+                args.quiet,
+                args.precision,
+                args.compile,
+            )
+            log.info("%s: seed %d, %.2fs", item.job.image, done.seed, done.seconds)
     return 0
 
 
@@ -446,7 +674,7 @@ def cmd_eval(args) -> int:
         print(args.json)
     for name, sheet in (sheets or {}).items():
         path = Path(args.sheets) / f"{name}.png"
-        save_png_atomic(sheet, path)
+        save_result(sheet, path)
         print(path)
     return 0
 
@@ -494,14 +722,25 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): ``dalle generate: error: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dalle", description=__doc__.splitlines()[0])
+    parser = Parser(prog="dalle", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="generate images from a caption")
     p.add_argument("--caption", required=True)
-    p.add_argument("--out", default="out.png", help="PNG path; numbered when --n > 1")
+    p.add_argument(
+        "--out",
+        default="out.png",
+        help="a .png file (numbered -0, -1, ... when --n > 1) or a folder (named from the caption)",
+    )
     add_sampling_args(p)
     add_common_args(p)
     p.set_defaults(func=cmd_generate)
@@ -512,7 +751,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-px", help="top-left pixel of the rectangle: X,Y (snapped to its cell)")
     p.add_argument("--caption")
     p.add_argument("--batch", help="CSV with image,caption,row,col per line")
-    p.add_argument("--out", default="completions", help="output folder")
+    p.add_argument(
+        "--out",
+        default="completions",
+        help="a folder, or for one image a .png file (numbered -0, -1, ... when --n > 1)",
+    )
     p.add_argument("--feather", type=int, default=0, help="blend pixels at the seam")
     add_sampling_args(p)
     add_common_args(p)
@@ -629,21 +872,102 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """``--from -1,3`` as ``--from=-1,3``: argparse takes a value starting with '-' for an
+    option and says "expected one argument"; this way the command says what is wrong with it."""
+    joined: list[str] = []
+    values = iter(argv)
+    for arg in values:
+        if arg in NEGATIVE_VALUE_OPTIONS:
+            value = next(values, None)
+            if value is not None and value.startswith("-") and value[1:2].isdigit():
+                joined.append(f"{arg}={value}")
+                continue
+            joined.append(arg)
+            if value is not None:
+                joined.append(value)
+            continue
+        joined.append(arg)
+    return joined
+
+
+def log_folder() -> Path:
+    """The per-user folder for the command line's crash logs."""
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = home / "Library" / "Logs"
+    else:
+        base = Path(os.environ.get("XDG_STATE_HOME") or home / ".local" / "state")
+    return base / "dalle-studio" / "logs"
+
+
+def write_crash_log(command: str, argv: list[str], details: str) -> Path | None:
+    """The traceback of an unexpected error, in the log folder (or the temp folder)."""
+    name = f"dalle-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    text = f"dalle {command}\nargs: {[shown(a) for a in argv]}\n\n{details}"
+    for folder in (log_folder(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return write_text(folder / name, text, private=True)
+        except OSError:
+            continue
+    return None
+
+
+def _terminated(signum, frame):
+    # an exception, so that every atomic writer removes its temporary file on the way out
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(attach_negative_values(argv))
+    except SystemExit as stop:  # --help, or a usage error already printed on one line
+        return stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    command = args.command
     try:
-        return args.func(args)
+        with sigterm_raises():
+            return args.func(args)
     except CLIError as error:
-        print(f"dalle {args.command}: error: {error}", file=sys.stderr)
+        print(f"dalle {command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"dalle {args.command}: interrupted", file=sys.stderr)
+        print(f"dalle {command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as stop:
+        if stop.code == 128 + signal.SIGTERM:
+            print(f"dalle {command}: terminated", file=sys.stderr)
+        raise
+    except Exception as error:  # noqa: BLE001 - the last resort: one line and a log file
+        lines = str(error).strip().splitlines()
+        what = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        if isinstance(error, MemoryError):
+            what = "out of memory"
+        log_path = write_crash_log(command, argv, traceback.format_exc())
+        where = f"; details in {log_path}" if log_path else ""
+        print(f"dalle {command}: unexpected error: {shown(what)}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from model.config import SamplingOptions
 from model.data import scenes
+from model.files import write_text
 from model.images import paste_back, to_model
 from model.sampling import complete, run
 
@@ -677,12 +677,5 @@ def format_folder_report(report: dict[str, Any]) -> str:
 
 
 def write_json(report: dict[str, Any], path: Path) -> Path:
-    """Write the report atomically (a temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(report, indent=1, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write the report atomically (``model.files``)."""
+    return write_text(path, json.dumps(report, indent=1, default=str) + "\n")

@@ -154,6 +154,17 @@ def batch_rows(options: SamplingOptions, guided: bool = True) -> int:
     return 2 * options.n if guided and options.guidance != 1.0 else options.n
 
 
+def memory_needed(config, options: SamplingOptions, device_type: str = "cpu") -> int:
+    """Bytes a run allocates besides the model (``config``: a ``BundleConfig``): the KV cache of
+    every row, fp32 on CPU and bf16 elsewhere (see ``Transformer.new_cache``), and the decoded
+    candidates with the decoder's widest full-resolution activations."""
+    tf, vae = config.transformer, config.vae
+    value_bytes = 4 if device_type == "cpu" else 2
+    cache = tf.depth * 2 * batch_rows(options) * tf.seq_len * tf.dim * value_bytes
+    decoded = options.n * (3 + 2 * vae.decoder_n_hid) * vae.image_size**2 * 4
+    return cache + decoded
+
+
 def resolve_seed(seed: int | None) -> int:
     return int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
 

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from model.files import write_bytes
+
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
@@ -822,15 +824,6 @@ def completion_case(
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_range(
     out_dir: str, start: int, stop: int, seed: int, size: int, split: str, emoji: bool
 ) -> int:
@@ -841,9 +834,10 @@ def _write_range(
         image.save(png, format="PNG")
         stem = f"{index:06d}"
         # The caption goes last: a reader sees a pair only once its image is complete.
-        _write_atomic(out / f"{stem}.json", spec.to_json().encode())
-        _write_atomic(out / f"{stem}.png", png.getvalue())
-        _write_atomic(out / f"{stem}.txt", (spec.caption + "\n").encode())
+        # atomic, not fsynced: a crash cuts a dataset short but leaves no half-written file
+        write_bytes(out / f"{stem}.json", spec.to_json().encode(), durable=False)
+        write_bytes(out / f"{stem}.png", png.getvalue(), durable=False)
+        write_bytes(out / f"{stem}.txt", (spec.caption + "\n").encode(), durable=False)
     return stop - start
 
 

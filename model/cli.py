@@ -351,10 +351,11 @@ class Job:
     cell: tuple[int, int] | None = None
     pixel: tuple[int, int] | None = None
     line: int | None = None  # the CSV line, for messages
+    batch: Path | None = None  # the CSV
 
     @property
     def where(self) -> str:
-        return f"line {self.line}: " if self.line is not None else ""
+        return f"{self.batch} line {self.line}: " if self.line is not None else ""
 
 
 @dataclass
@@ -503,7 +504,7 @@ def _job_from_row(path: Path, number: int, row: list[str]) -> Job:
         raise CLIError(f"{where}row and col must not be negative")
     check_caption(caption, where)
     image_path = Path(image) if Path(image).is_absolute() else path.parent / image
-    return Job(image_path, caption, cell=cell, line=number)
+    return Job(image_path, caption, cell=cell, line=number, batch=path)
 
 
 def cmd_complete(args) -> int:

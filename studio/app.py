@@ -129,6 +129,7 @@ async def main_async(app, args: argparse.Namespace) -> int:
         finally:
             window.close()
             engine.shutdown()
+    end_gracefully_on_sigterm(window)
     window.load_model(bundle, device)
     if args.file:
         window.open_path(args.file)
@@ -139,6 +140,25 @@ async def main_async(app, args: argparse.Namespace) -> int:
     await closed.wait()
     engine.shutdown()
     return 0
+
+
+def end_gracefully_on_sigterm(window) -> None:
+    """SIGTERM (a logout, a shutdown, a `kill`) ends the app the way a crash cannot: whatever
+    Python is doing finishes first (a save completes instead of leaving a temporary file), then
+    the window keeps modified work in the autosave and closes without asking."""
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    def on_sigterm(signum, frame):
+        QTimer.singleShot(0, window.terminate)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    # Python runs a signal handler only between its own bytecodes; while Qt waits in C++ for
+    # events, this timer lets it in a few times a second
+    wake = QTimer(window)
+    wake.timeout.connect(lambda: None)
+    wake.start(200)
 
 
 def _next_message(engine, kinds: tuple[type, ...], timeout: float):

@@ -120,6 +120,7 @@ class MainWindow(QMainWindow):
         self._autosaved: tuple[int, int] | None = None  # (id of the document, its revision)
         # an autosave left by a crash is never overwritten before the user answered about it
         self._recovery_pending = project.pending_recovery(autosave_folder) is not None
+        self._keep_autosave = False  # set when the session ends without the user (terminate)
         self.document: Document | None = None
 
         self.canvas = Canvas()
@@ -461,7 +462,7 @@ class MainWindow(QMainWindow):
                 return self.save_project()
             if answer != QMessageBox.StandardButton.Discard:
                 return False
-        if not self._recovery_pending:
+        if not self._recovery_pending and not self._keep_autosave:
             project.clear_autosave(self.autosave_folder)
         return True
 
@@ -675,6 +676,18 @@ class MainWindow(QMainWindow):
             self.autosave()
         else:
             project.clear_autosave(self.autosave_folder)
+
+    def terminate(self) -> None:
+        """The session ends without the user (SIGTERM: a logout, a shutdown, a `kill`): modified
+        work goes to the autosave, which the next start offers back, and the window closes
+        without asking. An autosave still awaiting the recovery answer is kept as it is."""
+        if self.document.generating:
+            self.cancel()
+            self.document.end_generation()
+        self._keep_autosave = self.document.modified or self._recovery_pending
+        self.autosave()
+        self.ask_before_close = False
+        self.close()
 
     def closeEvent(self, event):
         if not self.keep_or_discard_work():

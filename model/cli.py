@@ -24,7 +24,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -571,17 +571,21 @@ def cmd_data(args) -> int:
     if args.count <= 0:
         raise CLIError(f"--count must be positive, got {args.count}")
     out = Path(args.out)
-    check_writable_dir(out)
+    check_can_create(out)
     bar = None if args.quiet else ProgressBar(args.count, "scenes", "images")
-    written = write_scenes(
-        out,
-        args.count,
-        seed=args.seed,
-        size=args.size,
-        split=args.split,
-        workers=args.workers,
-        progress=(lambda done, total: bar.update(done)) if bar else None,
-    )
+    with output_folder(out):
+        try:
+            written = write_scenes(
+                out,
+                args.count,
+                seed=args.seed,
+                size=args.size,
+                split=args.split,
+                workers=args.workers,
+                progress=(lambda done, total: bar.update(done)) if bar else None,
+            )
+        except ValueError as error:  # a size the generator cannot draw, say
+            raise CLIError(str(error)) from None
     if bar:
         bar.close()
     print(f"wrote {written} scenes to {out}")
@@ -636,11 +640,20 @@ def cmd_eval(args) -> int:
         raise CLIError(str(error)) from None
     if args.data is not None and args.sheets:
         raise CLIError("--sheets draws scenes; it cannot be used with --data")
-    if args.json:
-        check_writable_dir(Path(args.json).resolve().parent)
-    if args.sheets:
-        check_writable_dir(Path(args.sheets))
+    folders = [Path(args.json).resolve().parent] if args.json else []
+    folders += [Path(args.sheets)] if args.sheets else []
+    for folder in folders:
+        check_can_create(folder)  # nothing is created before the bundle has loaded
     bundle = load_bundle(args.bundle, args.device)
+    with ExitStack() as made:
+        for folder in folders:
+            made.enter_context(output_folder(folder))
+        return run_eval(args, config, bundle)
+
+
+def run_eval(args, config, bundle) -> int:
+    from model import evaluate
+
     if args.data is not None:
         try:
             report = evaluate.evaluate_folder(bundle, args.data, args.recon_count)

@@ -386,6 +386,13 @@ def test_bad_input_leaves_no_output_folder(bundle_path, photo, tmp_path, capsys)
         assert not (tmp_path / "new").exists()
     bad(capsys, "generate", "--bundle", tmp_path / "nope", "--caption", "x", "--out", out / "a.png")
     assert not (tmp_path / "new").exists()
+    # eval and data too: their folders appear only once the input is known good
+    line = bad(capsys, "eval", "--bundle", tmp_path / "nope", "--sheets", out / "sheets",
+               "--json", out / "json" / "r.json")  # fmt: skip
+    assert "no such file" in line
+    line = bad(capsys, "data", "scenes", "--count", "2", "--size", "0", "--out", out)
+    assert "at least 8 pixels" in line
+    assert not (tmp_path / "new").exists()
 
 
 NUMBER_CASES = {

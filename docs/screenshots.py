@@ -118,7 +118,7 @@ def main() -> int:
     def finished():
         phase = state["phase"]
         if phase == "first":
-            window.document.next_candidate()
+            window.document.select_candidate(1)  # browsing: the second best
             shoot("04-candidates.png")
             window.document.accept_candidate()
             first = window.document.current_entry

@@ -1,6 +1,7 @@
 """Which dVAE draws the scenes best? Side by side on the same held-out scenes.
 
-For each dVAE (a `dalle train vae` output, or a bundle, whose dVAE is used) this prints the
+For each image tokenizer (a `dalle train vae` or `dalle train vq` output, or a bundle, whose dVAE
+is used) this prints the
 figures `dalle eval` reports for the dVAE alone: PSNR of argmax tokens, codes in use, and how often
 the scenes scorer reads each scene's own caption right on its reconstruction, overall, for
 one-object captions and by fact. That last figure is the ceiling of every caption figure of a
@@ -28,16 +29,16 @@ from model import evaluate  # noqa: E402
 from model.bundle import load  # noqa: E402
 from model.data import scenes  # noqa: E402
 from model.files import save_png  # noqa: E402
-from model.train import load_vae  # noqa: E402
+from model.train import load_image_tokenizer  # noqa: E402
 
 FACTS = ("present", "count", "size", "place", "relation", "background")
 
 
 def load_any(path: str):
-    """The dVAE of a `train vae` file or of a bundle."""
+    """The dVAE of a bundle, or the dVAE or VQ tokenizer of a `train vae` / `train vq` file."""
     if path.endswith(".dalle.safetensors"):
         return load(path).vae
-    return load_vae(path)[0]
+    return load_image_tokenizer(path)[0]
 
 
 def pct(value) -> str:
@@ -46,7 +47,7 @@ def pct(value) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("vaes", nargs="+", help="vae.safetensors files or bundles")
+    parser.add_argument("vaes", nargs="+", help="vae.safetensors, vq.safetensors or bundles")
     parser.add_argument("--count", type=int, default=300, help="scenes per split")
     parser.add_argument("--seed", type=int, default=evaluate.DEFAULT_SEED)
     parser.add_argument("--threads", type=int, default=None)

@@ -787,8 +787,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", help="train the dVAE, the transformer or the reranker")
-    p.add_argument("stage", choices=["vae", "transformer", "reranker"])
+    p = sub.add_parser(
+        "train", help="train the dVAE or the VQ tokenizer, the transformer or the reranker"
+    )
+    p.add_argument("stage", choices=["vae", "vq", "transformer", "reranker"])
     p.add_argument("--data", required=True, help="folder of images with same-name .txt captions")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, result)")
     p.add_argument("--vae", help="transformer: the trained dVAE (vae.safetensors)")

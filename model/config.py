@@ -25,6 +25,7 @@ MAX_IMAGE_SIZE = 4096
 MAX_GROUPS = 8  # dVAE downsampling 2**7 = 128
 MAX_BLOCKS = 64  # dVAE blocks per group
 MAX_CHANNELS = 4
+MAX_PATCH = 64  # VQ PixelUnshuffle factor: 3 * 64**2 = 12288 channels into the first conv
 
 
 @dataclass
@@ -64,6 +65,37 @@ class DVAEConfig:
     @property
     def grid(self) -> int:
         return self.image_size // self.factor
+
+
+@dataclass
+class VQConfig:
+    """VQ-VAE tokenizer in the layout of taming-transformers' VQGAN (``model/vq.py``).
+
+    The defaults are the tokenizer study's best recipe for the 64 px scenes (issue 17, "psw64e"):
+    31.4 dB and twice the dVAE's scenes ceiling at equal images seen.
+    """
+
+    image_size: int = 64  # S
+    channels: int = 3
+    patch: int = 4  # PixelUnshuffle factor: a 4x4 pixel patch per cell, so a 16x16 grid at 64 px
+    width: int = 64  # every convolution's width; all run at grid resolution (w96 was slower)
+    res_blocks: int = 2  # residual blocks in the encoder and again in the decoder
+    z_channels: int = 32  # encoder output / decoder input (taming's z_channels)
+    embed_dim: int = 32  # code vector dimension
+    vocab_size: int = 512  # K codes, as the shipped dVAE
+    # training only (the weights do not depend on them; a resumed run needs the same values)
+    decay: float = 0.99  # EMA of the codebook; 0.99 follows the encoder within ~100 steps
+    commitment: float = 0.25  # weight of |z - sg(e)|^2 (VQ-VAE paper's beta)
+    edge_weight: float = 4.0  # pixel loss weight near colour edges (study: the largest gain)
+    restart_every: int = 25  # steps between dead-code restarts at the worst-reconstructed cells
+
+    @property
+    def factor(self) -> int:
+        return self.patch
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
 
 
 @dataclass
@@ -207,6 +239,20 @@ FIELD_RANGES: dict[type, dict[str, tuple[float, float]]] = {
         "logit_laplace_eps": (0.0, 0.5),
         "dec_n_hid": (0, MAX_DIM),
         "dec_n_blk_per_group": (0, MAX_BLOCKS),
+    },
+    VQConfig: {
+        "image_size": (1, MAX_IMAGE_SIZE),
+        "channels": (1, MAX_CHANNELS),
+        "patch": (1, MAX_PATCH),
+        "width": (1, MAX_DIM),
+        "res_blocks": (0, MAX_BLOCKS),
+        "z_channels": (1, MAX_DIM),
+        "embed_dim": (1, MAX_DIM),
+        "vocab_size": (2, MAX_VOCAB),
+        "decay": (0.0, 0.9999),
+        "commitment": (0.0, 100.0),
+        "edge_weight": (0.0, 100.0),
+        "restart_every": (1, 2**31 - 1),
     },
     TextConfig: {
         "vocab_size": (1, MAX_VOCAB),

@@ -1,4 +1,5 @@
-"""Training for the dVAE, the transformer and the reranker: one Trainer, knowing nothing of either.
+"""Training for the image tokenizers (dVAE, VQ), the transformer and the reranker: one Trainer,
+knowing nothing of any of them.
 
 The Trainer (after minGPT's) owns the loop: AdamW, warm-up + cosine learning rate, gradient
 clipping, EMA of weights, bf16 autocast on CUDA, checkpoints with exact ``resume``, JSONL metrics
@@ -357,6 +358,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "vae": dict(
             image_size=32, n_groups=3, n_hid=16, n_blk_per_group=1, vocab_size=64, n_init=32
         ),
+        "vq": dict(image_size=32, width=16, res_blocks=1, z_channels=8, embed_dim=8, vocab_size=64),
         "text": dict(vocab_size=300, text_len=16),
         "transformer": dict(dim=64, depth=4, heads=4, conv_kernel=3),
         "train": dict(steps=300, batch_size=16, lr=2e-3, warmup=20, checkpoint_every=100, ema=0.99),
@@ -364,6 +366,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     # 64x64 images and an 8x8 grid: trains on a CPU in well under an hour
     "small": {
         "vae": dict(image_size=64, n_groups=4, n_hid=32, n_blk_per_group=1, vocab_size=512),
+        "vq": dict(image_size=64, patch=8, width=64, res_blocks=2, vocab_size=512),
         "text": dict(vocab_size=512, text_len=24),
         "transformer": dict(dim=192, depth=6, heads=6, conv_kernel=5),
         "train": dict(steps=4000, batch_size=32, lr=1e-3, warmup=100),
@@ -371,13 +374,20 @@ PRESETS: dict[str, dict[str, dict]] = {
     # the embedded model's recipe (resources/models/MODEL_CARD.md): 64x64 images, a 16x16 grid
     "default": {
         "vae": dict(image_size=64, n_groups=3, n_hid=32, n_blk_per_group=1, vocab_size=512),
+        # the tokenizer study's best recipe (issue 17, "psw64e"): 64 px, a 16x16 grid, K = 512
+        "vq": dict(image_size=64, patch=4, width=64, res_blocks=2, vocab_size=512),
         "text": dict(vocab_size=512, text_len=32),
         "transformer": dict(dim=192, depth=6, heads=6, conv_kernel=5),
         "train": dict(kl_warmup=0.5, code_usage=1.0),
     },
 }
 
+# train vq's defaults under every preset's own train values (the study's: Adam at 2e-3 with 100
+# warm-up steps, then cosine; its batch of 32 is TrainConfig's)
+VQ_TRAIN = dict(lr=2e-3, warmup=100)
+
 VAE_FORMAT = "dalle-studio-vae/1"
+VQ_FORMAT = "dalle-studio-vq/1"
 
 
 def _override(kind, values: dict, overrides: dict):
@@ -403,51 +413,88 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     return out
 
 
-def save_vae(vae, path: Path, card: dict) -> None:
+def _save_tokenizer_file(model, path: Path, card: dict, fmt: str) -> None:
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {
-        "format": VAE_FORMAT,
-        "config": json.dumps(asdict(vae.config)),
+        "format": fmt,
+        "config": json.dumps(asdict(model.config)),
         "card": json.dumps(card),
     }
     with atomic_path(path) as temp:
         save_file(tensors, str(temp), metadata=meta)
 
 
-def load_vae(path: str | Path, device="cpu"):
-    """A ``save_vae`` file, read through the bundle's checks: a bounded header, every config field
-    typed and bounded, shapes compared on the meta device before any weight is read."""
-    from model.bundle import BundleError, check_tensors, parse_json, read_header, read_tensors
-    from model.config import DVAEConfig, config_from_dict
-    from model.dvae import DVAE
+def save_vae(vae, path: Path, card: dict) -> None:
+    _save_tokenizer_file(vae, path, card, VAE_FORMAT)
 
+
+def save_vq(vq, path: Path, card: dict) -> None:
+    _save_tokenizer_file(vq, path, card, VQ_FORMAT)
+
+
+def _tokenizer_kinds():
+    """format -> (name in messages, config class, model class) of every image tokenizer file."""
+    from model.config import DVAEConfig, VQConfig
+    from model.dvae import DVAE
+    from model.vq import VQVAE
+
+    return {VAE_FORMAT: ("dVAE", DVAEConfig, DVAE), VQ_FORMAT: ("VQ tokenizer", VQConfig, VQVAE)}
+
+
+def _load_tokenizer_file(path: str | Path, formats: tuple[str, ...], device="cpu"):
+    """A ``save_vae`` or ``save_vq`` file of one of ``formats``, read through the bundle's checks:
+    a bounded header, every config field typed and bounded, shapes compared on the meta device
+    before any weight is read. Every failure is one ValueError naming the file."""
+    from model.bundle import BundleError, check_tensors, parse_json, read_header, read_tensors
+    from model.config import config_from_dict
+
+    kinds = _tokenizer_kinds()
+    noun = kinds[formats[0]][0] if len(formats) == 1 else "image tokenizer"
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such dVAE file")
+        raise FileNotFoundError(f"{path}: no such {noun} file")
     try:
         header = read_header(path)
         meta = header.metadata
-        if meta.get("format") != VAE_FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, expected {VAE_FORMAT!r}")
+        fmt = meta.get("format")
+        if fmt not in formats:
+            expected = " or ".join(repr(f) for f in formats)
+            raise ValueError(f"format {fmt!r}, expected {expected}")
+        noun, config_kind, model_kind = kinds[fmt]
         if "config" not in meta:
             raise ValueError("no config in its metadata")
-        config = config_from_dict(DVAEConfig, parse_json(path, meta["config"], "config"), "config")
+        config = config_from_dict(config_kind, parse_json(path, meta["config"], "config"), "config")
         with torch.device("meta"):
-            shapes = DVAE(config).state_dict()
+            shapes = model_kind(config).state_dict()
         check_tensors(path, header, shapes)
         card = parse_json(path, meta.get("card", "{}"), "card")
         if not isinstance(card, dict):
             raise ValueError("its card is not a JSON object")
         tensors = read_tensors(path)
     except BundleError as error:
-        raise ValueError(f"dVAE {path}: {error.problem}") from None
+        raise ValueError(f"{noun} {path}: {error.problem}") from None
     except ValueError as error:
-        raise ValueError(f"dVAE {path}: {error}") from None
-    vae = DVAE(config)
-    vae.load_state_dict(tensors)
-    return vae.to(device).eval(), card
+        raise ValueError(f"{noun} {path}: {error}") from None
+    model = model_kind(config)
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), card
+
+
+def load_vae(path: str | Path, device="cpu"):
+    """A ``save_vae`` file (a dVAE) and its card, read through the bundle's checks."""
+    return _load_tokenizer_file(path, (VAE_FORMAT,), device)
+
+
+def load_vq(path: str | Path, device="cpu"):
+    """A ``save_vq`` file (a VQ tokenizer) and its card, read through the bundle's checks."""
+    return _load_tokenizer_file(path, (VQ_FORMAT,), device)
+
+
+def load_image_tokenizer(path: str | Path, device="cpu"):
+    """A dVAE or a VQ tokenizer file, whichever its format says, and its card."""
+    return _load_tokenizer_file(path, (VAE_FORMAT, VQ_FORMAT), device)
 
 
 class Objective(nn.Module):
@@ -559,6 +606,53 @@ def train_vae(
     path = out_dir / "vae.safetensors"
     if trainer.dist.main:
         save_vae(final.cpu(), path, card)
+    return path
+
+
+def wall_seconds_total(records: list[dict]) -> float:
+    """Training seconds over every run of a resumed stage: each run's ``seconds`` count from its
+    own start, so a drop marks a resume and the run before it ends at its last record."""
+    total, last = 0.0, 0.0
+    for record in records:
+        if record["seconds"] < last:
+            total += last
+        last = record["seconds"]
+    return total + last
+
+
+def train_vq(data_dir, out_dir, vq_config, config: TrainConfig, resume=False, callbacks=()):
+    """Train a VQ tokenizer (``model/vq.py``) on a caption folder's images; returns the path of
+    ``vq.safetensors``. Images are not augmented: a crop resized back to S blurs the flat-colour
+    edges that the transformer's tokens must keep. The codebook follows its own EMA inside the
+    model; dead codes restart every ``vq_config.restart_every`` steps (a function of the step, so
+    a resumed run restarts the same codes as an uninterrupted one)."""
+    from model.data.folder import CaptionFolder
+    from model.vq import VQVAE
+
+    out_dir = Path(out_dir)
+    seed_everything(config.seed)  # the same initial weights for the same seed
+    vq = VQVAE(vq_config)
+    dataset = CaptionFolder(data_dir, vq_config.image_size, augment=False)
+
+    def step_fn(model, indices, step, generator):
+        images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
+        # step 0 included: the random codebook moves onto the first batch's encoder outputs
+        metrics = model(images, restart=step % vq_config.restart_every == 0)
+        mse = metrics["mse"].detach().clamp_min(1e-10)
+        return {**metrics, "psnr": -10 * torch.log10(mse)}
+
+    trainer = Trainer(Objective(vq), step_fn, len(dataset), config, out_dir)
+    data = {"folder": str(data_dir), "images": len(dataset)}
+    final, card = run_stage(trainer, "vq", data, callbacks, resume)
+    card.update(
+        kind="vq",
+        config=asdict(vq_config),
+        parameters=vq.num_parameters(),
+        wall_seconds_total=wall_seconds_total(read_metrics(out_dir)),
+    )
+    path = out_dir / "vq.safetensors"
+    if trainer.dist.main:
+        save_vq(final.cpu(), path, card)
     return path
 
 
@@ -705,6 +799,8 @@ def train_command(args, progress_bar_cls) -> int:
     preset = PRESETS[args.preset]
     sets = parse_sets(args.set)
     train_values = dict(preset["train"])
+    if args.stage == "vq":
+        train_values = {**VQ_TRAIN, **train_values}
     for key, value in (
         ("steps", args.steps),
         ("batch_size", args.batch_size),
@@ -737,6 +833,8 @@ def train_command(args, progress_bar_cls) -> int:
 
     if getattr(args, "reconstructed", False) and args.stage != "reranker":
         raise ValueError("--reconstructed is for train reranker only")
+    if args.stage == "vq" and (getattr(args, "init", None) or getattr(args, "decoder_only", False)):
+        raise ValueError("train vq takes neither --init nor --decoder-only (yet)")
     if getattr(args, "init", None):
         # the model's config comes from --init's file: a --set that would be ignored is refused
         decoder_keys = {"dec_n_hid", "dec_n_blk_per_group"} if args.stage == "vae" else set()
@@ -764,6 +862,11 @@ def train_command(args, progress_bar_cls) -> int:
             decoder_only=args.decoder_only,
             decoder_sets=decoder_sets,
         )
+    elif args.stage == "vq":
+        from model.config import VQConfig
+
+        vq_config = _override(VQConfig, preset["vq"], sets)
+        path = train_vq(args.data, args.out, vq_config, config, args.resume, callbacks)
     elif args.stage == "vae":
         if getattr(args, "decoder_only", False):
             raise ValueError(

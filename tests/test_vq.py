@@ -1,0 +1,319 @@
+"""The VQ tokenizer (model/vq.py) and its training stage: shapes, hard codes from encoder to
+decoder, the EMA codebook and dead-code restarts, exact resume, hostile files, `dalle train vq`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import cli
+from model.config import VQConfig
+from model.data.scenes import write_scenes
+from model.train import PRESETS, TrainConfig, load_vq, read_metrics, save_vq, train_vq
+from model.vq import VQVAE
+
+TINY_VQ = VQConfig(**PRESETS["tiny"]["vq"])  # 32 px, patch 4: an 8x8 grid of 64 codes
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    write_scenes(folder, 24, seed=1, size=32, workers=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(scenes):
+    from model.data.folder import CaptionFolder
+
+    dataset = CaptionFolder(scenes, TINY_VQ.image_size, augment=False)
+    return torch.stack([dataset[i][0] for i in range(16)])  # (16, 3, 32, 32)
+
+
+def tiny_vq(seed: int = 0, **changes) -> VQVAE:
+    torch.manual_seed(seed)
+    return VQVAE(VQConfig(**{**PRESETS["tiny"]["vq"], **changes}))
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    values = dict(
+        steps=6, batch_size=4, lr=2e-3, warmup=2, checkpoint_every=3, log_every=1, ema=0.9
+    )
+    values.update(seed=5, device="cpu", **overrides)
+    return TrainConfig(**values)
+
+
+# -- the module ---------------------------------------------------------------------------------
+
+
+def test_shapes_and_the_dvae_api(images):
+    vq = tiny_vq().eval()
+    assert (vq.image_size, vq.factor, vq.grid, vq.vocab_size) == (32, 4, 8, 64)
+    assert (vq.config.grid, vq.config.factor, vq.config.vocab_size) == (8, 4, 64)
+    codes = vq.encode(images[:3])
+    assert codes.shape == (3, 8, 8) and codes.dtype == torch.long
+    assert 0 <= int(codes.min()) and int(codes.max()) < 64
+    decoded = vq.decode(codes)
+    assert decoded.shape == (3, 3, 32, 32)
+    assert 0 <= float(decoded.min()) and float(decoded.max()) <= 1
+    # taming's names, so that a VQGAN's state dict can be loaded by name later
+    names = vq.state_dict().keys()
+    for name in (
+        "encoder.conv_in.weight",
+        "encoder.down.0.block.0.norm1.weight",
+        "quant_conv.weight",
+        "quantize.embedding.weight",
+        "quantize.embedding.cluster_size",
+        "quantize.embedding.embed_avg",
+        "post_quant_conv.weight",
+        "decoder.up.0.block.0.conv2.weight",
+        "decoder.conv_out.weight",
+    ):
+        assert name in names
+    # the patch factor is a config field: 8x8 patches give a 4x4 grid
+    assert tiny_vq(patch=8).eval().encode(images[:1]).shape == (1, 4, 4)
+
+
+def test_bad_inputs_are_refused_with_what_was_expected(images):
+    vq = tiny_vq().eval()
+    with pytest.raises(ValueError, match="multiples of the patch 4"):
+        vq.encode(images[:, :, :30, :30])
+    with pytest.raises(ValueError, match=r"shape \(B, 3, H, W\)"):
+        vq.encode(images[:, :1])
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 64\)"):
+        vq.decode(torch.full((1, 8, 8), 64))
+    with pytest.raises(ValueError, match="integer tokens"):
+        vq.decode(torch.zeros(1, 8, 8))
+    with pytest.raises(ValueError, match="multiple of patch"):
+        VQVAE(VQConfig(image_size=30, patch=4))
+
+
+def test_training_reconstructs_through_exactly_the_codes_encode_gives(images):
+    # what the decoder learns from (the straight-through quantised vectors) is the codebook
+    # entry of encode()'s code at every cell, and its image is decode() of those codes
+    vq = tiny_vq().eval()
+    z = vq.latent(images)
+    quantised, _, codes = vq.quantize(z)
+    assert torch.equal(codes, vq.encode(images))
+    assert torch.allclose(quantised, vq.quantize.lookup(codes), atol=1e-6)
+    trained_on = ((vq.pixels(quantised) + 1) / 2).clamp(0, 1)
+    assert torch.allclose(trained_on, vq.decode(codes), atol=1e-5)  # z + (e - z) is e to rounding
+    # decoding is deterministic, and every code vector is its own nearest code
+    assert torch.equal(vq.decode(codes), vq.decode(codes))
+    table = vq.quantize.embedding.weight.t().reshape(1, -1, 8, 8)  # the 64 codes as a grid
+    assert torch.equal(vq.quantize.codes(table).flatten(), torch.arange(64))
+    # so re-encoding a decoded grid gives codes of the same grid, each a valid id
+    again = vq.encode(vq.decode(codes))
+    assert again.shape == codes.shape and int(again.max()) < 64
+
+
+def test_ema_moves_each_used_code_to_the_mean_of_its_encoder_outputs(images):
+    vq = tiny_vq(decay=0.0).train()  # decay 0: the codebook is this batch's averages alone
+    with torch.no_grad():
+        z = vq.latent(images)
+        _, _, codes = vq.quantize(z)
+    flat, ids = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), codes.flatten()
+    counts = torch.bincount(ids, minlength=64).float()
+    assert torch.equal(vq.quantize.embedding.cluster_size, counts)
+    assert torch.equal(vq.quantize.usage, counts)
+    for code in ids.unique():
+        mean = flat[ids == code].mean(dim=0)
+        assert torch.allclose(vq.quantize.embedding.weight[code], mean, atol=1e-4)
+
+    vq = tiny_vq(decay=0.99).train()  # the recipe's decay: 1% of the batch's counts per step
+    with torch.no_grad():
+        vq.quantize(vq.latent(images))
+    assert torch.allclose(vq.quantize.embedding.cluster_size, 0.01 * counts, atol=1e-6)
+    vq.eval()
+    with torch.no_grad():
+        vq.quantize(vq.latent(images))  # eval mode: no update
+    assert torch.allclose(vq.quantize.embedding.cluster_size, 0.01 * counts, atol=1e-6)
+
+
+def test_dead_codes_come_back_and_training_keeps_them_alive(images):
+    vq = tiny_vq().train()
+    emb = vq.quantize.embedding
+    with torch.no_grad():  # every code but 0 far from any encoder output: all of them dead
+        emb.weight[1:] = emb.embed_avg[1:] = 1e3
+    with torch.no_grad():
+        vq.loss(images)
+    assert int((vq.quantize.usage > 0).sum()) == 1
+    assert len(vq.encode(images).unique()) == 1
+
+    with torch.no_grad():
+        z = vq.latent(images)
+        vq.loss(images, restart=True)
+    assert int(vq.quantize.usage.sum()) == 0  # counting starts again
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    for code in range(1, 64):  # each dead code now sits on one of this batch's encoder outputs
+        assert (flat - emb.weight[code]).abs().amax(dim=1).min() < 1e-6
+    assert len(vq.encode(images).unique()) >= 32
+
+    optimizer = torch.optim.Adam([p for p in vq.parameters() if p.requires_grad], lr=2e-3)
+    first = None
+    for step in range(40):
+        vq.train()
+        batch = images[(step * 4) % 16 : (step * 4) % 16 + 4]
+        metrics = vq.loss(batch, restart=step % 5 == 0)
+        optimizer.zero_grad()
+        metrics["loss"].backward()
+        optimizer.step()
+        first = first if first is not None else float(metrics["mse"])
+    vq.eval()
+    assert len(vq.encode(images).unique()) >= 32  # still in use after 40 steps of EMA updates
+    after = float(((vq.decode(vq.encode(images)) - images) ** 2).mean())
+    assert after < first / 2  # and the reconstruction learned something meanwhile
+
+
+# -- the training stage -------------------------------------------------------------------------
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted_run(scenes, tmp_path):
+    # restarts every 2 steps, so the codes to restart at step 4 depend on usage counted before
+    # the checkpoint at step 3: the usage buffer must travel with the checkpoint
+    config = VQConfig(**{**PRESETS["tiny"]["vq"], "restart_every": 2})
+    straight = tmp_path / "straight"
+    train_vq(scenes, straight, config, tiny_train_config())
+
+    broken = tmp_path / "broken"
+
+    def stop_at_first_checkpoint(trainer, path):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_vq(
+            scenes,
+            broken,
+            config,
+            tiny_train_config(),
+            callbacks=[("on_checkpoint", stop_at_first_checkpoint)],
+        )
+    assert torch.load(broken / "checkpoint.pt", weights_only=True)["step"] == 3
+    train_vq(scenes, broken, config, tiny_train_config(), resume=True)
+
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(broken / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    assert [m["step"] for m in read_metrics(broken)] == [1, 2, 3, 4, 5, 6]
+    assert [m["loss"] for m in read_metrics(broken)] == [m["loss"] for m in read_metrics(straight)]
+    for x, y in zip(
+        load_vq(straight / "vq.safetensors")[0].state_dict().values(),
+        load_vq(broken / "vq.safetensors")[0].state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(x, y)
+
+
+def saved_vq(tmp_path, **config_changes) -> Path:
+    """A tiny VQ file whose stored config (not its tensors) is edited by ``config_changes``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "vq.safetensors"
+    save_vq(tiny_vq(), path, {"steps": 1})
+    if config_changes:
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata())
+        config = json.loads(meta["config"])
+        config.update(config_changes)
+        meta["config"] = json.dumps(config)
+        save_file(load_file(path), path, metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, fragments",
+    [
+        ({"width": 1_000_000}, ["width", "1000000", "at most"]),
+        ({"patch": "4"}, ["patch", "integer"]),
+        ({"vocab_size": True}, ["vocab_size", "integer"]),
+        ({"decay": float("nan")}, ["decay", "number"]),
+        ({"colour": 1}, ["unknown VQConfig fields", "colour"]),
+        ({"width": 32}, ["wrong shape"]),  # within bounds: shapes compared on the meta device
+        ({"image_size": 30}, ["multiple of patch"]),
+    ],
+)
+def test_a_hostile_vq_file_is_refused_in_one_line(tmp_path, changes, fragments):
+    path = saved_vq(tmp_path, **changes)
+    with pytest.raises(ValueError) as caught:
+        load_vq(path)
+    message = str(caught.value)
+    assert message.startswith(f"VQ tokenizer {path}: ") and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_corrupt_and_mistaken_files_are_refused_in_one_line(tmp_path):
+    from model.train import load_image_tokenizer, load_vae
+
+    path = saved_vq(tmp_path)
+    vq, card = load_image_tokenizer(path)  # either kind, by its format
+    assert isinstance(vq, VQVAE) and card == {"steps": 1}
+    with pytest.raises(
+        ValueError, match="format 'dalle-studio-vq/1', expected 'dalle-studio-vae/1'"
+    ):
+        load_vae(path)  # a VQ file is not a dVAE
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    for bad in (truncated, garbage):
+        with pytest.raises(ValueError) as caught:
+            load_vq(bad)
+        assert str(bad) in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(FileNotFoundError, match="no such VQ tokenizer file"):
+        load_vq(tmp_path / "missing.safetensors")
+
+
+def test_cli_trains_a_vq_tokenizer_end_to_end_and_resumes(tmp_path, capsys):
+    data, out = tmp_path / "scenes", tmp_path / "run"
+    scenes_argv = ["data", "scenes", "--count", "64", "--size", "64", "--out", str(data)]
+    assert cli.main([*scenes_argv, "--workers", "1", "--quiet"]) == 0
+    argv = ["train", "vq", "--data", str(data), "--out", str(out), "--preset", "tiny"]
+    argv += ["--set", "image_size=64", "--batch-size", "8", "--device", "cpu", "--quiet"]
+    capsys.readouterr()
+    assert cli.main([*argv, "--steps", "12", "--checkpoint-every", "6"]) == 0
+    assert capsys.readouterr().out.split() == [str(out / "vq.safetensors")]
+    assert cli.main([*argv, "--steps", "20", "--resume"]) == 0
+    capsys.readouterr()
+
+    vq, card = load_vq(out / "vq.safetensors")
+    assert (vq.image_size, vq.grid, vq.vocab_size) == (64, 16, 64)
+    assert card["stage"] == "vq" and card["steps"] == 20
+    assert card["data"] == {"folder": str(data), "images": 64}
+    assert card["config"]["image_size"] == 64 and card["config"]["restart_every"] == 25
+    assert card["train"]["lr"] == 2e-3  # the tiny preset's, over VQ_TRAIN's defaults
+    assert card["device"].startswith("cpu") and card["wall_seconds_total"] > 0
+    assert card["final_metrics"]["step"] == 20 and "psnr" in card["final_metrics"]
+    assert [r["step"] for r in read_metrics(out)] == [10, 12, 20]  # 12: the first run's end
+
+    assert cli.main([*argv, "--init", str(out / "vq.safetensors")]) == 2
+    assert "train vq takes neither --init" in capsys.readouterr().err
+
+
+def test_dvae_ceiling_benchmark_reads_a_vq_file(tmp_path):
+    path = saved_vq(tmp_path)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "dvae_ceiling.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script), "--count", "2", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "vq.safetensors" in result.stdout and "/64" in result.stdout

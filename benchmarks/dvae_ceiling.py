@@ -35,7 +35,8 @@ FACTS = ("present", "count", "size", "place", "relation", "background")
 
 
 def load_any(path: str):
-    """The dVAE of a bundle, or the dVAE or VQ tokenizer of a `train vae` / `train vq` file."""
+    """The image tokenizer of a bundle (a dVAE or a VQ tokenizer), or of a `train vae` /
+    `train vq` file."""
     if path.endswith(".dalle.safetensors"):
         return load(path).vae
     return load_image_tokenizer(path)[0]

@@ -3,9 +3,12 @@
 One safetensors file holds every weight and everything needed to rebuild the models around them,
 as nanoGPT's checkpoints carry their ``model_args``:
 
-    tensors    vae.*, transformer.*, reranker.* (optional): each model's state_dict
+    tensors    vae.*, transformer.*, reranker.* (optional): each model's state_dict; vae.* is
+               the image tokenizer, a dVAE or a VQ-VAE
     metadata   format     "dalle-studio/1"
-               config     BundleConfig as JSON; config.text.text_len is the tokenizer's text_len
+               config     BundleConfig as JSON; config.text.text_len is the tokenizer's text_len;
+                          config.vae.kind is "vq" for a VQ tokenizer, absent for a dVAE (as in
+                          every bundle written before VQ tokenizers)
                tokenizer  the ``tokenizers`` JSON of the caption BPE
                card       JSON: training data, steps, metrics, example captions
 
@@ -40,7 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.config import BundleConfig
+from model.config import BundleConfig, DVAEConfig, VQConfig, vae_kind
 from model.files import atomic_path
 from model.text import CaptionTokenizer
 
@@ -83,7 +86,7 @@ class Bundle:
     """A loaded model: its config, the three models, the tokenizer and the model card."""
 
     config: BundleConfig
-    vae: nn.Module  # model.dvae.DVAE
+    vae: nn.Module  # model.dvae.DVAE or model.vq.VQVAE, as config.vae's kind says
     transformer: nn.Module  # model.transformer.Transformer
     tokenizer: CaptionTokenizer
     reranker: nn.Module | None = None  # model.rerank.Reranker
@@ -396,11 +399,10 @@ def build_models(
     ``device="meta"`` builds them without allocating their weights: their shapes, for checking a
     file's tensors before anything of its size is allocated.
     """
-    from model.dvae import DVAE
     from model.transformer import Transformer
 
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        models = {"vae": DVAE(config.vae), "transformer": Transformer(config.transformer)}
+        models = {"vae": build_vae(config.vae), "transformer": Transformer(config.transformer)}
         if config.reranker is not None:
             try:
                 from model.rerank import Reranker
@@ -410,6 +412,19 @@ def build_models(
                 raise ValueError("this installation has no reranker (model.rerank)") from error
             models["reranker"] = Reranker(config.reranker)
     return models
+
+
+def build_vae(config: DVAEConfig | VQConfig) -> nn.Module:
+    """A fresh image tokenizer of ``config``'s kind: a ``DVAE`` or a ``VQVAE``. Both offer
+    ``encode(images) -> codes``, ``decode(codes) -> images``, ``grid``, ``vocab_size``,
+    ``image_size`` and ``factor``, which is all that sampling, the studio and evaluation use."""
+    if vae_kind(config) == "vq":
+        from model.vq import VQVAE
+
+        return VQVAE(config)
+    from model.dvae import DVAE
+
+    return DVAE(config)
 
 
 def _check_table_budget(path: Path, config: BundleConfig) -> None:

@@ -793,7 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage", choices=["vae", "vq", "transformer", "reranker"])
     p.add_argument("--data", required=True, help="folder of images with same-name .txt captions")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics, result)")
-    p.add_argument("--vae", help="transformer: the trained dVAE (vae.safetensors)")
+    p.add_argument(
+        "--vae", help="transformer: the trained image tokenizer (vae.safetensors or vq.safetensors)"
+    )
     p.add_argument("--bundle", help="reranker: the bundle it will join")
     p.add_argument(
         "--tokenizer",

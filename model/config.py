@@ -89,6 +89,13 @@ class VQConfig:
     edge_weight: float = 4.0  # pixel loss weight near colour edges (study: the largest gain)
     restart_every: int = 25  # steps between dead-code restarts at the worst-reconstructed cells
 
+    def encoder_config(self) -> VQConfig:
+        """This config with the training-only fields at their defaults: equal for VQ tokenizers
+        whose tokens can be the same (as ``DVAEConfig.encoder_config``)."""
+        defaults = VQConfig()
+        training = ("decay", "commitment", "edge_weight", "restart_every")
+        return dataclasses.replace(self, **{name: getattr(defaults, name) for name in training})
+
     @property
     def factor(self) -> int:
         return self.patch
@@ -202,13 +209,23 @@ class SamplingOptions:
 class BundleConfig:
     """Everything needed to rebuild a bundle's models."""
 
-    vae: DVAEConfig = field(default_factory=DVAEConfig)
+    # the image tokenizer; its kind is the config's class, stored as vae.kind (see VAE_KINDS)
+    vae: DVAEConfig | VQConfig = field(default_factory=DVAEConfig)
     text: TextConfig = field(default_factory=TextConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     reranker: RerankerConfig | None = None
 
+    @property
+    def vae_kind(self) -> str:
+        return vae_kind(self.vae)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.vae_kind != DEFAULT_VAE_KIND:
+            # a dVAE's section stays as it always was, so its bundles are written byte for byte
+            # as before this key existed
+            data["vae"] = {"kind": self.vae_kind, **data["vae"]}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BundleConfig:
@@ -217,13 +234,39 @@ class BundleConfig:
         expected). Only the reranker may be absent (None)."""
         reranker = data.get("reranker")
         return cls(
-            vae=config_from_dict(DVAEConfig, data["vae"], "vae"),
+            vae=vae_config_from_dict(data["vae"]),
             text=config_from_dict(TextConfig, data["text"], "text"),
             transformer=config_from_dict(TransformerConfig, data["transformer"], "transformer"),
             reranker=None
             if reranker is None
             else config_from_dict(RerankerConfig, reranker, "reranker"),
         )
+
+
+# The image tokenizer kinds a bundle can carry, by the name its config's vae.kind holds. A bundle
+# written before VQ tokenizers has no vae.kind: it is a dVAE.
+VAE_KINDS: dict[str, type] = {"dvae": DVAEConfig, "vq": VQConfig}
+DEFAULT_VAE_KIND = "dvae"
+
+
+def vae_kind(config: DVAEConfig | VQConfig) -> str:
+    """``"dvae"`` or ``"vq"``: the kind of image tokenizer ``config`` builds."""
+    for name, kind in VAE_KINDS.items():
+        if type(config) is kind:
+            return name
+    raise TypeError(f"not an image tokenizer config: {type(config).__name__}")
+
+
+def vae_config_from_dict(values: Any, section: str = "vae") -> DVAEConfig | VQConfig:
+    """The image tokenizer's config from a file: ``values["kind"]`` (absent: a dVAE) picks the
+    class, the other fields are checked by ``config_from_dict``."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{section} must be a JSON object, got {values!r:.40}")
+    values = dict(values)
+    kind = values.pop("kind", DEFAULT_VAE_KIND)
+    if type(kind) is not str or kind not in VAE_KINDS:
+        raise ValueError(f"{section}.kind is {kind!r:.40}; expected one of {sorted(VAE_KINDS)}")
+    return config_from_dict(VAE_KINDS[kind], values, section)
 
 
 # (lowest, highest) of every field a file may set; ints must be JSON integers, floats numbers

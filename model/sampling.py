@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.config import SamplingOptions
+from model.config import SamplingOptions, VQConfig
 from model.transformer import for_inference, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,11 @@ def memory_needed(config, options: SamplingOptions, device_type: str = "cpu") ->
     tf, vae = config.transformer, config.vae
     value_bytes = 4 if device_type == "cpu" else 2
     cache = tf.depth * 2 * batch_rows(options) * tf.seq_len * tf.dim * value_bytes
-    decoded = options.n * (3 + 2 * vae.decoder_n_hid) * vae.image_size**2 * 4
+    if isinstance(vae, VQConfig):  # every convolution at grid resolution, then PixelShuffle
+        activations = 3 * vae.image_size**2 + 2 * vae.width * vae.grid**2
+    else:
+        activations = (3 + 2 * vae.decoder_n_hid) * vae.image_size**2
+    decoded = options.n * activations * 4
     return cache + decoded
 
 

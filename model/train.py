@@ -697,7 +697,7 @@ def train_transformer(
     ``init`` (a bundle) starts from its transformer, config and tokenizer: fine-tuning the
     default model on one's own folder, or following a dVAE that was trained further."""
     from model.bundle import Bundle, load, save
-    from model.config import BundleConfig
+    from model.config import BundleConfig, vae_kind
     from model.data.folder import CaptionFolder
     from model.text import CaptionTokenizer
     from model.transformer import Transformer
@@ -705,7 +705,7 @@ def train_transformer(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(config.device)
-    vae, vae_card = load_vae(vae_path, device)
+    vae, vae_card = load_image_tokenizer(vae_path, device)  # a dVAE or a VQ tokenizer
     # pre-encoded once, without crops: captions name places that a crop would move
     dataset = CaptionFolder(data_dir, vae.config.image_size, augment=False)
     captions = caption_picker(dataset)
@@ -713,10 +713,16 @@ def train_transformer(
     start = None
     if init is not None:
         start = load(init, "cpu")
-        if start.config.vae.encoder_config() != vae.config.encoder_config():
+        ours, theirs = start.config.vae, vae.config
+        if type(ours) is not type(theirs):
             raise ValueError(
-                f"{init}: its dVAE has another shape ({start.config.vae.grid} grid, "
-                f"{start.config.vae.vocab_size} codes) than --vae's"
+                f"{init}: its image tokenizer is a {start.config.vae_kind} but --vae's is a "
+                f"{vae_kind(theirs)}"
+            )
+        if ours.encoder_config() != theirs.encoder_config():
+            raise ValueError(
+                f"{init}: its {start.config.vae_kind} has another shape ({ours.grid} grid, "
+                f"{ours.vocab_size} codes) than --vae's"
             )
         if tokenizer_file is not None:
             raise ValueError("--init brings its own tokenizer; leave out --tokenizer")
@@ -876,7 +882,9 @@ def train_command(args, progress_bar_cls) -> int:
         path = train_vae(args.data, args.out, vae_config, config, args.resume, callbacks)
     elif args.stage == "transformer":
         if not args.vae:
-            raise ValueError("train transformer needs --vae PATH (a trained vae.safetensors)")
+            raise ValueError(
+                "train transformer needs --vae PATH (a trained vae.safetensors or vq.safetensors)"
+            )
         text_sets = {k[5:]: v for k, v in sets.items() if k.startswith("text.")}
         tf_sets = {k: v for k, v in sets.items() if not k.startswith("text.")}
         text_config = _override(TextConfig, preset["text"], text_sets)
@@ -1019,6 +1027,11 @@ def train_reranker(
 def replace_decoder(bundle, vae_path) -> None:
     """Put ``vae_path``'s dVAE into ``bundle``; its encoder must be the bundle's, weight for
     weight, or the transformer would be reading tokens it never learned."""
+    if bundle.config.vae_kind != "dvae":
+        raise ValueError(
+            f"--vae {vae_path}: swaps a dVAE decoder, but this bundle's image tokenizer is a "
+            f"{bundle.config.vae_kind}"
+        )
     vae, card = load_vae(vae_path)
     if vae.config.encoder_config() != bundle.vae.config.encoder_config():
         raise ValueError(f"{vae_path}: its dVAE encoder config differs from the bundle's")

@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 
 from model.bundle import Bundle, save
-from model.config import BundleConfig, DVAEConfig, TextConfig, TransformerConfig
+from model.config import BundleConfig, DVAEConfig, TextConfig, TransformerConfig, VQConfig
 from model.dvae import DVAE
 from model.text import CaptionTokenizer
 from model.transformer import Transformer
+from model.vq import VQVAE
 
 CAPTIONS = [
     "a red circle in the top left",
@@ -22,11 +23,20 @@ CAPTIONS = [
 ]
 
 
-def tiny_bundle(seed: int = 0) -> Bundle:
+# a VQ tokenizer of the same geometry as the tiny dVAE: 32 px, a 4x4 grid of 32 codes
+TINY_VQ = VQConfig(image_size=32, patch=8, width=8, res_blocks=1, z_channels=8, embed_dim=8,
+                   vocab_size=32)  # fmt: skip
+
+
+def tiny_bundle(seed: int = 0, kind: str = "dvae") -> Bundle:
+    """``kind``: the image tokenizer, "dvae" or "vq" (same grid, codes and image size)."""
     torch.manual_seed(seed)
-    vae_config = DVAEConfig(
-        image_size=32, n_groups=4, n_hid=8, n_blk_per_group=1, vocab_size=32, n_init=16
-    )
+    if kind == "vq":
+        vae_config = TINY_VQ
+    else:
+        vae_config = DVAEConfig(
+            image_size=32, n_groups=4, n_hid=8, n_blk_per_group=1, vocab_size=32, n_init=16
+        )
     tokenizer = CaptionTokenizer.train(CAPTIONS * 4, vocab_size=300, text_len=12)
     text_config = TextConfig(vocab_size=tokenizer.vocab_size, text_len=tokenizer.text_len)
     tf_config = TransformerConfig(
@@ -42,14 +52,16 @@ def tiny_bundle(seed: int = 0) -> Bundle:
     config = BundleConfig(vae=vae_config, text=text_config, transformer=tf_config)
     return Bundle(
         config=config,
-        vae=DVAE(vae_config).eval(),
+        vae=(VQVAE(vae_config) if kind == "vq" else DVAE(vae_config)).eval(),
         transformer=Transformer(tf_config).eval(),
         tokenizer=tokenizer,
         card={"name": "tiny test bundle", "example_captions": CAPTIONS[:3]},
     )
 
 
-def tiny_bundle_file(folder: Path, seed: int = 0) -> Path:
-    path = folder / "tiny.dalle.safetensors"
-    save(tiny_bundle(seed), path)
+def tiny_bundle_file(folder: Path, seed: int = 0, kind: str = "dvae") -> Path:
+    path = folder / (
+        "tiny.dalle.safetensors" if kind == "dvae" else f"tiny-{kind}.dalle.safetensors"
+    )
+    save(tiny_bundle(seed, kind), path)
     return path

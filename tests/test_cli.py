@@ -18,6 +18,12 @@ def bundle_path(tmp_path_factory):
     return tiny_bundle_file(tmp_path_factory.mktemp("bundle"))
 
 
+@pytest.fixture(scope="module", params=["dvae", "vq"])
+def any_bundle_path(request, tmp_path_factory):
+    """A tiny bundle of each image tokenizer kind."""
+    return tiny_bundle_file(tmp_path_factory.mktemp("bundle"), kind=request.param)
+
+
 @pytest.fixture
 def photo(tmp_path):
     rng = np.random.default_rng(0)
@@ -31,12 +37,12 @@ def dalle(*args) -> int:
     return main([str(a) for a in args])
 
 
-def test_complete_keeps_pixels_outside_rectangle(bundle_path, photo, tmp_path, capsys):
+def test_complete_keeps_pixels_outside_rectangle(any_bundle_path, photo, tmp_path, capsys):
     out = tmp_path / "out"
     code = dalle(
         "complete",
         "--bundle",
-        bundle_path,
+        any_bundle_path,
         "--image",
         photo,
         "--from-px",

@@ -33,9 +33,10 @@ def run(engine: Engine, job: Job):
     return messages
 
 
-def test_job_streams_rows_then_candidates_pasted_back(bundle):
+@pytest.mark.parametrize("kind", ["dvae", "vq"])
+def test_job_streams_rows_then_candidates_pasted_back(kind):
     engine = Engine()
-    engine.set_bundle(bundle)
+    engine.set_bundle(tiny_bundle(kind=kind))
     image = picture()
     document = Document(image.copy())
     document.set_model_geometry(32, 8)

@@ -276,12 +276,13 @@ def test_plan_refuses_a_rectangle_only_in_the_padding(args, message):
         Plan(*args)
 
 
-def test_complete_skips_the_padding_of_a_wide_image():
+@pytest.mark.parametrize("kind", ["dvae", "vq"])
+def test_complete_skips_the_padding_of_a_wide_image(kind):
     from model.images import to_model, to_pil
     from model.sampling import complete
     from tests.helpers import tiny_bundle
 
-    bundle = tiny_bundle()
+    bundle = tiny_bundle(kind=kind)
     grid, factor = bundle.config.transformer.grid, bundle.config.vae.factor
     pixels = torch.rand(3, 12, 32)  # wide: the lower rows of the square are padding
     tensor, placement = to_model(to_pil(pixels), bundle.config.vae.image_size)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import DVAEConfig
+from model.images import check_image_batch
 
 logger = logging.getLogger(__name__)
 
@@ -388,19 +389,11 @@ class DVAE(nn.Module):
         logger.info("loaded released-layout dVAE weights: %s", config)
         return model
 
-    def _check_images(self, images: torch.Tensor) -> None:
-        c, f = self.config.channels, self.config.factor
-        if images.ndim != 4 or images.shape[1] != c:
-            raise ValueError(f"expected images of shape (B, {c}, H, W), got {tuple(images.shape)}")
-        if images.shape[2] % f or images.shape[3] % f:
-            raise ValueError(
-                f"image height and width must be multiples of the downsampling factor {f}, "
-                f"got {tuple(images.shape[2:])}"
-            )
-
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, S, S) in [0, 1] -> code logits (B, K, G, G)."""
-        self._check_images(images)
+        check_image_batch(
+            images, self.config.channels, self.config.factor, "the downsampling factor"
+        )
         return self.encoder(map_pixels(images, self.config.logit_laplace_eps))
 
     @torch.inference_mode()

@@ -30,6 +30,20 @@ def load_image(path: str | Path) -> Image.Image:
     return open_image(path)
 
 
+def check_image_batch(images: torch.Tensor, channels: int, multiple: int, what: str) -> None:
+    """Raise ValueError unless ``images`` is (B, channels, H, W) with H and W multiples of
+    ``multiple`` (an image tokenizer's input; ``what`` names the multiple in the message)."""
+    if images.ndim != 4 or images.shape[1] != channels:
+        raise ValueError(
+            f"expected images of shape (B, {channels}, H, W), got {tuple(images.shape)}"
+        )
+    if images.shape[2] % multiple or images.shape[3] % multiple:
+        raise ValueError(
+            f"image height and width must be multiples of {what} {multiple}, "
+            f"got {tuple(images.shape[2:])}"
+        )
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the user's image (width x height) lies in the model's size x size square."""

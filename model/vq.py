@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import VQConfig
+from model.images import check_image_batch
 
 # A pixel is "near a colour edge" when some channel varies by more than this within its 3x3
 # neighbourhood: the scenes are flat colours, so anything above quantisation noise is an edge.
@@ -289,19 +290,9 @@ class VQVAE(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def _check_images(self, images: torch.Tensor) -> None:
-        c, p = self.config.channels, self.config.patch
-        if images.ndim != 4 or images.shape[1] != c:
-            raise ValueError(f"expected images of shape (B, {c}, H, W), got {tuple(images.shape)}")
-        if images.shape[2] % p or images.shape[3] % p:
-            raise ValueError(
-                f"image height and width must be multiples of the patch {p}, "
-                f"got {tuple(images.shape[2:])}"
-            )
-
     def latent(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, S, S) in [0, 1] -> continuous codes (B, D, G, G) before quantisation."""
-        self._check_images(images)
+        check_image_batch(images, self.config.channels, self.config.patch, "the patch")
         return self.quant_conv(self.encoder(2 * images - 1))
 
     def pixels(self, quantised: torch.Tensor) -> torch.Tensor:

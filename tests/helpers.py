@@ -65,3 +65,20 @@ def tiny_bundle_file(folder: Path, seed: int = 0, kind: str = "dvae") -> Path:
     )
     save(tiny_bundle(seed, kind), path)
     return path
+
+
+def edit_stored_config(path: Path, **changes) -> Path:
+    """Rewrite the config JSON in a safetensors file's metadata with ``changes`` (tensors kept):
+    a file that lies about its model, for the loaders' checks."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    config = json.loads(meta["config"])
+    config.update(changes)
+    meta["config"] = json.dumps(config)
+    save_file(load_file(path), path, metadata=meta)
+    return path

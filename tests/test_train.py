@@ -16,6 +16,7 @@ import torch
 from model.config import DVAEConfig
 from model.data.scenes import write_scenes
 from model.train import PRESETS, TrainConfig, Trainer, lr_at, read_metrics, train_vae
+from tests.helpers import edit_stored_config
 
 TINY_VAE = DVAEConfig(**PRESETS["tiny"]["vae"])
 
@@ -431,21 +432,13 @@ def test_reranker_init_and_reconstructed_images(scenes, tmp_path, capsys):
 
 def saved_vae(tmp_path, **config_changes) -> Path:
     """A tiny dVAE file whose stored config (not its tensors) is edited by ``config_changes``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     from model.dvae import DVAE
     from model.train import save_vae
 
     path = tmp_path / "vae.safetensors"
     save_vae(DVAE(TINY_VAE), path, {"steps": 1})
     if config_changes:
-        with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata())
-        config = json.loads(meta["config"])
-        config.update(config_changes)
-        meta["config"] = json.dumps(config)
-        save_file(load_file(path), path, metadata=meta)
+        edit_stored_config(path, **config_changes)
     return path
 
 

@@ -3,7 +3,6 @@ decoder, the EMA codebook and dead-code restarts, exact resume, hostile files, `
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from model.config import VQConfig
 from model.data.scenes import write_scenes
 from model.train import PRESETS, TrainConfig, load_vq, read_metrics, save_vq, train_vq
 from model.vq import VQVAE
+from tests.helpers import edit_stored_config
 
 TINY_VQ = VQConfig(**PRESETS["tiny"]["vq"])  # 32 px, patch 4: an 8x8 grid of 64 codes
 
@@ -219,18 +219,10 @@ def test_resume_equals_uninterrupted_run(scenes, tmp_path):
 
 def saved_vq(tmp_path, **config_changes) -> Path:
     """A tiny VQ file whose stored config (not its tensors) is edited by ``config_changes``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
     path = tmp_path / "vq.safetensors"
     save_vq(tiny_vq(), path, {"steps": 1})
     if config_changes:
-        with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata())
-        config = json.loads(meta["config"])
-        config.update(config_changes)
-        meta["config"] = json.dumps(config)
-        save_file(load_file(path), path, metadata=meta)
+        edit_stored_config(path, **config_changes)
     return path
 
 

@@ -185,6 +185,55 @@ class SamplingOptions:
     guidance: float = 1.0  # classifier-free guidance scale; 1 = conditional only
     seed: int | None = None  # None = fresh randomness
 
+    @staticmethod
+    def add_arguments(parser) -> None:
+        """The CLI flags for every field (``--n --seed --temperature --top-k --top-p
+        --guidance``), their defaults this class's."""
+        parser.add_argument("--n", type=int, default=1, help="candidates, sampled in one batch")
+        parser.add_argument("--seed", type=int, default=None, help="fixed seed (default: random)")
+        parser.add_argument("--temperature", type=float, default=1.0)
+        parser.add_argument("--top-k", type=int, default=0, help="0 = off")
+        parser.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+        parser.add_argument(
+            "--guidance", type=float, default=1.0, help="classifier-free guidance scale"
+        )
+
+    @classmethod
+    def from_args(cls, args, **changes: Any) -> SamplingOptions:
+        """The options ``add_arguments``' flags parsed into ``args`` (``changes`` override),
+        validated (ValueError naming the field)."""
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        options = cls(**{**values, **changes})
+        options.validate()
+        return options
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields (a project's history entry, a bundle card, a server reply)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Any) -> SamplingOptions:
+        """Options read from a file: unknown keys refused, each field's type and range checked
+        (ValueError naming the field)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"sampling options must be a JSON object, got {type(values).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown sampling option(s): {', '.join(map(str, unknown))}")
+        types = {"n": int, "top_k": int, "temperature": float, "top_p": float, "guidance": float}
+        for name, kind in types.items():
+            value = values.get(name, getattr(cls, name))
+            ok = isinstance(value, int | float) if kind is float else isinstance(value, int)
+            if isinstance(value, bool) or not ok:
+                raise ValueError(f"sampling option {name} must be a number, got {value!r}")
+        seed = values.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"sampling option seed must be an integer or null, got {seed!r}")
+        options = cls(**values)
+        options.validate()
+        return options
+
     def validate(self) -> None:
         if self.n <= 0:
             raise ValueError(f"number of candidates must be at least 1, got {self.n}")

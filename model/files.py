@@ -34,6 +34,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # about 1.5 GB. Pillow's own guard (89 MP warning, 179 MP error) comes too late and too high.
 MAX_PIXELS = 50_000_000
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "MPO"})  # MPO: many phones' JPEGs
+# the file names the product offers and looks for: the formats above (an MPO is a .jpg)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class ImageError(ValueError):

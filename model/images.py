@@ -22,8 +22,6 @@ from PIL import Image
 
 from model.files import ImageError, open_image, to_rgb  # noqa: F401 - re-exported
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
 
 def load_image(path: str | Path) -> Image.Image:
     """A user's image file as RGB, its size checked before decoding (``model.files``)."""

@@ -28,6 +28,7 @@ from PIL import Image
 from PySide6.QtCore import QObject, Signal
 
 from model import bundle as bundle_io
+from model import files
 from model import images as model_images
 from model import sampling
 from model.config import SamplingOptions
@@ -37,7 +38,7 @@ from model.transformer import PRECISIONS, resolve_precision
 log = logging.getLogger(__name__)
 
 BUNDLE_SUFFIX = bundle_io.SUFFIX
-IMAGE_SUFFIXES = model_images.IMAGE_SUFFIXES
+IMAGE_SUFFIXES = files.IMAGE_SUFFIXES
 PAPER_SIZE, PAPER_FACTOR = 256, 8  # geometry used until a bundle is loaded (the paper's)
 # torch.OutOfMemoryError is torch >= 2.5; older releases only have the CUDA one
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)

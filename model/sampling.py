@@ -20,75 +20,23 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from model.config import SamplingOptions, VQConfig
+from model.geometry import Plan
 from model.transformer import for_inference, resolve_precision
 
 log = logging.getLogger(__name__)
 _inference_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {precision}
 
 
-@dataclass
-class Plan:
-    """Which cells of a grid x grid raster are sampled: the rectangle from (row, col) on, less
-    the padding.
-
-    A non-square image fills only the top-left ``visible_rows`` x ``visible_cols`` cells of the
-    grid (``model.images.Placement.visible_grid``); the rest is edge padding that the result
-    drops. Cells of the rectangle outside the visible rows and columns keep the input's own
-    (padding) tokens and cost no model call. None: the whole grid is visible.
-    """
-
-    grid: int
-    row: int
-    col: int
-    visible_rows: int | None = None
-    visible_cols: int | None = None
-
-    def __post_init__(self):
-        if not (0 <= self.row < self.grid and 0 <= self.col < self.grid):
-            raise ValueError(
-                f"cell ({self.row}, {self.col}) is outside the {self.grid}x{self.grid} token grid"
-            )
-        self.visible_rows = self.grid if self.visible_rows is None else self.visible_rows
-        self.visible_cols = self.grid if self.visible_cols is None else self.visible_cols
-        if not (1 <= self.visible_rows <= self.grid and 1 <= self.visible_cols <= self.grid):
-            raise ValueError(
-                f"the visible {self.visible_rows}x{self.visible_cols} cells must lie within the "
-                f"{self.grid}x{self.grid} token grid"
-            )
-        if self.row >= self.visible_rows or self.col >= self.visible_cols:
-            raise ValueError(
-                f"the rectangle from cell ({self.row}, {self.col}) lies in the padding beside "
-                f"the image (its {self.visible_rows}x{self.visible_cols} visible cells)"
-            )
-
-    @property
-    def masked_cells(self) -> list[int]:
-        """Raster indices of the sampled cells, in sampling order."""
-        return [
-            r * self.grid + c
-            for r in range(self.row, self.visible_rows)
-            for c in range(self.col, self.visible_cols)
-        ]
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """(grid, grid) bool, True on sampled cells."""
-        m = torch.zeros(self.grid, self.grid, dtype=torch.bool)
-        m[self.row : self.visible_rows, self.col : self.visible_cols] = True
-        return m
-
-    @property
-    def rows(self) -> int:
-        return self.visible_rows - self.row
-
-    @property
-    def cells(self) -> int:
-        return self.rows * (self.visible_cols - self.col)
+def plan_mask(plan: Plan) -> torch.Tensor:
+    """(grid, grid) bool, True on the cells ``plan`` samples."""
+    mask = torch.zeros(plan.grid, plan.grid, dtype=torch.bool)
+    mask[plan.row : plan.visible_rows, plan.col : plan.visible_cols] = True
+    return mask
 
 
 @dataclass
@@ -102,16 +50,29 @@ class Progress:
     tokens_per_s: float
 
 
-@dataclass
-class Done:
-    tokens: torch.Tensor  # (n, grid, grid) candidates, best first when a reranker scored them
-    images: torch.Tensor  # (n, 3, S, S) decoded candidates in [0, 1], same order
-    scores: torch.Tensor | None  # (n,) reranker scores, None without a reranker
+@dataclass(frozen=True)
+class Sampled:
+    """``sample_tokens``' result: the candidates' tokens, in sampling order."""
+
+    tokens: torch.Tensor  # (n, grid, grid)
     seed: int  # the seed that reproduces this run
     seconds: float
     tokens_per_s: float
     model_calls: int  # sequential transformer calls, for the one-call-per-masked-cell invariant
-    order: list[int] = field(default_factory=list)  # sampled index of each returned candidate
+
+
+@dataclass(frozen=True)
+class Done:
+    """``complete``'s result: decoded candidates, best first when a reranker scored them."""
+
+    tokens: torch.Tensor  # (n, grid, grid)
+    images: torch.Tensor  # (n, 3, S, S) decoded candidates in [0, 1], same order
+    scores: torch.Tensor | None  # (n,) reranker scores, None without a reranker
+    seed: int
+    seconds: float
+    tokens_per_s: float
+    model_calls: int
+    order: list[int]  # the sampled index of each returned candidate
 
 
 @dataclass
@@ -120,7 +81,7 @@ class Cancelled:
     cells_done: int
 
 
-Message = Progress | Done | Cancelled
+Message = Progress | Sampled | Done | Cancelled
 
 
 def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
@@ -184,7 +145,7 @@ def sample_tokens(
     cancel: threading.Event | None = None,
     use_cache: bool = True,
 ) -> Iterator[Message]:
-    """Core sampler on token grids; yields Progress per finished row, then a token-only Done.
+    """Core sampler on token grids; yields Progress per finished row, then ``Sampled``.
 
     text: (text_len,) caption ids; image_tokens: (grid, grid) the image's own tokens (ignored on
     masked cells); empty_text: (text_len,) the unconditional caption for guidance.
@@ -249,15 +210,12 @@ def sample_tokens(
                 tokens_per_s=n * (done + 1) / max(elapsed, 1e-9),
             )
     seconds = time.perf_counter() - started
-    yield Done(
+    yield Sampled(
         tokens=grid_tokens.view(n, cfg.grid, cfg.grid).cpu(),
-        images=torch.empty(0),
-        scores=None,
         seed=seed,
         seconds=seconds,
         tokens_per_s=n * plan.cells / max(seconds, 1e-9),
         model_calls=calls,
-        order=list(range(n)),
     )
 
 
@@ -295,7 +253,7 @@ def complete(
     Done with decoded candidates, reranked best first when the bundle carries a reranker.
     precision: fp32 (default: the exact reference), bf16, int8 or auto (see ``prepared``);
     compile: run each one-cell step through ``torch.compile`` (``model.transformer.CompiledStep``).
-    visible: (rows, cols) of cells that hold the image (``Placement.visible_grid``); the
+    visible: (rows, cols) of cells that hold the image (``Geometry.visible_grid``); the
     rectangle's padding cells beyond them keep the image's own tokens and are not sampled.
     None: the whole grid.
     """
@@ -320,19 +278,27 @@ def complete(
     for message in sample_tokens(
         transformer, text, image_tokens, plan, options, empty, cancel, use_cache
     ):
-        if not isinstance(message, Done):
+        if not isinstance(message, Sampled):
             yield message
             continue
+        tokens, scores, order = message.tokens, None, list(range(options.n))
         with torch.inference_mode():
-            images = bundle.vae.decode(message.tokens.to(device)).float().cpu()
+            images = bundle.vae.decode(tokens.to(device)).float().cpu()
         if bundle.reranker is not None:
             captions = text.unsqueeze(0).expand(options.n, -1)
             scores = bundle.reranker.score(images.to(device), captions).float().cpu()
             order = scores.argsort(descending=True).tolist()
-            message.tokens, images, scores = message.tokens[order], images[order], scores[order]
-            message.scores, message.order = scores, order
-        message.images = images
-        yield message
+            tokens, images, scores = tokens[order], images[order], scores[order]
+        yield Done(
+            tokens=tokens,
+            images=images,
+            scores=scores,
+            seed=message.seed,
+            seconds=message.seconds,
+            tokens_per_s=message.tokens_per_s,
+            model_calls=message.model_calls,
+            order=order,
+        )
 
 
 def generate(
@@ -349,10 +315,10 @@ def generate(
     )
 
 
-def run(messages: Iterator[Message]) -> Done:
-    """Drain a message stream and return its Done (raises if it was cancelled)."""
+def run(messages: Iterator[Message]) -> Done | Sampled:
+    """Drain a message stream and return its result (raises if it was cancelled)."""
     for message in messages:
-        if isinstance(message, Done):
+        if isinstance(message, Done | Sampled):
             return message
         if isinstance(message, Cancelled):
             raise RuntimeError("sampling was cancelled")

@@ -72,7 +72,9 @@ def fake_sampler(rows=3, block: threading.Event | None = None):
                 yield sampling.Cancelled(tokens=tokens, cells_done=row)
                 return
             yield sampling.Progress(tokens, row, row + 1, rows, row + 1, rows, 100.0)
-        yield sampling.Done(tokens, torch.rand(options.n, 3, 32, 32), None, 1, 0.1, 100.0, 1)
+        yield sampling.Done(
+            tokens, torch.rand(options.n, 3, 32, 32), None, 1, 0.1, 100.0, 1, list(range(options.n))
+        )
 
     return sample
 

@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from model.config import SamplingOptions, TransformerConfig
+from model.geometry import Plan
 from model.sampling import (
     Cancelled,
     Done,
-    Plan,
     Progress,
+    Sampled,
     filter_logits,
     guided,
+    plan_mask,
     run,
     sample_tokens,
 )
@@ -57,7 +59,7 @@ def test_kept_tokens_forced_masked_cells_sampled(cell):
     text, image, empty = inputs()
     plan = Plan(CFG.grid, *cell)
     done = run(sample_tokens(model, text, image, plan, SamplingOptions(n=3, seed=0), empty))
-    mask = plan.mask
+    mask = plan_mask(plan)
     for candidate in done.tokens:
         assert torch.equal(candidate[~mask], image[~mask])  # kept cells untouched
         expected = (torch.arange(CFG.image_len).view(CFG.grid, CFG.grid) + 1) % CFG.image_vocab
@@ -142,7 +144,7 @@ def test_progress_once_per_row_then_done():
     assert [p.row for p in progress] == [1, 2, 3]
     assert [p.rows_done for p in progress] == [1, 2, 3]
     assert progress[-1].cells_done == progress[-1].cells_total == 6
-    assert isinstance(messages[-1], Done)
+    assert isinstance(messages[-1], Sampled)
 
 
 def test_cancel_stops_between_tokens():
@@ -230,7 +232,7 @@ def test_padding_cells_keep_their_tokens_and_cost_no_call(cell, visible):
     rows, cols = visible
     sampled = torch.zeros(CFG.grid, CFG.grid, dtype=torch.bool)
     sampled[cell[0] : rows, cell[1] : cols] = True
-    assert torch.equal(plan.mask, sampled)
+    assert torch.equal(plan_mask(plan), sampled)
     expected = (torch.arange(CFG.image_len).view(CFG.grid, CFG.grid) + 1) % CFG.image_vocab
     for candidate in done.tokens:
         assert torch.equal(candidate[~sampled], image[~sampled])  # padding and kept cells

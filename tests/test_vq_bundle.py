@@ -19,7 +19,8 @@ from model.cli import main
 from model.config import BundleConfig, DVAEConfig, SamplingOptions, VQConfig
 from model.data.scenes import write_scenes
 from model.dvae import DVAE
-from model.sampling import Done, Plan, complete, memory_needed
+from model.geometry import Plan
+from model.sampling import Done, complete, memory_needed, plan_mask
 from model.train import save_vq
 from model.vq import VQVAE
 from tests.helpers import TINY_VQ, tiny_bundle, tiny_bundle_file
@@ -143,7 +144,7 @@ def test_complete_keeps_the_kept_tokens_and_decodes_the_sampled_ones(vq_bundle, 
     messages = list(complete(vq_bundle, image, cell, "a red circle", SamplingOptions(n=2, seed=1)))
     done = messages[-1]
     assert isinstance(done, Done) and done.images.shape == (2, 3, 32, 32)
-    mask = Plan(grid, *cell).mask  # the rectangle from ``cell`` to the bottom right
+    mask = plan_mask(Plan(grid, *cell))  # the rectangle from ``cell`` to the bottom right
     assert done.model_calls == int(mask.sum())
     for tokens, decoded in zip(done.tokens, done.images, strict=True):
         assert torch.equal(tokens[~mask], own[~mask])  # kept cells, bit for bit

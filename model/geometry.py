@@ -1,0 +1,161 @@
+"""Where a user's image lies on the model's grid of token cells: the one pixel <-> cell mapping.
+
+The rule (DESIGN.md): the image is scaled so that its longer side is the model's ``size``,
+anchored at the top-left of the size x size square and padded right or below by repeating its
+edge pixels. The square is a ``grid`` x ``grid`` raster of cells of ``factor`` pixels. A rectangle
+is named by its top-left cell and always reaches the bottom-right corner; its cells that hold
+only padding are neither sampled nor shown.
+
+Standard library only: the studio's document, the CLI, the sampler and ``paste_back`` all read
+the same ``Geometry`` and ``Plan`` without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+Cell = tuple[int, int]  # (row, col)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which cells of a grid x grid raster are sampled: the rectangle from (row, col) on, less
+    the padding.
+
+    A non-square image fills only the top-left ``visible_rows`` x ``visible_cols`` cells of the
+    grid (``Geometry.visible_grid``); the rest is edge padding that the result drops. Cells of
+    the rectangle outside the visible rows and columns keep the input's own (padding) tokens and
+    cost no model call. None: the whole grid is visible.
+    """
+
+    grid: int
+    row: int
+    col: int
+    visible_rows: int | None = None
+    visible_cols: int | None = None
+
+    def __post_init__(self):
+        if not (0 <= self.row < self.grid and 0 <= self.col < self.grid):
+            raise ValueError(
+                f"cell ({self.row}, {self.col}) is outside the {self.grid}x{self.grid} token grid"
+            )
+        rows = self.grid if self.visible_rows is None else self.visible_rows
+        cols = self.grid if self.visible_cols is None else self.visible_cols
+        object.__setattr__(self, "visible_rows", rows)
+        object.__setattr__(self, "visible_cols", cols)
+        if not (1 <= rows <= self.grid and 1 <= cols <= self.grid):
+            raise ValueError(
+                f"the visible {rows}x{cols} cells must lie within the "
+                f"{self.grid}x{self.grid} token grid"
+            )
+        if self.row >= rows or self.col >= cols:
+            raise ValueError(
+                f"the rectangle from cell ({self.row}, {self.col}) lies in the padding beside "
+                f"the image (its {rows}x{cols} visible cells)"
+            )
+
+    @property
+    def masked_cells(self) -> list[int]:
+        """Raster indices of the sampled cells, in sampling order."""
+        return [
+            r * self.grid + c
+            for r in range(self.row, self.visible_rows)
+            for c in range(self.col, self.visible_cols)
+        ]
+
+    @property
+    def rows(self) -> int:
+        return self.visible_rows - self.row
+
+    @property
+    def cells(self) -> int:
+        return self.rows * (self.visible_cols - self.col)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The user's image (width x height pixels) as the model sees it: a size x size square of
+    grid x grid cells of factor pixels."""
+
+    width: int
+    height: int
+    size: int
+    factor: int
+
+    def __post_init__(self):
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"an image must be at least 1x1 pixel, got {self.width}x{self.height}")
+        if self.factor < 1 or self.size < self.factor or self.size % self.factor:
+            raise ValueError(
+                f"a {self.size} px model cannot have cells of {self.factor} px: the size must "
+                "be a positive multiple of the cell"
+            )
+
+    @property
+    def grid(self) -> int:
+        return self.size // self.factor
+
+    @property
+    def scale(self) -> float:
+        """Model pixels per user pixel."""
+        return self.size / max(self.width, self.height)
+
+    @property
+    def content(self) -> tuple[int, int]:
+        """(w, h) of the scaled image inside the square, at least one pixel each."""
+        return (
+            max(1, round(self.width * self.scale)),
+            max(1, round(self.height * self.scale)),
+        )
+
+    @property
+    def visible_grid(self) -> tuple[int, int]:
+        """(rows, cols) of cells that hold some of the image; the rest is padding."""
+        w, h = self.content
+        return min(self.grid, math.ceil(h / self.factor)), min(
+            self.grid, math.ceil(w / self.factor)
+        )
+
+    def cell_at(self, x: float, y: float, clamp: bool = True) -> Cell:
+        """The cell that holds user pixel (x, y). ``clamp``: a point outside the image is moved
+        onto its nearest edge (a drag past the border); else it is a ValueError."""
+        if clamp:
+            x = min(max(x, 0), self.width - 1)
+            y = min(max(y, 0), self.height - 1)
+        elif not (0 <= x < self.width and 0 <= y < self.height):
+            raise ValueError(f"pixel ({x}, {y}) is outside the {self.width}x{self.height} image")
+        last = self.grid - 1
+        return min(last, int(y * self.scale // self.factor)), min(
+            last, int(x * self.scale // self.factor)
+        )
+
+    def pixel_of(self, cell: Cell) -> tuple[int, int]:
+        """The user pixel (x, y) where the rectangle from ``cell`` starts (clamped to the image)."""
+        row, col = cell
+        x = min(self.width, math.ceil(col * self.factor / self.scale - 1e-6))
+        y = min(self.height, math.ceil(row * self.factor / self.scale - 1e-6))
+        return x, y
+
+    def cell_rect(self, cell: Cell) -> tuple[float, float, float, float]:
+        """(x, y, w, h) in user pixels of one cell (for drawing the grid overlay)."""
+        row, col = cell
+        step = self.factor / self.scale
+        return col * step, row * step, step, step
+
+    def covers_image(self, cell: Cell) -> bool:
+        """True when the rectangle from ``cell`` holds some of the image, not only padding."""
+        x, y = self.pixel_of(cell)
+        rows, cols = self.visible_grid
+        return x < self.width and y < self.height and 0 <= cell[0] < rows and 0 <= cell[1] < cols
+
+    def masked_count(self, cell: Cell) -> int:
+        """Cells the rectangle from ``cell`` samples: those that hold image, not padding."""
+        row, col = cell
+        rows, cols = self.visible_grid
+        return max(0, rows - row) * max(0, cols - col)
+
+    def plan(self, cell: Cell) -> Plan:
+        """The sampler's plan for the rectangle from ``cell`` (ValueError when it lies outside
+        the grid or only in the padding)."""
+        return Plan(self.grid, *cell, *self.visible_grid)

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 Cell = tuple[int, int]  # (row, col)
+PAPER_SIZE, PAPER_FACTOR = 256, 8  # the paper's geometry, used until a model says its own
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 QObjects with ``*_changed`` signals and no widgets (krita-ai-diffusion's model/ui split): widgets
 only bind to these signals. Images are (H, W, 3) uint8 numpy arrays, kept bit-exact; nothing here
-resamples the user's pixels. Cell geometry comes from ``studio.engine.Geometry`` (the model's
-``Placement`` rules), so this module never imports ``model/`` itself.
+resamples the user's pixels. Where the rectangle's cell lies in the user's pixels is asked of
+``model.geometry.Geometry``, the one owner of that mapping; it is pure Python, so this module
+imports neither torch nor the engine.
 
 What counts as unsaved work: everything a project keeps except the rectangle. Image changes go
 through the undo stack; every other kept change (a new history entry, a star, a deletion, a
@@ -23,7 +24,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
-from studio.engine import PAPER_FACTOR, PAPER_SIZE, Geometry
+from model.geometry import PAPER_FACTOR, PAPER_SIZE, Geometry
 
 MAX_CAPTION_HISTORY = 100
 
@@ -213,7 +214,7 @@ class Document(QObject):
 
     @property
     def masked_cells(self) -> int:
-        return 0 if self.cell is None else self.geometry.masked_cells(self.cell)
+        return 0 if self.cell is None else self.geometry.masked_count(self.cell)
 
     # -- generation ---------------------------------------------------------------------
 

@@ -28,10 +28,10 @@ from PIL import Image
 from PySide6.QtCore import QObject, Signal
 
 from model import bundle as bundle_io
-from model import files
+from model import files, sampling
 from model import images as model_images
-from model import sampling
 from model.config import SamplingOptions
+from model.geometry import PAPER_FACTOR, PAPER_SIZE
 from model.train import pick_device
 from model.transformer import PRECISIONS, resolve_precision
 
@@ -39,57 +39,8 @@ log = logging.getLogger(__name__)
 
 BUNDLE_SUFFIX = bundle_io.SUFFIX
 IMAGE_SUFFIXES = files.IMAGE_SUFFIXES
-PAPER_SIZE, PAPER_FACTOR = 256, 8  # geometry used until a bundle is loaded (the paper's)
 # torch.OutOfMemoryError is torch >= 2.5; older releases only have the CUDA one
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
-# -- pure geometry the document needs (Placement semantics, no torch) -------------------------
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The user's image (width x height) as the model sees it: a size x size square of cells."""
-
-    width: int
-    height: int
-    size: int = PAPER_SIZE
-    factor: int = PAPER_FACTOR
-
-    @property
-    def grid(self) -> int:
-        return self.size // self.factor
-
-    @property
-    def _placement(self) -> model_images.Placement:
-        return model_images.Placement(self.width, self.height, self.size)
-
-    def cell_at(self, x: float, y: float) -> tuple[int, int]:
-        """The cell under user pixel (x, y); points outside the image are clamped onto it."""
-        x = min(max(x, 0), self.width - 1)
-        y = min(max(y, 0), self.height - 1)
-        row, col = self._placement.cell_at(x, y, self.factor)
-        return min(row, self.grid - 1), min(col, self.grid - 1)
-
-    def pixel_of(self, cell: tuple[int, int]) -> tuple[int, int]:
-        """User pixel (x, y) where the rectangle from ``cell`` starts."""
-        return self._placement.pixel_of(cell, self.factor)
-
-    def cell_rect(self, cell: tuple[int, int]) -> tuple[float, float, float, float]:
-        """(x, y, w, h) in user pixels of one token cell (for drawing the grid overlay)."""
-        scale = self._placement.scale
-        row, col = cell
-        step = self.factor / scale
-        return col * step, row * step, step, step
-
-    def masked_cells(self, cell: tuple[int, int]) -> int:
-        """Cells from ``cell`` to the bottom-right that hold image (not the square's padding)."""
-        row, col = cell
-        rows, cols = self._placement.visible_grid(self.factor)
-        return max(0, min(rows, self.grid) - row) * max(0, min(cols, self.grid) - col)
-
-    def covers_image(self, cell: tuple[int, int]) -> bool:
-        return self._placement.grid_covers_image(cell, self.factor)
 
 
 # -- messages -------------------------------------------------------------------------------

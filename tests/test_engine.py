@@ -184,15 +184,6 @@ def test_cancel_through_the_engine_before_and_during_a_job(qtbot, bundle):
         engine.shutdown()
 
 
-def test_geometry_matches_the_models_placement():
-    geometry = studio_engine.Geometry(100, 50, 32, 8)  # scale 0.32
-    assert geometry.grid == 4
-    assert geometry.cell_at(99, 49) == (1, 3)
-    x, y = geometry.pixel_of((1, 3))
-    assert geometry.cell_at(x, y) == (1, 3) and geometry.cell_at(x - 1, y) == (1, 2)
-    assert geometry.masked_cells((1, 3)) == 1  # 32x16 in the square: rows 2 and 3 are padding
-
-
 def test_jobs_sample_in_the_chosen_precision(bundle):
     seen = []
 

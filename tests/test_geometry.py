@@ -1,0 +1,72 @@
+"""model/geometry.py: the one pixel <-> cell mapping, and the sampler's plan, without torch."""
+
+import subprocess
+import sys
+
+import pytest
+
+from model.geometry import Geometry, Plan
+
+
+def test_cells_and_pixels_of_a_wide_image():
+    geometry = Geometry(100, 50, 32, 8)  # scale 0.32: 32x16 in the square
+    assert geometry.grid == 4 and geometry.content == (32, 16)
+    assert geometry.visible_grid == (2, 4)  # rows 2 and 3 are padding
+    assert geometry.cell_at(99, 49) == (1, 3)
+    x, y = geometry.pixel_of((1, 3))
+    assert geometry.cell_at(x, y) == (1, 3) and geometry.cell_at(x - 1, y) == (1, 2)
+    assert geometry.masked_count((1, 3)) == 1
+    assert geometry.masked_count((0, 0)) == 8
+    assert geometry.masked_count((2, 0)) == 0  # only padding
+    assert geometry.covers_image((1, 3)) and not geometry.covers_image((2, 0))
+
+
+@pytest.mark.parametrize("size", [(100, 50), (50, 100), (257, 256), (31, 999), (1, 1), (640, 480)])
+def test_every_cell_start_maps_back_to_its_cell(size):
+    geometry = Geometry(*size, 256, 8)
+    rows, cols = geometry.visible_grid
+    for row in range(rows):
+        for col in range(cols):
+            x, y = geometry.pixel_of((row, col))
+            if geometry.covers_image((row, col)):
+                assert geometry.cell_at(x, y) == (row, col)
+                if x > 0:
+                    assert geometry.cell_at(x - 1, y)[1] == col - 1  # the pixel before is left
+            assert 0 <= x <= geometry.width and 0 <= y <= geometry.height
+
+
+def test_points_outside_are_clamped_or_refused():
+    geometry = Geometry(64, 64, 64, 8)
+    assert geometry.cell_at(-5, 1000) == (7, 0)
+    with pytest.raises(ValueError, match=r"pixel \(64, 0\) is outside the 64x64 image"):
+        geometry.cell_at(64, 0, clamp=False)
+
+
+def test_the_plan_counts_only_visible_cells():
+    geometry = Geometry(100, 50, 32, 8)
+    plan = geometry.plan((1, 2))
+    assert (plan.visible_rows, plan.visible_cols) == (2, 4)
+    assert plan.masked_cells == [6, 7] and plan.cells == geometry.masked_count((1, 2)) == 2
+    with pytest.raises(ValueError, match="lies in the padding"):
+        geometry.plan((2, 0))
+    with pytest.raises(ValueError, match="outside the 4x4 token grid"):
+        Plan(4, 4, 0)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [((0, 5, 64, 8), "at least 1x1"), ((5, 5, 60, 8), "multiple of the cell"), ((5, 5, 4, 8), "multiple of the cell")],
+)
+def test_a_geometry_that_cannot_exist_is_refused(args, message):
+    with pytest.raises(ValueError, match=message):
+        Geometry(*args)
+
+
+def test_geometry_imports_only_the_standard_library():
+    code = (
+        "import sys; import model.geometry; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'numpy', 'PIL', 'PySide6')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

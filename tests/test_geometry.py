@@ -55,7 +55,11 @@ def test_the_plan_counts_only_visible_cells():
 
 @pytest.mark.parametrize(
     "args, message",
-    [((0, 5, 64, 8), "at least 1x1"), ((5, 5, 60, 8), "multiple of the cell"), ((5, 5, 4, 8), "multiple of the cell")],
+    [
+        ((0, 5, 64, 8), "at least 1x1"),
+        ((5, 5, 60, 8), "multiple of the cell"),
+        ((5, 5, 4, 8), "multiple of the cell"),
+    ],
 )
 def test_a_geometry_that_cannot_exist_is_refused(args, message):
     with pytest.raises(ValueError, match=message):

@@ -108,22 +108,9 @@ class Job:
     image: np.ndarray  # (H, W, 3) uint8, the user's pixels
     cell: tuple[int, int]
     caption: str
-    n: int = 1
-    temperature: float = 1.0
-    top_k: int = 0
-    guidance: float = 1.0
-    seed: int | None = None
+    options: SamplingOptions = field(default_factory=SamplingOptions)
     cancel: threading.Event = field(default_factory=threading.Event)
     id: int = 0
-
-    def options(self) -> SamplingOptions:
-        return SamplingOptions(
-            n=self.n,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            guidance=self.guidance,
-            seed=self.seed,
-        )
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -300,7 +287,7 @@ class Engine(QObject):
         size = bundle.config.vae.image_size
         factor = bundle.config.vae.factor
         tensor, placement = model_images.to_model(image, size)
-        options = job.options()
+        options = job.options
         if self.compile:  # say why the first run at a new batch size waits
             batch = sampling.batch_rows(options)
             step = sampling.prepared(bundle.transformer, self.precision, True).decode_step

@@ -14,7 +14,7 @@ from model import sampling
 from model.transformer import resolve_precision
 from studio import engine as studio_engine
 from studio.document import Document
-from studio.engine import Engine, Job
+from studio.engine import Engine, Job, SamplingOptions
 from tests.helpers import tiny_bundle, tiny_bundle_file
 
 
@@ -41,7 +41,10 @@ def test_job_streams_rows_then_candidates_pasted_back(kind):
     document = Document(image.copy())
     document.set_model_geometry(32, 8)
     cell = document.set_rectangle_from_pixel(20, 20)
-    messages = run(engine, Job(image=image, cell=cell, caption="a red circle", n=2, seed=3))
+    messages = run(
+        engine,
+        Job(image=image, cell=cell, caption="a red circle", options=SamplingOptions(n=2, seed=3)),
+    )
     rows = [m for m in messages if isinstance(m, studio_engine.RowDecoded)]
     final = messages[-1]
     assert isinstance(final, studio_engine.Finished)
@@ -105,7 +108,10 @@ def test_errors_become_messages(bundle, tmp_path):
     assert isinstance(no_model[-1], studio_engine.Failed)
     assert "no model" in no_model[-1].message
     engine.set_bundle(bundle)
-    bad_option = run(engine, Job(image=picture(), cell=(0, 0), caption="x", temperature=0))
+    bad_option = run(
+        engine,
+        Job(image=picture(), cell=(0, 0), caption="x", options=SamplingOptions(temperature=0)),
+    )
     assert isinstance(bad_option[-1], studio_engine.Failed)
     assert "temperature" in bad_option[-1].message
 
@@ -159,7 +165,9 @@ def test_submit_streams_through_the_signal(qtbot, bundle):
             timeout=10_000,
             check_params_cb=lambda m: isinstance(m, studio_engine.Finished),
         ):
-            engine.submit(Job(image=picture(), cell=(2, 2), caption="x", n=3))
+            engine.submit(
+                Job(image=picture(), cell=(2, 2), caption="x", options=SamplingOptions(n=3))
+            )
         kinds = [type(m).__name__ for m in received]
         assert kinds == ["RowDecoded", "RowDecoded", "Finished"]
         assert len(received[-1].candidates) == 3
@@ -217,15 +225,23 @@ def test_a_compiled_engine_says_when_a_new_batch_size_compiles(bundle):
     engine = Engine(sampler=fake_sampler(rows=1))
     engine.set_bundle(bundle)
     engine.set_speed("fp32", True)
-    first = run(engine, Job(image=picture(), cell=(0, 0), caption="x", n=3, guidance=2.0))
+    first = run(
+        engine,
+        Job(image=picture(), cell=(0, 0), caption="x", options=SamplingOptions(n=3, guidance=2.0)),
+    )
     assert isinstance(first[0], studio_engine.Compiling) and first[0].batch == 6
     assert isinstance(first[-1], studio_engine.Finished)
     step = sampling.prepared(bundle.transformer, "fp32", True).decode_step
     step.batches.add(6)  # what a real compiled run at 6 rows leaves behind
-    again = run(engine, Job(image=picture(), cell=(0, 0), caption="x", n=3, guidance=2.0))
+    again = run(
+        engine,
+        Job(image=picture(), cell=(0, 0), caption="x", options=SamplingOptions(n=3, guidance=2.0)),
+    )
     assert not any(isinstance(m, studio_engine.Compiling) for m in again)
     engine.set_speed("fp32", False)
-    eager = run(engine, Job(image=picture(), cell=(0, 0), caption="x", n=5))
+    eager = run(
+        engine, Job(image=picture(), cell=(0, 0), caption="x", options=SamplingOptions(n=5))
+    )
     assert not any(isinstance(m, studio_engine.Compiling) for m in eager)
 
 
@@ -244,7 +260,7 @@ def test_finished_names_the_candidate_the_live_preview_showed(bundle):
     engine = Engine(sampler=reranked)
     engine.set_bundle(bundle)
     image = picture()
-    messages = run(engine, Job(image=image, cell=(0, 0), caption="x", n=3))
+    messages = run(engine, Job(image=image, cell=(0, 0), caption="x", options=SamplingOptions(n=3)))
     preview, finished = messages[0], messages[-1]
     assert isinstance(finished, studio_engine.Finished)
     assert finished.previewed == 2  # sampled first, ranked last

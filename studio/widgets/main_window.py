@@ -41,7 +41,7 @@ from model.files import ImageError, check_pixels
 from studio import engine as messages
 from studio import project
 from studio.document import Document
-from studio.engine import IMAGE_SUFFIXES, Engine, Job
+from studio.engine import IMAGE_SUFFIXES, Engine, Job, SamplingOptions
 from studio.widgets.candidates import CandidateStrip
 from studio.widgets.canvas import Canvas
 from studio.widgets.caption import CaptionPanel
@@ -330,7 +330,7 @@ class MainWindow(QMainWindow):
             )
             self.caption.after_run(message.seed)
             self.caption.caption.set_history(self.document.caption_history)
-            self._speed(message.tokens_per_s, job.n)
+            self._speed(message.tokens_per_s, job.options.n)
             self.progress_label.setText(
                 f"{len(message.candidates)} candidates in {message.seconds:.1f} s — "
                 "←/→ browse, Enter accepts, Esc discards"
@@ -352,12 +352,7 @@ class MainWindow(QMainWindow):
 
     @staticmethod
     def _job_options(job: Job) -> dict:
-        return {
-            "n": job.n,
-            "temperature": job.temperature,
-            "top_k": job.top_k,
-            "guidance": job.guidance,
-        }
+        return {k: v for k, v in job.options.to_dict().items() if k not in ("seed", "top_p")}
 
     def _generating_changed(self, running: bool) -> None:
         self.caption.set_running(running)
@@ -401,11 +396,7 @@ class MainWindow(QMainWindow):
             image=document.image,
             cell=document.cell,
             caption=self.caption.caption.text(),
-            n=options["n"],
-            temperature=options["temperature"],
-            top_k=options["top_k"],
-            guidance=options["guidance"],
-            seed=self.caption.next_seed(),
+            options=SamplingOptions(**options, seed=self.caption.next_seed()),
         )
         self.caption.caption.forget_typing()  # generated from: Ctrl+Z is the image's again
         document.start_generation()

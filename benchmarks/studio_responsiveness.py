@@ -80,6 +80,7 @@ def main() -> int:
     from studio import engine as messages
     from studio.document import Document
     from studio.engine import Engine
+    from studio.session import Session
     from studio.widgets.main_window import MainWindow
 
     _app = QApplication(sys.argv[:1])  # kept alive for the whole run
@@ -90,12 +91,12 @@ def main() -> int:
     engine.set_bundle(bundle)
     folder = Path(os.environ.get("TMPDIR", "/tmp")) / "studio-responsiveness"
     settings = QSettings(str(folder / "settings.ini"), QSettings.Format.IniFormat)
-    window = MainWindow(engine, settings, autosave_folder=folder)
+    window = MainWindow(Session(engine), settings, autosave_folder=folder)
     window.ask_before_close = False
     window.show()
     size = args.image_size
     rng = np.random.default_rng(0)
-    window.set_document(Document(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
+    window.session.set_document(Document(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
     window.document.set_rectangle_from_pixel(size // 4, size // 4)
     window.caption.candidates.setValue(args.candidates)
     window.caption.caption.setText("a red circle")
@@ -128,7 +129,7 @@ def main() -> int:
         await asyncio.sleep(0.2)
         clock.start()
         timer.start()
-        window.generate()
+        window.session.generate()
         result = await done
         await asyncio.sleep(0.05)  # the window's own handling of the last message counts too
         timer.stop()

@@ -52,6 +52,7 @@ def main() -> int:
     from studio import engine as messages
     from studio.document import Document
     from studio.engine import Engine
+    from studio.session import Session
     from studio.widgets.main_window import MainWindow
 
     app = QApplication(sys.argv[:1])
@@ -60,9 +61,12 @@ def main() -> int:
     caption = "a yellow circle in the bottom right on a green background"
     bundle.card.setdefault("example_captions", [caption])
     engine = Engine()
+    session = Session(engine)
     folder = Path("/tmp/studio-screenshots")
     window = MainWindow(
-        engine, QSettings(str(folder / "s.ini"), QSettings.Format.IniFormat), autosave_folder=folder
+        session,
+        QSettings(str(folder / "s.ini"), QSettings.Format.IniFormat),
+        autosave_folder=folder,
     )
     window.ask_before_close = False
     window.resize(1200, 760)
@@ -82,7 +86,7 @@ def main() -> int:
     def after_load():
         shoot("01-empty.png")
         engine.set_bundle(bundle)
-        window.on_message(
+        session.handle(
             messages.Loaded(
                 "synthetic",
                 "cpu",
@@ -94,18 +98,18 @@ def main() -> int:
                 bundle.tokenizer,
             )
         )
-        window.set_document(Document(np.asarray(picture(), dtype=np.uint8)))
+        window.session.set_document(Document(np.asarray(picture(), dtype=np.uint8)))
         window.document.source_path = "scene.png"
         window.grid_action.setChecked(True)
         window.canvas.set_show_grid(True)
         window.document.set_rectangle_from_pixel(260, 200)
         window.caption.caption.setText(caption)
         window.caption.candidates.setValue(4)
-        window.canvas.eta_per_cell = 4 / 150
+        session.record_speed(150.0, 4)  # the rectangle's ETA, as after a run at 150 tokens/s
         shoot("02-rectangle.png")
         window.canvas.set_show_grid(False)
         state["phase"] = "first"
-        window.generate()
+        session.generate()
 
     def on_message(message):
         if isinstance(message, messages.RowDecoded) and state["phase"] == "first":
@@ -126,13 +130,13 @@ def main() -> int:
             state["phase"] = "second"
             window.document.set_rectangle_from_pixel(380, 120)
             window.caption.candidates.setValue(2)
-            window.generate()
+            session.generate()
         elif phase == "second":
             window.document.accept_candidate()
             window.document.restore(state["first"])
             window.document.set_rectangle_from_pixel(200, 260)
             state["phase"] = "branch"
-            window.generate()
+            session.generate()
         else:
             window.document.accept_candidate()
             shoot("05-history.png")

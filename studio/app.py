@@ -101,6 +101,7 @@ async def main_async(app, args: argparse.Namespace) -> int:
 
     from studio import project
     from studio.engine import Engine
+    from studio.session import Session
     from studio.widgets.main_window import MainWindow
 
     if args.selftest:
@@ -114,7 +115,8 @@ async def main_async(app, args: argparse.Namespace) -> int:
         autosave_folder = None
     _setup_logging(folder)
     engine = Engine()
-    window = MainWindow(engine, settings, autosave_folder)
+    session = Session(engine)
+    window = MainWindow(session, settings, autosave_folder)
     window.show()
     log.info("window shown")  # benchmarks/startup.py reads this line's time stamp
     device = args.device or str(settings.value("device", "auto"))
@@ -130,7 +132,7 @@ async def main_async(app, args: argparse.Namespace) -> int:
             window.close()
             engine.shutdown()
     end_gracefully_on_sigterm(window)
-    window.load_model(bundle, device)
+    session.load(bundle, device)
     if args.file:
         window.open_path(args.file)
     QTimer.singleShot(0, window.offer_recovery)
@@ -197,27 +199,28 @@ async def selftest(window, bundle: str | None, device: str, folder: Path) -> int
 
     started = time.perf_counter()
     report: dict = {"folder": str(folder)}
-    loading = _next_message(window.engine, (messages.Loaded, messages.LoadFailed), 300)
-    window.load_model(bundle, device)
+    session = window.session
+    loading = _next_message(session.engine, (messages.Loaded, messages.LoadFailed), 300)
+    session.load(bundle, device)
     loaded = await loading
     if isinstance(loaded, messages.LoadFailed):
         print(f"selftest: FAILED to load the model: {loaded.message}", file=sys.stderr)
         return 1
     report["model"] = loaded.path
     image = selftest_image()
-    window.set_document(Document(image.copy()))
+    session.set_document(Document(image.copy()))
     cell = window.document.set_rectangle_from_pixel(image.shape[1] // 2, image.shape[0] // 2)
     examples = loaded.card.get("example_captions") or ["a red circle"]
     window.caption.caption.setText(str(examples[0]))
     window.caption.candidates.setValue(2)
     finishing = _next_message(
-        window.engine, (messages.Finished, messages.Failed, messages.Cancelled), SELFTEST_TIMEOUT_S
+        session.engine, (messages.Finished, messages.Failed, messages.Cancelled), SELFTEST_TIMEOUT_S
     )
-    if window.generate() is None:
+    if session.generate() is None:
         print(f"selftest: FAILED to start: {window.errors}", file=sys.stderr)
         return 1
     result = await finishing
-    await asyncio.sleep(0.05)  # let the window handle the message too
+    await asyncio.sleep(0.05)  # let the session handle the message too
     if not isinstance(result, messages.Finished):
         print(f"selftest: FAILED: {result}", file=sys.stderr)
         return 1

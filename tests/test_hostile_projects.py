@@ -399,13 +399,14 @@ def window(qtbot, tmp_path):
     from PySide6.QtCore import QSettings
 
     from studio.engine import Engine
+    from studio.session import Session
     from studio.widgets.main_window import MainWindow
 
     engine = Engine()
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(engine, settings, autosave_folder=tmp_path / "data")
+    win = MainWindow(Session(engine), settings, autosave_folder=tmp_path / "data")
     win.ask_before_close = False
-    win.set_document(Document(picture()))
+    win.session.set_document(Document(picture()))
     qtbot.addWidget(win)
     yield win
     engine.shutdown()
@@ -427,7 +428,7 @@ def test_the_window_shows_each_hostile_project_as_one_line_and_keeps_its_documen
         count = len(window.errors)
         opened = window.open_path(path)
         if opened:  # a replacement that is valid after all: back to the document under test
-            window.set_document(document)
+            window.session.set_document(document)
             continue
         assert_refused_once(window, document, pixels, count)
     assert sorted(p.name for p in folder.iterdir()) == before
@@ -521,4 +522,4 @@ def test_huge_and_odd_clipboard_images(window, qtbot):
         assert opened.shape == (3, 5, 3) and opened.dtype == np.uint8, kind
         if color is not None and color.alpha() == 0:
             assert (opened == 255).all(), kind  # transparent: white, as from a file
-        window.set_document(document)
+        window.session.set_document(document)

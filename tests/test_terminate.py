@@ -29,12 +29,13 @@ from PySide6.QtWidgets import QApplication
 app = QApplication([])
 from studio import app as studio_app
 from studio.engine import Engine
+from studio.session import Session
 from studio.widgets.main_window import MainWindow
 
 folder, case = Path(sys.argv[1]), sys.argv[2]
 engine = Engine()
 settings = QSettings(str(folder / "settings.ini"), QSettings.Format.IniFormat)
-window = MainWindow(engine, settings, folder)
+window = MainWindow(Session(engine), settings, folder)
 studio_app.end_gracefully_on_sigterm(window)
 app.lastWindowClosed.connect(app.quit)
 window.show()

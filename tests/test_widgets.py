@@ -10,6 +10,7 @@ from PySide6.QtGui import QImage
 from studio import engine as messages
 from studio.document import Document
 from studio.engine import Engine
+from studio.session import Session
 from studio.widgets.canvas import to_qimage
 from studio.widgets.main_window import MainWindow, qimage_to_array
 from tests.helpers import tiny_bundle, tiny_bundle_file
@@ -35,9 +36,9 @@ def window(qtbot, tmp_path, default_or_tiny_bundle):
     engine = Engine()
     engine.set_bundle(default_or_tiny_bundle)
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(engine, settings, autosave_folder=tmp_path)
+    win = MainWindow(Session(engine), settings, autosave_folder=tmp_path)
     win.ask_before_close = False
-    win.set_document(Document(picture()))
+    win.session.set_document(Document(picture()))
     qtbot.addWidget(win)
     win.show()
     qtbot.waitExposed(win)
@@ -161,14 +162,14 @@ def test_history_double_click_restores(window, qtbot):
 
 def test_errors_are_messages_not_crashes(window, tmp_path):
     before = window.document
-    assert window.generate() is None  # no rectangle yet
+    assert window.session.generate() is None  # no rectangle yet
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
     assert not window.open_path(bad)
     assert window.document is before
     assert any("rectangle" in e for e in window.errors)
     assert any("broken.png" in e for e in window.errors)
-    window.on_message(messages.LoadFailed("model bundle x: bad header"))
+    window.session.handle(messages.LoadFailed("model bundle x: bad header"))
     assert "bad header" in window.errors[-1]
 
 
@@ -191,13 +192,13 @@ def test_model_loads_on_the_worker_after_the_window_is_up(qtbot, tmp_path):
     bundle_path = tiny_bundle_file(tmp_path)
     engine = Engine()
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(engine, settings, autosave_folder=tmp_path)
+    win = MainWindow(Session(engine), settings, autosave_folder=tmp_path)
     win.ask_before_close = False
     qtbot.addWidget(win)
     win.show()
     try:
         with qtbot.waitSignal(engine.message, timeout=20_000):
-            win.load_model(str(bundle_path), "cpu")
+            win.session.load(str(bundle_path), "cpu")
         assert "tiny test bundle" in win.model_label.text()
         assert "cpu" in win.device_label.text()
         assert win.caption.examples.menu().actions()
@@ -212,7 +213,7 @@ def test_recovery_is_offered_and_restores_the_autosave(window, tmp_path, monkeyp
     window.document.accept_candidate()
     kept = window.document.image.copy()
     window.autosave()
-    window.set_document(Document(picture(seed=99)))
+    window.session.set_document(Document(picture(seed=99)))
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
     window.offer_recovery()
     assert np.array_equal(window.document.image, kept)
@@ -224,9 +225,9 @@ def test_switching_documents_mid_generation_drops_the_job(window, qtbot):
     document = window.document
     document.set_cell((0, 0))
     window.caption.caption.setText("x")
-    assert window.generate() is not None
-    window.set_document(Document(picture(seed=3)))
-    assert window.job is None and not document.generating
+    assert window.session.generate() is not None
+    window.session.set_document(Document(picture(seed=3)))
+    assert window.session.job is None and not document.generating
     qtbot.wait(200)
     assert not window.document.candidates
 
@@ -258,7 +259,7 @@ def test_speed_settings_reach_the_engine_and_a_bad_saved_value_falls_back(qtbot,
     settings.setValue("precision", "bf16")
     settings.setValue("compile", True)
     engine = Engine()
-    window = MainWindow(engine, settings, autosave_folder=tmp_path)
+    window = MainWindow(Session(engine), settings, autosave_folder=tmp_path)
     qtbot.addWidget(window)
     assert (engine.precision, engine.compile) == ("bf16", True)
     settings.setValue("precision", "fp8")  # a hand-edited settings file
@@ -302,7 +303,7 @@ def test_caption_box_shows_a_long_caption_whole_and_enter_generates(window, qtbo
 
 def test_caption_box_counts_tokens_and_says_what_a_long_caption_loses(window):
     tiny = tiny_bundle()  # 12 text positions
-    window.on_message(
+    window.session.handle(
         messages.Loaded("tiny", "cpu", "tiny", {}, 32, 8, "fp32", tokenizer=tiny.tokenizer)
     )
     panel = window.caption
@@ -316,7 +317,7 @@ def test_caption_box_counts_tokens_and_says_what_a_long_caption_loses(window):
     assert text.startswith(f"{count} / 12 tokens: the model reads up to")
     last_word = tiny.tokenizer.kept(long).split()[-1]
     assert last_word in text and "field" not in text
-    window.on_message(messages.Loaded("tiny", "cpu", "tiny", {}, 32, 8, "fp32"))
+    window.session.handle(messages.Loaded("tiny", "cpu", "tiny", {}, 32, 8, "fp32"))
     assert panel.tokens.text() == ""  # no tokenizer, no count
 
 
@@ -360,12 +361,13 @@ def test_paste_and_drop_open_images(window, qtbot, tmp_path):
 
 
 def test_compiling_message_explains_the_wait(window):
-    window.job = messages.Job(image=picture(), cell=(0, 0), caption="x", id=99)  # in flight
-    window.on_message(messages.Compiling(98, 4))  # another job's: ignored
+    session = window.session
+    session.job = messages.Job(image=picture(), cell=(0, 0), caption="x", id=99)  # in flight
+    session.handle(messages.Compiling(98, 4))  # another job's: ignored
     assert "compiling" not in window.progress_label.text()
-    window.on_message(messages.Compiling(99, 4))
+    session.handle(messages.Compiling(99, 4))
     assert "compiling the model for 4 rows" in window.progress_label.text()
-    window.job = None
+    session.job = None
 
 
 def test_selected_thumbnails_are_not_tinted(qtbot):
@@ -384,7 +386,7 @@ def test_selected_thumbnails_are_not_tinted(qtbot):
 
 def test_the_rectangle_tint_leaves_candidates_in_their_true_colours(window, qtbot):
     gray = np.full((64, 96, 3), 200, np.uint8)
-    window.set_document(Document(gray))
+    window.session.set_document(Document(gray))
     document, canvas = window.document, window.canvas
     document.set_cell((0, 0))  # the whole image
 
@@ -406,9 +408,9 @@ def new_window(qtbot, tmp_path, bundle, document: Document | None = None) -> Mai
     engine = Engine()
     engine.set_bundle(bundle)
     settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = MainWindow(engine, settings, autosave_folder=tmp_path)
+    win = MainWindow(Session(engine), settings, autosave_folder=tmp_path)
     if document is not None:
-        win.set_document(document)
+        win.session.set_document(document)
     qtbot.addWidget(win)
     win.show()
     qtbot.waitExposed(win)
@@ -609,11 +611,11 @@ def test_accepting_clears_the_status_and_the_tint_and_the_canvas_does_not_jump(w
     document.set_cell((0, 0))
     canvas.fit()
     zoom, size = canvas.zoom, canvas.viewport().size()
-    window.on_message(messages.Loaded("m", "cpu", "m", {}, 64, 4))
+    window.session.handle(messages.Loaded("m", "cpu", "m", {}, 64, 4))
     candidates = [np.full_like(document.image, 200) for _ in range(2)]
-    window.job = messages.Job(image=document.image, cell=(0, 0), caption="x", id=7)
+    window.session.job = messages.Job(image=document.image, cell=(0, 0), caption="x", id=7)
     document.start_generation()
-    window.on_message(messages.Finished(7, candidates, 1, 0.5, 10.0))
+    window.session.handle(messages.Finished(7, candidates, 1, 0.5, 10.0))
     assert "Enter accepts" in window.progress_label.text()
     qtbot.wait(50)
     assert canvas.viewport().size() == size and canvas.zoom == pytest.approx(zoom)
@@ -655,7 +657,7 @@ def test_settings_ok_without_a_change_keeps_the_model(window, monkeypatch):
     from studio.widgets import settings as settings_module
 
     loads = []
-    monkeypatch.setattr(window.engine, "load", lambda *args: loads.append(args))
+    monkeypatch.setattr(window.session.engine, "load", lambda *args: loads.append(args))
     monkeypatch.setattr(
         settings_module.SettingsDialog, "exec", lambda self: QDialog.DialogCode.Accepted
     )
@@ -667,7 +669,7 @@ def test_settings_ok_without_a_change_keeps_the_model(window, monkeypatch):
         lambda self: (self.precision.setCurrentText("fp32"), QDialog.DialogCode.Accepted)[1],
     )
     window.open_settings()
-    assert loads == [] and window.engine.precision == "fp32"  # applies to the next run
+    assert loads == [] and window.session.engine.precision == "fp32"  # applies to the next run
     assert "fp32" in window.device_label.text() or "model" in window.model_label.text()
     monkeypatch.setattr(
         settings_module.SettingsDialog,
@@ -709,3 +711,21 @@ def test_the_data_folder_is_one_level_and_an_old_autosave_is_found(tmp_path, mon
     project.autosave(Document(picture()), nested)
     assert project.data_dir() == tmp_path / "DALL-E Studio"
     assert project.pending_recovery() == tmp_path / "DALL-E Studio" / "autosave.dstudio"
+
+
+def test_the_option_fields_show_and_set_the_sessions_options(window):
+    panel, session = window.caption, window.session
+    assert panel.top_p.text() == "off" and session.options.top_p == 1.0
+    panel.top_p.setValue(0.9)
+    panel.top_k.setValue(40)
+    panel.candidates.setValue(2)
+    assert (session.options.top_p, session.options.top_k, session.options.n) == (0.9, 40, 2)
+    session.set_options(top_p=0.5, temperature=0.75, seed=99)
+    assert panel.top_p.value() == 0.5 and panel.seed.value() == 99
+    assert panel.temperature.value() == pytest.approx(0.75)
+    panel.seed_mode.setCurrentText("increment")
+    assert session.seed_mode == "increment"
+    session.set_caption("a green triangle")
+    assert panel.caption.text() == "a green triangle"
+    panel.caption.setText("a red circle")
+    assert session.caption == "a red circle"

@@ -1,8 +1,9 @@
 """The canvas: the image, zoom and pan, the token-grid overlay and the rectangle tool.
 
 A view only: it shows ``document.shown_image`` and tells the document where the user put the
-rectangle's top-left corner; the document snaps it to a token cell. Krita/GIMP habits: the wheel
-zooms around the cursor, Ctrl+0 fits, Ctrl+1 is 100 %, Space+drag or the middle button pans.
+rectangle's top-left corner; the document snaps it to a token cell. The rectangle's ETA comes
+from the session's speed. Krita/GIMP habits: the wheel zooms around the cursor, Ctrl+0 fits,
+Ctrl+1 is 100 %, Space+drag or the middle button pans.
 
 The rectangle tool works as a selection tool does in any editor: the drag starts where the button
 is pressed, and the corner is the top-left of the press point and the pointer (the rectangle
@@ -22,6 +23,7 @@ from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QApplication, QGraphicsScene, QGraphicsView
 
 from studio.document import Document
+from studio.session import Session
 
 ZOOM_STEP = 1.25
 MIN_ZOOM, MAX_ZOOM = 0.02, 64.0
@@ -40,8 +42,10 @@ class Canvas(QGraphicsView):
     zoom_changed = Signal(float)
     hover_changed = Signal(str)
 
-    def __init__(self, parent=None):
+    def __init__(self, session: Session, parent=None):
         super().__init__(parent)
+        self.session = session
+        session.speed_changed.connect(self._repaint)
         self.setScene(QGraphicsScene(self))
         self.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
@@ -53,7 +57,6 @@ class Canvas(QGraphicsView):
         self._pixmap.setTransformationMode(Qt.TransformationMode.FastTransformation)
         self.document: Document | None = None
         self.show_grid = False
-        self.eta_per_cell = 0.0  # seconds per masked cell, from the last run's speed
         self._space = False
         self._panning: QPointF | None = None
         self._press: QPointF | None = None  # where the left button went down (viewport)
@@ -81,6 +84,9 @@ class Canvas(QGraphicsView):
             (document.candidate_index_changed, self._refresh_image),
             (document.rectangle_changed, self.viewport().update),
         ]
+
+    def _repaint(self, *_) -> None:
+        self.viewport().update()
 
     def _refresh_image(self, *_):
         image = self.document.shown_image
@@ -267,7 +273,7 @@ class Canvas(QGraphicsView):
         document = self.document
         cells = document.masked_cells
         text = f"{cells} cells"
-        if self.eta_per_cell > 0:
-            seconds = cells * self.eta_per_cell
+        if self.session.seconds_per_cell > 0:
+            seconds = cells * self.session.seconds_per_cell
             text += " · ETA <1 s" if seconds < 1 else f" · ETA ~{seconds:.0f} s"
         return text

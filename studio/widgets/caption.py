@@ -1,12 +1,13 @@
-"""Caption box (with Alt+Up/Down history and example captions) and the sampling options."""
+"""Caption box (with Alt+Up/Down history and example captions) and the sampling options.
+
+A view of the session: every field shows the session's caption, options and seed mode and writes
+its changes back; Generate and Cancel call the session.
+"""
 
 from __future__ import annotations
 
-import random
-from typing import Any
-
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QTextCursor
+from PySide6.QtGui import QTextCursor, QValidator
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -22,8 +23,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-SEED_MODES = ("random", "fixed", "increment")
-MAX_SEED = 2**31 - 1
+from studio.engine import SamplingOptions
+from studio.session import MAX_SEED, SEED_MODES, Session
+
+TOP_P_STEP = 0.05
 
 
 class CaptionEdit(QPlainTextEdit):
@@ -99,18 +102,45 @@ class CaptionEdit(QPlainTextEdit):
         super().keyPressEvent(event)
 
 
+class TopPBox(QDoubleSpinBox):
+    """Top-p in (0, 1]; 1, the top of the range, reads "off" as top-k's 0 does."""
+
+    OFF = "off"
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setDecimals(2)
+        self.setRange(0.01, 1.0)  # (0, 1]: 0 would keep no token at all
+        self.setSingleStep(TOP_P_STEP)
+        self.setValue(1.0)
+
+    def textFromValue(self, value: float) -> str:
+        return self.OFF if value >= 1.0 else super().textFromValue(value)
+
+    def valueFromText(self, text: str) -> float:
+        return 1.0 if text.strip() == self.OFF else super().valueFromText(text)
+
+    def validate(self, text: str, position: int):
+        typed = text.strip()
+        if typed == self.OFF:
+            return QValidator.State.Acceptable, text, position
+        if typed and self.OFF.startswith(typed):
+            return QValidator.State.Intermediate, text, position
+        return super().validate(text, position)
+
+
 class CaptionPanel(QWidget):
-    """Caption, examples, options, Generate and Cancel."""
+    """Caption, examples, options, Generate and Cancel, bound to a Session."""
 
     generate_requested = Signal()
     cancel_requested = Signal()
 
-    def __init__(self, parent=None):
+    def __init__(self, session: Session, parent=None):
         super().__init__(parent)
+        self.session = session
         self.caption = CaptionEdit()
         self.caption.submitted.connect(self.generate_requested)
-        self.caption.textChanged.connect(self._count_tokens)
-        self.tokenizer = None
+        self.caption.textChanged.connect(self._caption_edited)
         self.tokens = QLabel()  # "9 / 32 tokens"; says what is cut when the caption is too long
         self.tokens.setWordWrap(True)
         self.examples = QToolButton()
@@ -124,27 +154,54 @@ class CaptionPanel(QWidget):
         self.cancel.setToolTip("Cancel (Esc)")
         self.cancel.clicked.connect(self.cancel_requested)
         self.cancel.setEnabled(False)
+        self.generate_requested.connect(session.generate)
+        self.cancel_requested.connect(session.cancel)
+        self._build_options()
+        self._lay_out()
+        self._show_options(session.options)
+        self._show_seed_mode(session.seed_mode)
+        self._show_model()
+        self.caption.setText(session.caption)
+        session.caption_changed.connect(self._show_caption)
+        session.options_changed.connect(self._show_options)
+        session.seed_mode_changed.connect(self._show_seed_mode)
+        session.model_changed.connect(self._show_model)
+        session.running_changed.connect(self.set_running)
+        session.document_changed.connect(self._show_caption_history)
+        session.finished.connect(self._show_caption_history)
 
+    def _build_options(self) -> None:
+        session = self.session
         self.candidates = QSpinBox()
         self.candidates.setRange(1, 16)
-        self.candidates.setValue(4)
+        self.candidates.valueChanged.connect(lambda n: session.set_options(n=n))
         self.seed_mode = QComboBox()
         self.seed_mode.addItems(SEED_MODES)
+        self.seed_mode.currentTextChanged.connect(session.set_seed_mode)
         self.seed = QSpinBox()
         self.seed.setRange(0, MAX_SEED)
-        self.seed.setValue(1)
+        self.seed.valueChanged.connect(lambda seed: session.set_options(seed=seed))
         self.temperature = QDoubleSpinBox()
         self.temperature.setRange(0.05, 5.0)
         self.temperature.setSingleStep(0.05)
-        self.temperature.setValue(1.0)
+        self.temperature.valueChanged.connect(
+            lambda value: session.set_options(temperature=round(value, 4))
+        )
         self.top_k = QSpinBox()
         self.top_k.setRange(0, 16384)
         self.top_k.setSpecialValueText("off")
+        self.top_k.valueChanged.connect(lambda k: session.set_options(top_k=k))
+        self.top_p = TopPBox()
+        self.top_p.setToolTip("Sample only from the most likely tokens that make up this share")
+        self.top_p.valueChanged.connect(lambda p: session.set_options(top_p=round(p, 4)))
         self.guidance = QDoubleSpinBox()
         self.guidance.setRange(0.0, 30.0)
         self.guidance.setSingleStep(0.5)
-        self.guidance.setValue(1.0)
+        self.guidance.valueChanged.connect(
+            lambda value: session.set_options(guidance=round(value, 4))
+        )
 
+    def _lay_out(self) -> None:
         row = QHBoxLayout()
         row.addWidget(self.examples)
         row.addStretch(1)
@@ -153,11 +210,15 @@ class CaptionPanel(QWidget):
         seed_row = QHBoxLayout()
         seed_row.addWidget(self.seed_mode)
         seed_row.addWidget(self.seed, 1)
+        sampling_row = QHBoxLayout()
+        sampling_row.addWidget(self.top_k, 1)
+        sampling_row.addWidget(QLabel("Top-p"))
+        sampling_row.addWidget(self.top_p, 1)
         form = QFormLayout()
         form.addRow("Candidates", self.candidates)
         form.addRow("Seed", seed_row)
         form.addRow("Temperature", self.temperature)
-        form.addRow("Top-k", self.top_k)
+        form.addRow("Top-k", sampling_row)
         form.addRow("Guidance", self.guidance)
         layout = QVBoxLayout(self)
         layout.addWidget(self.caption)
@@ -166,22 +227,53 @@ class CaptionPanel(QWidget):
         layout.addLayout(form)
         layout.addStretch(1)
 
-    def set_tokenizer(self, tokenizer) -> None:
-        """The loaded model's tokenizer (None: no model), so the caption's length can be shown."""
-        self.tokenizer = tokenizer
+    # -- from the session ---------------------------------------------------------------
+
+    def _show_options(self, options: SamplingOptions) -> None:
+        """Show ``options`` without writing them back (a field rounds to its decimals)."""
+        values = {
+            self.candidates: options.n,
+            self.seed: options.seed if options.seed is not None else 0,
+            self.temperature: options.temperature,
+            self.top_k: options.top_k,
+            self.top_p: options.top_p,
+            self.guidance: options.guidance,
+        }
+        for field, value in values.items():
+            field.blockSignals(True)
+            field.setValue(value)
+            field.blockSignals(False)
+
+    def _show_seed_mode(self, mode: str) -> None:
+        self.seed_mode.setCurrentText(mode)
+
+    def _show_caption(self, caption: str) -> None:
+        if caption != self.caption.text():
+            self.caption.setText(caption)
+
+    def _caption_edited(self) -> None:
+        self.session.set_caption(self.caption.text())
+        self._count_tokens()
+
+    def _show_caption_history(self, *_) -> None:
+        self.caption.set_history(self.session.document.caption_history)
+
+    def _show_model(self) -> None:
+        self.set_examples(self.session.examples)
         self._count_tokens()
 
     def _count_tokens(self) -> None:
-        if self.tokenizer is None:
+        tokenizer = self.session.tokenizer
+        if tokenizer is None:
             self.tokens.clear()
             return
-        text, limit = self.caption.text(), self.tokenizer.text_len
-        count = self.tokenizer.length(text)
+        text, limit = self.caption.text(), tokenizer.text_len
+        count = tokenizer.length(text)
         if count <= limit:
             self.tokens.setText(f"{count} / {limit} tokens")
             self.tokens.setStyleSheet("color: palette(mid);")
             return
-        tail = " ".join(self.tokenizer.kept(text).split()[-4:])
+        tail = " ".join(tokenizer.kept(text).split()[-4:])
         self.tokens.setText(f"{count} / {limit} tokens: the model reads up to “…{tail}”")
         self.tokens.setStyleSheet("color: #c62828;")
 
@@ -195,25 +287,5 @@ class CaptionPanel(QWidget):
     def set_running(self, running: bool) -> None:
         self.generate.setEnabled(not running)
         self.cancel.setEnabled(running)
-
-    def next_seed(self) -> int | None:
-        """The seed for the next run per the seed mode (random: None, a fresh one is drawn)."""
-        mode = self.seed_mode.currentText()
-        if mode == "random":
-            return random.randint(0, MAX_SEED)
-        return self.seed.value()
-
-    def after_run(self, seed: int) -> None:
-        """Show the used seed; increment mode moves on to the next one."""
-        if self.seed_mode.currentText() == "increment":
-            self.seed.setValue((seed + 1) % MAX_SEED)
-        else:
-            self.seed.setValue(seed)
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "n": self.candidates.value(),
-            "temperature": round(self.temperature.value(), 4),
-            "top_k": self.top_k.value(),
-            "guidance": round(self.guidance.value(), 4),
-        }
+        if running:
+            self.caption.forget_typing()  # generated from: Ctrl+Z is the image's again

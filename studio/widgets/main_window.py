@@ -1,9 +1,9 @@
-"""The main window: wires the document, the engine and the views together.
+"""The main window: the views of a Session, their menus, files, settings and the autosave.
 
-It owns no state of its own beyond the window: the image, rectangle, candidates and history are
-the Document's; the model is the Engine's. Every engine message is handled on the Qt thread (the
-engine's signal is queued here from its worker). Errors are shown without blocking the loop and
-never touch the image.
+It owns no generation state: the image, rectangle, candidates and history are the Document's;
+the running job, the sampling options, the model and its speed are the Session's. The window binds
+its views to their signals and calls their methods. Errors are shown without blocking the loop
+and never touch the image.
 
 No lost work: a modified document (``Document.modified``) is autosaved every minute into the
 app-data folder, and the autosave stays until the work is saved or the user discards it (the
@@ -38,10 +38,10 @@ from PySide6.QtWidgets import (
 )
 
 from model.files import ImageError, check_pixels
-from studio import engine as messages
 from studio import project
 from studio.document import Document
-from studio.engine import IMAGE_SUFFIXES, Engine, Job, SamplingOptions
+from studio.engine import IMAGE_SUFFIXES, load_image, one_line
+from studio.session import Session
 from studio.widgets.candidates import CandidateStrip
 from studio.widgets.canvas import Canvas
 from studio.widgets.caption import CaptionPanel
@@ -103,27 +103,27 @@ class ImageUndoKeys(QObject):
 
 class MainWindow(QMainWindow):
     def __init__(
-        self, engine: Engine, settings: QSettings | None = None, autosave_folder: Path | None = None
+        self,
+        session: Session,
+        settings: QSettings | None = None,
+        autosave_folder: Path | None = None,
     ):
         super().__init__()
         self.setWindowTitle("DALL·E Studio")
         self.setAcceptDrops(True)
-        self.engine = engine
+        self.session = session
         self.settings = settings or QSettings()
         self.apply_speed_settings()
         self.autosave_folder = autosave_folder
         self.ask_before_close = True
         self.errors: list[str] = []  # every message shown, for tests and the selftest
-        self.model_name = ""
-        self._device = ""  # the loaded model's device
-        self.job: Job | None = None
         self._autosaved: tuple[int, int] | None = None  # (id of the document, its revision)
         # an autosave left by a crash is never overwritten before the user answered about it
         self._recovery_pending = project.pending_recovery(autosave_folder) is not None
-        self._keep_autosave = False  # set when the session ends without the user (terminate)
-        self.document: Document | None = None
+        self._keep_autosave = False  # set when the app ends without the user (terminate)
+        self._bound: Document | None = None  # the document the views are bound to
 
-        self.canvas = Canvas()
+        self.canvas = Canvas(session)
         self.strip = CandidateStrip()
         policy = self.strip.sizePolicy()
         policy.setRetainSizeWhenHidden(True)  # the canvas keeps its size: no re-fit, no jump
@@ -136,9 +136,7 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.strip)
         self.setCentralWidget(central)
 
-        self.caption = CaptionPanel()
-        self.caption.generate_requested.connect(self.generate)
-        self.caption.cancel_requested.connect(self.cancel)
+        self.caption = CaptionPanel(session)
         self.history = HistoryPanel()
         self.history.export_requested.connect(self.export_entry)
         for title, widget in (("Caption", self.caption), ("History", self.history)):
@@ -151,25 +149,18 @@ class MainWindow(QMainWindow):
             )
             self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
 
-        self.progress = QProgressBar()
-        self.progress.setMaximumWidth(220)
-        self.progress.setVisible(False)
-        self.progress_label = QLabel()
-        self.device_label = QLabel("device: —")
-        self.model_label = QLabel("model: loading…")
-        self.speed_label = QLabel("")
-        status = self.statusBar()
-        status.addWidget(self.progress_label)
-        status.addWidget(self.progress)
-        for label in (self.speed_label, self.model_label, self.device_label):
-            status.addPermanentWidget(label)
-
+        self._build_status_bar()
         self._build_actions()
-        engine.message.connect(self.on_message)
+        session.document_changed.connect(self._document_changed)
+        session.model_changed.connect(self._model_changed)
+        session.speed_changed.connect(self._speed_changed)
+        session.status_changed.connect(self.progress_label.setText)
+        session.error.connect(self.show_error)
         self.autosave_timer = QTimer(self)
         self.autosave_timer.timeout.connect(self.autosave)
         self.autosave_timer.start(AUTOSAVE_MS)
-        self.set_document(Document())
+        self._document_changed(session.document)
+        self._model_changed()
         self.undo_keys = ImageUndoKeys(self.caption.caption, self)
         fields = [self.caption.caption]
         for kind in (QLineEdit, QAbstractSpinBox):
@@ -181,7 +172,26 @@ class MainWindow(QMainWindow):
         if geometry:
             self.restoreGeometry(geometry)
 
+    @property
+    def document(self) -> Document:
+        """The session's document (the window keeps none of its own)."""
+        return self.session.document
+
     # -- actions ------------------------------------------------------------------------
+
+    def _build_status_bar(self) -> None:
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setVisible(False)
+        self.progress_label = QLabel()
+        self.device_label = QLabel("device: —")
+        self.model_label = QLabel()
+        self.speed_label = QLabel("")
+        status = self.statusBar()
+        status.addWidget(self.progress_label)
+        status.addWidget(self.progress)
+        for label in (self.speed_label, self.model_label, self.device_label):
+            status.addPermanentWidget(label)
 
     def _action(self, menu, text, slot, *shortcuts) -> QAction:
         action = QAction(text, self)
@@ -217,7 +227,7 @@ class MainWindow(QMainWindow):
         self.grid_action.setCheckable(True)
         run = bar.addMenu("&Generate")
         self.generate_action = self._action(
-            run, "&Generate", self.generate, "Ctrl+Return", "Ctrl+Enter"
+            run, "&Generate", self.session.generate, "Ctrl+Return", "Ctrl+Enter"
         )
         self._action(run, "&Cancel / discard", self.escape, "Esc")
         self._action(run, "&Accept candidate", self.accept_candidate, "Ctrl+Shift+Return")
@@ -231,33 +241,29 @@ class MainWindow(QMainWindow):
 
     # -- document -----------------------------------------------------------------------
 
-    def set_document(self, document: Document) -> None:
-        if self.job is not None:  # its results belong to the image being left: drop them
-            self.engine.cancel()
-            self.job = None
-        if self.document is not None:
-            if self.document.generating:
-                self.document.end_generation()
-            self.document.generating_changed.disconnect(self._generating_changed)
-            self.document.progress_changed.disconnect(self._progress)
-            self.document.rectangle_changed.disconnect(self._rectangle_changed)
-            self.document.modified_changed.disconnect(self._update_title)
-            self.document.candidates_changed.disconnect(self._candidates_changed)
-        if self.engine.loaded:
-            document.set_model_geometry(self.engine.geometry_size, self.engine.geometry_factor)
-        self.document = document
-        document.generating_changed.connect(self._generating_changed)
-        document.progress_changed.connect(self._progress)
-        document.rectangle_changed.connect(self._rectangle_changed)
-        document.modified_changed.connect(self._update_title)
-        document.candidates_changed.connect(self._candidates_changed)
+    def _document_changed(self, document: Document) -> None:
+        """The session works on another document: the views follow it."""
+        if self._bound is not None:
+            for signal, slot in self._document_bindings(self._bound):
+                signal.disconnect(slot)
+        self._bound = document
+        for signal, slot in self._document_bindings(document):
+            signal.connect(slot)
         self._autosaved = None
         self.canvas.set_document(document)
         self.strip.set_document(document)
         self.history.set_document(document)
-        self.caption.caption.set_history(document.caption_history)
         self._update_title()
         self._rectangle_changed()
+
+    def _document_bindings(self, document: Document) -> list:
+        return [
+            (document.generating_changed, self._generating_changed),
+            (document.progress_changed, self._progress),
+            (document.rectangle_changed, self._rectangle_changed),
+            (document.modified_changed, self._update_title),
+            (document.candidates_changed, self._candidates_changed),
+        ]
 
     def _update_title(self, *_) -> None:
         name = Path(self.document.path or self.document.source_path or "untitled").name
@@ -281,78 +287,23 @@ class MainWindow(QMainWindow):
                 "(it reaches the bottom-right corner)"
             )
 
-    # -- engine messages ----------------------------------------------------------------
+    # -- session ------------------------------------------------------------------------
 
-    def load_model(self, bundle: str | None, device: str) -> None:
-        self.model_label.setText("model: loading…")
-        self.engine.load(bundle or None, device)
-
-    def on_message(self, message) -> None:
-        if isinstance(message, messages.Loaded):
-            self.model_name = message.name
-            self.model_label.setText(f"model: {message.name}")
-            self.model_label.setToolTip(message.path)
-            self._device = message.device
-            compiled = " · compiled" if self.engine.compile else ""
-            self.device_label.setText(f"device: {message.device} · {message.precision}{compiled}")
-            self.document.set_model_geometry(message.size, message.factor)
-            self.caption.set_examples([str(c) for c in message.card.get("example_captions", [])])
-            self.caption.set_tokenizer(message.tokenizer)
-        elif isinstance(message, messages.LoadFailed):
+    def _model_changed(self) -> None:
+        session = self.session
+        if session.model_state == "loaded":
+            self.model_label.setText(f"model: {session.model_name}")
+            self.model_label.setToolTip(session.model_path)
+        elif session.model_state == "loading":
+            self.model_label.setText("model: loading…")
+        else:
             self.model_label.setText("model: none")
-            self.show_error(message.message)
-        elif self.job is None or getattr(message, "job", None) != self.job.id:
-            return  # a stale message from a job the user already left
-        elif isinstance(message, messages.RowDecoded):
-            self.document.show_row(
-                message.preview,
-                message.rows_done,
-                message.rows_total,
-                message.tokens_per_s,
-                message.eta_s,
-            )
-        elif isinstance(message, messages.Compiling):
-            self.progress_label.setText(
-                f"compiling the model for {message.batch} rows at once "
-                "(once per number of candidates, 10–20 s)…"
-            )
-        elif isinstance(message, messages.Finished):
-            job, self.job = self.job, None
-            options = dict(self._job_options(job), seconds=round(message.seconds, 2))
-            self.document.finish_generation(
-                message.candidates,
-                job.caption,
-                job.cell,
-                message.seed,
-                options,
-                self.model_name,
-                previewed=message.previewed,
-            )
-            self.caption.after_run(message.seed)
-            self.caption.caption.set_history(self.document.caption_history)
-            self._speed(message.tokens_per_s, job.options.n)
-            self.progress_label.setText(
-                f"{len(message.candidates)} candidates in {message.seconds:.1f} s — "
-                "←/→ browse, Enter accepts, Esc discards"
-            )
-        elif isinstance(message, messages.Failed):
-            self.job = None
-            self.document.end_generation()
-            self.show_error(message.message)
-        elif isinstance(message, messages.Cancelled):
-            self.job = None
-            self.document.end_generation()
-            self.progress_label.setText("cancelled — the image is unchanged")
+        if session.device:
+            compiled = " · compiled" if session.engine.compile else ""
+            self.device_label.setText(f"device: {session.device} · {session.precision}{compiled}")
 
-    def _speed(self, tokens_per_s: float, n: int) -> None:
+    def _speed_changed(self, tokens_per_s: float) -> None:
         self.speed_label.setText(f"{tokens_per_s:.0f} tokens/s")
-        if tokens_per_s > 0:
-            self.canvas.eta_per_cell = n / tokens_per_s
-            self.canvas.viewport().update()
-
-    @staticmethod
-    def _job_options(job: Job) -> dict:
-        return {k: v for k, v in job.options.to_dict().items() if k not in ("seed", "top_p")}
 
     def _generating_changed(self, running: bool) -> None:
         self.caption.set_running(running)
@@ -380,37 +331,9 @@ class MainWindow(QMainWindow):
 
     # -- generation ---------------------------------------------------------------------
 
-    def generate(self) -> Job | None:
-        document = self.document
-        if document.generating:
-            return None
-        if not self.engine.loaded:
-            self.show_error("no model is loaded yet: wait for it, or open one in Settings")
-            return None
-        if document.cell is None:
-            self.show_error("drag a rectangle on the image first: it will be regenerated")
-            return None
-        document.discard_candidates()
-        options = self.caption.options()
-        job = Job(
-            image=document.image,
-            cell=document.cell,
-            caption=self.caption.caption.text(),
-            options=SamplingOptions(**options, seed=self.caption.next_seed()),
-        )
-        self.caption.caption.forget_typing()  # generated from: Ctrl+Z is the image's again
-        document.start_generation()
-        self.job = self.engine.submit(job)
-        self.progress_label.setText("generating…")
-        return self.job
-
-    def cancel(self) -> None:
-        if self.job is not None:
-            self.engine.cancel()
-
     def escape(self) -> None:
         if self.document.generating:
-            self.cancel()
+            self.session.cancel()
         else:
             self.document.discard_candidates()
 
@@ -426,14 +349,14 @@ class MainWindow(QMainWindow):
             if path.suffix.lower() == project.SUFFIX:
                 document = project.load(path)
             else:
-                document = Document(messages.load_image(path))
+                document = Document(load_image(path))
                 document.source_path = str(path)
         except (ValueError, OSError) as error:
-            self.show_error(messages.one_line(error))
+            self.show_error(one_line(error))
             return False
         if not self.keep_or_discard_work():
             return False
-        self.set_document(document)
+        self.session.set_document(document)
         self._add_recent(str(path))
         return True
 
@@ -461,7 +384,7 @@ class MainWindow(QMainWindow):
         """Show ``document`` unless the user keeps the current, modified one."""
         if not self.keep_or_discard_work():
             return False
-        self.set_document(document)
+        self.session.set_document(document)
         return True
 
     def open_image_dialog(self) -> None:
@@ -497,7 +420,7 @@ class MainWindow(QMainWindow):
         try:
             project.save(self.document, path)
         except OSError as error:
-            self.show_error(f"could not save {path}: {messages.one_line(error)}")
+            self.show_error(f"could not save {path}: {one_line(error)}")
             return False
         self.document.path = path
         self.document.mark_saved()
@@ -524,7 +447,7 @@ class MainWindow(QMainWindow):
         try:
             project.export_png(image, path)
         except OSError as error:
-            self.show_error(f"could not export {path}: {messages.one_line(error)}")
+            self.show_error(f"could not export {path}: {one_line(error)}")
 
     def paste_image(self) -> None:
         image = QGuiApplication.clipboard().image()
@@ -580,14 +503,14 @@ class MainWindow(QMainWindow):
     # -- settings, autosave, close ------------------------------------------------------
 
     def apply_speed_settings(self) -> None:
-        """Hand the saved precision and compile choice to the engine (a bad value: auto)."""
+        """Hand the saved precision and compile choice to the session (a bad value: auto)."""
         precision = str(self.settings.value("precision", "auto"))
         compile = self.settings.value("compile", False, type=bool)
         try:
-            self.engine.set_speed(precision, compile)
+            self.session.set_precision(precision, compile)
         except ValueError as error:
             log.warning("settings: %s; using auto", error)
-            self.engine.set_speed("auto", compile)
+            self.session.set_precision("auto", compile)
 
     def open_settings(self) -> None:
         """The settings dialog. The model reloads only when its device or bundle changed; the
@@ -597,8 +520,9 @@ class MainWindow(QMainWindow):
         # Parented for placement, deleted right after: a dialog left to the window's teardown
         # took its connections down with it out of order ("shared QObject was deleted
         # directly", exit 134 on quit).
+        engine = self.session.engine
         dialog = SettingsDialog(
-            device, bundle, self, precision=self.engine.precision, compile=self.engine.compile
+            device, bundle, self, precision=engine.precision, compile=engine.compile
         )
         try:
             if not dialog.exec():
@@ -611,18 +535,9 @@ class MainWindow(QMainWindow):
         self.settings.setValue("bundle", new_bundle)
         self.settings.setValue("precision", precision)
         self.settings.setValue("compile", compile)
-        self.apply_speed_settings()
+        self.apply_speed_settings()  # the device label says it at once
         if (new_device, new_bundle) != (device, bundle):
-            self.load_model(new_bundle, new_device)
-        else:
-            self._show_device()
-
-    def _show_device(self) -> None:
-        if not self._device:
-            return
-        precision = messages.resolve_precision(self.engine.precision, self._device)
-        compiled = " · compiled" if self.engine.compile else ""
-        self.device_label.setText(f"device: {self._device} · {precision}{compiled}")
+            self.session.load(new_bundle, new_device)
 
     def autosave(self) -> None:
         """Write the modified document's work to the autosave (timer; also safe to call)."""
@@ -663,7 +578,7 @@ class MainWindow(QMainWindow):
         )
         self._recovery_pending = False
         if answer == QMessageBox.StandardButton.Yes:
-            self.set_document(recovered)  # modified; its autosave stays until saved
+            self.session.set_document(recovered)  # modified; its autosave stays until saved
             self.autosave()
         else:
             project.clear_autosave(self.autosave_folder)
@@ -672,9 +587,7 @@ class MainWindow(QMainWindow):
         """The session ends without the user (SIGTERM: a logout, a shutdown, a `kill`): modified
         work goes to the autosave, which the next start offers back, and the window closes
         without asking. An autosave still awaiting the recovery answer is kept as it is."""
-        if self.document.generating:
-            self.cancel()
-            self.document.end_generation()
+        self.session.drop_job()
         self._keep_autosave = self.document.modified or self._recovery_pending
         self.autosave()
         self.ask_before_close = False
@@ -684,7 +597,7 @@ class MainWindow(QMainWindow):
         if not self.keep_or_discard_work():
             event.ignore()
             return
-        self.cancel()
+        self.session.cancel()
         self.autosave_timer.stop()
         self.settings.setValue("geometry", self.saveGeometry())
         self._closed_at = time.time()

@@ -1,0 +1,257 @@
+"""The studio's generation state: the document, the engine, the running job, the sampling options,
+the seed mode, the loaded model and its speed, and errors.
+
+A QObject with ``*_changed`` signals and no widgets (krita-ai-diffusion's model/ui split): the
+window and its panels bind to these signals and call ``generate``, ``cancel`` and the setters, so
+the app's whole workflow runs without a window (tests/test_session.py). Every engine message
+reaches ``handle`` on the Qt thread (the engine's signal is queued here from its worker); one from
+a job the session no longer runs is dropped. A finished job's history entry is made from the
+engine's ``Finished`` message and the job the session submitted, nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+
+from studio import engine as messages
+from studio.document import Document
+from studio.engine import Engine, Job, SamplingOptions
+
+log = logging.getLogger(__name__)
+
+SEED_MODES = ("random", "fixed", "increment")
+MAX_SEED = 2**31 - 1  # the seed field is a QSpinBox (a C int); model.config allows far more
+# four candidates to choose from; the seed field starts at 1, used in the fixed and increment modes
+DEFAULT_OPTIONS = SamplingOptions(n=4, seed=1)
+
+
+class Session(QObject):
+    """One document and the generations made on it (see the module's docstring)."""
+
+    document_changed = Signal(object)  # the new Document
+    caption_changed = Signal(str)
+    options_changed = Signal(object)  # the new SamplingOptions
+    seed_mode_changed = Signal(str)
+    running_changed = Signal(bool)  # a job is (no longer) running
+    model_changed = Signal()  # model_state, model_name, model_path, device, precision, examples
+    speed_changed = Signal(float)  # tokens/s of the last finished run
+    status_changed = Signal(str)  # one line on what the generation is doing or did
+    finished = Signal()  # a job's candidates are staged and its history entries added
+    error = Signal(str)  # one line a user can act on; the image is never touched
+
+    def __init__(
+        self, engine: Engine, document: Document | None = None, parent: QObject | None = None
+    ):
+        super().__init__(parent)
+        self.engine = engine
+        self.document = document or Document()
+        self.job: Job | None = None
+        self.caption = ""
+        self.options = DEFAULT_OPTIONS
+        self.seed_mode = SEED_MODES[0]
+        self.status = ""
+        # the model, as its last Loaded message said (the engine may also be given one directly)
+        self.model_state = "loading"  # "loading", "loaded" or "failed"
+        self.model_name = ""
+        self.model_path = ""
+        self.device = ""
+        self.examples: list[str] = []
+        self.tokenizer: Any = None  # the bundle's CaptionTokenizer: counts the caption's tokens
+        # speed of the last finished run: the canvas's ETA is masked cells * seconds_per_cell
+        self.tokens_per_s = 0.0
+        self.seconds_per_cell = 0.0
+        engine.message.connect(self.handle)
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None
+
+    def set_document(self, document: Document) -> None:
+        """Work on ``document`` from now on; a running job's results belong to the image being
+        left, so the job is dropped."""
+        self.drop_job()
+        if self.engine.loaded:
+            document.set_model_geometry(self.engine.geometry_size, self.engine.geometry_factor)
+        self.document = document
+        self.document_changed.emit(document)
+
+    def set_caption(self, caption: str) -> None:
+        if caption != self.caption:
+            self.caption = caption
+            self.caption_changed.emit(caption)
+
+    def set_options(self, **changes: Any) -> None:
+        """Change some sampling options (``n=2, top_p=0.9``); ValueError names a bad one."""
+        options = dataclasses.replace(self.options, **changes)
+        options.validate()
+        if options != self.options:
+            self.options = options
+            self.options_changed.emit(options)
+
+    def set_seed_mode(self, mode: str) -> None:
+        if mode not in SEED_MODES:
+            raise ValueError(f"seed mode must be one of {', '.join(SEED_MODES)}, got {mode!r}")
+        if mode != self.seed_mode:
+            self.seed_mode = mode
+            self.seed_mode_changed.emit(mode)
+
+    def next_seed(self) -> int:
+        """The seed for the next run: a fresh one in random mode, else the seed field's."""
+        if self.seed_mode == "random" or self.options.seed is None:
+            return random.randint(0, MAX_SEED)
+        return self.options.seed
+
+    def record_speed(self, tokens_per_s: float, n: int) -> None:
+        """A run of ``n`` candidates sampled ``tokens_per_s``: the next run's ETA follows."""
+        self.tokens_per_s = tokens_per_s
+        if tokens_per_s > 0:
+            self.seconds_per_cell = n / tokens_per_s
+        self.speed_changed.emit(tokens_per_s)
+
+    def _set_status(self, text: str) -> None:
+        self.status = text
+        self.status_changed.emit(text)
+
+    # -- model ----------------------------------------------------------------------------
+
+    @property
+    def precision(self) -> str:
+        """What sampling runs in on the model's device ("auto" resolved); "" before a load."""
+        return messages.resolve_precision(self.engine.precision, self.device) if self.device else ""
+
+    def load(self, bundle: str | Path | None, device: str) -> None:
+        """Load a bundle on the engine's worker (None or "": the embedded default)."""
+        self.model_state = "loading"
+        self.model_changed.emit()
+        self.engine.load(bundle or None, device)
+
+    def set_precision(self, precision: str, compile: bool) -> None:
+        """How later jobs sample (``Engine.set_speed``); ValueError names an unknown precision."""
+        self.engine.set_speed(precision, compile)
+        self.model_changed.emit()
+
+    # -- generation -----------------------------------------------------------------------
+
+    def generate(self) -> Job | None:
+        """Start a job on the rectangle with the caption and options; None (and an error line
+        when the user must act) when it cannot start."""
+        document = self.document
+        if document.generating or self.job is not None:
+            return None
+        if not self.engine.loaded:
+            self.error.emit("no model is loaded yet: wait for it, or open one in Settings")
+            return None
+        if document.cell is None:
+            self.error.emit("drag a rectangle on the image first: it will be regenerated")
+            return None
+        document.discard_candidates()
+        options = dataclasses.replace(self.options, seed=self.next_seed())
+        job = Job(image=document.image, cell=document.cell, caption=self.caption, options=options)
+        document.start_generation()
+        self.job = self.engine.submit(job)
+        self.running_changed.emit(True)
+        self._set_status("generating…")
+        return self.job
+
+    def cancel(self) -> None:
+        """Ask the running job to stop; a Cancelled message follows, the image unchanged."""
+        if self.job is not None:
+            self.engine.cancel()
+
+    def drop_job(self) -> None:
+        """Cancel the running job and ignore whatever it still sends (the document is left, or
+        the app ends); the document's live preview goes."""
+        if self.job is not None:
+            self.engine.cancel()
+            self._end_job()
+        if self.document.generating:
+            self.document.end_generation()
+
+    def _end_job(self) -> Job | None:
+        job, self.job = self.job, None
+        if job is not None:
+            self.running_changed.emit(False)
+        return job
+
+    # -- engine messages ------------------------------------------------------------------
+
+    def handle(self, message: messages.Message) -> None:
+        """One message from the engine (on the Qt thread)."""
+        if isinstance(message, messages.Loaded):
+            self._loaded(message)
+        elif isinstance(message, messages.LoadFailed):
+            self.model_state = "failed"
+            self.model_changed.emit()
+            self.error.emit(message.message)
+        elif self.job is None or getattr(message, "job", None) != self.job.id:
+            return  # a stale message from a job the user already left
+        elif isinstance(message, messages.RowDecoded):
+            self.document.show_row(
+                message.preview,
+                message.rows_done,
+                message.rows_total,
+                message.tokens_per_s,
+                message.eta_s,
+            )
+        elif isinstance(message, messages.Compiling):
+            self._set_status(
+                f"compiling the model for {message.batch} rows at once "
+                "(once per number of candidates, 10–20 s)…"
+            )
+        elif isinstance(message, messages.Finished):
+            self._finished(message)
+        elif isinstance(message, messages.Failed):
+            self._end_job()
+            self.document.end_generation()
+            self.error.emit(message.message)
+        elif isinstance(message, messages.Cancelled):
+            self._end_job()
+            self.document.end_generation()
+            self._set_status("cancelled — the image is unchanged")
+
+    def _loaded(self, message: messages.Loaded) -> None:
+        self.model_state = "loaded"
+        self.model_name = message.name
+        self.model_path = message.path
+        self.device = message.device
+        self.examples = [str(caption) for caption in message.card.get("example_captions", [])]
+        self.tokenizer = message.tokenizer
+        self.document.set_model_geometry(message.size, message.factor)
+        self.model_changed.emit()
+
+    def _finished(self, message: messages.Finished) -> None:
+        job = self._end_job()
+        options = history_options(job.options, message.seconds)
+        self.document.finish_generation(
+            message.candidates,
+            job.caption,
+            job.cell,
+            message.seed,
+            options,
+            self.model_name,
+            previewed=message.previewed,
+        )
+        shown = (message.seed + 1) % MAX_SEED if self.seed_mode == "increment" else message.seed
+        self.set_options(seed=shown)  # the seed field shows the one used, or the next one
+        self.record_speed(message.tokens_per_s, job.options.n)
+        self._set_status(
+            f"{len(message.candidates)} candidates in {message.seconds:.1f} s — "
+            "←/→ browse, Enter accepts, Esc discards"
+        )
+        self.finished.emit()
+
+
+def history_options(options: SamplingOptions, seconds: float) -> dict[str, Any]:
+    """A history entry's options: the job's sampling options (the seed is the entry's own
+    field) and how long it took."""
+    values = options.to_dict()
+    del values["seed"]
+    return dict(values, seconds=round(seconds, 2))

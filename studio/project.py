@@ -18,6 +18,7 @@ the user discards it, so finding one at start means the last session did not end
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -35,6 +36,7 @@ from PySide6.QtCore import QStandardPaths
 
 from model.files import MAX_PIXELS, ImageError, atomic_write, check_pixels, open_image
 from studio.document import MAX_CAPTION_HISTORY, Document, HistoryEntry
+from studio.engine import SamplingOptions
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ MAX_PATH = 4096
 MAX_GRID = 4096  # token cells along a side
 MAX_ID = 2**53  # ids stay exact in any JSON reader
 MAX_SEED = 2**64
+# the keys of an entry's options that are sampling options (the others: seconds, candidate)
+SAMPLING_KEYS = frozenset(field.name for field in dataclasses.fields(SamplingOptions))
 
 
 class ProjectError(ValueError):
@@ -297,6 +301,14 @@ class _Schema:
             self.fail(where, value, "a file in the archive")
         return value
 
+    def sampling(self, options: dict, where: str) -> None:
+        """The sampling options among an entry's options, in their types and ranges (a project
+        saved before top-p was recorded has none: the default)."""
+        try:
+            SamplingOptions.from_dict({k: v for k, v in options.items() if k in SAMPLING_KEYS})
+        except ValueError as error:
+            raise ProjectError(f"{self.path}: {where}: {error}") from None
+
     def project(self, manifest: Any) -> None:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             found = manifest.get("format") if isinstance(manifest, dict) else manifest
@@ -361,6 +373,7 @@ class _Schema:
                     self.text(value, f"{where} option {key!r}")
                 elif value is not None and not isinstance(value, bool):
                     self.number(value, f"{where} option {key!r}")
+            self.sampling(options, f"{where} options")
         roots = [entry_id for entry_id, parent in parents.items() if parent is None]
         if len(roots) != 1:
             self.fail("history", f"{len(roots)} entries without a parent", "exactly one original")

@@ -148,7 +148,11 @@ def test_project_round_trip_is_bitwise(tmp_path):
     document.set_cell((1, 2))
     document.start_generation()
     document.finish_generation(
-        [picture(seed=10), picture(seed=11)], "cap", (1, 2), 42, {"n": 2, "temperature": 0.9}
+        [picture(seed=10), picture(seed=11)],
+        "cap",
+        (1, 2),
+        42,
+        {"n": 2, "temperature": 0.9, "top_p": 0.8, "seconds": 1.5},
     )
     document.accept_candidate()
     document.set_starred(document.current_entry, True)
@@ -169,6 +173,7 @@ def test_project_round_trip_is_bitwise(tmp_path):
             entry.cell,
             entry.starred,
         )
+        assert other.options == entry.options  # top_p included
     assert loaded.current_entry == document.current_entry
     assert loaded.cell == (1, 2)
     assert loaded.caption_history == ["cap"]

@@ -218,6 +218,11 @@ NAMED_CASES: list[tuple[str, Callable]] = [
     ("huge caption history", manifest_case(setting(caption_history=["x"] * 100_000))),
     ("negative seed", manifest_case(entry(1, seed=-5))),
     ("options of a list", manifest_case(entry(1, options={"n": [1] * 10}))),
+    ("top-p of 0", manifest_case(entry(1, options={"top_p": 0}))),
+    ("top-p above 1", manifest_case(entry(1, options={"top_p": 1.5}))),
+    ("no candidates", manifest_case(entry(1, options={"n": 0}))),
+    ("temperature as text", manifest_case(entry(1, options={"temperature": "hot"}))),
+    ("fractional top-k", manifest_case(entry(1, options={"top_k": 2.5}))),
     ("too many entries", manifest_case(many_entries)),
     ("file not in archive", manifest_case(entry(1, file="history/none.png"))),
     ("image not in archive", manifest_case(setting(image="../../etc/passwd"))),
@@ -389,6 +394,16 @@ print(errors, total, (peak - base) // 1024)
     errors, total, growth_mb = map(int, result.stdout.split())
     assert total == len(hostile) and errors > total // 2
     assert growth_mb < PEAK_GROWTH_LIMIT_MB, f"peak grew {growth_mb} MB"
+
+
+def test_entry_options_from_before_top_p_and_with_it_both_open(tmp_path):
+    """Projects saved before the studio recorded top-p open as they did; new ones keep it."""
+    before = {"n": 4, "temperature": 1.0, "top_k": 0, "guidance": 1.0, "seconds": 2.5}
+    after = dict(before, top_p=0.9, candidate=1)
+    for name, options in (("before", before), ("after", after)):
+        build = manifest_case(entry(1, options=options))
+        document = project.load(write_zip(tmp_path / f"{name}.dstudio", build(valid_members())))
+        assert options in [item.options for item in document.history.values()], name
 
 
 # -- through the window ---------------------------------------------------------------------

@@ -11,8 +11,8 @@ from studio import engine as messages
 from studio.document import Document
 from studio.engine import Engine
 from studio.session import Session
-from studio.widgets.canvas import to_qimage
-from studio.widgets.main_window import MainWindow, qimage_to_array
+from studio.widgets.canvas import qimage_to_array, to_qimage
+from studio.widgets.main_window import MainWindow
 from tests.helpers import tiny_bundle, tiny_bundle_file
 
 

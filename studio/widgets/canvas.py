@@ -22,6 +22,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import QApplication, QGraphicsScene, QGraphicsView
 
+from model.files import check_pixels
 from studio.document import Document
 from studio.session import Session
 
@@ -34,6 +35,24 @@ def to_qimage(image: np.ndarray) -> QImage:
     image = np.ascontiguousarray(image)
     height, width, _ = image.shape
     return QImage(image.data, width, height, 3 * width, QImage.Format.Format_RGB888).copy()
+
+
+def qimage_to_array(image: QImage, name: str = "the image") -> np.ndarray:
+    """A QImage (clipboard, drop) as (H, W, 3) uint8 RGB. Its size is checked against the
+    product's pixel limit before any conversion allocates (raises ImageError), and transparency
+    is composited on white, as for image files."""
+    check_pixels(image.width(), image.height(), name)
+    if image.hasAlphaChannel():
+        flat = QImage(image.size(), QImage.Format.Format_RGB888)
+        flat.fill(QColor(255, 255, 255))
+        painter = QPainter(flat)
+        painter.drawImage(0, 0, image)
+        painter.end()
+        image = flat
+    image = image.convertToFormat(QImage.Format.Format_RGB888)
+    width, height, stride = image.width(), image.height(), image.bytesPerLine()
+    data = np.frombuffer(image.constBits(), np.uint8, count=stride * height)
+    return data.reshape(height, stride)[:, : width * 3].reshape(height, width, 3).copy()
 
 
 class Canvas(QGraphicsView):

@@ -161,6 +161,7 @@ class CaptionPanel(QWidget):
         self._show_options(session.options)
         self._show_seed_mode(session.seed_mode)
         self._show_model()
+        self._show_caption_history()
         self.caption.setText(session.caption)
         session.caption_changed.connect(self._show_caption)
         session.options_changed.connect(self._show_options)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer
-from PySide6.QtGui import QAction, QColor, QGuiApplication, QImage, QKeySequence, QPainter
+from PySide6.QtGui import QAction, QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QDockWidget,
@@ -37,13 +37,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from model.files import ImageError, check_pixels
+from model.files import ImageError
 from studio import project
 from studio.document import Document
 from studio.engine import IMAGE_SUFFIXES, load_image, one_line
 from studio.session import Session
 from studio.widgets.candidates import CandidateStrip
-from studio.widgets.canvas import Canvas
+from studio.widgets.canvas import Canvas, qimage_to_array
 from studio.widgets.caption import CaptionPanel
 from studio.widgets.history import HistoryPanel
 from studio.widgets.settings import SettingsDialog
@@ -56,24 +56,6 @@ IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")"
 PROJECT_FILTER = f"DALL·E Studio projects (*{project.SUFFIX})"
 UNDO_KEYS = (QKeySequence("Ctrl+Z"),)
 REDO_KEYS = (QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y"))
-
-
-def qimage_to_array(image: QImage, name: str = "the image") -> np.ndarray:
-    """A QImage (clipboard, drop) as (H, W, 3) uint8 RGB. Its size is checked against the
-    product's pixel limit before any conversion allocates (raises ImageError), and transparency
-    is composited on white, as for image files."""
-    check_pixels(image.width(), image.height(), name)
-    if image.hasAlphaChannel():
-        flat = QImage(image.size(), QImage.Format.Format_RGB888)
-        flat.fill(QColor(255, 255, 255))
-        painter = QPainter(flat)
-        painter.drawImage(0, 0, image)
-        painter.end()
-        image = flat
-    image = image.convertToFormat(QImage.Format.Format_RGB888)
-    width, height, stride = image.width(), image.height(), image.bytesPerLine()
-    data = np.frombuffer(image.constBits(), np.uint8, count=stride * height)
-    return data.reshape(height, stride)[:, : width * 3].reshape(height, width, 3).copy()
 
 
 def _matches(event, keys: tuple[QKeySequence, ...]) -> bool:
@@ -177,7 +159,7 @@ class MainWindow(QMainWindow):
         """The session's document (the window keeps none of its own)."""
         return self.session.document
 
-    # -- actions ------------------------------------------------------------------------
+    # -- status bar and actions ----------------------------------------------------------
 
     def _build_status_bar(self) -> None:
         self.progress = QProgressBar()
@@ -306,7 +288,6 @@ class MainWindow(QMainWindow):
         self.speed_label.setText(f"{tokens_per_s:.0f} tokens/s")
 
     def _generating_changed(self, running: bool) -> None:
-        self.caption.set_running(running)
         self.progress.setVisible(running)
         self.progress.setValue(0)
 

@@ -1,6 +1,6 @@
 """Take the README's screenshots in a real window (run under Xvfb):
 
-    xvfb-run -s "-screen 0 1280x800x24" python docs/screenshots.py
+    xvfb-run -s "-screen 0 1280x800x24" python docs/screenshots.py [--out docs/]
 
 Uses the embedded default bundle when installed, else the random-weight benchmark bundle (its
 regenerated regions are noise, but every panel behaves as with a trained model).
@@ -8,6 +8,7 @@ regenerated regions are noise, but every panel behaves as with a trained model).
 
 from __future__ import annotations
 
+import argparse
 import io
 import sys
 from pathlib import Path
@@ -41,111 +42,127 @@ def save(pixmap, path: Path) -> None:
     print(f"{path.name}: {path.stat().st_size // 1024} KiB")
 
 
-def main() -> int:
-    import numpy as np
-    from PySide6.QtCore import QSettings, QTimer
-    from PySide6.QtWidgets import QApplication
-    from studio_responsiveness import synthetic_bundle
+class Tour:
+    """Opens a picture, marks a rectangle, generates three times (accepting, restoring and
+    branching) and shoots the window at each step into ``out``."""
 
-    from model.bundle import default_bundle_path, load
-    from model.transformer import resolve_precision
-    from studio import engine as messages
-    from studio.document import Document
-    from studio.engine import Engine
-    from studio.session import Session
-    from studio.widgets.main_window import MainWindow
+    CAPTION = "a yellow circle in the bottom right on a green background"
 
-    app = QApplication(sys.argv[:1])
-    out = ROOT / "docs"
-    bundle = load(default_bundle_path()) if default_bundle_path().exists() else synthetic_bundle()
-    caption = "a yellow circle in the bottom right on a green background"
-    bundle.card.setdefault("example_captions", [caption])
-    engine = Engine()
-    session = Session(engine)
-    folder = Path("/tmp/studio-screenshots")
-    window = MainWindow(
-        session,
-        QSettings(str(folder / "s.ini"), QSettings.Format.IniFormat),
-        autosave_folder=folder,
-    )
-    window.ask_before_close = False
-    window.resize(1200, 760)
-    window.show()
+    def __init__(self, app, bundle, out: Path):
+        from PySide6.QtCore import QSettings
 
-    def shoot(name: str) -> None:
+        from studio.engine import Engine
+        from studio.session import Session
+        from studio.widgets.main_window import MainWindow
+
+        self.app, self.bundle, self.out = app, bundle, out
+        bundle.card.setdefault("example_captions", [self.CAPTION])
+        self.engine = Engine()
+        self.session = Session(self.engine)
+        folder = Path("/tmp/studio-screenshots")
+        settings = QSettings(str(folder / "s.ini"), QSettings.Format.IniFormat)
+        self.window = MainWindow(self.session, settings, autosave_folder=folder)
+        self.window.ask_before_close = False
+        self.window.resize(1200, 760)
+        self.phase, self.rows, self.first_entry = "", 0, None
+        self.engine.message.connect(self.count_rows)
+        self.session.finished.connect(self.finished)
+
+    def shoot(self, name: str) -> None:
+        window = self.window
         window.centralWidget().layout().activate()
-        app.processEvents()
+        self.app.processEvents()
         screen = window.screen()
         pixmap = screen.grabWindow(window.winId()) if screen else window.grab()
         if pixmap.isNull() or pixmap.width() < 100:
             pixmap = window.grab()
-        save(pixmap, out / name)
+        save(pixmap, self.out / name)
 
-    state = {"rows": 0, "phase": None}
+    def start(self) -> None:
+        import numpy as np
 
-    def after_load():
-        shoot("01-empty.png")
+        from studio import engine as messages
+        from studio.document import Document
+
+        self.shoot("01-empty.png")
+        bundle, engine, session, window = self.bundle, self.engine, self.session, self.window
         engine.set_bundle(bundle)
         session.handle(
             messages.Loaded(
-                "synthetic",
-                "cpu",
-                bundle.card.get("name", "model"),
-                bundle.card,
-                bundle.config.vae.image_size,
-                bundle.config.vae.factor,
-                resolve_precision(engine.precision, "cpu"),
-                bundle.tokenizer,
+                path="synthetic",
+                device="cpu",
+                name=bundle.card.get("name", "model"),
+                card=bundle.card,
+                size=bundle.config.vae.image_size,
+                factor=bundle.config.vae.factor,
+                precision=messages.resolve_precision(engine.precision, "cpu"),
+                tokenizer=bundle.tokenizer,
             )
         )
-        window.session.set_document(Document(np.asarray(picture(), dtype=np.uint8)))
+        session.set_document(Document(np.asarray(picture(), dtype=np.uint8)))
         window.document.source_path = "scene.png"
         window.grid_action.setChecked(True)
         window.canvas.set_show_grid(True)
         window.document.set_rectangle_from_pixel(260, 200)
-        window.caption.caption.setText(caption)
+        window.caption.caption.setText(self.CAPTION)
         window.caption.candidates.setValue(4)
         session.record_speed(150.0, 4)  # the rectangle's ETA, as after a run at 150 tokens/s
-        shoot("02-rectangle.png")
+        self.shoot("02-rectangle.png")
         window.canvas.set_show_grid(False)
-        state["phase"] = "first"
+        self.phase = "first"
         session.generate()
 
-    def on_message(message):
-        if isinstance(message, messages.RowDecoded) and state["phase"] == "first":
-            state["rows"] += 1
-            if state["rows"] == 4:
-                QTimer.singleShot(0, lambda: shoot("03-generating.png"))
-        elif isinstance(message, messages.Finished):
-            QTimer.singleShot(20, finished)
+    def count_rows(self, message) -> None:
+        from PySide6.QtCore import QTimer
 
-    def finished():
-        phase = state["phase"]
-        if phase == "first":
-            window.document.select_candidate(1)  # browsing: the second best
-            shoot("04-candidates.png")
-            window.document.accept_candidate()
-            first = window.document.current_entry
-            state["first"] = first
-            state["phase"] = "second"
-            window.document.set_rectangle_from_pixel(380, 120)
-            window.caption.candidates.setValue(2)
+        from studio import engine as messages
+
+        if isinstance(message, messages.RowDecoded) and self.phase == "first":
+            self.rows += 1
+            if self.rows == 4:
+                QTimer.singleShot(0, lambda: self.shoot("03-generating.png"))
+
+    def finished(self) -> None:
+        document, session = self.window.document, self.session
+        if self.phase == "first":
+            document.select_candidate(1)  # browsing: the second best
+            self.shoot("04-candidates.png")
+            document.accept_candidate()
+            self.first_entry = document.current_entry
+            self.phase = "second"
+            document.set_rectangle_from_pixel(380, 120)
+            self.window.caption.candidates.setValue(2)
             session.generate()
-        elif phase == "second":
-            window.document.accept_candidate()
-            window.document.restore(state["first"])
-            window.document.set_rectangle_from_pixel(200, 260)
-            state["phase"] = "branch"
+        elif self.phase == "second":
+            document.accept_candidate()
+            document.restore(self.first_entry)
+            document.set_rectangle_from_pixel(200, 260)
+            self.phase = "branch"
             session.generate()
         else:
-            window.document.accept_candidate()
-            shoot("05-history.png")
-            app.quit()
+            document.accept_candidate()
+            self.shoot("05-history.png")
+            self.app.quit()
 
-    engine.message.connect(on_message)
-    QTimer.singleShot(300, after_load)
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="default: docs/")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+    from studio_responsiveness import synthetic_bundle
+
+    from model.bundle import default_bundle_path, load
+
+    app = QApplication(sys.argv[:1])
+    bundle = load(default_bundle_path()) if default_bundle_path().exists() else synthetic_bundle()
+    tour = Tour(app, bundle, args.out)
+    tour.window.show()
+    QTimer.singleShot(300, tour.start)
     app.exec()
-    engine.shutdown()
+    tour.engine.shutdown()
     return 0
 
 

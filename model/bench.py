@@ -127,7 +127,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def bench_command(args, load_bundle) -> int:
-    from model.train import pick_device
+    from model.device import pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -147,7 +147,7 @@ def save_result(image, path: Path) -> None:
 
 def load_bundle(path: str | None, device: str = "auto"):
     from model.bundle import BundleError, default_bundle_path, load
-    from model.train import pick_device
+    from model.device import pick_device
 
     bundle_path = Path(path) if path else default_bundle_path()
     try:
@@ -180,7 +180,7 @@ def sampling_options(args):
 
 
 def check_device(name: str) -> None:
-    from model.train import pick_device
+    from model.device import pick_device
 
     try:
         pick_device(name)
@@ -188,28 +188,9 @@ def check_device(name: str) -> None:
         raise CLIError(str(error)) from None
 
 
-def available_memory(device) -> int | None:
-    """Bytes free for a run on ``device``: CUDA's free memory, else the machine's available
-    memory (Linux's MemAvailable, or all physical memory); None when it cannot be told."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def check_memory(bundle, options, pixels: int = 0) -> None:
     """Refuse a run whose keys, values and images would not fit, before allocating them."""
+    from model.device import available_memory
     from model.sampling import memory_needed
 
     needed = memory_needed(bundle.config, options, bundle.device.type) + 40 * pixels

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model.device import device_name, pick_device
 from model.files import atomic_path, atomic_write, write_text
 
 log = logging.getLogger(__name__)
@@ -61,38 +62,6 @@ class TrainConfig:
     kl_weight: float = 6.6  # dVAE: beta's final value (paper's)
     tau_start: float = 1.0  # dVAE: gumbel-softmax temperature, cosine from start to end
     tau_end: float = 1 / 16
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when present, else MPS, else CPU; an explicit name is checked, not guessed."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    expected = "expected auto, cpu, cuda, cuda:N or mps"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {name!r}; {expected}") from None
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device {name!r}; {expected}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {name!r} asked for, but CUDA is not available on this machine"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {name!r} asked for, but this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)"
-            )
-    if device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError(f"device {name!r} asked for, but MPS is not available here")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -508,12 +477,6 @@ class Objective(nn.Module):
 
     def forward(self, *args, **kwargs):
         return getattr(self.model, self.method)(*args, **kwargs)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({os.cpu_count()} cores)"
 
 
 def run_stage(trainer: Trainer, stage: str, data: dict, callbacks=(), resume=False):

@@ -449,9 +449,7 @@ def test_invalid_utf8_caption_is_one_line(bundle_path, tmp_path, capsys):
 def test_too_many_candidates_for_memory_are_refused_before_sampling(
     bundle_path, tmp_path, capsys, monkeypatch
 ):
-    import model.cli as cli
-
-    monkeypatch.setattr(cli, "available_memory", lambda device: 2**20)
+    monkeypatch.setattr("model.device.available_memory", lambda device: 2**20)
     line = bad(capsys, "generate", "--bundle", bundle_path, "--caption", "x", "--n", 64,
                "--out", tmp_path / "a.png")  # fmt: skip
     assert "--n 64" in line and "MB" in line

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from model.device import device_name, pick_device
-from model.files import atomic_path, atomic_write, write_text
+from model.files import atomic_write, write_text
+from model.tokenizer_files import load_image_tokenizer, load_vae, replace_decoder, save_vae, save_vq
 
 log = logging.getLogger(__name__)
 
@@ -355,9 +356,6 @@ PRESETS: dict[str, dict[str, dict]] = {
 # warm-up steps, then cosine; its batch of 32 is TrainConfig's)
 VQ_TRAIN = dict(lr=2e-3, warmup=100)
 
-VAE_FORMAT = "dalle-studio-vae/1"
-VQ_FORMAT = "dalle-studio-vq/1"
-
 
 def _override(kind, values: dict, overrides: dict):
     import dataclasses
@@ -380,90 +378,6 @@ def parse_sets(items: list[str]) -> dict[str, str]:
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
-
-
-def _save_tokenizer_file(model, path: Path, card: dict, fmt: str) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {
-        "format": fmt,
-        "config": json.dumps(asdict(model.config)),
-        "card": json.dumps(card),
-    }
-    with atomic_path(path) as temp:
-        save_file(tensors, str(temp), metadata=meta)
-
-
-def save_vae(vae, path: Path, card: dict) -> None:
-    _save_tokenizer_file(vae, path, card, VAE_FORMAT)
-
-
-def save_vq(vq, path: Path, card: dict) -> None:
-    _save_tokenizer_file(vq, path, card, VQ_FORMAT)
-
-
-def _tokenizer_kinds():
-    """format -> (name in messages, config class, model class) of every image tokenizer file."""
-    from model.config import DVAEConfig, VQConfig
-    from model.dvae import DVAE
-    from model.vq import VQVAE
-
-    return {VAE_FORMAT: ("dVAE", DVAEConfig, DVAE), VQ_FORMAT: ("VQ tokenizer", VQConfig, VQVAE)}
-
-
-def _load_tokenizer_file(path: str | Path, formats: tuple[str, ...], device="cpu"):
-    """A ``save_vae`` or ``save_vq`` file of one of ``formats``, read through the bundle's checks:
-    a bounded header, every config field typed and bounded, shapes compared on the meta device
-    before any weight is read. Every failure is one ValueError naming the file."""
-    from model.bundle import BundleError, check_tensors, parse_json, read_header, read_tensors
-    from model.config import config_from_dict
-
-    kinds = _tokenizer_kinds()
-    noun = kinds[formats[0]][0] if len(formats) == 1 else "image tokenizer"
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such {noun} file")
-    try:
-        header = read_header(path)
-        meta = header.metadata
-        fmt = meta.get("format")
-        if fmt not in formats:
-            expected = " or ".join(repr(f) for f in formats)
-            raise ValueError(f"format {fmt!r}, expected {expected}")
-        noun, config_kind, model_kind = kinds[fmt]
-        if "config" not in meta:
-            raise ValueError("no config in its metadata")
-        config = config_from_dict(config_kind, parse_json(path, meta["config"], "config"), "config")
-        with torch.device("meta"):
-            shapes = model_kind(config).state_dict()
-        check_tensors(path, header, shapes)
-        card = parse_json(path, meta.get("card", "{}"), "card")
-        if not isinstance(card, dict):
-            raise ValueError("its card is not a JSON object")
-        tensors = read_tensors(path)
-    except BundleError as error:
-        raise ValueError(f"{noun} {path}: {error.problem}") from None
-    except ValueError as error:
-        raise ValueError(f"{noun} {path}: {error}") from None
-    model = model_kind(config)
-    model.load_state_dict(tensors)
-    return model.to(device).eval(), card
-
-
-def load_vae(path: str | Path, device="cpu"):
-    """A ``save_vae`` file (a dVAE) and its card, read through the bundle's checks."""
-    return _load_tokenizer_file(path, (VAE_FORMAT,), device)
-
-
-def load_vq(path: str | Path, device="cpu"):
-    """A ``save_vq`` file (a VQ tokenizer) and its card, read through the bundle's checks."""
-    return _load_tokenizer_file(path, (VQ_FORMAT,), device)
-
-
-def load_image_tokenizer(path: str | Path, device="cpu"):
-    """A dVAE or a VQ tokenizer file, whichever its format says, and its card."""
-    return _load_tokenizer_file(path, (VAE_FORMAT, VQ_FORMAT), device)
 
 
 class Objective(nn.Module):
@@ -985,28 +899,6 @@ def train_reranker(
     if trainer.dist.main:
         save(bundle, path)
     return path
-
-
-def replace_decoder(bundle, vae_path) -> None:
-    """Put ``vae_path``'s dVAE into ``bundle``; its encoder must be the bundle's, weight for
-    weight, or the transformer would be reading tokens it never learned."""
-    if bundle.config.vae_kind != "dvae":
-        raise ValueError(
-            f"--vae {vae_path}: swaps a dVAE decoder, but this bundle's image tokenizer is a "
-            f"{bundle.config.vae_kind}"
-        )
-    vae, card = load_vae(vae_path)
-    if vae.config.encoder_config() != bundle.vae.config.encoder_config():
-        raise ValueError(f"{vae_path}: its dVAE encoder config differs from the bundle's")
-    theirs, ours = vae.encoder.state_dict(), bundle.vae.encoder.state_dict()
-    if any(not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
-        raise ValueError(
-            f"{vae_path}: its encoder differs from the bundle's (tokens would change); "
-            "only a dVAE from `train vae --decoder-only --init` on this bundle's dVAE fits"
-        )
-    bundle.vae = vae.to(bundle.device).eval()
-    bundle.config.vae = vae.config
-    bundle.card["vae"] = card
 
 
 def assemble_bundle(

@@ -270,7 +270,7 @@ def test_decoder_only_keeps_every_token_and_joins_the_bundle(scenes, tmp_path, c
     only over the dVAE it started from."""
     from model.bundle import load
     from model.data.folder import CaptionFolder
-    from model.train import load_vae
+    from model.tokenizer_files import load_vae
 
     base = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
     tuned = train_vae(
@@ -325,7 +325,7 @@ def test_decoder_only_can_grow_the_decoder(scenes, tmp_path, capsys):
     from model import cli
     from model.bundle import load
     from model.data.folder import CaptionFolder
-    from model.train import load_vae
+    from model.tokenizer_files import load_vae
 
     base = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
     argv = ["train", "vae", "--data", str(scenes), "--out", str(tmp_path / "big"), "--quiet"]
@@ -433,7 +433,7 @@ def test_reranker_init_and_reconstructed_images(scenes, tmp_path, capsys):
 def saved_vae(tmp_path, **config_changes) -> Path:
     """A tiny dVAE file whose stored config (not its tensors) is edited by ``config_changes``."""
     from model.dvae import DVAE
-    from model.train import save_vae
+    from model.tokenizer_files import save_vae
 
     path = tmp_path / "vae.safetensors"
     save_vae(DVAE(TINY_VAE), path, {"steps": 1})
@@ -452,7 +452,7 @@ def saved_vae(tmp_path, **config_changes) -> Path:
     ],
 )
 def test_a_hostile_vae_file_is_refused_in_one_line(tmp_path, changes, fragments):
-    from model.train import load_vae
+    from model.tokenizer_files import load_vae
 
     path = saved_vae(tmp_path, **changes)
     with pytest.raises(ValueError) as caught:
@@ -467,7 +467,7 @@ def test_a_vae_file_with_deep_json_is_refused(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from model.train import load_vae
+    from model.tokenizer_files import load_vae
 
     path = saved_vae(tmp_path)
     for key in ("config", "card"):
@@ -481,7 +481,7 @@ def test_a_vae_file_with_deep_json_is_refused(tmp_path):
 
 def test_vae_round_trip_and_atomic_save(tmp_path):
     from model.dvae import DVAE
-    from model.train import load_vae, save_vae
+    from model.tokenizer_files import load_vae, save_vae
 
     vae = DVAE(TINY_VAE)
     path = tmp_path / "vae.safetensors"

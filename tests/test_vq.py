@@ -14,7 +14,8 @@ import torch
 from model import cli
 from model.config import VQConfig
 from model.data.scenes import write_scenes
-from model.train import PRESETS, TrainConfig, load_vq, read_metrics, save_vq, train_vq
+from model.tokenizer_files import load_vq, save_vq
+from model.train import PRESETS, TrainConfig, read_metrics, train_vq
 from model.vq import VQVAE
 from tests.helpers import edit_stored_config
 
@@ -249,7 +250,7 @@ def test_a_hostile_vq_file_is_refused_in_one_line(tmp_path, changes, fragments):
 
 
 def test_corrupt_and_mistaken_files_are_refused_in_one_line(tmp_path):
-    from model.train import load_image_tokenizer, load_vae
+    from model.tokenizer_files import load_image_tokenizer, load_vae
 
     path = saved_vq(tmp_path)
     vq, card = load_image_tokenizer(path)  # either kind, by its format

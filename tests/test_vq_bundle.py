@@ -21,7 +21,7 @@ from model.data.scenes import write_scenes
 from model.dvae import DVAE
 from model.geometry import Plan
 from model.sampling import Done, complete, memory_needed, plan_mask
-from model.train import save_vq
+from model.tokenizer_files import save_vq
 from model.vq import VQVAE
 from tests.helpers import TINY_VQ, tiny_bundle, tiny_bundle_file
 
@@ -162,7 +162,7 @@ def test_reconstruction_and_likelihood_read_a_vq_bundle(vq_bundle):
 
 def test_dalle_bundle_vae_refuses_to_swap_a_dvae_into_a_vq_bundle(tmp_path, capsys):
     path = tiny_bundle_file(tmp_path, kind="vq")
-    from model.train import save_vae
+    from model.tokenizer_files import save_vae
 
     vae = tmp_path / "vae.safetensors"
     save_vae(tiny_bundle().vae, vae, {})

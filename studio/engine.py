@@ -31,8 +31,8 @@ from model import bundle as bundle_io
 from model import files, sampling
 from model import images as model_images
 from model.config import SamplingOptions
+from model.device import pick_device
 from model.geometry import PAPER_FACTOR, PAPER_SIZE
-from model.train import pick_device
 from model.transformer import PRECISIONS, resolve_precision
 
 log = logging.getLogger(__name__)

@@ -322,63 +322,6 @@ def read_metrics(out_dir: str | Path) -> list[dict]:
 
 # -- stage recipes: the dVAE, then the transformer on its tokens ---------------------------------
 
-PRESETS: dict[str, dict[str, dict]] = {
-    # a few-minute CPU run for tests and smoke checks: 32x32 images, a 4x4 grid
-    "tiny": {
-        "vae": dict(
-            image_size=32, n_groups=3, n_hid=16, n_blk_per_group=1, vocab_size=64, n_init=32
-        ),
-        "vq": dict(image_size=32, width=16, res_blocks=1, z_channels=8, embed_dim=8, vocab_size=64),
-        "text": dict(vocab_size=300, text_len=16),
-        "transformer": dict(dim=64, depth=4, heads=4, conv_kernel=3),
-        "train": dict(steps=300, batch_size=16, lr=2e-3, warmup=20, checkpoint_every=100, ema=0.99),
-    },
-    # 64x64 images and an 8x8 grid: trains on a CPU in well under an hour
-    "small": {
-        "vae": dict(image_size=64, n_groups=4, n_hid=32, n_blk_per_group=1, vocab_size=512),
-        "vq": dict(image_size=64, patch=8, width=64, res_blocks=2, vocab_size=512),
-        "text": dict(vocab_size=512, text_len=24),
-        "transformer": dict(dim=192, depth=6, heads=6, conv_kernel=5),
-        "train": dict(steps=4000, batch_size=32, lr=1e-3, warmup=100),
-    },
-    # the embedded model's recipe (resources/models/MODEL_CARD.md): 64x64 images, a 16x16 grid
-    "default": {
-        "vae": dict(image_size=64, n_groups=3, n_hid=32, n_blk_per_group=1, vocab_size=512),
-        # the tokenizer study's best recipe (issue 17, "psw64e"): 64 px, a 16x16 grid, K = 512
-        "vq": dict(image_size=64, patch=4, width=64, res_blocks=2, vocab_size=512),
-        "text": dict(vocab_size=512, text_len=32),
-        "transformer": dict(dim=192, depth=6, heads=6, conv_kernel=5),
-        "train": dict(kl_warmup=0.5, code_usage=1.0),
-    },
-}
-
-# train vq's defaults under every preset's own train values (the study's: Adam at 2e-3 with 100
-# warm-up steps, then cosine; its batch of 32 is TrainConfig's)
-VQ_TRAIN = dict(lr=2e-3, warmup=100)
-
-
-def _override(kind, values: dict, overrides: dict):
-    import dataclasses
-
-    names = {f.name for f in dataclasses.fields(kind)}
-    merged = dict(values)
-    for key, value in overrides.items():
-        if key not in names:
-            raise ValueError(f"unknown {kind.__name__} field {key!r}; known: {sorted(names)}")
-        field_type = type(getattr(kind(), key))
-        merged[key] = field_type(value) if field_type in (int, float, str) else value
-    return kind(**merged)
-
-
-def parse_sets(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value.strip()
-    return out
-
 
 class Objective(nn.Module):
     """Puts a model's ``loss`` (or another method) behind ``forward``, which
@@ -675,13 +618,20 @@ def train_transformer(
 
 def train_command(args, progress_bar_cls) -> int:
     """``dalle train``: stage configs from a preset, overridden by --set and flags."""
-    from model.config import DVAEConfig, TextConfig, TransformerConfig
+    from model.config import (
+        VQ_TRAIN,
+        DVAEConfig,
+        TextConfig,
+        TransformerConfig,
+        apply_sets,
+        parse_sets,
+        preset,
+        set_values,
+        sets_under,
+    )
 
-    if args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose from {sorted(PRESETS)}")
-    preset = PRESETS[args.preset]
-    sets = parse_sets(args.set)
-    train_values = dict(preset["train"])
+    chosen = preset(args.preset)
+    train_values = chosen["train"]
     if args.stage == "vq":
         train_values = {**VQ_TRAIN, **train_values}
     for key, value in (
@@ -693,9 +643,8 @@ def train_command(args, progress_bar_cls) -> int:
         if value is not None:
             train_values[key] = value
     train_values.update(seed=args.seed, device=args.device)
-    train_sets = {k[6:]: v for k, v in sets.items() if k.startswith("train.")}
-    sets = {k: v for k, v in sets.items() if not k.startswith("train.")}
-    config = _override(TrainConfig, train_values, train_sets)
+    train_sets, sets = sets_under(parse_sets(args.set), "train.")
+    config = apply_sets(TrainConfig(**train_values), train_sets, "train.")
     if config.steps <= 0 or config.batch_size <= 0:
         raise ValueError("--steps and --batch-size must be positive")
     if not Path(args.data).is_dir():
@@ -733,7 +682,7 @@ def train_command(args, progress_bar_cls) -> int:
                 )
             )
     if args.stage == "vae" and getattr(args, "init", None):
-        decoder_sets = {k: int(v) for k, v in sets.items()}
+        decoder_sets = set_values(DVAEConfig, sets)
         path = train_vae(
             args.data,
             args.out,
@@ -748,24 +697,23 @@ def train_command(args, progress_bar_cls) -> int:
     elif args.stage == "vq":
         from model.config import VQConfig
 
-        vq_config = _override(VQConfig, preset["vq"], sets)
+        vq_config = apply_sets(VQConfig(**chosen["vq"]), sets)
         path = train_vq(args.data, args.out, vq_config, config, args.resume, callbacks)
     elif args.stage == "vae":
         if getattr(args, "decoder_only", False):
             raise ValueError(
                 "--decoder-only needs --init PATH (the dVAE whose decoder to fine-tune)"
             )
-        vae_config = _override(DVAEConfig, preset["vae"], sets)
+        vae_config = apply_sets(DVAEConfig(**chosen["vae"]), sets)
         path = train_vae(args.data, args.out, vae_config, config, args.resume, callbacks)
     elif args.stage == "transformer":
         if not args.vae:
             raise ValueError(
                 "train transformer needs --vae PATH (a trained vae.safetensors or vq.safetensors)"
             )
-        text_sets = {k[5:]: v for k, v in sets.items() if k.startswith("text.")}
-        tf_sets = {k: v for k, v in sets.items() if not k.startswith("text.")}
-        text_config = _override(TextConfig, preset["text"], text_sets)
-        tf_config = _override(TransformerConfig, preset["transformer"], tf_sets)
+        text_sets, tf_sets = sets_under(sets, "text.")
+        text_config = apply_sets(TextConfig(**chosen["text"]), text_sets, "text.")
+        tf_config = apply_sets(TransformerConfig(**chosen["transformer"]), tf_sets)
         path = train_transformer(
             args.data,
             args.out,
@@ -783,7 +731,7 @@ def train_command(args, progress_bar_cls) -> int:
             raise ValueError("train reranker needs --bundle PATH (the bundle it will join)")
         from model.config import RerankerConfig
 
-        reranker_config = _override(RerankerConfig, preset.get("reranker", {}), sets)
+        reranker_config = apply_sets(RerankerConfig(**chosen.get("reranker", {})), sets)
         path = train_reranker(
             args.data,
             args.out,

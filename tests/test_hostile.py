@@ -406,12 +406,12 @@ def test_no_writer_follows_a_planted_symlink(tmp_path):
 
     from model.bundle import save
     from model.cli import main
-    from model.config import DVAEConfig
+    from model.config import PRESETS, DVAEConfig
     from model.data.scenes import write_scenes
     from model.dvae import DVAE
     from model.evaluate import write_json
     from model.tokenizer_files import save_vae
-    from model.train import PRESETS, atomic_torch_save
+    from model.train import atomic_torch_save
     from tests.helpers import tiny_bundle, tiny_bundle_file
 
     victim = tmp_path / "victim.txt"

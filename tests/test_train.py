@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import DVAEConfig
+from model.config import PRESETS, DVAEConfig
 from model.data.scenes import write_scenes
-from model.train import PRESETS, TrainConfig, Trainer, lr_at, read_metrics, train_vae
+from model.train import TrainConfig, Trainer, lr_at, read_metrics, train_vae
 from tests.helpers import edit_stored_config
 
 TINY_VAE = DVAEConfig(**PRESETS["tiny"]["vae"])
@@ -221,12 +221,80 @@ def test_two_process_gloo_data_parallel_takes_two_steps(scenes, tmp_path):
 
 
 def test_set_reaches_training_fields_and_names_unknown_ones():
-    from model.train import _override
+    from model.config import apply_sets
 
-    config = _override(TrainConfig, {"steps": 5}, {"code_usage": "1.5", "kl_warmup": "0.25"})
+    config = apply_sets(TrainConfig(steps=5), {"code_usage": "1.5", "kl_warmup": "0.25"})
     assert (config.steps, config.code_usage, config.kl_warmup) == (5, 1.5, 0.25)
     with pytest.raises(ValueError, match="unknown TrainConfig field 'code_usge'"):
-        _override(TrainConfig, {}, {"code_usge": "1"})
+        apply_sets(TrainConfig(), {"code_usge": "1"})
+
+
+def test_set_values_take_their_fields_types():
+    """--set text becomes the field's own type: "false" is False (it used to be a truthy string),
+    betas a pair of floats; a value the type cannot take is one line naming the key."""
+    from model.config import apply_sets
+
+    texts = {"amp": "false", "betas": "0.9, 0.95", "steps": "12", "lr": "1e-3", "device": "cpu"}
+    config = apply_sets(TrainConfig(), texts, "train.")
+    assert config.amp is False and config.betas == (0.9, 0.95)
+    assert (config.steps, config.lr, config.device) == (12, 1e-3, "cpu")
+    assert type(config.steps) is int and type(config.lr) is float
+    for text, value in [("true", True), ("1", True), ("YES", True), ("no", False), ("0", False)]:
+        assert apply_sets(TrainConfig(amp=not value), {"amp": text}).amp is value
+    refused = {
+        "amp": ("maybe", "expected true or false"),
+        "steps": ("1.5", "expected an integer"),
+        "lr": ("fast", "expected a number"),
+        "betas": ("0.9", "expected 2 comma-separated values"),
+    }
+    for key, (text, expected) in refused.items():
+        with pytest.raises(ValueError) as error:
+            apply_sets(TrainConfig(), {key: text}, "train.")
+        message = str(error.value)
+        assert f"train.{key}" in message and expected in message and "\n" not in message
+    with pytest.raises(ValueError, match=r"--set train.nope: unknown TrainConfig field") as error:
+        apply_sets(TrainConfig(), {"nope": "1"}, "train.")
+    assert "'amp'" in str(error.value) and "'betas'" in str(error.value)  # the known ones
+
+
+def test_presets_and_configs_given_are_never_changed():
+    import copy
+
+    from model.config import apply_sets, preset
+
+    before = copy.deepcopy(PRESETS)
+    chosen = preset("tiny")
+    chosen["train"]["steps"] = 1
+    chosen["vae"].clear()
+    assert PRESETS == before
+    config = TrainConfig()
+    changed = apply_sets(config, {"amp": "false", "steps": "3"})
+    assert config == TrainConfig() and (changed.amp, changed.steps) == (False, 3)
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset("huge")
+
+
+def test_train_command_sets_typed_fields_and_refuses_bad_ones(scenes, tmp_path, capsys):
+    import copy
+
+    from model import cli
+    from model.tokenizer_files import load_vae
+
+    before = copy.deepcopy(PRESETS)
+    argv = ["train", "vae", "--data", str(scenes), "--preset", "tiny", "--steps", "1"]
+    argv += ["--batch-size", "4", "--device", "cpu", "--quiet"]
+    sets = ["--set", "train.amp=false", "--set", "train.betas=0.8,0.9", "--set", "n_hid=8"]
+    assert cli.main(argv + sets + ["--out", str(tmp_path / "run")]) == 0
+    vae, card = load_vae(tmp_path / "run" / "vae.safetensors")
+    assert card["train"]["amp"] is False and card["train"]["betas"] == [0.8, 0.9]
+    assert vae.config.n_hid == 8
+    assert PRESETS == before
+    capsys.readouterr()
+    bad = argv + ["--set", "train.amp=maybe", "--out", str(tmp_path / "bad")]
+    assert cli.main(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.amp" in err and "true or false" in err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_transformer_run_reuses_a_given_tokenizer_and_reranker_joins_it(scenes, tmp_path):

@@ -5,6 +5,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +30,8 @@ from model.data.scenes import (
     sample_spec,
     scene_rng,
     score,
+    scoring,
+    shapes,
     write_scenes,
 )
 
@@ -122,7 +125,7 @@ def test_scene_layout_rules():
         for o in spec.objects:
             assert o.colour in COLOURS and o.shape in SHAPES and o.size in ("small", "large")
             assert o.colour not in spec.background.colours  # never the colour behind it
-            w, h = scenes._box_size(o.shape, o.extent)
+            w, h = shapes.box_size(o.shape, o.extent)
             row, col = o.cell
             assert col / 3 < o.center[0] - w / 2 and o.center[0] + w / 2 < (col + 1) / 3
             assert row / 3 < o.center[1] - h / 2 and o.center[1] + h / 2 < (row + 1) / 3
@@ -153,7 +156,7 @@ def test_caption_states_what_the_scene_holds():
                 (a,) = matching
                 (b,) = [o for o in spec.objects if o.kind == clause.other.kind]
                 assert size in (None, a.size) and clause.other.size in (None, b.size)
-                assert scenes._holds(clause.relation, a.cell, b.cell), spec.caption
+                assert scoring._holds(clause.relation, a.cell, b.cell), spec.caption
         if stated.background is not None:
             seen[f"background {stated.background.layout}"] += 1
             assert set(stated.background.colours) == set(spec.background.colours)
@@ -239,7 +242,7 @@ def test_emoji_are_optional_and_named_unambiguously(monkeypatch):
         assert not words & (reserved - set(COLOURS)), name
         assert parse_caption(f"a {name}").clauses[0].subject == ObjectRef(name, emoji=True)
     assert not any(o.emoji for s in specs(300) for o in s.objects)  # off by default
-    monkeypatch.setattr(scenes, "EMOJI_FONT_PATH", scenes.Path("/nonexistent/emoji.ttf"))
+    monkeypatch.setattr(shapes, "EMOJI_FONT_PATH", Path("/nonexistent/emoji.ttf"))
     with pytest.raises(FileNotFoundError, match="fonts-noto-color-emoji"):
         render_scene(0, 0, emoji=True)
 
@@ -318,8 +321,8 @@ def test_scorer_checks_places_and_relations():
         image, CaptionSpec((Clause("place", ra, place=wrong_place), Clause("count", rb)))
     )
     assert not result.correct and result.place is False and result.present is True
-    holds = [r for r in scenes.RELATIONS if scenes._holds(r, a.cell, b.cell)]
-    fails = [r for r in scenes.RELATIONS if not scenes._holds(r, a.cell, b.cell)]
+    holds = [r for r in scenes.RELATIONS if scoring._holds(r, a.cell, b.cell)]
+    fails = [r for r in scenes.RELATIONS if not scoring._holds(r, a.cell, b.cell)]
     assert score(image, CaptionSpec((Clause("relation", ra, relation=holds[0], other=rb),))).correct
     result = score(image, CaptionSpec((Clause("relation", ra, relation=fails[0], other=rb),)))
     assert result.relation is False and result.count is True

@@ -20,18 +20,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import RerankerConfig
+from model.data.scenes.vocabulary import COLOURS, NUMBER_WORDS, OPPOSITES, SHAPES, SIZES, plural
 
-# words that can be swapped for another of their group to make a hard negative caption
+# words that can be swapped for another of their group to make a hard negative caption: the
+# scenes' colours, shapes, plural shapes, counts above one, sizes, and opposite sides
 SWAP_GROUPS: tuple[tuple[str, ...], ...] = (
-    ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
-    + ("gray", "cyan"),
-    ("circle", "square", "triangle", "star", "heart", "diamond", "cross", "ring"),
-    ("circles", "squares", "triangles", "stars", "hearts", "diamonds", "crosses", "rings"),
-    ("two", "three", "four"),
-    ("small", "large"),
-    ("top", "bottom"),
-    ("left", "right"),
-    ("above", "below"),
+    COLOURS,
+    SHAPES,
+    tuple(plural(shape) for shape in SHAPES),
+    tuple(word for count, word in NUMBER_WORDS.items() if count > 1),
+    SIZES,
+    *OPPOSITES,
 )
 _SWAPPABLE = {word: group for group in SWAP_GROUPS for word in group}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from model.config import RerankerConfig, SamplingOptions
+from model.data.scenes import sample_spec, scene_rng
 from model.rerank import SWAP_GROUPS, Reranker, hard_negative
 from model.sampling import generate, run
 from tests.helpers import tiny_bundle
@@ -27,6 +28,25 @@ def test_hard_negative_swaps_one_word_within_its_group():
         seen.add(old)
     assert {"red", "stars", "above", "small", "heart", "white"} <= seen
     assert hard_negative("a photo of a cat", generator) is None
+
+
+def test_swap_words_are_the_scenes_words_the_reranker_was_trained_with():
+    # Pinned: the groups (and their order, which torch.randint picks by) that the shipped
+    # reranker's hard negatives came from, before they were read from the scenes vocabulary.
+    assert SWAP_GROUPS == (
+        ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+        + ("gray", "cyan"),
+        ("circle", "square", "triangle", "star", "heart", "diamond", "cross", "ring"),
+        ("circles", "squares", "triangles", "stars", "hearts", "diamonds", "crosses", "rings"),
+        ("two", "three", "four"),
+        ("small", "large"),
+        ("top", "bottom"),
+        ("left", "right"),
+        ("above", "below"),
+    )
+    captions = [sample_spec(scene_rng(0, i)).caption for i in range(400)]
+    words = {word.rstrip(",") for caption in captions for word in caption.split()}
+    assert {word for group in SWAP_GROUPS for word in group} <= words
 
 
 def _colour_batch(names):

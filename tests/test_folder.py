@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model.data.folder import CaptionFolder, load_rgb, to_rgb
+from model.data.folder import CaptionFolder, load_rgb
 from model.data.scenes import write_scenes
+from model.files import to_rgb
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -41,6 +42,14 @@ def test_reads_pairs_recursively_in_every_format(tmp_path):
     assert {"a red image", "a blue image", "a thing"} == captions
     red = data[[p.name for p, _ in data.samples].index("a.png")][0]
     assert torch.allclose(red[:, 8, 8], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_reads_the_products_image_suffixes_bmp_included(tmp_path):
+    save_pair(tmp_path / "a.bmp", Image.new("RGB", (12, 12), BLUE), "a blue bitmap")
+    data = CaptionFolder(tmp_path, image_size=8, augment=False)
+    image, caption = data[0]
+    assert len(data) == 1 and caption == "a blue bitmap"
+    assert torch.allclose(image[:, 4, 4], torch.tensor([0.0, 0.0, 1.0]))
 
 
 def test_skips_captionless_and_unreadable_files_with_one_warning(tmp_path, caplog):

@@ -20,11 +20,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from model.files import check_pixels, to_rgb  # noqa: F401 - re-exported
+from model.files import IMAGE_SUFFIXES, check_pixels, to_rgb
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 CAPTION_SUFFIXES = (".txt", ".TXT", ".Txt")  # same stem; tried in this order
 # Side of the random square crop as a fraction of the image's shorter side. The paper's listing
 # (random crop of the shorter side, area-resize to 9/8–12/8 of the target, random crop) keeps
@@ -114,7 +113,7 @@ class CaptionFolder(Dataset):
         if not self.samples:
             raise ValueError(
                 f"no image–caption pairs found in {self.root} (expected images "
-                f"{', '.join(sorted(IMAGE_SUFFIXES))} each with a same-name .txt caption; "
+                f"{', '.join(IMAGE_SUFFIXES)} each with a same-name .txt caption; "
                 f"{candidates} images seen)"
             )
         log.info("found %d image–caption pairs in %s", len(self.samples), self.root)

@@ -1,13 +1,13 @@
 """``dalle bench``: sampling speed of a bundle's transformer or of a random model of any size.
 
-Prints tokens/s and latency for a full image and for a quarter-image completion (the bottom-right
-quarter) at each batch size, the memory bandwidth each step reaches against what a large copy
-reaches on the same device, and peak memory. Figures only: nothing here asserts a time.
+Measures tokens/s and latency for a full image and for a quarter-image completion (the
+bottom-right quarter) at each batch size, the memory bandwidth each step reaches against what a
+large copy reaches on the same device, and peak memory; the command line prints them. Figures
+only: nothing here asserts a time.
 """
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import sys
@@ -126,33 +126,21 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def bench_command(args, load_bundle) -> int:
-    from model.device import pick_device
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    if args.random:
-        for name in ("dim", "depth", "heads", "grid", "text_len", "vocab"):
-            if getattr(args, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
-        transformer = random_transformer(
-            args.dim, args.depth, args.heads, args.grid, args.text_len, args.vocab, device
-        )
-        source = "random weights"
-    else:
-        bundle = load_bundle(args.bundle, args.device)
-        transformer = bundle.transformer
-        source = str(bundle.path)
+def measure(
+    transformer,
+    source: str,
+    device: torch.device,
+    batches: list[int],
+    repeats: int,
+    precision: str = "auto",
+    compile: bool = False,
+) -> dict:
+    """Every figure of ``dalle bench`` for ``transformer`` (``source`` names it; it is on
+    ``device``), as one JSON-ready dict: a full image and a quarter-image completion at each
+    batch size, best of ``repeats``, with the memory bandwidth each step reaches against a large
+    copy's."""
     parameters = transformer.num_parameters()  # counted before int8 turns weights into buffers
-    precision = getattr(args, "precision", "auto")
-    compile = getattr(args, "compile", False)
     transformer = prepared(transformer, precision, compile)
-    if args.repeats <= 0:
-        raise ValueError("--repeats must be positive")
-    batches = args.batch or [1, 8]
-    if any(b <= 0 for b in batches):
-        raise ValueError("--batch sizes must be positive")
     grid = transformer.config.grid
     runs = []
     for batch in batches:
@@ -160,7 +148,7 @@ def bench_command(args, load_bundle) -> int:
             ("full", Plan(grid, 0, 0)),
             ("quarter", Plan(grid, grid // 2, grid // 2)),
         ):
-            result = time_sampling(transformer, plan, batch, args.repeats)
+            result = time_sampling(transformer, plan, batch, repeats)
             moved = step_bytes(transformer, batch) / (result["ms_per_step"] / 1000)
             runs.append({"task": name, **result, "step_gb_per_s": moved / 1e9})
     peak_memory = peak_memory_mb(device)  # before the copy below allocates its buffers
@@ -168,7 +156,7 @@ def bench_command(args, load_bundle) -> int:
     for r in runs:
         r["fraction_of_copy_bandwidth"] = r["step_gb_per_s"] * 1e9 / bandwidth
     full = [r for r in runs if r["task"] == "full"]
-    summary = {
+    return {
         "model": source,
         "parameters": parameters,
         "config": {
@@ -184,27 +172,3 @@ def bench_command(args, load_bundle) -> int:
         "copy_bandwidth_gb_per_s": bandwidth / 1e9,
         "runs": runs,
     }
-    if args.json:
-        print(json.dumps(summary))
-        return 0
-    print(f"model {source}: {summary['parameters'] / 1e6:.2f}M parameters, {summary['config']}")
-    compiled = ", compiled" if summary["compiled"] else ""
-    print(
-        f"device {device}, {summary['threads']} threads, precision {transformer.precision}"
-        f"{compiled}"
-    )
-    print(
-        f"{'task':8s} {'batch':>5s} {'cells':>5s} {'seconds':>8s} {'s/image':>8s} "
-        f"{'tokens/s':>9s} {'ms/step':>8s} {'GB/s':>6s} {'of copy':>7s}"
-    )
-    for r in runs:
-        print(
-            f"{r['task']:8s} {r['batch']:5d} {r['cells']:5d} {r['seconds']:8.3f} "
-            f"{r['seconds_per_image']:8.3f} {r['tokens_per_s']:9.0f} {r['ms_per_step']:8.2f} "
-            f"{r['step_gb_per_s']:6.1f} {r['fraction_of_copy_bandwidth']:7.0%}"
-        )
-    print(
-        f"peak memory {summary['peak_memory_mb']:.0f} MiB; GB/s: the weights and key/value "
-        f"windows one step reads, per step time; copy bandwidth {bandwidth / 1e9:.1f} GB/s"
-    )
-    return 0

@@ -564,7 +564,7 @@ def test_batch_csv_bom_utf8_and_empty_captions(bundle_path, photo, tmp_path, cap
 def test_batch_checks_every_header_first_and_decodes_each_image_just_before_its_job(
     bundle_path, photo, tmp_path, monkeypatch
 ):
-    import model.cli as cli
+    import model.cli.sample as cli
     import model.sampling as sampling
 
     events = []

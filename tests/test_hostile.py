@@ -411,7 +411,7 @@ def test_no_writer_follows_a_planted_symlink(tmp_path):
     from model.dvae import DVAE
     from model.evaluate import write_json
     from model.tokenizer_files import save_vae
-    from model.train import atomic_torch_save
+    from model.trainer import atomic_torch_save
     from tests.helpers import tiny_bundle, tiny_bundle_file
 
     victim = tmp_path / "victim.txt"

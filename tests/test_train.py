@@ -15,7 +15,8 @@ import torch
 
 from model.config import PRESETS, DVAEConfig
 from model.data.scenes import write_scenes
-from model.train import TrainConfig, Trainer, lr_at, read_metrics, train_vae
+from model.train import train_vae
+from model.trainer import TrainConfig, Trainer, lr_at, read_metrics
 from tests.helpers import edit_stored_config
 
 TINY_VAE = DVAEConfig(**PRESETS["tiny"]["vae"])
@@ -299,33 +300,39 @@ def test_train_command_sets_typed_fields_and_refuses_bad_ones(scenes, tmp_path, 
 
 def test_transformer_run_reuses_a_given_tokenizer_and_reranker_joins_it(scenes, tmp_path):
     """A reranker trained beside a transformer run shares its tokenizer, so `dalle bundle` can put
-    them together; a run given --tokenizer keeps that tokenizer exactly."""
+    them together; a run given --tokenizer keeps that tokenizer exactly. Neither run changes the
+    configs it is given (the transformer's vocabulary and grid come from its tokenizer and dVAE,
+    into a new config)."""
     from model.bundle import load
+    from model.cli.training import assemble_bundle
     from model.config import RerankerConfig, TextConfig, TransformerConfig
     from model.text import CaptionTokenizer
-    from model.train import assemble_bundle, train_reranker, train_transformer
+    from model.train import train_reranker, train_transformer
 
     vae = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
     first = tiny_transformer(scenes, tmp_path / "tf1", vae)
     tokenizer_file = tmp_path / "tf1" / "tokenizer.json"
+    text_config = TextConfig(**PRESETS["tiny"]["text"])
+    tf_config = TransformerConfig(**PRESETS["tiny"]["transformer"])
     second = train_transformer(
         scenes,
         tmp_path / "tf2",
         vae,
-        TextConfig(**PRESETS["tiny"]["text"]),
-        TransformerConfig(**PRESETS["tiny"]["transformer"]),
+        text_config,
+        tf_config,
         tiny_train_config(steps=2, seed=9),
         tokenizer_file=tokenizer_file,
     )
+    assert text_config == TextConfig(**PRESETS["tiny"]["text"])
+    assert tf_config == TransformerConfig(**PRESETS["tiny"]["transformer"])
+    assert load(second).config.transformer.text_vocab != tf_config.text_vocab
     given = CaptionTokenizer.from_json(tokenizer_file.read_text(), load(first).tokenizer.text_len)
     assert load(second).tokenizer == given
+    reranker_config = RerankerConfig(dim=16, text_layers=1, image_width=8)
     reranker = train_reranker(
-        scenes,
-        tmp_path / "rr",
-        first,
-        RerankerConfig(dim=16, text_layers=1, image_width=8),
-        tiny_train_config(steps=2),
+        scenes, tmp_path / "rr", first, reranker_config, tiny_train_config(steps=2)
     )
+    assert reranker_config == RerankerConfig(dim=16, text_layers=1, image_width=8)
     metrics = read_metrics(tmp_path / "rr")
     assert all(0.0 <= m["hard_accuracy"] <= 1.0 for m in metrics)
     out = assemble_bundle(second, tmp_path / "joined.dalle.safetensors", reranker)
@@ -574,7 +581,7 @@ def test_vae_round_trip_and_atomic_save(tmp_path):
 def test_training_writers_do_not_follow_planted_symlinks(scenes, tmp_path):
     # checkpoint, metrics (rewritten on resume) and the tokenizer: none may write through a
     # symlink at its old predictable temporary name
-    from model.train import CHECKPOINT, METRICS
+    from model.trainer import CHECKPOINT, METRICS
 
     out = tmp_path / "run"
     out.mkdir()

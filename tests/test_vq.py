@@ -15,7 +15,8 @@ from model import cli
 from model.config import PRESETS, VQConfig
 from model.data.scenes import write_scenes
 from model.tokenizer_files import load_vq, save_vq
-from model.train import TrainConfig, read_metrics, train_vq
+from model.train import train_vq
+from model.trainer import TrainConfig, read_metrics
 from model.vq import VQVAE
 from tests.helpers import edit_stored_config
 

@@ -1,0 +1,7 @@
+"""``python -m model.cli`` (and ``torchrun -m model.cli``): the ``dalle`` command."""
+
+import sys
+
+from model.cli import main
+
+sys.exit(main())

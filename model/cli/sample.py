@@ -1,0 +1,282 @@
+"""``dalle generate`` and ``dalle complete``: images from a caption, and a rectangle of an image
+regenerated (one image, or a batch CSV of ``image,caption,row,col`` lines).
+
+A batch is checked whole before anything is sampled: every image from its header (format, pixel
+limit, cell, padding), every caption, the memory the largest needs. Each image is decoded only
+just before its own job, so a batch holds one image at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.cli.common import (
+    CLIError,
+    Output,
+    announce_numbering,
+    check_can_create,
+    check_caption,
+    check_device,
+    check_memory,
+    load_bundle,
+    output_folder,
+    parse_pair,
+    run_with_progress,
+    sampling_options,
+    save_result,
+    shown,
+    slug,
+)
+from model.files import ImageError, open_image, probe_image
+
+log = logging.getLogger("dalle")
+
+MAX_BATCH_BYTES = 64 * 2**20  # a batch CSV is read whole: about a million jobs
+
+
+def cmd_generate(args) -> int:
+    from model.images import to_pil
+    from model.sampling import generate
+
+    caption = check_caption(args.caption)
+    options = sampling_options(args)
+    output = Output.parse(args.out)
+    check_device(args.device)
+    check_can_create(output.folder)
+    bundle = load_bundle(args.bundle, args.device)
+    check_memory(bundle, options)
+    files = output.files(slug(caption), options.n)
+    announce_numbering("generate", output, files)
+    with output_folder(output.folder):
+        done = run_with_progress(
+            generate(bundle, caption, options, precision=args.precision, compile=args.compile),
+            "generate",
+            args.quiet,
+        )
+        for image, path in zip(done.images, files, strict=True):
+            save_result(to_pil(image), path)
+            print(shown(path))
+    log.info("seed %d, %.2fs, %.0f tokens/s", done.seed, done.seconds, done.tokens_per_s)
+    return 0
+
+
+@dataclass
+class Job:
+    image: Path
+    caption: str
+    cell: tuple[int, int] | None = None
+    pixel: tuple[int, int] | None = None
+    line: int | None = None  # the CSV line, for messages
+    batch: Path | None = None  # the CSV
+
+    @property
+    def where(self) -> str:
+        return f"{self.batch} line {self.line}: " if self.line is not None else ""
+
+
+@dataclass
+class CheckedJob:
+    """A job checked from its image's header: nothing decoded yet."""
+
+    job: Job
+    caption: str
+    size: tuple[int, int]  # (width, height) as open_image will return it
+    cell: tuple[int, int]
+
+
+def check_job(job: Job, bundle) -> CheckedJob:
+    """Validate a job from its image's header alone (format, pixel limit, cell, padding)."""
+    from model.images import Placement
+
+    where = job.where
+    caption = check_caption(job.caption, where)
+    try:
+        width, height = probe_image(job.image)
+    except ImageError as error:
+        raise CLIError(f"{where}{error}") from None
+    size = bundle.config.vae.image_size
+    factor = bundle.config.vae.factor
+    grid = bundle.config.transformer.grid
+    placement = Placement(width, height, size)
+    if job.pixel is not None:
+        x, y = job.pixel
+        if x >= width or y >= height:
+            raise CLIError(
+                f"{where}pixel ({x}, {y}) is outside the {width}x{height} image {job.image}"
+            )
+        cell = placement.cell_at(x, y, factor)
+    else:
+        cell = job.cell
+        if not (cell[0] < grid and cell[1] < grid):
+            raise CLIError(
+                f"{where}cell {cell[0]},{cell[1]} is outside the {grid}x{grid} token grid"
+            )
+    rows, cols = placement.visible_grid(factor)
+    if not placement.grid_covers_image(cell, factor) or cell[0] >= rows or cell[1] >= cols:
+        raise CLIError(
+            f"{where}the rectangle from cell {cell[0]},{cell[1]} lies in the padding beside"
+            f" {job.image}, not on the image"
+        )
+    return CheckedJob(job, caption, (width, height), cell)
+
+
+def run_job(
+    checked: CheckedJob,
+    bundle,
+    options,
+    files: list[Path],
+    feather: int,
+    quiet: bool,
+    precision: str = "auto",
+    compile: bool = False,
+):
+    """Decode the job's image (only now: a batch holds one image at a time), sample, save."""
+    from model import sampling
+    from model.images import paste_back, to_model
+
+    job = checked.job
+    try:
+        original = open_image(job.image)
+    except ImageError as error:
+        raise CLIError(f"{job.where}{error}") from None
+    if original.size != checked.size:
+        raise CLIError(
+            f"{job.where}{job.image} changed while the batch ran: it was "
+            f"{checked.size[0]}x{checked.size[1]}, now {original.width}x{original.height}"
+        )
+    tensor, placement = to_model(original, bundle.config.vae.image_size)
+    factor = bundle.config.vae.factor
+    visible = placement.visible_grid(factor)  # padding cells of the rectangle are not sampled
+    done = run_with_progress(
+        sampling.complete(
+            bundle,
+            tensor,
+            checked.cell,
+            checked.caption,
+            options,
+            precision=precision,
+            compile=compile,
+            visible=visible,
+        ),
+        job.image.name,
+        quiet,
+    )
+    for image, path in zip(done.images, files, strict=True):
+        result = paste_back(original, image, placement, checked.cell, factor, feather)
+        save_result(result, path)
+        print(shown(path))
+    return done
+
+
+def read_jobs(path: Path) -> list[Job]:
+    """The batch CSV (image,caption,row,col per line, an optional header, UTF-8 with or without
+    a BOM); every problem names the file and its line."""
+    if not path.is_file():
+        raise CLIError(f"{path}: no such batch file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_BATCH_BYTES:
+            raise CLIError(
+                f"{path}: {size / 2**20:.0f} MB; a batch file is at most "
+                f"{MAX_BATCH_BYTES // 2**20} MB"
+            )
+        data = path.read_bytes()
+    except OSError as error:
+        raise CLIError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise CLIError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[error.start]:02x})"
+        ) from None
+    jobs = []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            number = reader.line_num
+            if not row or (number == 1 and row[0].strip().lower() == "image"):
+                continue  # blank line or header
+            jobs.append(_job_from_row(path, number, row))
+    except csv.Error as error:
+        raise CLIError(f"{path} line {reader.line_num}: {error}") from None
+    if not jobs:
+        raise CLIError(f"{path}: no jobs in the batch file")
+    return jobs
+
+
+def _job_from_row(path: Path, number: int, row: list[str]) -> Job:
+    where = f"{path} line {number}: "
+    if len(row) != 4:
+        raise CLIError(f"{where}expected image,caption,row,col, got {len(row)} fields")
+    image, caption, r, c = (x.strip() for x in row)
+    if "\x00" in image or "\x00" in caption:
+        raise CLIError(f"{where}a NUL byte in the image name or caption")
+    try:
+        cell = (int(r), int(c))
+    except ValueError:
+        raise CLIError(f"{where}row and col must be integers, got {r!r:.20}, {c!r:.20}") from None
+    if cell[0] < 0 or cell[1] < 0:
+        raise CLIError(f"{where}row and col must not be negative")
+    check_caption(caption, where)
+    image_path = Path(image) if Path(image).is_absolute() else path.parent / image
+    return Job(image_path, caption, cell=cell, line=number, batch=path)
+
+
+def cmd_complete(args) -> int:
+    if args.batch:
+        if args.image or args.caption:
+            raise CLIError(
+                "--batch takes its images and captions from the CSV; drop --image/--caption"
+            )
+    else:
+        if not args.image:
+            raise CLIError("complete needs --image (or --batch jobs.csv)")
+        if args.caption is None:
+            raise CLIError("complete needs --caption")
+        if (args.from_cell is None) == (args.from_px is None):
+            raise CLIError("give exactly one of --from ROW,COL (cells) or --from-px X,Y")
+    output = Output.parse(args.out)
+    if args.batch and output.is_file:
+        raise CLIError(f"--out {shown(output.path)}: a batch writes several files; name a folder")
+    if args.batch:
+        jobs = read_jobs(Path(args.batch))
+    else:
+        cell = parse_pair(args.from_cell, "--from") if args.from_cell else None
+        pixel = parse_pair(args.from_px, "--from-px") if args.from_px else None
+        check_caption(args.caption)
+        jobs = [Job(Path(args.image), args.caption, cell=cell, pixel=pixel)]
+    if args.feather < 0:
+        raise CLIError(f"--feather must not be negative, got {args.feather}")
+    options = sampling_options(args)
+    check_device(args.device)
+    check_can_create(output.folder)
+    bundle = load_bundle(args.bundle, args.device)
+    checked = [check_job(job, bundle) for job in jobs]  # every header before any decoding
+    largest = max(width * height for width, height in (c.size for c in checked))
+    check_memory(bundle, options, largest)
+    plans = []
+    for item in checked:
+        job = item.job
+        prefix = f"{job.line:04d}-" if job.line is not None else ""  # batch: one name per job
+        plans.append((item, output.files(f"{prefix}{job.image.stem}", options.n)))
+    if not args.batch:
+        announce_numbering("complete", output, plans[0][1])
+    with output_folder(output.folder):
+        for item, files in plans:
+            done = run_job(
+                item,
+                bundle,
+                options,
+                files,
+                args.feather,
+                args.quiet,
+                args.precision,
+                args.compile,
+            )
+            log.info("%s: seed %d, %.2fs", item.job.image, done.seed, done.seconds)
+    return 0

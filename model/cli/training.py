@@ -1,0 +1,256 @@
+"""``dalle data``, ``dalle train`` and ``dalle bundle``: a model made from data, stage by stage.
+
+The stage recipes (``model/train.py``) take typed configs and know nothing of arguments; this
+module turns flags, presets and ``--set KEY=VALUE`` (parsed by ``model.config``) into those
+configs, shows the Trainer's progress, and assembles the finished bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from model.cli.common import CLIError, ProgressBar, check_can_create, output_folder
+
+
+def cmd_data(args) -> int:
+    from model.data.scenes import write_scenes
+
+    if args.count <= 0:
+        raise CLIError(f"--count must be positive, got {args.count}")
+    out = Path(args.out)
+    check_can_create(out)
+    bar = None if args.quiet else ProgressBar(args.count, "scenes", "images")
+    with output_folder(out):
+        try:
+            written = write_scenes(
+                out,
+                args.count,
+                seed=args.seed,
+                size=args.size,
+                split=args.split,
+                workers=args.workers,
+                progress=(lambda done, total: bar.update(done)) if bar else None,
+            )
+        except ValueError as error:  # a size the generator cannot draw, say
+            raise CLIError(str(error)) from None
+    if bar:
+        bar.close()
+    print(f"wrote {written} scenes to {out}")
+    return 0
+
+
+# -- train -------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    """``dalle train STAGE``: stage configs from a preset, overridden by --set and flags."""
+    from model.config import parse_sets, preset, sets_under
+
+    try:
+        chosen = preset(args.preset)
+        train_sets, sets = sets_under(parse_sets(args.set), "train.")
+        config = train_config(args, chosen["train"], train_sets)
+        if not Path(args.data).is_dir():
+            raise FileNotFoundError(f"{args.data}: no such data folder")
+        callbacks = [] if args.quiet else progress_callbacks(config.steps, args.stage)
+        check_stage_flags(args, sets)
+        path = train_stage(args, chosen, config, sets, callbacks)
+    except (FileNotFoundError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    print(path)
+    return 0
+
+
+def train_config(args, preset_values: dict, sets: dict[str, str]):
+    """The TrainConfig of a run: the preset's values (under VQ_TRAIN's for ``train vq``), the
+    flags given, then ``--set train.*``."""
+    from model.config import VQ_TRAIN, apply_sets
+    from model.trainer import TrainConfig
+
+    values = {**VQ_TRAIN, **preset_values} if args.stage == "vq" else dict(preset_values)
+    for key, value in (
+        ("steps", args.steps),
+        ("batch_size", args.batch_size),
+        ("lr", args.lr),
+        ("checkpoint_every", args.checkpoint_every),
+    ):
+        if value is not None:
+            values[key] = value
+    values.update(seed=args.seed, device=args.device)
+    config = apply_sets(TrainConfig(**values), sets, "train.")
+    if config.steps <= 0 or config.batch_size <= 0:
+        raise ValueError("--steps and --batch-size must be positive")
+    return config
+
+
+def progress_callbacks(steps: int, label: str) -> list:
+    """The Trainer callbacks that draw a progress bar of ``steps`` steps with the loss."""
+    state = {}
+
+    def on_step(trainer, metrics):
+        bar = state.setdefault("bar", ProgressBar(steps, label, "steps"))
+        bar.update(trainer.step, f"loss {metrics['loss']:.4f}")
+
+    return [
+        ("on_step", on_step),
+        ("on_end", lambda trainer: state.get("bar") and state["bar"].close()),
+    ]
+
+
+def check_stage_flags(args, sets: dict[str, str]) -> None:
+    """Flags that do not fit the stage, refused before any work."""
+    if args.reconstructed and args.stage != "reranker":
+        raise ValueError("--reconstructed is for train reranker only")
+    if args.stage == "vq" and (args.init or args.decoder_only):
+        raise ValueError("train vq takes neither --init nor --decoder-only (yet)")
+    if args.init:
+        # the model's config comes from --init's file: a --set that would be ignored is refused
+        decoder_keys = {"dec_n_hid", "dec_n_blk_per_group"} if args.stage == "vae" else set()
+        other = sorted(set(sets) - decoder_keys)
+        if other:
+            raise ValueError(
+                f"--set {', '.join(other)}: with --init the {args.stage}'s config comes from "
+                "that file"
+                + (
+                    "; only dec_n_hid and dec_n_blk_per_group can change (with --decoder-only)"
+                    if decoder_keys
+                    else "; only train.* fields can change"
+                )
+            )
+
+
+def train_stage(args, chosen: dict, config, sets: dict[str, str], callbacks) -> Path:
+    """Build the stage's configs from the preset and ``--set``, and run its recipe."""
+    from model import train
+    from model.config import (
+        DVAEConfig,
+        RerankerConfig,
+        TextConfig,
+        TransformerConfig,
+        VQConfig,
+        apply_sets,
+        set_values,
+        sets_under,
+    )
+
+    common = dict(resume=args.resume, callbacks=callbacks)
+    if args.stage == "vae" and args.init:
+        decoder_sets = set_values(DVAEConfig, sets)
+        return train.train_vae(
+            args.data,
+            args.out,
+            None,
+            config,
+            init=args.init,
+            decoder_only=args.decoder_only,
+            decoder_sets=decoder_sets,
+            **common,
+        )
+    if args.stage == "vq":
+        vq_config = apply_sets(VQConfig(**chosen["vq"]), sets)
+        return train.train_vq(args.data, args.out, vq_config, config, **common)
+    if args.stage == "vae":
+        if args.decoder_only:
+            raise ValueError(
+                "--decoder-only needs --init PATH (the dVAE whose decoder to fine-tune)"
+            )
+        vae_config = apply_sets(DVAEConfig(**chosen["vae"]), sets)
+        return train.train_vae(args.data, args.out, vae_config, config, **common)
+    if args.stage == "transformer":
+        if not args.vae:
+            raise ValueError(
+                "train transformer needs --vae PATH (a trained vae.safetensors or vq.safetensors)"
+            )
+        text_sets, tf_sets = sets_under(sets, "text.")
+        text_config = apply_sets(TextConfig(**chosen["text"]), text_sets, "text.")
+        tf_config = apply_sets(TransformerConfig(**chosen["transformer"]), tf_sets)
+        return train.train_transformer(
+            args.data,
+            args.out,
+            args.vae,
+            text_config,
+            tf_config,
+            config,
+            tokenizer_file=args.tokenizer,
+            init=args.init,
+            **common,
+        )
+    if not args.bundle:
+        raise ValueError("train reranker needs --bundle PATH (the bundle it will join)")
+    reranker_config = apply_sets(RerankerConfig(**chosen.get("reranker", {})), sets)
+    return train.train_reranker(
+        args.data,
+        args.out,
+        args.bundle,
+        reranker_config,
+        config,
+        init=args.init,
+        reconstructed=args.reconstructed,
+        **common,
+    )
+
+
+# -- bundle ------------------------------------------------------------------------------------
+
+
+def cmd_bundle(args) -> int:
+    try:
+        path = assemble_bundle(
+            args.transformer,
+            args.out,
+            reranker=args.reranker,
+            evaluation=args.eval,
+            name=args.name,
+            vae=args.vae,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    print(path)
+    return 0
+
+
+def assemble_bundle(
+    transformer_bundle,
+    out,
+    reranker=None,
+    evaluation=None,
+    name: str | None = None,
+    vae=None,
+) -> Path:
+    """``dalle bundle``: a transformer run's bundle, optionally with a reranker run's scorer,
+    a ``dalle eval`` report (its path) summarised into the card, a display name, and a dVAE
+    whose decoder was fine-tuned (``train vae --decoder-only``) in place of the bundle's own."""
+    from model.bundle import load, save
+    from model.tokenizer_files import replace_decoder
+    from model.train import reranker_source
+
+    bundle = load(transformer_bundle)
+    if vae is not None:
+        replace_decoder(bundle, vae)
+    if name:
+        bundle.card["name"] = name
+    if evaluation is not None:
+        summary = eval_summary(evaluation)
+        bundle.card["eval"] = {k: v for k, v in summary.items() if k != "example_captions"}
+        if summary["example_captions"]:
+            bundle.card["example_captions"] = summary["example_captions"]
+    if reranker is not None:
+        source = reranker_source(reranker, bundle.tokenizer)
+        bundle.reranker = source.reranker
+        bundle.config = dataclasses.replace(bundle.config, reranker=source.config.reranker)
+        bundle.card["reranker"] = source.card.get("reranker", {})
+    return save(bundle, out)
+
+
+def eval_summary(path) -> dict:
+    """What a bundle's card keeps of the ``dalle eval --json`` report at ``path``."""
+    from model.evaluate import card_summary
+
+    try:
+        return card_summary(json.loads(Path(path).read_text()))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such eval report") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a dalle eval report ({error})") from None

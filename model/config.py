@@ -205,14 +205,16 @@ class SamplingOptions:
         )
 
     @classmethod
-    def from_args(cls, args, **changes: Any) -> SamplingOptions:
+    def from_args(cls, args, *, validate: bool = True, **changes: Any) -> SamplingOptions:
         """The options ``add_arguments``' flags parsed into ``args`` (``changes`` override, and
-        stand for skipped flags), validated (ValueError naming the field)."""
+        stand for skipped flags), validated (ValueError naming the field) unless ``validate`` is
+        False: a holder that checks its own fields first validates them later."""
         values = {
             f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in changes
         }
         options = cls(**{**values, **changes})
-        options.validate()
+        if validate:
+            options.validate()
         return options
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,16 +16,18 @@ Two splits: "seen" (colour–shape pairs the training split contains, new images
 
 ``evaluate_folder`` (``dalle eval --data``) measures a user's own caption folder instead: the
 reconstruction and likelihood sections, and the reranker's retrieval accuracy.
+
+Both return JSON-ready dicts; ``model/eval_report.py`` prints them, summarises them for a bundle's
+card and writes them.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,54 +36,50 @@ from PIL import Image, ImageDraw, ImageFont
 
 from model.config import SamplingOptions
 from model.data import scenes
-from model.files import write_text
+from model.eval_report import SPLITS, headline
 from model.images import paste_back, to_model
 from model.sampling import complete, run
 
 # Training scenes use seed 0 (and small seeds in tests); evaluation draws from its own seed.
 DEFAULT_SEED = 20_261_124
-SPLITS = ("seen", "heldout")
 _SCENE_SPLIT = {"seen": "train", "heldout": "heldout"}
-
-# issue 3's targets, checked in the printed table
-TARGETS = {
-    "psnr_db": 28.0,
-    "codebook_usage": 0.5,
-    "one_object": 0.90,
-    "two_objects_relation": 0.75,
-    "counts": 0.80,
-    "heldout_pairs": 0.50,
-    "completion": 0.80,
-}
 
 
 @dataclass
 class EvalConfig:
     count: int = 100  # captions per split for caption fidelity (and completion cases)
-    samples: int = 8  # candidates per caption
     recon_count: int = 500  # images per split for reconstruction and bits per token
-    seed: int = DEFAULT_SEED
+    seed: int = DEFAULT_SEED  # which scenes are drawn; each run's sampling seed follows from it
     precision: str = "auto"
     compile: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    guidance: float = 1.0
+    # how candidates are sampled: sampling.n per caption (--samples); its seed is set per run
+    sampling: SamplingOptions = field(default_factory=lambda: SamplingOptions(n=8))
+
+    @property
+    def samples(self) -> int:
+        return self.sampling.n
 
     def validate(self) -> None:
         for name in ("count", "samples", "recon_count"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        self.sampling.validate()
 
     def options(self, seed: int) -> SamplingOptions:
-        return SamplingOptions(
-            n=self.samples,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            guidance=self.guidance,
-            seed=seed,
-        )
+        return dataclasses.replace(self.sampling, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``config``: one flat object, as every eval.json has stored it."""
+        sampling = self.sampling.to_dict()
+        return {
+            "count": self.count,
+            "samples": self.samples,
+            "recon_count": self.recon_count,
+            "seed": self.seed,
+            "precision": self.precision,
+            "compile": self.compile,
+            **{name: sampling[name] for name in ("temperature", "top_k", "top_p", "guidance")},
+        }
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -373,7 +371,7 @@ def evaluate(
     size = bundle.config.vae.image_size
     report: dict[str, Any] = {
         "bundle": bundle.card.get("name", ""),
-        "config": config.__dict__.copy(),
+        "config": config.to_dict(),
         "reranker": bundle.reranker is not None,
     }
     started = time.perf_counter()
@@ -406,182 +404,6 @@ def evaluate(
     report["seconds"] = time.perf_counter() - started
     report["headline"] = headline(report)
     return report
-
-
-def _accuracy(table: dict, *keys) -> float | None:
-    for key in keys:
-        if table is None:
-            return None
-        table = table.get(key) if isinstance(table, dict) else None
-    return table
-
-
-def headline(report: dict[str, Any]) -> dict[str, float | None]:
-    """The figures issue 3 sets targets for, read from the full report."""
-    seen, heldout = report["seen"], report["heldout"]
-    reranked = seen["caption"]["reranked"]
-    one = reranked["by_objects"].get(1) or reranked["by_objects"].get("1")
-    return {
-        "psnr_db": seen["reconstruction"]["psnr_db"],
-        "codebook_usage": seen["reconstruction"]["codebook_usage"],
-        "one_object": one["accuracy"] if one else None,
-        "two_objects_relation": reranked["two_objects_relation"]["accuracy"],
-        "counts": _accuracy(reranked, "by_fact", "count", "accuracy"),
-        "heldout_pairs": heldout["caption"]["reranked"]["by_heldout"]["heldout"]["accuracy"],
-        "completion": seen["completion"]["reranked"]["accuracy"],
-    }
-
-
-def _pct(value) -> str:
-    return "—" if value is None else f"{100 * value:.1f}%"
-
-
-def _rate(summary: dict | None) -> str:
-    """A sub-group's accuracy with how many it was measured on: small groups are noisy."""
-    if not summary or summary.get("accuracy") is None:
-        return "—"
-    right = round(summary["accuracy"] * summary["n"])
-    return f"{_pct(summary['accuracy'])} ({right}/{summary['n']})"
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """A plain-text table of the report, one row per figure, seen and held-out side by side."""
-    samples = report["config"]["samples"]
-    rows = [("figure", "seen", "held-out pairs")]
-    s, h = report["seen"], report["heldout"]
-    rows.append(
-        (
-            "dVAE PSNR (dB)",
-            f"{s['reconstruction']['psnr_db']:.2f}",
-            f"{h['reconstruction']['psnr_db']:.2f}",
-        )
-    )
-    rows.append(
-        (
-            "codes used",
-            f"{s['reconstruction']['codes_used']} ({_pct(s['reconstruction']['codebook_usage'])})",
-            f"{h['reconstruction']['codes_used']} ({_pct(h['reconstruction']['codebook_usage'])})",
-        )
-    )
-    if "caption_right" in s["reconstruction"]:
-        rows.append(
-            (
-                "caption right on dVAE reconstructions",
-                _pct(s["reconstruction"]["caption_right"]),
-                _pct(h["reconstruction"]["caption_right"]),
-            )
-        )
-        one = [r["reconstruction"]["caption_right_by_objects"] for r in (s, h)]
-        rows.append(
-            (
-                "  1 object(s)",
-                *(_pct(by.get(1, by.get("1"))) for by in one),
-            )
-        )
-    rows.append(
-        (
-            "bits per image token",
-            f"{s['bits_per_image_token']:.3f}",
-            f"{h['bits_per_image_token']:.3f}",
-        )
-    )
-    for reading, name in (
-        ("first", "first sample"),
-        ("reranked", f"best of {samples}, reranked"),
-        ("any", f"any of {samples}"),
-    ):
-        sc, hc = s["caption"][reading], h["caption"][reading]
-        rows.append((f"caption right, {name}", _pct(sc["accuracy"]), _pct(hc["accuracy"])))
-        if reading != "reranked":
-            continue
-        for n in sorted(sc["by_objects"], key=int):
-            hn = hc["by_objects"].get(n, {})
-            rows.append(
-                (
-                    f"  {n} object(s)",
-                    _rate(sc["by_objects"][n]),
-                    _rate(hn),
-                )
-            )
-        rows.append(
-            (
-                "  two objects with a relation",
-                _rate(sc["two_objects_relation"]),
-                _rate(hc["two_objects_relation"]),
-            )
-        )
-        for fact in ("count", "place", "relation", "background"):
-            rows.append(
-                (
-                    f"  fact: {fact}",
-                    _rate(sc["by_fact"][fact]),
-                    _rate(hc["by_fact"][fact]),
-                )
-            )
-        rows.append(
-            (
-                "  captions naming a held-out pair",
-                "—",
-                _rate(hc["by_heldout"]["heldout"]),
-            )
-        )
-    for reading, name in (("first", "first sample"), ("reranked", "reranked"), ("any", "any")):
-        rows.append(
-            (
-                f"completion right, {name}",
-                _pct(s["completion"][reading]["accuracy"]),
-                _pct(h["completion"][reading]["accuracy"]),
-            )
-        )
-    rows.append(
-        (
-            "completion kept region identical",
-            _pct(s["completion"]["kept_region_identical"]),
-            _pct(h["completion"]["kept_region_identical"]),
-        )
-    )
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("")
-    lines.append("targets (issue 3):")
-    for key, target in TARGETS.items():
-        value = report["headline"].get(key)
-        if value is None:
-            mark = "not measured"
-        else:
-            mark = "met" if value >= target else "missed"
-        shown = f"{value:.2f}" if key == "psnr_db" and value is not None else _pct(value)
-        goal = f"{target:.0f} dB" if key == "psnr_db" else _pct(target)
-        lines.append(f"  {key}: {shown} (target ≥ {goal}) {mark}")
-    lines.append(f"{report['seconds']:.0f} s")
-    return "\n".join(lines)
-
-
-def card_summary(report: dict[str, Any], examples: int = 12) -> dict[str, Any]:
-    """What a bundle's card keeps of a report: the headline, the main rows, example captions."""
-    keep = {}
-    for split in SPLITS:
-        section = report[split]
-        keep[split] = {
-            "reconstruction": section["reconstruction"],
-            "bits_per_image_token": section["bits_per_image_token"],
-            "caption": {k: section["caption"][k]["accuracy"] for k in ("first", "reranked", "any")},
-            "completion": {
-                k: section["completion"][k]["accuracy"] for k in ("first", "reranked", "any")
-            },
-        }
-    right = report["seen"]["caption"]["right_captions"]
-    shortest_first = sorted(right, key=len)
-    return {
-        "headline": report["headline"],
-        "config": report["config"],
-        **keep,
-        "example_captions": shortest_first[:examples],
-    }
 
 
 # -----------------------------------------------------------------------------------------------
@@ -644,38 +466,3 @@ def evaluate_folder(bundle, folder, count: int = 500) -> dict[str, Any]:
         report["retrieval"] = retrieval(bundle, images, captions)
     report["seconds"] = time.perf_counter() - started
     return report
-
-
-def format_folder_report(report: dict[str, Any]) -> str:
-    recon = report["reconstruction"]
-    rows = [
-        ("pairs measured", f"{report['pairs']} of {report['pairs_in_folder']}"),
-        ("dVAE PSNR (dB)", f"{recon['psnr_db']:.2f}"),
-        ("codes used", f"{recon['codes_used']} ({_pct(recon['codebook_usage'])})"),
-        ("code perplexity", f"{recon['code_perplexity']:.1f}"),
-        ("bits per image token", f"{report['bits_per_image_token']:.3f}"),
-    ]
-    found = report.get("retrieval")
-    if found and found["pairs"]:
-        rows.append(
-            (
-                f"reranker: image finds its caption among {found['group']}",
-                _pct(found["image_to_caption"]),
-            )
-        )
-        rows.append(
-            (
-                f"reranker: caption finds its image among {found['group']}",
-                _pct(found["caption_to_image"]),
-            )
-        )
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{report['folder']}  ({report['bundle'] or 'unnamed bundle'})"]
-    lines += [f"{name:<{width}}  {value}" for name, value in rows]
-    lines.append("caption fidelity: not measured (it needs scenes; run dalle eval without --data)")
-    return "\n".join(lines)
-
-
-def write_json(report: dict[str, Any], path: Path) -> Path:
-    """Write the report atomically (``model.files``)."""
-    return write_text(path, json.dumps(report, indent=1, default=str) + "\n")

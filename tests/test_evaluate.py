@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import cli, evaluate
+from model import cli, eval_report, evaluate
+from model.config import SamplingOptions
 from model.data import scenes
 from tests.helpers import tiny_bundle, tiny_bundle_file
 
@@ -44,7 +45,9 @@ def test_completion_case_is_deterministic_and_checks_its_rectangle():
 @pytest.fixture(scope="module")
 def report():
     bundle = tiny_bundle()
-    config = evaluate.EvalConfig(count=2, samples=2, recon_count=6, precision="fp32")
+    config = evaluate.EvalConfig(
+        count=2, recon_count=6, precision="fp32", sampling=SamplingOptions(n=2)
+    )
     return evaluate.evaluate(bundle, config)
 
 
@@ -69,12 +72,14 @@ def test_report_has_every_section_and_sane_figures(report):
             assert section[part]["any"]["accuracy"] >= section[part]["first"]["accuracy"]
             assert section[part]["any"]["accuracy"] >= section[part]["reranked"]["accuracy"]
         assert section["completion"]["kept_region_identical"] == 1.0
-    assert set(report["headline"]) == set(evaluate.TARGETS)
+    assert set(report["headline"]) == set(eval_report.TARGETS)
     assert report["heldout"]["caption"]["first"]["by_heldout"]["heldout"]["n"] == 2
 
 
 def test_more_captions_than_reconstruction_images_are_all_measured():
-    config = evaluate.EvalConfig(count=3, samples=1, recon_count=2, precision="fp32")
+    config = evaluate.EvalConfig(
+        count=3, recon_count=2, precision="fp32", sampling=SamplingOptions(n=1)
+    )
     report = evaluate.evaluate(tiny_bundle(), config)
     for split in evaluate.SPLITS:
         assert report[split]["reconstruction"]["images"] == 2
@@ -83,7 +88,7 @@ def test_more_captions_than_reconstruction_images_are_all_measured():
 
 
 def test_report_formats_a_table_and_writes_json(report, tmp_path):
-    text = evaluate.format_report(report)
+    text = eval_report.format_report(report)
     assert "dVAE PSNR" in text and "targets (issue 3):" in text
     # sub-groups are small: each shows how many it was measured on, "12.5% (1/8)"
     groups = report["seen"]["caption"]["reranked"]["by_objects"]
@@ -91,9 +96,9 @@ def test_report_formats_a_table_and_writes_json(report, tmp_path):
     right = round(summary["accuracy"] * summary["n"])
     assert f"{n} object(s)" in text and f"({right}/{summary['n']})" in text
     assert text.count("missed") + text.count("met") + text.count("not measured") >= len(
-        evaluate.TARGETS
+        eval_report.TARGETS
     )
-    path = evaluate.write_json(report, tmp_path / "eval.json")
+    path = eval_report.write_json(report, tmp_path / "eval.json")
     assert json.loads(path.read_text())["seen"]["reconstruction"]["images"] == 6
     assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
 
@@ -116,13 +121,39 @@ def test_eval_command_refuses_non_positive_counts(tmp_path, capsys, flag):
     assert len(err.splitlines()) == 1 and flag in err
 
 
+def test_eval_config_holds_sampling_options_and_stores_them_flat():
+    """EvalConfig keeps a SamplingOptions (its n is --samples, its seed set per run) and writes
+    the flat config every eval.json has: the shipped report's, key for key, from the defaults."""
+    from pathlib import Path
+
+    shipped = Path(__file__).parent.parent / "resources" / "models" / "eval.json"
+    stored = json.loads(shipped.read_text())["config"]
+    assert evaluate.EvalConfig().to_dict() == stored
+    assert list(evaluate.EvalConfig().to_dict()) == list(stored)
+    config = evaluate.EvalConfig(sampling=SamplingOptions(n=3, top_p=0.9, guidance=2.0))
+    assert config.samples == 3
+    assert config.options(7) == SamplingOptions(n=3, top_p=0.9, guidance=2.0, seed=7)
+    assert config.sampling.seed is None  # options() made a new one
+    assert config.to_dict()["top_p"] == 0.9 and config.to_dict()["samples"] == 3
+
+
+def test_eval_command_refuses_bad_sampling_flags_in_one_line(tmp_path, capsys):
+    """A sampling flag out of range is bad input (exit 2, one line), found before the bundle is
+    loaded; it used to surface mid-run as an unexpected error."""
+    bundle = tiny_bundle_file(tmp_path)
+    for flag, value in (("--temperature", "0"), ("--top-p", "1.5"), ("--guidance", "-1")):
+        assert cli.main(["eval", "--bundle", str(bundle), flag, value, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and flag[2:] in err and value in err, err
+
+
 def test_bundle_command_puts_an_eval_summary_into_the_card(report, tmp_path, capsys):
     from model.bundle import read_card
 
     bundle = tiny_bundle_file(tmp_path)
     report = json.loads(json.dumps(report, default=str))  # as read back from --json
     report["seen"]["caption"]["right_captions"] = ["a red circle in the top left", "two stars"]
-    path = evaluate.write_json(report, tmp_path / "eval.json")
+    path = eval_report.write_json(report, tmp_path / "eval.json")
     out = tmp_path / "with-eval.dalle.safetensors"
     argv = ["bundle", "--transformer", str(bundle), "--eval", str(path), "--out", str(out)]
     assert cli.main(argv + ["--name", "scenes test"]) == 0
@@ -194,7 +225,7 @@ def test_folder_report_measures_a_users_own_pairs(tmp_path):
     assert np.isfinite(report["reconstruction"]["psnr_db"])
     assert 1.0 < report["bits_per_image_token"] < 10.0  # random weights: about 5 bits
     assert "retrieval" not in report  # the tiny bundle carries no reranker
-    text = evaluate.format_folder_report(report)
+    text = eval_report.format_folder_report(report)
     assert "3 of 5" in text and "bits per image token" in text and "not measured" in text
 
 
@@ -278,7 +309,9 @@ def test_contact_sheet_frames_each_candidate_by_the_scorers_verdict():
 
 def test_eval_draws_a_sheet_per_section_and_split(tmp_path, capsys):
     sheets, bundle = {}, tiny_bundle()
-    config = evaluate.EvalConfig(count=2, samples=3, recon_count=2, precision="fp32")
+    config = evaluate.EvalConfig(
+        count=2, recon_count=2, precision="fp32", sampling=SamplingOptions(n=3)
+    )
     evaluate.evaluate(bundle, config, sheets=sheets)
     assert set(sheets) == {f"{p}_{s}" for p in ("caption", "completion") for s in evaluate.SPLITS}
     size = bundle.config.vae.image_size

@@ -409,7 +409,7 @@ def test_no_writer_follows_a_planted_symlink(tmp_path):
     from model.config import PRESETS, DVAEConfig
     from model.data.scenes import write_scenes
     from model.dvae import DVAE
-    from model.evaluate import write_json
+    from model.eval_report import write_json
     from model.tokenizer_files import save_vae
     from model.trainer import atomic_torch_save
     from tests.helpers import tiny_bundle, tiny_bundle_file

@@ -24,18 +24,17 @@ from model.cli.common import (
 
 def cmd_eval(args) -> int:
     from model import evaluate
+    from model.config import SamplingOptions
 
+    # --samples is the candidates per caption; each run's seed follows from --seed
+    sampling = SamplingOptions.from_args(args, validate=False, n=args.samples, seed=None)
     config = evaluate.EvalConfig(
         count=args.count,
-        samples=args.samples,
         recon_count=args.recon_count,
         seed=args.seed,
         precision=args.precision,
         compile=args.compile,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        guidance=args.guidance,
+        sampling=sampling,
     )
     try:
         config.validate()
@@ -58,22 +57,22 @@ def cmd_eval(args) -> int:
 
 def eval_folder(args, bundle) -> int:
     """``dalle eval --data``: the figures a user's own caption folder allows."""
-    from model import evaluate
+    from model import eval_report, evaluate
 
     try:
         report = evaluate.evaluate_folder(bundle, args.data, args.recon_count)
     except (OSError, ValueError) as error:
         raise CLIError(str(error)) from None
-    print(evaluate.format_folder_report(report))
+    print(eval_report.format_folder_report(report))
     if args.json:
-        evaluate.write_json(report, Path(args.json))
+        eval_report.write_json(report, Path(args.json))
         print(args.json)
     return 0
 
 
 def eval_scenes(args, config, bundle) -> int:
     """``dalle eval``: every section on fresh scenes, a progress bar per split."""
-    from model import evaluate
+    from model import eval_report, evaluate
 
     def progress(split: str, total: int):
         if args.quiet:
@@ -91,9 +90,9 @@ def eval_scenes(args, config, bundle) -> int:
 
     sheets = {} if args.sheets else None
     report = evaluate.evaluate(bundle, config, progress, sheets)
-    print(evaluate.format_report(report))
+    print(eval_report.format_report(report))
     if args.json:
-        evaluate.write_json(report, Path(args.json))
+        eval_report.write_json(report, Path(args.json))
         print(args.json)
     for name, sheet in (sheets or {}).items():
         path = Path(args.sheets) / f"{name}.png"

@@ -246,7 +246,7 @@ def assemble_bundle(
 
 def eval_summary(path) -> dict:
     """What a bundle's card keeps of the ``dalle eval --json`` report at ``path``."""
-    from model.evaluate import card_summary
+    from model.eval_report import card_summary
 
     try:
         return card_summary(json.loads(Path(path).read_text()))

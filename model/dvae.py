@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import DVAEConfig
-from model.images import check_image_batch
+from model.images import check_image_batch, check_token_grid
 
 logger = logging.getLogger(__name__)
 
@@ -405,16 +405,7 @@ class DVAE(nn.Module):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (B, G, G) -> images (B, C, S, S) in [0, 1]: the decoder's mu, squashed by a
         sigmoid and unmapped, as in the released usage notebook."""
-        k = self.config.vocab_size
-        if tokens.ndim != 3 or tokens.is_floating_point() or tokens.dtype == torch.bool:
-            raise ValueError(
-                f"expected integer tokens of shape (B, G, G), got {tokens.dtype} "
-                f"{tuple(tokens.shape)}"
-            )
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= k):
-            raise ValueError(
-                f"token ids must be in [0, {k}), got [{int(tokens.min())}, {int(tokens.max())}]"
-            )
+        check_token_grid(tokens, self.config.vocab_size)
         stats = self.decoder.forward_tokens(tokens.long()).float()  # (B, 2C, S, S)
         mu = stats[:, : self.config.channels]  # (B, C, S, S), logit space
         return unmap_pixels(torch.sigmoid(mu), self.config.logit_laplace_eps)

@@ -42,6 +42,20 @@ def check_image_batch(images: torch.Tensor, channels: int, multiple: int, what: 
         )
 
 
+def check_token_grid(tokens: torch.Tensor, vocab_size: int) -> None:
+    """Raise ValueError unless ``tokens`` is an integer (B, G, G) grid of ids in [0, vocab_size)
+    (an image tokenizer's decoder input)."""
+    if tokens.ndim != 3 or tokens.is_floating_point() or tokens.dtype == torch.bool:
+        raise ValueError(
+            f"expected integer tokens of shape (B, G, G), got {tokens.dtype} {tuple(tokens.shape)}"
+        )
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+        raise ValueError(
+            f"token ids must be in [0, {vocab_size}), "
+            f"got [{int(tokens.min())}, {int(tokens.max())}]"
+        )
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the user's image (width x height) lies in the model's size x size square."""

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import VQConfig
-from model.images import check_image_batch
+from model.images import check_image_batch, check_token_grid
 
 # A pixel is "near a colour edge" when some channel varies by more than this within its 3x3
 # neighbourhood: the scenes are flat colours, so anything above quantisation noise is an edge.
@@ -307,16 +307,7 @@ class VQVAE(nn.Module):
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token ids (B, G, G) -> images (B, C, S, S) in [0, 1]."""
-        k = self.config.vocab_size
-        if tokens.ndim != 3 or tokens.is_floating_point() or tokens.dtype == torch.bool:
-            raise ValueError(
-                f"expected integer tokens of shape (B, G, G), got {tokens.dtype} "
-                f"{tuple(tokens.shape)}"
-            )
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= k):
-            raise ValueError(
-                f"token ids must be in [0, {k}), got [{int(tokens.min())}, {int(tokens.max())}]"
-            )
+        check_token_grid(tokens, self.config.vocab_size)
         x = self.pixels(self.quantize.lookup(tokens.long())).float()
         return ((x + 1) / 2).clamp(0, 1)
 

@@ -1,6 +1,6 @@
 """``dalle eval``: how good a bundle is, measured on scenes it never saw.
 
-Four sections, each on freshly drawn "scenes" (model/data/scenes.py), so no data files are needed:
+Four sections, each on freshly drawn "scenes" (model/data/scenes/), so no data files are needed:
 
 - reconstruction: dVAE PSNR of argmax tokens decoded back, and how many codes the encoder uses;
 - likelihood: transformer bits per image token, given the caption;

@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFont
 from model.config import SamplingOptions
 from model.data import scenes
 from model.eval_report import SPLITS, headline
+from model.geometry import Geometry
 from model.images import paste_back, to_model
 from model.sampling import complete, run
 
@@ -317,7 +318,8 @@ def completion_fidelity(
         source, target = scenes.completion_case(
             config.seed + 1, i, size, corner * factor, _SCENE_SPLIT[split]
         )
-        tensor, placement = to_model(source, size)
+        geometry = Geometry(source.width, source.height, size, factor)
+        tensor = to_model(source, geometry)
         done = run(
             complete(
                 bundle,
@@ -329,8 +331,8 @@ def completion_fidelity(
                 compile=config.compile,
             )
         )
-        pasted = [paste_back(source, image, placement, cell, factor) for image in done.images]
-        x0, y0 = placement.pixel_of(cell, factor)
+        pasted = [paste_back(source, image, geometry, cell) for image in done.images]
+        x0, y0 = geometry.pixel_of(cell)
         original = np.asarray(source)
         mask = np.ones(original.shape[:2], dtype=bool)
         mask[y0:, x0:] = False

@@ -12,8 +12,6 @@ are scaled to the original resolution, optionally feathered over a few pixels at
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 from PIL import Image
 
 from model.files import ImageError, open_image, to_rgb  # noqa: F401 - re-exported
+from model.geometry import Geometry
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -56,58 +55,14 @@ def check_token_grid(tokens: torch.Tensor, vocab_size: int) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where the user's image (width x height) lies in the model's size x size square."""
-
-    width: int
-    height: int
-    size: int
-
-    @property
-    def scale(self) -> float:
-        return self.size / max(self.width, self.height)
-
-    @property
-    def content(self) -> tuple[int, int]:
-        """(w, h) of the scaled image inside the square, at least one pixel each."""
-        return (
-            max(1, round(self.width * self.scale)),
-            max(1, round(self.height * self.scale)),
-        )
-
-    def cell_at(self, x: float, y: float, factor: int) -> tuple[int, int]:
-        """The token cell (row, col) that holds user pixel (x, y)."""
-        if not (0 <= x < self.width and 0 <= y < self.height):
-            raise ValueError(f"pixel ({x}, {y}) is outside the {self.width}x{self.height} image")
-        return int(y * self.scale // factor), int(x * self.scale // factor)
-
-    def pixel_of(self, cell: tuple[int, int], factor: int) -> tuple[int, int]:
-        """The user pixel (x, y) where the rectangle from ``cell`` starts (clamped to the image)."""
-        row, col = cell
-        x = min(self.width, math.ceil(col * factor / self.scale - 1e-6))
-        y = min(self.height, math.ceil(row * factor / self.scale - 1e-6))
-        return x, y
-
-    def visible_grid(self, factor: int) -> tuple[int, int]:
-        """(rows, cols) of token cells that hold some of the image; the rest is padding."""
-        w, h = self.content
-        return math.ceil(h / factor), math.ceil(w / factor)
-
-    def grid_covers_image(self, cell: tuple[int, int], factor: int) -> bool:
-        """True when the rectangle from ``cell`` touches the image (not only its padding)."""
-        x, y = self.pixel_of(cell, factor)
-        return x < self.width and y < self.height
-
-
-def to_model(image: Image.Image, size: int) -> tuple[torch.Tensor, Placement]:
-    """RGB image -> ((3, size, size) float tensor in [0, 1], placement)."""
-    placement = Placement(image.width, image.height, size)
-    w, h = placement.content
+def to_model(image: Image.Image, geometry: Geometry) -> torch.Tensor:
+    """RGB image -> (3, size, size) float tensor in [0, 1], placed as ``geometry`` says."""
+    size = geometry.size
+    w, h = geometry.content
     scaled = np.asarray(image.convert("RGB").resize((w, h), Image.Resampling.LANCZOS))
     padded = np.pad(scaled, ((0, size - h), (0, size - w), (0, 0)), mode="edge")
     tensor = torch.from_numpy(padded.copy()).permute(2, 0, 1).float() / 255.0
-    return tensor, placement
+    return tensor
 
 
 def to_pil(tensor: torch.Tensor) -> Image.Image:
@@ -119,9 +74,8 @@ def to_pil(tensor: torch.Tensor) -> Image.Image:
 def paste_back(
     original: Image.Image,
     decoded: torch.Tensor,
-    placement: Placement,
+    geometry: Geometry,
     cell: tuple[int, int],
-    factor: int,
     feather: int = 0,
 ) -> Image.Image:
     """The original with the rectangle from ``cell`` replaced by the decoded pixels.
@@ -129,18 +83,19 @@ def paste_back(
     Outside the rectangle every pixel is the original's, bit for bit. ``feather`` blends the
     decoded pixels in over that many pixels inside the rectangle's top and left edges.
     """
-    w, h = placement.content
+    zoom = decoded.shape[-1] / geometry.size  # a decoder may draw finer than it reads
+    w, h = (max(1, round(side * zoom)) for side in geometry.content)
     model_view = to_pil(decoded).crop((0, 0, w, h))
     regenerated = np.asarray(
-        model_view.resize((placement.width, placement.height), Image.Resampling.LANCZOS)
+        model_view.resize((geometry.width, geometry.height), Image.Resampling.LANCZOS)
     ).astype(np.float32)
     result = np.asarray(original.convert("RGB")).astype(np.float32)
-    x0, y0 = placement.pixel_of(cell, factor)
-    weight = np.zeros((placement.height, placement.width), dtype=np.float32)
+    x0, y0 = geometry.pixel_of(cell)
+    weight = np.zeros((geometry.height, geometry.width), dtype=np.float32)
     weight[y0:, x0:] = 1.0
     if feather > 0:
-        ramp_x = np.clip((np.arange(placement.width) - x0 + 1) / (feather + 1), 0, 1)
-        ramp_y = np.clip((np.arange(placement.height) - y0 + 1) / (feather + 1), 0, 1)
+        ramp_x = np.clip((np.arange(geometry.width) - x0 + 1) / (feather + 1), 0, 1)
+        ramp_y = np.clip((np.arange(geometry.height) - y0 + 1) / (feather + 1), 0, 1)
         weight *= np.minimum(ramp_y[:, None], ramp_x[None, :])
         weight[:y0, :] = 0
         weight[:, :x0] = 0

@@ -32,7 +32,7 @@ from model import files, sampling
 from model import images as model_images
 from model.config import SamplingOptions
 from model.device import pick_device
-from model.geometry import PAPER_FACTOR, PAPER_SIZE
+from model.geometry import PAPER_FACTOR, PAPER_SIZE, Geometry
 from model.transformer import PRECISIONS, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,8 @@ class Engine(QObject):
         image = Image.fromarray(job.image, "RGB")
         size = bundle.config.vae.image_size
         factor = bundle.config.vae.factor
-        tensor, placement = model_images.to_model(image, size)
+        geometry = Geometry(image.width, image.height, size, factor)
+        tensor = model_images.to_model(image, geometry)
         options = job.options
         if self.compile:  # say why the first run at a new batch size waits
             batch = sampling.batch_rows(options)
@@ -302,7 +303,7 @@ class Engine(QObject):
             job.cancel,
             precision=self.precision,
             compile=self.compile,
-            visible=placement.visible_grid(factor),  # the padding below or beside is not sampled
+            visible=geometry.visible_grid,  # the padding below or beside is not sampled
         )
         for message in messages:
             if isinstance(message, sampling.Progress):
@@ -311,7 +312,7 @@ class Engine(QObject):
                 with torch.inference_mode():
                     decoded = bundle.vae.decode(message.tokens[:1].to(bundle.device))[0]
                 preview = model_images.paste_back(
-                    image, decoded.float().cpu(), placement, job.cell, factor
+                    image, decoded.float().cpu(), geometry, job.cell
                 )
                 self.last_tokens_per_s = message.tokens_per_s
                 emit(
@@ -331,7 +332,7 @@ class Engine(QObject):
             elif isinstance(message, sampling.Done):
                 candidates = [
                     np.asarray(
-                        model_images.paste_back(image, decoded, placement, job.cell, factor),
+                        model_images.paste_back(image, decoded, geometry, job.cell),
                         dtype=np.uint8,
                     )
                     for decoded in message.images

@@ -11,6 +11,7 @@ from PIL import Image
 
 from model import images as model_images
 from model import sampling
+from model.geometry import Geometry
 from model.transformer import resolve_precision
 from studio import engine as studio_engine
 from studio.document import Document
@@ -265,10 +266,10 @@ def test_finished_names_the_candidate_the_live_preview_showed(bundle):
     assert isinstance(finished, studio_engine.Finished)
     assert finished.previewed == 2  # sampled first, ranked last
     pil = Image.fromarray(image)
-    _, placement = model_images.to_model(pil, 32)
+    geometry = Geometry(pil.width, pil.height, 32, 8)
     with torch.inference_mode():
         sample_0 = bundle.vae.decode(torch.zeros(1, 4, 4, dtype=torch.long))[0]
-    expected = model_images.paste_back(pil, sample_0, placement, (0, 0), 8)
+    expected = model_images.paste_back(pil, sample_0, geometry, (0, 0))
     assert np.array_equal(preview.preview, np.asarray(expected))  # the live rows: sample 0
 
 

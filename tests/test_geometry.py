@@ -74,3 +74,24 @@ def test_geometry_imports_only_the_standard_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_paste_back_keeps_every_pixel_outside_the_rectangle_at_any_decoded_size():
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from model.images import paste_back, to_model
+
+    rng = np.random.default_rng(0)
+    original = Image.fromarray(rng.integers(0, 256, (50, 100, 3), dtype=np.uint8), "RGB")
+    geometry = Geometry(100, 50, 32, 8)
+    assert tuple(to_model(original, geometry).shape) == (3, 32, 32)
+    x0, y0 = geometry.pixel_of((1, 2))
+    for side in (32, 64):  # the model's size, and a decoder that draws twice as fine
+        decoded = torch.ones(3, side, side)  # white
+        result = np.asarray(paste_back(original, decoded, geometry, (1, 2)))
+        kept = np.ones((50, 100), dtype=bool)
+        kept[y0:, x0:] = False
+        assert np.array_equal(result[kept], np.asarray(original)[kept])
+        assert (result[y0:, x0:] == 255).all()

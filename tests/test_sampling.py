@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.config import SamplingOptions, TransformerConfig
-from model.geometry import Plan
+from model.geometry import Geometry, Plan
 from model.sampling import (
     Cancelled,
     Done,
@@ -287,8 +287,10 @@ def test_complete_skips_the_padding_of_a_wide_image(kind):
     bundle = tiny_bundle(kind=kind)
     grid, factor = bundle.config.transformer.grid, bundle.config.vae.factor
     pixels = torch.rand(3, 12, 32)  # wide: the lower rows of the square are padding
-    tensor, placement = to_model(to_pil(pixels), bundle.config.vae.image_size)
-    visible = placement.visible_grid(factor)
+    picture = to_pil(pixels)
+    geometry = Geometry(picture.width, picture.height, bundle.config.vae.image_size, factor)
+    tensor = to_model(picture, geometry)
+    visible = geometry.visible_grid
     assert visible[0] < grid and visible[1] == grid
     own = bundle.vae.encode(tensor.unsqueeze(0))[0]
     options = SamplingOptions(n=2, seed=3)

@@ -90,7 +90,7 @@ class CheckedJob:
 
 def check_job(job: Job, bundle) -> CheckedJob:
     """Validate a job from its image's header alone (format, pixel limit, cell, padding)."""
-    from model.images import Placement
+    from model.geometry import Geometry
 
     where = job.where
     caption = check_caption(job.caption, where)
@@ -101,22 +101,21 @@ def check_job(job: Job, bundle) -> CheckedJob:
     size = bundle.config.vae.image_size
     factor = bundle.config.vae.factor
     grid = bundle.config.transformer.grid
-    placement = Placement(width, height, size)
+    geometry = Geometry(width, height, size, factor)
     if job.pixel is not None:
         x, y = job.pixel
         if x >= width or y >= height:
             raise CLIError(
                 f"{where}pixel ({x}, {y}) is outside the {width}x{height} image {job.image}"
             )
-        cell = placement.cell_at(x, y, factor)
+        cell = geometry.cell_at(x, y, clamp=False)
     else:
         cell = job.cell
         if not (cell[0] < grid and cell[1] < grid):
             raise CLIError(
                 f"{where}cell {cell[0]},{cell[1]} is outside the {grid}x{grid} token grid"
             )
-    rows, cols = placement.visible_grid(factor)
-    if not placement.grid_covers_image(cell, factor) or cell[0] >= rows or cell[1] >= cols:
+    if not geometry.covers_image(cell):
         raise CLIError(
             f"{where}the rectangle from cell {cell[0]},{cell[1]} lies in the padding beside"
             f" {job.image}, not on the image"
@@ -136,6 +135,7 @@ def run_job(
 ):
     """Decode the job's image (only now: a batch holds one image at a time), sample, save."""
     from model import sampling
+    from model.geometry import Geometry
     from model.images import paste_back, to_model
 
     job = checked.job
@@ -148,9 +148,10 @@ def run_job(
             f"{job.where}{job.image} changed while the batch ran: it was "
             f"{checked.size[0]}x{checked.size[1]}, now {original.width}x{original.height}"
         )
-    tensor, placement = to_model(original, bundle.config.vae.image_size)
-    factor = bundle.config.vae.factor
-    visible = placement.visible_grid(factor)  # padding cells of the rectangle are not sampled
+    vae = bundle.config.vae
+    geometry = Geometry(original.width, original.height, vae.image_size, vae.factor)
+    tensor = to_model(original, geometry)
+    visible = geometry.visible_grid  # padding cells of the rectangle are not sampled
     done = run_with_progress(
         sampling.complete(
             bundle,
@@ -166,7 +167,7 @@ def run_job(
         quiet,
     )
     for image, path in zip(done.images, files, strict=True):
-        result = paste_back(original, image, placement, checked.cell, factor, feather)
+        result = paste_back(original, image, geometry, checked.cell, feather)
         save_result(result, path)
         print(shown(path))
     return done

@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PySide6.QtCore import QStandardPaths
 
+from model.config import SamplingOptions
 from model.files import MAX_PIXELS, ImageError, atomic_write, check_pixels, open_image
 from studio.document import MAX_CAPTION_HISTORY, Document, HistoryEntry
-from studio.engine import SamplingOptions
 
 log = logging.getLogger(__name__)
 

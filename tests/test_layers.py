@@ -14,10 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "pyproject.toml"
 CONTRACTS = {
     "model-without-qt": "model never imports Qt, qasync or the studio",
-    "studio-through-engine": (
-        "studio reaches model only through studio.engine, model.geometry and model.files"
-    ),
-    "document-without-torch": "studio.document imports neither torch nor the engine",
+    "studio-through-engine": "studio reaches model via engine, geometry, files, config only",
+    "document-without-torch": "studio.document and studio.project import neither torch nor the "
+    "engine",
 }
 # `lint-imports` itself, run by this interpreter (a console script may not be on PATH)
 LINT_IMPORTS = "from importlinter.cli import lint_imports_command; lint_imports_command()"

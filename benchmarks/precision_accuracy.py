@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.bench import random_transformer  # noqa: E402
 from model.config import SamplingOptions  # noqa: E402
-from model.sampling import Plan, prepared, run, sample_tokens  # noqa: E402
+from model.geometry import Plan  # noqa: E402
+from model.sampling import prepared, run, sample_tokens  # noqa: E402
 
 
 @torch.inference_mode()

@@ -16,7 +16,8 @@ import time
 import torch
 
 from model.config import SamplingOptions, TransformerConfig, conv_kernel_for
-from model.sampling import Done, Plan, prepared, sample_tokens
+from model.geometry import Plan
+from model.sampling import prepared, run, sample_tokens
 
 
 def random_transformer(dim, depth, heads, grid, text_len, vocab, device):
@@ -50,11 +51,7 @@ def time_sampling(
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        for message in sample_tokens(
-            transformer, text, image, plan, options, empty, use_cache=use_cache
-        ):
-            if isinstance(message, Done):
-                break
+        run(sample_tokens(transformer, text, image, plan, options, empty, use_cache=use_cache))
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - started

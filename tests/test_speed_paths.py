@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from model.config import SamplingOptions, TransformerConfig
-from model.sampling import Plan, prepared, run, sample_tokens
+from model.geometry import Plan
+from model.sampling import prepared, run, sample_tokens
 from model.transformer import (
     COLUMN,
     CONV,

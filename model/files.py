@@ -132,14 +132,15 @@ def _fsync_folder(folder: Path) -> None:
 # -- reading images ----------------------------------------------------------------------------
 
 
-def check_pixels(width: int, height: int, name: str) -> None:
-    """Raise ImageError when a ``width`` x ``height`` image is beyond the product's limit."""
+def check_pixels(width: int, height: int, name: str, limit: int = MAX_PIXELS) -> None:
+    """Raise ImageError when a ``width`` x ``height`` image is beyond ``limit`` pixels (the
+    product's own limit unless a caller such as ``dalle serve`` sets a lower one)."""
     if width <= 0 or height <= 0:
         raise ImageError(f"{name}: has no pixels ({width}x{height})")
-    if width * height > MAX_PIXELS:
+    if width * height > limit:
         raise ImageError(
             f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels; "
-            f"DALL·E Studio opens images up to {MAX_PIXELS / 1e6:.0f} megapixels"
+            f"DALL·E Studio opens images up to {limit / 1e6:.0f} megapixels"
         )
 
 
@@ -153,7 +154,9 @@ def _existing(source: str | os.PathLike, label: str) -> Path:
 
 
 @contextmanager
-def _checked(opened: Path | BinaryIO, label: str) -> Iterator[Image.Image]:
+def _checked(
+    opened: Path | BinaryIO, label: str, limit: int = MAX_PIXELS
+) -> Iterator[Image.Image]:
     """The image with only its header read, its format and size checked; any failure of the
     block (decoding included) becomes one ImageError naming ``label``."""
     try:
@@ -166,7 +169,7 @@ def _checked(opened: Path | BinaryIO, label: str) -> Iterator[Image.Image]:
                         f"{label}: a {image.format or 'unknown'} image; "
                         "DALL·E Studio reads PNG, JPEG, WebP and BMP"
                     )
-                check_pixels(image.width, image.height, label)
+                check_pixels(image.width, image.height, label, limit)
                 yield image
     except Image.DecompressionBombError as error:
         # Pillow's own guard fired before ours could (far beyond MAX_PIXELS); it names the count
@@ -174,7 +177,7 @@ def _checked(opened: Path | BinaryIO, label: str) -> Iterator[Image.Image]:
         size = f"{int(claimed[1]) / 1e6:.0f} megapixels" if claimed else "far more than that"
         raise ImageError(
             f"{label}: declares {size} (a decompression bomb?); "
-            f"DALL·E Studio opens images up to {MAX_PIXELS / 1e6:.0f} megapixels"
+            f"DALL·E Studio opens images up to {limit / 1e6:.0f} megapixels"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         if isinstance(error, ImageError):
@@ -183,11 +186,18 @@ def _checked(opened: Path | BinaryIO, label: str) -> Iterator[Image.Image]:
         raise ImageError(f"{label}: not a readable image ({detail})") from None
 
 
-def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Image.Image:
+def open_image(
+    source: str | os.PathLike | bytes,
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+    keep_alpha: bool = False,
+) -> Image.Image:
     """An image file (a path, or the bytes of one) as 8-bit RGB, checked before decoding.
 
     Raises ImageError naming ``name`` (default: the path) for a missing file, a folder, a
-    format the product does not read, more than ``MAX_PIXELS`` pixels, or a corrupt file.
+    format the product does not read, more than ``max_pixels`` pixels, or a corrupt file.
+    ``keep_alpha``: an image with transparency comes back RGBA, its alpha as the file has it
+    (an API's mask), instead of composited on white.
     """
     if isinstance(source, bytes):
         label = name or "image"
@@ -195,9 +205,16 @@ def open_image(source: str | os.PathLike | bytes, name: str | None = None) -> Im
     else:
         label = name or str(source)
         opened = _existing(source, label)
-    with _checked(opened, label) as image:
+    with _checked(opened, label, max_pixels) as image:
         image.load()
+        if keep_alpha and has_alpha(image):
+            return ImageOps.exif_transpose(image).convert("RGBA")
         return to_rgb(image)
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """True when ``image`` carries transparency (an alpha band or a transparent palette entry)."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
 # EXIF orientations that turn the image a quarter (to_rgb's exif_transpose swaps its sides)
@@ -232,7 +249,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
             top = 1.0 if image.mode == "F" and peak <= 1.0 else 255.0
         grey = np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8)
         image = Image.fromarray(grey, "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")

@@ -31,6 +31,7 @@ from pathlib import Path
 from model.cli.common import CLIError, shown
 from model.cli.measure import cmd_bench, cmd_eval
 from model.cli.sample import cmd_complete, cmd_generate
+from model.cli.serve import add_serve_args, cmd_serve
 from model.cli.training import cmd_bundle, cmd_data, cmd_train
 from model.config import SamplingOptions
 from model.files import write_text
@@ -218,6 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_precision_arg(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "serve",
+        help='serve OpenAI\'s images API on localhost (pip install -e ".[serve]")',
+        description="OpenAI's images API (generations, edits with a mask, models) for one model, "
+        "one job at a time from a bounded queue. Binds to loopback unless --api-key is given.",
+    )
+    add_serve_args(p)
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "int8"],
+        default="auto",
+        help="auto: bf16 on CUDA, int8 weights on x86 CPUs, else fp32",
+    )
+    p.add_argument("--bundle", default=None, help="model bundle (default: the embedded model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -99,6 +99,24 @@ def post(url: str, body: bytes, headers: dict[str, str], key: str | None = KEY):
         return error.code, error.headers, json.loads(error.read())
 
 
+def declared_too_large(url: str, length: int):
+    """A POST that declares ``length`` bytes and sends none: refused from the header alone."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    connection.putrequest("POST", parts.path)
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(length))
+    connection.putheader("Authorization", f"Bearer {KEY}")
+    connection.endheaders()
+    response = connection.getresponse()
+    answer = response.status, response.headers, json.loads(response.read())
+    connection.close()
+    return answer
+
+
 def post_json(url: str, body, key: str | None = KEY):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return post(url, data, {"Content-Type": "application/json"}, key)
@@ -290,12 +308,7 @@ def test_every_bad_request_is_an_openai_error_and_the_server_survives(server):
         (post_json(gen, {"prompt": "a", "model": "dall-e-3"}), 404, "model", "dall-e-3"),
         (post_json(gen, {"prompt": "a"}, key=None), 401, None, "API key"),
         (post_json(gen, {"prompt": "a"}, key="wrong"), 401, None, "Incorrect API key"),
-        (
-            post(gen, b"x" * (3 * 2**20), {"Content-Type": "application/json"}),
-            413,
-            None,
-            "limit of 2 MB",
-        ),
+        (declared_too_large(gen, 3 * 2**20), 413, None, "limit of 2 MB"),
         (post(edit, *multipart({"prompt": "a"}, {"image": big})), 413, "image", "megapixels"),
         (
             post(edit, *multipart({"prompt": "a"}, {"image": b"not a png"})),
@@ -380,15 +393,17 @@ def test_json_logs_follow_each_job(server):
     before = len(process.logs)
     assert post_json(f"{url}/images/generations", {"prompt": "a red heart", "seed": 1})[0] == 200
 
-    def events():
-        entries = [json.loads(line) for line in process.logs[before:]]  # every line is JSON
-        return [(e.get("job"), e.get("event")) for e in entries if e.get("event")]
+    def this_job() -> list[dict]:
+        """The log entries of the first job queued since ``before`` (an earlier test's job may
+        still be logging its last line); every line must be JSON."""
+        entries = [json.loads(line) for line in process.logs[before:]]
+        first = next((e["job"] for e in entries if e.get("event") == "queued"), None)
+        return [e for e in entries if first is not None and e.get("job") == first]
 
-    assert wait_until(lambda: len(events()) >= 3)
-    (job, queued), (job2, started), (job3, done) = events()[:3]
-    assert (queued, started, done) == ("queued", "started", "done") and job == job2 == job3
-    finished = next(json.loads(x) for x in process.logs[before:] if '"done"' in x)
-    assert finished["seconds"] > 0 and finished["tokens_per_s"] > 0
+    assert wait_until(lambda: len(this_job()) >= 3)
+    queued, started, done = this_job()
+    assert [queued["event"], started["event"], done["event"]] == ["queued", "started", "done"]
+    assert done["seconds"] > 0 and done["tokens_per_s"] > 0
 
 
 # -- the queue, disconnects, timeouts and shutdown (a stand-in model) ----------------------------
@@ -562,3 +577,87 @@ def test_a_port_in_use_is_one_line():
     assert done.returncode == 2
     assert done.stderr.strip().endswith("is in use")
     assert done.stderr.strip().count("\n") == 0
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height; its pixel data is never reached."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_hostile_bodies_are_refused_before_they_are_parsed():
+    service = WaitingService()
+    service.release.set()
+    with in_process(service, max_upload=2**20, max_pixels=1_000_000) as (base, _, _):
+        gen, edit = f"{base}/v1/images/generations", f"{base}/v1/images/edits"
+
+        def chunks():  # no Content-Length: counted as it arrives
+            for _ in range(18):  # 1.1 MB: just past the limit (a client still sending
+                yield b" " * 65536  # when the answer comes would see a broken pipe)
+
+        streamed = httpx.post(gen, content=chunks(), timeout=30)
+        assert streamed.status_code == 413
+        assert streamed.json()["error"]["code"] == "request_too_large"
+        bomb = httpx.post(
+            edit,
+            data={"prompt": "a"},
+            files={"image": ("bomb.png", bomb_png(40000, 40000), "image/png")},
+        )
+        assert bomb.status_code == 413 and "1600 megapixels" in bomb.json()["error"]["message"]
+        gif = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(gif, format="GIF")
+        refused = httpx.post(
+            edit, data={"prompt": "a"}, files={"image": ("a.gif", gif.getvalue(), "image/gif")}
+        )
+        assert refused.status_code == 400 and "GIF" in refused.json()["error"]["message"]
+        many = {f"f{i}": (f"{i}.png", b"x", "image/png") for i in range(6)}
+        too_many = httpx.post(edit, data={"prompt": "a"}, files=many)
+        assert too_many.status_code == 400 and "form" in too_many.json()["error"]["message"]
+        twice = httpx.post(
+            edit,
+            data={"prompt": ["a", "b"]},
+            files={"image": ("a.png", png(picture()), "image/png")},
+        )
+        assert twice.status_code == 400 and twice.json()["error"]["param"] == "prompt"
+        bad_utf8 = httpx.post(gen, content=b'{"prompt": "\xff"}', timeout=10)
+        assert (
+            bad_utf8.status_code == 400 and "not valid JSON" in bad_utf8.json()["error"]["message"]
+        )
+        seed = httpx.post(gen, json={"prompt": "a", "seed": 2**70}, timeout=10)
+        assert seed.status_code == 400 and seed.json()["error"]["param"] == "seed"
+        wrong_method = httpx.get(gen, timeout=10)
+        assert wrong_method.status_code == 405
+        assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+        # still serving
+        ok = httpx.post(gen, json={"prompt": "fine", "response_format": "b64_json"}, timeout=10)
+        assert ok.status_code == 200 and len(ok.json()["data"]) == 1
+
+
+def test_a_job_cancelled_while_queued_never_runs():
+    service = WaitingService()
+    with in_process(service) as (base, _, _):
+        running = threading.Thread(
+            target=lambda: httpx.post(
+                f"{base}/v1/images/generations", json={"prompt": "first"}, timeout=30
+            )
+        )
+        running.start()
+        assert service.started.acquire(timeout=5)
+        with pytest.raises(httpx.ReadTimeout):  # queued behind "first", then gone
+            httpx.post(f"{base}/v1/images/generations", json={"prompt": "queued"}, timeout=0.5)
+        # out of the queue at once, its slot free, while "first" still runs
+        assert wait_until(lambda: health(base)["cancelled"] == 1 and health(base)["queued"] == 0)
+        assert health(base)["running"]
+        service.release.set()
+        running.join(10)
+        assert wait_until(lambda: health(base)["done"] == 1)
+        assert not service.started.acquire(timeout=0.5)  # "queued" never started
+        assert service.cancelled == []

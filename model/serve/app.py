@@ -155,12 +155,18 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
                 503, "the server is shutting down", None, "shutting_down", kind="server_error"
             ) from None
         waiting = asyncio.wrap_future(job.future)
+
+        def give_up(reason: str) -> None:
+            job.cancel_because(reason)
+            worker.withdraw(job)  # a waiting job leaves the queue now; a running one stops soon
+            waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
+
         deadline = job.queued_at + settings.timeout
         try:
             while not waiting.done():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    job.cancel_because(f"timed out after {settings.timeout:g} s")
+                    give_up(f"timed out after {settings.timeout:g} s")
                     raise APIError(
                         504,
                         f"the request took longer than this server's timeout of "
@@ -171,11 +177,11 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
                     )
                 await asyncio.wait({waiting}, timeout=min(0.25, left))
                 if not waiting.done() and await request.is_disconnected():
-                    job.cancel_because("the client disconnected")
+                    give_up("the client disconnected")
                     return Response(status_code=499)  # nobody is listening
             result = waiting.result()
         except asyncio.CancelledError:  # the server is shutting down past its grace period
-            job.cancel_because("the server is shutting down")
+            give_up("the server is shutting down")
             raise
         except JobCancelled:
             raise APIError(

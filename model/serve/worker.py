@@ -111,6 +111,20 @@ class Worker:
         )
         return job
 
+    def withdraw(self, job: Job) -> bool:
+        """Take a cancelled ``job`` out of the queue at once (its slot is free for the next
+        request); False when it is not waiting (running, or already done)."""
+        with self._lock:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return False
+            self.stats.queued = len(self._waiting)
+        if job.future.set_running_or_notify_cancel():
+            job.future.set_exception(JobCancelled(job.reason))
+        self._count("cancelled", job, job.reason or "cancelled while queued")
+        return True
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {

@@ -203,10 +203,7 @@ def config_from_vqgan_jax(
             f"VQGAN config out_ch {values['out_ch']!r} must equal in_channels "
             f"{values['in_channels']!r}"
         )
-    fields = {name: values[name] for name in names}
-    for name in ("ch_mult", "attn_resolutions"):
-        if isinstance(fields[name], (list, tuple)):
-            fields[name] = tuple(fields[name])
+    fields = {name: values[name] for name in names}  # lists become tuples in __post_init__
     if isinstance(fields["attn_resolutions"], int):  # vqgan-jax's type hint allows one int
         fields["attn_resolutions"] = (fields["attn_resolutions"],)
     return VQGANConfig(**fields, value_range=value_range, norm_eps=norm_eps)

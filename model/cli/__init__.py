@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from model.cli.common import CLIError, shown
+from model.cli.importing import add_import_args, cmd_import
 from model.cli.measure import cmd_bench, cmd_eval
 from model.cli.sample import cmd_complete, cmd_generate
 from model.cli.serve import add_serve_args, cmd_serve
@@ -219,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_precision_arg(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "import",
+        help="convert downloaded weights (OpenAI's dVAE, ...) into files the product reads",
+    )
+    families = p.add_subparsers(dest="family", required=True, parser_class=Parser)
+    add_import_args(families)
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(
         "serve",

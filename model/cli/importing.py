@@ -1,0 +1,55 @@
+"""``dalle import``: files a user downloaded, converted once into files the product reads.
+
+The product never reads a pickle at run time: each importer reads its sources here (an
+allow-list unpickler, ``weights_only`` or msgpack), checks every name and shape, and writes one
+safetensors file through the atomic writer; nothing is written when anything fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from model.cli.common import CLIError, check_can_create, shown
+
+
+def add_import_args(sub) -> None:
+    p = sub.add_parser(
+        "openai-dvae",
+        help="OpenAI's released dVAE (encoder.pkl, decoder.pkl) -> a dVAE file for train --vae",
+    )
+    p.add_argument("--encoder", required=True, help="encoder.pkl as downloaded")
+    p.add_argument("--decoder", required=True, help="decoder.pkl as downloaded")
+    p.add_argument("--out", required=True, help="the dVAE file to write (.safetensors)")
+    p.add_argument("--image-size", type=int, default=256, help="the released model's is 256")
+
+
+def progress(message: str) -> None:
+    print(f"dalle import: {message}", file=sys.stderr, flush=True)
+
+
+def output_file(text: str) -> Path:
+    out = Path(text)
+    if not out.name.endswith(".safetensors"):
+        raise CLIError(f"--out {shown(out)}: name a .safetensors file")
+    if out.is_dir():
+        raise CLIError(f"--out {shown(out)} is a folder; name a .safetensors file")
+    check_can_create(out.parent if str(out.parent) else Path("."))
+    return out
+
+
+def cmd_import(args) -> int:
+    if args.family == "openai-dvae":
+        from model.importers.openai_dvae import import_openai_dvae
+
+        out = output_file(args.out)
+        if not 8 <= args.image_size <= 4096:
+            raise CLIError(f"--image-size must be from 8 to 4096, got {args.image_size}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import_openai_dvae(args.encoder, args.decoder, out, args.image_size, progress)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+        print(shown(out))
+        return 0
+    raise CLIError(f"unknown model family {args.family}")

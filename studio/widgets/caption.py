@@ -76,6 +76,13 @@ class CaptionEdit(QPlainTextEdit):
         self.setPlainText(" ".join(text.splitlines()))
         self.moveCursor(QTextCursor.MoveOperation.End)
 
+    def select_span(self, start: int, end: int) -> None:
+        """Select characters ``start`` to ``end``: typing replaces them (a template's blank)."""
+        cursor = self.textCursor()
+        cursor.setPosition(start)
+        cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
+        self.setTextCursor(cursor)
+
     def set_history(self, history: list[str]) -> None:
         self.history = list(history)
         self._position = len(self.history)

@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from model.files import ImageError
-from studio import project
+from studio import project, template
 from studio.document import Document
 from studio.engine import IMAGE_SUFFIXES, load_image, one_line
 from studio.session import Session
@@ -189,6 +189,10 @@ class MainWindow(QMainWindow):
         files = bar.addMenu("&File")
         self._action(files, "&Open image…", self.open_image_dialog, QKeySequence.StandardKey.Open)
         self._action(files, "Open &project…", self.open_project_dialog, "Ctrl+Shift+O")
+        templates = files.addMenu("&New from template")
+        self.image_to_image_action = self._action(
+            templates, "&Image-to-image (top → bottom)…", self.image_to_image_dialog, "Ctrl+Shift+N"
+        )
         self.recent_menu = files.addMenu("Open &recent")
         self._action(files, "&Save project", self.save_project, QKeySequence.StandardKey.Save)
         self._action(files, "Save project &as…", self.save_project_as, "Ctrl+Shift+S")
@@ -374,6 +378,40 @@ class MainWindow(QMainWindow):
         )
         if path:
             self.open_path(path)
+
+    def image_to_image_dialog(self) -> None:
+        # the folder of the last picture used so (pictures are not recent files: opening one
+        # from that menu would not remake the template), else the recent files' folder
+        folder = str(self.settings.value("template_folder", "") or self._last_folder())
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Image-to-image: picture for the top half", folder, IMAGE_FILTER
+        )
+        if path and self.open_image_to_image(path):
+            self.settings.setValue("template_folder", str(Path(path).parent))
+
+    def open_image_to_image(self, path: str | Path) -> bool:
+        """A new untitled canvas (``studio.template``): the picture at ``path`` in the top half,
+        the rectangle on the bottom half and the caption's pattern with its subject selected.
+        The picture is read and checked as an opened image is; on any error one dialog, and the
+        document is untouched. Like opening, it replaces the document (asking first over
+        modified work) and is not an undo step of the document it replaces."""
+        engine = self.session.engine  # the loaded model's grid (the paper's until one loads)
+        try:
+            picture = load_image(path)
+            made = template.image_to_image(picture, engine.geometry_size, engine.geometry_factor)
+        except (ValueError, OSError) as error:
+            self.show_error(one_line(error))
+            return False
+        if not self.replace_document(made):
+            return False
+        self.session.set_caption(template.CAPTION)
+        self.caption.caption.select_span(*template.subject_span())
+        self.caption.caption.setFocus(Qt.FocusReason.OtherFocusReason)
+        self.progress_label.setText(
+            "type what the picture shows over the selected word, then Generate: "
+            "the bottom half is completed from the top"
+        )
+        return True
 
     def open_project_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -127,8 +127,10 @@ class Geometry:
         elif not (0 <= x < self.width and 0 <= y < self.height):
             raise ValueError(f"pixel ({x}, {y}) is outside the {self.width}x{self.height} image")
         last = self.grid - 1
-        return min(last, int(y * self.scale // self.factor)), min(
-            last, int(x * self.scale // self.factor)
+        # the same tolerance as pixel_of: the pixel where a cell starts is in that cell
+        # (x * scale / factor may land a hair below the cell's integer edge)
+        return min(last, math.floor(y * self.scale / self.factor + 1e-6)), min(
+            last, math.floor(x * self.scale / self.factor + 1e-6)
         )
 
     def pixel_of(self, cell: Cell) -> tuple[int, int]:

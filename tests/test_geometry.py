@@ -95,3 +95,23 @@ def test_paste_back_keeps_every_pixel_outside_the_rectangle_at_any_decoded_size(
         kept[y0:, x0:] = False
         assert np.array_equal(result[kept], np.asarray(original)[kept])
         assert (result[y0:, x0:] == 255).all()
+
+
+def test_the_pixel_where_a_cell_starts_is_in_that_cell_at_every_size():
+    """``cell_at(pixel_of(cell)) == cell`` wherever a pixel holds at most one cell: with
+    ``x * scale / factor`` landing a hair below the cell's edge (98 px on 64 px / 4 px cells put
+    cell row 8 at pixel 49, and 49 * 64 / 98 / 4 = 7.99999...), a rectangle re-placed from its
+    pixel would move up a row."""
+    assert Geometry(98, 98, 64, 4).cell_at(0, 49) == (8, 0)
+    wrong = []
+    for width in range(64, 400, 3):
+        for height in (width, width // 2 + 1, 2 * width):
+            for size, factor in ((64, 4), (256, 16), (256, 8), (32, 4)):
+                geometry = Geometry(width, height, size, factor)
+                if geometry.scale > 1:
+                    continue
+                rows, cols = geometry.visible_grid
+                for cell in ((r, c) for r in range(rows) for c in range(cols)):
+                    if geometry.cell_at(*geometry.pixel_of(cell)) != cell:
+                        wrong.append((width, height, size, factor, cell))
+    assert wrong == []

@@ -15,8 +15,7 @@ CONFIG = ROOT / "pyproject.toml"
 CONTRACTS = {
     "model-without-qt": "model never imports Qt, qasync or the studio",
     "studio-through-engine": "studio reaches model via engine, geometry, files, config only",
-    "document-without-torch": "studio.document and studio.project import neither torch nor the "
-    "engine",
+    "document-without-torch": "studio document, project, template: no torch, no engine",
 }
 # `lint-imports` itself, run by this interpreter (a console script may not be on PATH)
 LINT_IMPORTS = "from importlinter.cli import lint_imports_command; lint_imports_command()"

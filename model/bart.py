@@ -24,108 +24,19 @@ its shapes are the same at every position.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import MAX_DEPTH, MAX_DIM, MAX_GRID, MAX_TEXT_LEN, MAX_VOCAB
+from model.config import BartConfig
 from model.transformer import Logits
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BartConfig:
-    """Sizes of a DalleBart; the defaults are DALL·E Mega's (min-dalle's ``MinDalle``)."""
-
-    text_vocab: int = 50272  # encoder embedding rows (Mini: 50264)
-    image_vocab: int = 16384  # VQGAN f16 codes: sampled tokens, and logits cut to these columns
-    # decoder embedding and lm_head rows: min-dalle's image_vocab_count + 1 (the Flax checkpoints'
-    # image_vocab_size, plus one row reserved for a start token); Mini: 16385
-    image_rows: int = 16416
-    embed_dim: int = 2048
-    heads: int = 32  # head dim 64 in both Mega and Mini
-    glu_dim: int = 4096  # GLU hidden width (Mini: 2730)
-    encoder_layers: int = 24
-    decoder_layers: int = 24
-    text_len: int = 64  # min-dalle pads every caption to 64 tokens
-    grid: int = 16  # 16x16 tokens of the f16 VQGAN at 256 px: 256 decoder positions
-    # min-dalle starts every image with 2**14 - 1 (a real code's row); dalle-mini's own config
-    # names image_vocab_size (16384 Mini, 16415 Mega) as decoder_start_token_id instead
-    start_token: int = 2**14 - 1
-    pad_id: int = 1  # BART's <pad>: masked out of every attention over the caption
-
-    def __post_init__(self):
-        bounds = {
-            "text_vocab": MAX_VOCAB,
-            "image_vocab": MAX_VOCAB,
-            "image_rows": MAX_VOCAB,
-            "embed_dim": MAX_DIM,
-            "heads": MAX_DIM,
-            "glu_dim": 4 * MAX_DIM,
-            "encoder_layers": MAX_DEPTH,
-            "decoder_layers": MAX_DEPTH,
-            "text_len": MAX_TEXT_LEN,
-            "grid": MAX_GRID,
-        }
-        for name, most in bounds.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-                raise ValueError(
-                    f"bart config {name} must be an integer in [1, {most}], got {value!r}"
-                )
-        if self.embed_dim % self.heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by heads {self.heads}")
-        if self.image_vocab > self.image_rows:
-            raise ValueError(
-                f"image_vocab {self.image_vocab} exceeds the decoder's {self.image_rows} rows"
-            )
-        for name, rows in (("start_token", self.image_rows), ("pad_id", self.text_vocab)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < rows:
-                raise ValueError(f"bart config {name} must be an id in [0, {rows}), got {value!r}")
-
-    @property
-    def image_len(self) -> int:
-        return self.grid * self.grid
-
-    @property
-    def seq_len(self) -> int:
-        return self.text_len + self.image_len
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.heads
-
-    # ``model.sampling.memory_needed`` sizes a cache as depth * 2 * rows * seq_len * dim values:
-    # exactly ``BartCache`` (self-attention over image_len slots, cross keys over text_len)
-    @property
-    def dim(self) -> int:
-        return self.embed_dim
-
-    @property
-    def depth(self) -> int:
-        return self.decoder_layers
-
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Any) -> BartConfig:
-        """A config read from a file: unknown keys refused, every value checked (ValueError)."""
-        if not isinstance(values, dict):
-            raise ValueError(f"a bart config must be a JSON object, got {type(values).__name__}")
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown bart config field(s): {', '.join(map(str, unknown))}")
-        return cls(**values)
 
 
 MEGA = BartConfig()
@@ -358,10 +269,16 @@ class BartDalle(nn.Module):
     ``forward`` returns ``Logits(text=None, image=...)``: an encoder-decoder has no text head.
     """
 
+    # 2.6B parameters (Mega) cannot be held twice: model.sampling.prepared converts this model
+    # to bf16 or int8 in place (model.transformer.convert_in_place) instead of copying it
+    converts_in_place = True
+
     def __init__(self, config: BartConfig):
         super().__init__()
         self.config = config
-        self.precision = "fp32"  # model.transformer.for_inference makes bf16 and int8 copies
+        # fp32, bf16, fp16 or int8: model.bundle.load sets the stored dtype's, and
+        # model.sampling.prepared converts the model itself (see converts_in_place)
+        self.precision = "fp32"
         self.start_of_image = config.start_token
         self.encoder = BartEncoder(config)
         self.decoder = BartDecoder(config)

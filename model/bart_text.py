@@ -111,8 +111,12 @@ class BartTokenizer:
         self._vocab = dict(vocab)
         self._merges = merges
         self._text_len = text_len
-        self._bos, self._eos = vocab[BOS], vocab[EOS]
+        self._bos, self._eos, self._unk = vocab[BOS], vocab[EOS], vocab[UNK]
         self._specials = {self._bos, self._eos, PAD_ID}
+        # the encoder's embedding rows, when it has fewer than the vocabulary has ids (DALL·E
+        # Mini: 50264 rows, 50265 ids, "<mask>" last): an id at or past them reads as <unk>
+        # (min-dalle would index past its embedding). BPE never produces "<mask>" from its merges.
+        self.rows: int | None = None
 
     # -- construction and serialisation -------------------------------------------------------
 
@@ -183,7 +187,10 @@ class BartTokenizer:
         """``<s>``, the caption's BPE ids, ``</s>``: not cut to ``text_len``."""
         if not isinstance(caption, str):
             raise TypeError(f"a caption must be a string, got {type(caption).__name__}")
-        return [self._bos, *self._tokenizer.encode(_name_emoji(caption)).ids, self._eos]
+        ids = [self._bos, *self._tokenizer.encode(_name_emoji(caption)).ids, self._eos]
+        if self.rows is not None:
+            ids = [i if i < self.rows else self._unk for i in ids]
+        return ids
 
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
         """(B, text_len) long ids; a caption longer than ``text_len`` keeps its first ones."""

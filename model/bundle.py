@@ -4,13 +4,21 @@ One safetensors file holds every weight and everything needed to rebuild the mod
 as nanoGPT's checkpoints carry their ``model_args``:
 
     tensors    vae.*, transformer.*, reranker.* (optional): each model's state_dict; vae.* is
-               the image tokenizer, a dVAE or a VQ-VAE
+               the image tokenizer
     metadata   format     "dalle-studio/1"
-               config     BundleConfig as JSON; config.text.text_len is the tokenizer's text_len;
-                          config.vae.kind is "vq" for a VQ tokenizer, absent for a dVAE (as in
-                          every bundle written before VQ tokenizers)
-               tokenizer  the ``tokenizers`` JSON of the caption BPE
-               card       JSON: training data, steps, metrics, example captions
+               config     BundleConfig as JSON; config.text.text_len is the tokenizer's text_len.
+                          Each section's "kind" says what it builds; absent, it is the product's
+                          own (as in every bundle written before kinds existed):
+                            vae.kind          "dvae" (absent), "vq" (model/vq.py) or "vqgan"
+                                              (model/vqgan.py: DALL·E Mega's f16 VQGAN)
+                            text.kind         "bpe" (absent: model/text.py) or "bart"
+                                              (model/bart_text.py: BART's BPE, pad id 1)
+                            transformer.kind  "dalle" (absent: model/transformer.py) or "bart"
+                                              (model/bart.py: DALL·E Mega / Mini)
+               tokenizer  the caption tokenizer as JSON: ``tokenizers``' for "bpe",
+                          ``BartTokenizer.to_json`` (vocab, merges, text_len) for "bart"
+               card       JSON: training data, steps, metrics, example captions; an imported
+                          model's sources, licence and input hashes
 
 No pickle anywhere. ``load`` refuses a bundle that is truncated, is not safetensors, has an
 unknown format, missing metadata, an invalid config, missing or extra tensors, wrong shapes or
@@ -21,7 +29,15 @@ A bundle is untrusted input, so nothing is allocated on its word: the header is 
 tensor count and nesting; every config field is typed and bounded (``model.config.FIELD_RANGES``);
 the models are first built on the meta device, where the stored shapes are compared with theirs
 without a byte of weights; and the attention tables a config asks for must be justified by the
-file's size. Only then are the weights read (as much memory as the file holds) and the models built.
+file's size. Then the memory the load needs is estimated from the header (the stored tensors, the
+models built around them, working space) and a load that cannot fit is refused in one line rather
+than swapping the machine. Only then are the weights read (as much memory as the file holds).
+
+Imported models are large (DALL·E Mega: 2.6B parameters, 5.2 GB in bf16), so the "bart" and
+"vqgan" kinds are built on the meta device and take the file's tensors themselves
+(``load_state_dict(assign=True)``), in the dtype they were stored in (fp32, bf16 or fp16, one per
+model): their weights are in memory once. The product's own models are small and built as before
+(our transformer's attention tables are not in the file) and their weights copied in.
 """
 
 from __future__ import annotations
@@ -43,7 +59,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.config import BundleConfig, DVAEConfig, VQConfig, vae_kind
+from model.bart_text import BartTokenizer
+from model.config import (
+    DEFAULT_TEXT_KIND,
+    DEFAULT_TRANSFORMER_KIND,
+    BartConfig,
+    BundleConfig,
+    DVAEConfig,
+    TransformerConfig,
+    VQConfig,
+    VQGANConfig,
+    vae_kind,
+)
+from model.device import available_memory
 from model.files import atomic_path
 from model.text import CaptionTokenizer
 
@@ -69,6 +97,8 @@ DTYPE_BYTES = {
     "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
 FLOAT_DTYPES = {"F8_E5M2", "F8_E4M3", "F16", "BF16", "F32", "F64"}
+# dtypes a model loaded by assignment keeps (its weights are the file's tensors, not copies)
+ASSIGNED_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 NAMES_SHOWN = 5  # how many offending tensor names an error lists
 
 
@@ -86,9 +116,9 @@ class Bundle:
     """A loaded model: its config, the three models, the tokenizer and the model card."""
 
     config: BundleConfig
-    vae: nn.Module  # model.dvae.DVAE or model.vq.VQVAE, as config.vae's kind says
-    transformer: nn.Module  # model.transformer.Transformer
-    tokenizer: CaptionTokenizer
+    vae: nn.Module  # model.dvae.DVAE, model.vq.VQVAE or model.vqgan.VQGAN: config.vae_kind
+    transformer: nn.Module  # model.transformer.Transformer or model.bart.BartDalle
+    tokenizer: CaptionTokenizer | BartTokenizer  # as config.text_kind says
     reranker: nn.Module | None = None  # model.rerank.Reranker
     card: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # where it was loaded from; None for a bundle built in memory
@@ -126,7 +156,9 @@ def default_bundle_path() -> Path:
 # -- consistency between the parts ---------------------------------------------------------------
 
 
-def config_problems(config: BundleConfig, tokenizer: CaptionTokenizer | None = None) -> list[str]:
+def config_problems(
+    config: BundleConfig, tokenizer: CaptionTokenizer | BartTokenizer | None = None
+) -> list[str]:
     """Ways in which the config's parts (and the tokenizer) disagree; empty when they agree."""
     problems = []
     text, tf, vae = config.text, config.transformer, config.vae
@@ -138,8 +170,37 @@ def config_problems(config: BundleConfig, tokenizer: CaptionTokenizer | None = N
         )
     if vae.grid != tf.grid:
         problems.append(f"the vae's grid {vae.grid} != transformer.grid {tf.grid}")
+    bart_text = config.text_kind == "bart"
+    if (config.transformer_kind == "bart") != bart_text:
+        problems.append(
+            f"a transformer of kind {config.transformer_kind!r} cannot read captions of "
+            f"text.kind {config.text_kind!r}"
+        )
+    if config.reranker is not None and config.text_kind != DEFAULT_TEXT_KIND:
+        # the reranker scores our BPE's ids; never feed it another tokenizer's
+        problems.append(
+            f"a reranker reads {DEFAULT_TEXT_KIND!r} caption ids, not {config.text_kind!r} ones"
+        )
+    if bart_text and text.vocab_size > tf.text_vocab + 1:
+        # DALL·E Mini's vocab_mini.json has one id (50264, "<mask>") past its encoder's 50264
+        # rows; BPE never produces it, and BartTokenizer reads any such id as <unk>
+        problems.append(
+            f"text.vocab_size {text.vocab_size} is more than one past the encoder's "
+            f"{tf.text_vocab} rows"
+        )
     if tokenizer is not None:
-        if tokenizer.vocab_size != tf.text_vocab:
+        expected = BartTokenizer if bart_text else CaptionTokenizer
+        if not isinstance(tokenizer, expected):
+            problems.append(
+                f"text.kind {config.text_kind!r} needs a {expected.__name__}, "
+                f"not a {type(tokenizer).__name__}"
+            )
+        elif bart_text and tokenizer.vocab_size != text.vocab_size:
+            problems.append(
+                f"the tokenizer has {tokenizer.vocab_size} ids but text.vocab_size is "
+                f"{text.vocab_size}"
+            )
+        elif not bart_text and tokenizer.vocab_size != tf.text_vocab:
             problems.append(
                 f"the tokenizer has {tokenizer.vocab_size} BPE ids but "
                 f"transformer.text_vocab is {tf.text_vocab}"
@@ -185,6 +246,12 @@ def save(bundle: Bundle, path: str | os.PathLike) -> Path:
         raise BundleError(path, "cannot save: the bundle has a reranker but its config has none")
     problems = config_problems(bundle.config, bundle.tokenizer)
     for prefix, module in bundle.modules().items():
+        converted = getattr(module, "precision", "fp32") == "int8"
+        if converted or any(type(m).__name__ == "Int8Linear" for m in module.modules()):
+            # model.transformer.for_inference's int8 weights are not the model's parameters
+            problems.append(
+                f"the {prefix} was converted to int8 for sampling; load the bundle again to save it"
+            )
         # a model built from another config would be refused on load with shape errors
         built_with = getattr(module, "config", None)
         if built_with is not None and built_with != getattr(bundle.config, prefix):
@@ -202,6 +269,15 @@ def save(bundle: Bundle, path: str | os.PathLike) -> Path:
         "card": card,
     }
     tensors = _tensors_for_saving(bundle)
+    for prefix in _assigned_prefixes(bundle.config):
+        dtypes = {t.dtype for k, t in tensors.items() if k.startswith(prefix + ".")}
+        if len(dtypes) > 1 or not dtypes <= set(ASSIGNED_DTYPES.values()):
+            names = ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+            raise BundleError(
+                path,
+                f"cannot save: the {prefix}'s weights are {names}; store it in one of "
+                "float32, bfloat16 or float16",
+            )
 
     if not path.parent.is_dir():
         raise BundleError(path, f"cannot save: folder {path.parent} does not exist")
@@ -399,32 +475,69 @@ def build_models(
     ``device="meta"`` builds them without allocating their weights: their shapes, for checking a
     file's tensors before anything of its size is allocated.
     """
+    prefixes = ["vae", "transformer"] + (["reranker"] if config.reranker is not None else [])
+    return {prefix: build_model(config, prefix, device) for prefix in prefixes}
+
+
+def build_model(
+    config: BundleConfig, prefix: str, device: str | torch.device | None = None
+) -> nn.Module:
+    """The model a bundle holds under ``prefix`` ("vae", "transformer", "reranker"), fresh."""
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if prefix == "vae":
+            return build_vae(config.vae)
+        if prefix == "transformer":
+            return build_transformer(config.transformer)
+        if config.reranker is None:
+            raise ValueError("the config has no reranker")
+        try:
+            from model.rerank import Reranker
+        except ModuleNotFoundError as error:
+            if error.name != "model.rerank":
+                raise
+            raise ValueError("this installation has no reranker (model.rerank)") from error
+        return Reranker(config.reranker)
+
+
+def build_transformer(config: TransformerConfig | BartConfig) -> nn.Module:
+    """Our ``Transformer``, or DALL·E Mega / Mini's ``BartDalle`` for a ``BartConfig``. Both
+    offer the sampler's stream interface (``model.sampling.sample_tokens``)."""
+    if isinstance(config, BartConfig):
+        from model.bart import BartDalle
+
+        return BartDalle(config)
     from model.transformer import Transformer
 
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        models = {"vae": build_vae(config.vae), "transformer": Transformer(config.transformer)}
-        if config.reranker is not None:
-            try:
-                from model.rerank import Reranker
-            except ModuleNotFoundError as error:
-                if error.name != "model.rerank":
-                    raise
-                raise ValueError("this installation has no reranker (model.rerank)") from error
-            models["reranker"] = Reranker(config.reranker)
-    return models
+    return Transformer(config)
 
 
-def build_vae(config: DVAEConfig | VQConfig) -> nn.Module:
-    """A fresh image tokenizer of ``config``'s kind: a ``DVAE`` or a ``VQVAE``. Both offer
-    ``encode(images) -> codes``, ``decode(codes) -> images``, ``grid``, ``vocab_size``,
+def build_vae(config: DVAEConfig | VQConfig | VQGANConfig) -> nn.Module:
+    """A fresh image tokenizer of ``config``'s kind: a ``DVAE``, a ``VQVAE`` or a ``VQGAN``. All
+    offer ``encode(images) -> codes``, ``decode(codes) -> images``, ``grid``, ``vocab_size``,
     ``image_size`` and ``factor``, which is all that sampling, the studio and evaluation use."""
-    if vae_kind(config) == "vq":
+    kind = vae_kind(config)
+    if kind == "vqgan":
+        from model.vqgan import VQGAN
+
+        return VQGAN(config)
+    if kind == "vq":
         from model.vq import VQVAE
 
         return VQVAE(config)
     from model.dvae import DVAE
 
     return DVAE(config)
+
+
+def _assigned_prefixes(config: BundleConfig) -> set[str]:
+    """The models loaded by assignment (built on the meta device, taking the file's tensors and
+    their dtype): the imported kinds, whose size makes a second copy unaffordable."""
+    assigned = set()
+    if config.transformer_kind != DEFAULT_TRANSFORMER_KIND:
+        assigned.add("transformer")
+    if config.vae_kind == "vqgan":
+        assigned.add("vae")
+    return assigned
 
 
 def _check_table_budget(path: Path, config: BundleConfig) -> None:
@@ -490,20 +603,103 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _check_assigned_dtypes(path: Path, header: Header, assigned: set[str]) -> None:
+    """A model loaded by assignment keeps its stored dtype: one of fp32, bf16, fp16, the same
+    for all its weights (a model of mixed dtypes would fail in its first matmul)."""
+    for prefix in sorted(assigned):
+        dtypes = {
+            entry.dtype
+            for name, entry in header.tensors.items()
+            if name.startswith(prefix + ".") and entry.dtype in FLOAT_DTYPES
+        }
+        if not dtypes <= ASSIGNED_DTYPES.keys():
+            odd = ", ".join(sorted(dtypes - ASSIGNED_DTYPES.keys()))
+            raise BundleError(path, f"the {prefix}'s weights are {odd}; expected F32, BF16 or F16")
+        if len(dtypes) > 1:
+            raise BundleError(
+                path,
+                f"the {prefix}'s weights mix {', '.join(sorted(dtypes))}; a model is stored in "
+                "one dtype",
+            )
+
+
+def _size(count: float) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+
+
+def memory_to_load(header: Header, config: BundleConfig, shapes: Mapping[str, nn.Module]) -> int:
+    """Bytes of CPU memory ``load`` needs, from the header and the meta-built models alone.
+
+    The stored tensors are read once (a model loaded by assignment keeps them as its weights);
+    a model built for real (ours) adds its own fp32 weights, and our transformer its attention
+    tables; the non-finite check briefly needs one byte per value of the largest tensor. The
+    file's pages in the OS cache are not counted: they can be dropped.
+    """
+    stored = sum(entry.end - entry.begin for entry in header.tensors.values())
+    largest = max((entry.end - entry.begin for entry in header.tensors.values()), default=0)
+    assigned = _assigned_prefixes(config)
+    built = sum(
+        4 * tensor.numel()
+        for prefix, module in shapes.items()
+        if prefix not in assigned
+        for tensor in module.state_dict().values()
+    )
+    tables = 0
+    if config.transformer_kind == DEFAULT_TRANSFORMER_KIND:
+        from model.transformer import attention_table_bytes
+
+        tables = attention_table_bytes(config.transformer)
+    return stored + built + tables + largest
+
+
+def _check_memory(path: Path, needed: int, weights: int, device: torch.device) -> None:
+    """Refuse a load that cannot fit, before it starts, rather than swap the machine to death."""
+    free = available_memory(torch.device("cpu"))
+    if free is not None and needed > free:
+        raise BundleError(
+            path,
+            f"needs about {_size(needed)} of memory to load, {_size(free)} available: close "
+            "other programs or use a smaller model",
+        )
+    if device.type != "cpu":
+        free = available_memory(device)
+        if free is not None and weights > free:
+            raise BundleError(
+                path,
+                f"needs about {_size(weights)} of {device} memory for its weights, "
+                f"{_size(free)} free: close other programs or use a smaller model",
+            )
+
+
+def _parse_tokenizer(
+    path: Path, config: BundleConfig, metadata: Mapping[str, str]
+) -> CaptionTokenizer | BartTokenizer:
+    text = metadata["tokenizer"]
+    try:
+        if config.text_kind == "bart":
+            tokenizer = BartTokenizer.from_json(text)
+            # an id past the encoder's rows (DALL·E Mini's "<mask>") reads as <unk>
+            tokenizer.rows = config.transformer.text_vocab
+            return tokenizer
+        return CaptionTokenizer.from_json(text, config.text.text_len)
+    except (ValueError, TypeError) as error:
+        raise BundleError(path, f"invalid tokenizer metadata: {error}") from None
+
+
 def load(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Bundle:
     """Read, check and rebuild a bundle (the embedded default when ``path`` is None).
 
-    Models come back in eval mode on ``device``.
+    Models come back in eval mode on ``device``. An imported model (``_assigned_prefixes``) keeps
+    the dtype it was stored in and its ``precision`` says which; ``model.sampling.prepared``
+    converts it in place rather than copying it.
     """
     path = _existing_file(path)
+    device = torch.device(device)
     header = read_header(path)
     _check_format(path, header.metadata)
     config = _parse_config(path, header.metadata)
     card = _parse_card(path, header.metadata)
-    try:
-        tokenizer = CaptionTokenizer.from_json(header.metadata["tokenizer"], config.text.text_len)
-    except ValueError as error:
-        raise BundleError(path, f"invalid tokenizer metadata: {error}") from None
+    tokenizer = _parse_tokenizer(path, config, header.metadata)
     problems = config_problems(config, tokenizer)
     if problems:
         raise BundleError(path, "inconsistent config: " + "; ".join(problems))
@@ -512,16 +708,31 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
     except (ValueError, TypeError) as error:  # e.g. an even conv_kernel, image_size vs groups
         raise BundleError(path, f"cannot build its models: {error}") from None
     _check_tensors(path, header, shapes)
-    _check_table_budget(path, config)
+    assigned = _assigned_prefixes(config)
+    _check_assigned_dtypes(path, header, assigned)
+    if config.transformer_kind == DEFAULT_TRANSFORMER_KIND:  # only ours has attention tables
+        _check_table_budget(path, config)
+    weights = sum(entry.end - entry.begin for entry in header.tensors.values())
+    _check_memory(path, memory_to_load(header, config, shapes), weights, device)
 
     tensors = read_tensors(path)
-    models = build_models(config)  # every shape checked: as big as the file's own tensors
-
-    for prefix, module in models.items():
+    models = {}
+    for prefix, shaped in shapes.items():
         start = len(prefix) + 1
-        state = {k[start:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        module.load_state_dict(state, strict=True)
-        module.eval()
+        names = [k for k in tensors if k.startswith(prefix + ".")]
+        state = {k[start:]: tensors.pop(k) for k in names}  # each tensor held once, by its model
+        if prefix in assigned:
+            module = shaped  # built on the meta device: it takes the tensors themselves
+            module.load_state_dict(state, strict=True, assign=True)
+        else:
+            module = build_model(config, prefix)  # every shape checked: as big as its tensors
+            module.load_state_dict(state, strict=True)
+        del state
+        models[prefix] = module.eval()
+    if "transformer" in assigned:
+        from model.transformer import precision_of
+
+        models["transformer"].precision = precision_of(models["transformer"])
     bundle = Bundle(
         config=config,
         vae=models["vae"],

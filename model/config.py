@@ -166,6 +166,232 @@ class RerankerConfig:
     image_width: int = 32  # channels of the first conv stage; doubled at each downsampling
 
 
+# -- imported model families (model/importers): DALL·E Mega and Mini -----------------------------
+# Their modules live in model/vqgan.py, model/bart.py and model/bart_text.py; their configs live
+# here, with the others, so that reading a bundle's config (and the studio's project files, which
+# import this module) needs no torch.
+
+# taming hard-codes GroupNorm(num_groups=32) (``Normalize``), and so do vqgan-jax and min-dalle
+NORM_GROUPS = 32
+# resolution levels: f16 has 5, f8 4; 8 levels would be a 128x downsampling
+MAX_LEVELS = 8
+VALUE_RANGES = ("0,1", "-1,1")
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    """taming's ``ddconfig`` plus the quantiser's size; the defaults are dalle-mini's fine-tuned
+    VQGAN f16-16384 (``dalle-mini/vqgan_imagenet_f16_16384`` config.json), the image tokenizer of
+    DALL·E Mega and Mini."""
+
+    resolution: int = 256  # S: 16x16 tokens at f16
+    in_channels: int = 3  # also the decoder's output channels (taming's out_ch)
+    ch: int = 128  # width of level 0; level i is ch * ch_mult[i] wide
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # 5 levels: downsampling factor 2**4 = 16
+    num_res_blocks: int = 2  # per encoder level; the decoder has one more per level
+    attn_resolutions: tuple[int, ...] = (16,)  # levels at these resolutions get self-attention
+    z_channels: int = 256  # encoder output / decoder input
+    embed_dim: int = 256  # code vector dimension
+    n_embed: int = 16384  # K codes
+    # GroupNorm epsilon: taming and vqgan-jax use 1e-6; min-dalle's detokenizer keeps torch's
+    # default 1e-5 (a test against min-dalle needs it to match to 1e-5)
+    norm_eps: float = 1e-6
+    double_z: bool = False  # taming's KL autoencoder doubles the encoder output; a VQGAN never
+    # "0,1" for dalle-mini's fine-tuned VQGAN, "-1,1" for taming's originals (and ruDALL-E's)
+    value_range: str = "0,1"
+
+    def __post_init__(self) -> None:
+        # JSON (a bundle, config.json) brings lists; the config is frozen and hashable
+        for name in ("ch_mult", "attn_resolutions"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        check_vqgan_config(self)
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // self.factor
+
+    @property
+    def image_size(self) -> int:
+        return self.resolution
+
+    @property
+    def channels(self) -> int:
+        return self.in_channels
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_embed
+
+    def encoder_config(self) -> VQGANConfig:
+        """As ``DVAEConfig.encoder_config``: configs equal here give the same tokens. Every
+        field of a VQGAN config shapes its encoder or its codebook, so this is the config
+        itself."""
+        return self
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_vqgan_config(config: VQGANConfig) -> None:
+    """Refuse a configuration that cannot build a working VQGAN (or that would build an absurdly
+    large one from a file), saying which value is wrong."""
+    counts = {
+        "resolution": (config.resolution, 1, MAX_IMAGE_SIZE),
+        "in_channels": (config.in_channels, 1, MAX_CHANNELS),
+        "ch": (config.ch, 1, MAX_DIM),
+        "num_res_blocks": (config.num_res_blocks, 1, MAX_BLOCKS),
+        "z_channels": (config.z_channels, 1, MAX_DIM),
+        "embed_dim": (config.embed_dim, 1, MAX_DIM),
+        "n_embed": (config.n_embed, 1, MAX_VOCAB),
+    }
+    for name, (value, low, high) in counts.items():
+        if not _is_int(value) or not low <= value <= high:
+            raise ValueError(f"VQGAN {name} must be an integer in [{low}, {high}], got {value!r}")
+    mult = config.ch_mult
+    if (
+        not isinstance(mult, tuple)
+        or not 1 <= len(mult) <= MAX_LEVELS
+        or not all(_is_int(m) and m >= 1 for m in mult)
+    ):
+        raise ValueError(
+            f"VQGAN ch_mult must be 1 to {MAX_LEVELS} positive integers, got {config.ch_mult!r}"
+        )
+    if config.ch * max(mult) > MAX_DIM:
+        raise ValueError(
+            f"VQGAN ch * max(ch_mult) = {config.ch * max(mult)} is wider than {MAX_DIM}"
+        )
+    for width in sorted({config.ch * m for m in (1, *mult)}):
+        if width % NORM_GROUPS:
+            raise ValueError(
+                f"VQGAN level width {width} (ch {config.ch} x ch_mult) must be a multiple of "
+                f"{NORM_GROUPS}: taming's GroupNorm has {NORM_GROUPS} groups"
+            )
+    attn = config.attn_resolutions
+    if not isinstance(attn, tuple) or not all(_is_int(r) and r >= 1 for r in attn):
+        raise ValueError(
+            f"VQGAN attn_resolutions must be positive integers, got {config.attn_resolutions!r}"
+        )
+    if config.resolution % config.factor:
+        raise ValueError(
+            f"VQGAN resolution {config.resolution} must be a multiple of the downsampling "
+            f"factor {config.factor} (2 ** (len(ch_mult) - 1))"
+        )
+    if not isinstance(config.norm_eps, (int, float)) or not 0 < config.norm_eps < 1:
+        raise ValueError(f"VQGAN norm_eps must be in (0, 1), got {config.norm_eps!r}")
+    if config.double_z is not False:
+        raise ValueError(
+            "VQGAN double_z must be false: taming's VQModel feeds z_channels (not 2 * z_channels) "
+            "to quant_conv; double_z belongs to the KL autoencoder"
+        )
+    if config.value_range not in VALUE_RANGES:
+        raise ValueError(
+            f"VQGAN value_range must be one of {VALUE_RANGES}, got {config.value_range!r}"
+        )
+
+
+@dataclass(frozen=True)
+class BartConfig:
+    """Sizes of a DalleBart; the defaults are DALL·E Mega's (min-dalle's ``MinDalle``)."""
+
+    text_vocab: int = 50272  # encoder embedding rows (Mini: 50264)
+    image_vocab: int = 16384  # VQGAN f16 codes: sampled tokens, and logits cut to these columns
+    # decoder embedding and lm_head rows: min-dalle's image_vocab_count + 1 (the Flax checkpoints'
+    # image_vocab_size, plus one row reserved for a start token); Mini: 16385
+    image_rows: int = 16416
+    embed_dim: int = 2048
+    heads: int = 32  # head dim 64 in both Mega and Mini
+    glu_dim: int = 4096  # GLU hidden width (Mini: 2730)
+    encoder_layers: int = 24
+    decoder_layers: int = 24
+    text_len: int = 64  # min-dalle pads every caption to 64 tokens
+    grid: int = 16  # 16x16 tokens of the f16 VQGAN at 256 px: 256 decoder positions
+    # min-dalle starts every image with 2**14 - 1 (a real code's row); dalle-mini's own config
+    # names image_vocab_size (16384 Mini, 16415 Mega) as decoder_start_token_id instead
+    start_token: int = 2**14 - 1
+    pad_id: int = 1  # BART's <pad>: masked out of every attention over the caption
+
+    def __post_init__(self):
+        bounds = {
+            "text_vocab": MAX_VOCAB,
+            "image_vocab": MAX_VOCAB,
+            "image_rows": MAX_VOCAB,
+            "embed_dim": MAX_DIM,
+            "heads": MAX_DIM,
+            "glu_dim": 4 * MAX_DIM,
+            "encoder_layers": MAX_DEPTH,
+            "decoder_layers": MAX_DEPTH,
+            "text_len": MAX_TEXT_LEN,
+            "grid": MAX_GRID,
+        }
+        for name, most in bounds.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                raise ValueError(
+                    f"bart config {name} must be an integer in [1, {most}], got {value!r}"
+                )
+        if self.embed_dim % self.heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by heads {self.heads}")
+        if self.image_vocab > self.image_rows:
+            raise ValueError(
+                f"image_vocab {self.image_vocab} exceeds the decoder's {self.image_rows} rows"
+            )
+        for name, rows in (("start_token", self.image_rows), ("pad_id", self.text_vocab)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < rows:
+                raise ValueError(f"bart config {name} must be an id in [0, {rows}), got {value!r}")
+
+    @property
+    def image_len(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def seq_len(self) -> int:
+        return self.text_len + self.image_len
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.heads
+
+    # ``model.sampling.memory_needed`` sizes a cache as depth * 2 * rows * seq_len * dim values:
+    # exactly ``BartCache`` (self-attention over image_len slots, cross keys over text_len)
+    @property
+    def dim(self) -> int:
+        return self.embed_dim
+
+    @property
+    def depth(self) -> int:
+        return self.decoder_layers
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Any) -> BartConfig:
+        """A config read from a file: unknown keys refused, every value checked (ValueError)."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a bart config must be a JSON object, got {type(values).__name__}")
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown bart config field(s): {', '.join(map(str, unknown))}")
+        return cls(**values)
+
+
+@dataclass
+class BartTextConfig:
+    """DALL·E Mega / Mini's caption tokenizer (``model.bart_text.BartTokenizer``): BART's BPE,
+    ``<s> … </s>`` padded with id 1. The vocabulary itself lives in the tokenizer JSON."""
+
+    vocab_size: int = 50265  # one past the largest id of vocab.json (BART's: 50265 tokens)
+    text_len: int = 64  # min-dalle's text_token_count
+
+
 # Sampling options' bounds: logits divided by MIN_TEMPERATURE stay far from fp32's overflow; a
 # guidance scale beyond MAX_GUIDANCE only saturates (DALL·E Mega samples at 10-16); a seed is
 # what torch.Generator.manual_seed takes.
@@ -266,70 +492,103 @@ class SamplingOptions:
 
 @dataclass
 class BundleConfig:
-    """Everything needed to rebuild a bundle's models."""
+    """Everything needed to rebuild a bundle's models.
 
-    # the image tokenizer; its kind is the config's class, stored as vae.kind (see VAE_KINDS)
-    vae: DVAEConfig | VQConfig = field(default_factory=DVAEConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    transformer: TransformerConfig = field(default_factory=TransformerConfig)
-    reranker: RerankerConfig | None = None
+    Each of vae, text and transformer is one of several kinds (``VAE_KINDS``, ``TEXT_KINDS``,
+    ``TRANSFORMER_KINDS``): the config's class, stored as the section's ``kind``. The product's
+    own kinds (a dVAE, our BPE, our transformer) are written without one, so every bundle made
+    before kinds existed reads, and is written, byte for byte as it was.
+    """
+
+    vae: DVAEConfig | VQConfig | VQGANConfig = field(default_factory=DVAEConfig)
+    text: TextConfig | BartTextConfig = field(default_factory=TextConfig)
+    transformer: TransformerConfig | BartConfig = field(default_factory=TransformerConfig)
+    reranker: RerankerConfig | None = None  # scores captions in our BPE's ids: ours only
 
     @property
     def vae_kind(self) -> str:
         return vae_kind(self.vae)
 
+    @property
+    def text_kind(self) -> str:
+        return _kind_of(self.text, TEXT_KINDS, "caption tokenizer")
+
+    @property
+    def transformer_kind(self) -> str:
+        return _kind_of(self.transformer, TRANSFORMER_KINDS, "transformer")
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if self.vae_kind != DEFAULT_VAE_KIND:
-            # a dVAE's section stays as it always was, so its bundles are written byte for byte
-            # as before this key existed
-            data["vae"] = {"kind": self.vae_kind, **data["vae"]}
+        for section, kind, default in (
+            ("vae", self.vae_kind, DEFAULT_VAE_KIND),
+            ("text", self.text_kind, DEFAULT_TEXT_KIND),
+            ("transformer", self.transformer_kind, DEFAULT_TRANSFORMER_KIND),
+        ):
+            if kind != default:
+                data[section] = {"kind": kind, **data[section]}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BundleConfig:
-        """A config read from a file: every section a JSON object, every field of the right type
-        and within ``FIELD_RANGES`` (ValueError naming ``section.field``, its value and what was
-        expected). Only the reranker may be absent (None)."""
+        """A config read from a file: every section a JSON object, its ``kind`` (absent: the
+        product's own) one of the known kinds, every field of the right type and within
+        ``FIELD_RANGES`` (ValueError naming ``section.field``, its value and what was expected).
+        Only the reranker may be absent (None)."""
         reranker = data.get("reranker")
         return cls(
             vae=vae_config_from_dict(data["vae"]),
-            text=config_from_dict(TextConfig, data["text"], "text"),
-            transformer=config_from_dict(TransformerConfig, data["transformer"], "transformer"),
+            text=_config_of_kind(data["text"], "text", TEXT_KINDS, DEFAULT_TEXT_KIND),
+            transformer=_config_of_kind(
+                data["transformer"], "transformer", TRANSFORMER_KINDS, DEFAULT_TRANSFORMER_KIND
+            ),
             reranker=None
             if reranker is None
             else config_from_dict(RerankerConfig, reranker, "reranker"),
         )
 
 
-# The image tokenizer kinds a bundle can carry, by the name its config's vae.kind holds. A bundle
-# written before VQ tokenizers has no vae.kind: it is a dVAE.
-VAE_KINDS: dict[str, type] = {"dvae": DVAEConfig, "vq": VQConfig}
+# The kinds a bundle's sections can hold, by the name its ``kind`` key stores. A bundle written
+# before a section had kinds has no key there: it is the first kind listed (the product's own).
+VAE_KINDS: dict[str, type] = {"dvae": DVAEConfig, "vq": VQConfig, "vqgan": VQGANConfig}
 DEFAULT_VAE_KIND = "dvae"
+TEXT_KINDS: dict[str, type] = {"bpe": TextConfig, "bart": BartTextConfig}
+DEFAULT_TEXT_KIND = "bpe"
+TRANSFORMER_KINDS: dict[str, type] = {"dalle": TransformerConfig, "bart": BartConfig}
+DEFAULT_TRANSFORMER_KIND = "dalle"
 
 
-def vae_kind(config: DVAEConfig | VQConfig) -> str:
-    """``"dvae"`` or ``"vq"``: the kind of image tokenizer ``config`` builds."""
-    for name, kind in VAE_KINDS.items():
+def _kind_of(config: Any, kinds: dict[str, type], what: str) -> str:
+    for name, kind in kinds.items():
         if type(config) is kind:
             return name
-    raise TypeError(f"not an image tokenizer config: {type(config).__name__}")
+    raise TypeError(f"not a {what} config: {type(config).__name__}")
 
 
-def vae_config_from_dict(values: Any, section: str = "vae") -> DVAEConfig | VQConfig:
-    """The image tokenizer's config from a file: ``values["kind"]`` (absent: a dVAE) picks the
-    class, the other fields are checked by ``config_from_dict``."""
+def vae_kind(config: DVAEConfig | VQConfig | VQGANConfig) -> str:
+    """``"dvae"``, ``"vq"`` or ``"vqgan"``: the kind of image tokenizer ``config`` builds."""
+    return _kind_of(config, VAE_KINDS, "image tokenizer")
+
+
+def _config_of_kind(values: Any, section: str, kinds: dict[str, type], default: str):
+    """A section's config from a file: ``values["kind"]`` (absent: ``default``) picks the class,
+    the other fields are checked by ``config_from_dict``."""
     if not isinstance(values, dict):
         raise ValueError(f"{section} must be a JSON object, got {values!r:.40}")
     values = dict(values)
-    kind = values.pop("kind", DEFAULT_VAE_KIND)
-    if type(kind) is not str or kind not in VAE_KINDS:
-        raise ValueError(f"{section}.kind is {kind!r:.40}; expected one of {sorted(VAE_KINDS)}")
-    return config_from_dict(VAE_KINDS[kind], values, section)
+    kind = values.pop("kind", default)
+    if type(kind) is not str or kind not in kinds:
+        raise ValueError(f"{section}.kind is {kind!r:.40}; expected one of {sorted(kinds)}")
+    return config_from_dict(kinds[kind], values, section)
+
+
+def vae_config_from_dict(values: Any, section: str = "vae") -> DVAEConfig | VQConfig | VQGANConfig:
+    """The image tokenizer's config from a file: ``values["kind"]`` (absent: a dVAE) picks the
+    class, the other fields are checked by ``config_from_dict``."""
+    return _config_of_kind(values, section, VAE_KINDS, DEFAULT_VAE_KIND)
 
 
 # (lowest, highest) of every field a file may set; ints must be JSON integers, floats numbers
-FIELD_RANGES: dict[type, dict[str, tuple[float, float]]] = {
+FIELD_RANGES: dict[type, dict[str, tuple]] = {
     DVAEConfig: {
         "image_size": (1, MAX_IMAGE_SIZE),
         "channels": (1, MAX_CHANNELS),
@@ -382,7 +641,42 @@ FIELD_RANGES: dict[type, dict[str, tuple[float, float]]] = {
         "heads": (1, MAX_DIM),
         "image_width": (1, MAX_DIM),
     },
+    # a tuple field's range is each item's; a str field lists its choices; a bool has none
+    VQGANConfig: {
+        "resolution": (1, MAX_IMAGE_SIZE),
+        "in_channels": (1, MAX_CHANNELS),
+        "ch": (1, MAX_DIM),
+        "ch_mult": (1, MAX_DIM),
+        "num_res_blocks": (1, MAX_BLOCKS),
+        "attn_resolutions": (1, MAX_IMAGE_SIZE),
+        "z_channels": (1, MAX_DIM),
+        "embed_dim": (1, MAX_DIM),
+        "n_embed": (1, MAX_VOCAB),
+        "norm_eps": (0.0, 0.1),
+        "double_z": (),
+        "value_range": VALUE_RANGES,
+    },
+    BartConfig: {
+        "text_vocab": (1, MAX_VOCAB),
+        "image_vocab": (1, MAX_VOCAB),
+        "image_rows": (1, MAX_VOCAB),
+        "embed_dim": (1, MAX_DIM),
+        "heads": (1, MAX_DIM),
+        "glu_dim": (1, 4 * MAX_DIM),
+        "encoder_layers": (1, MAX_DEPTH),
+        "decoder_layers": (1, MAX_DEPTH),
+        "text_len": (1, MAX_TEXT_LEN),
+        "grid": (1, MAX_GRID),
+        "start_token": (0, MAX_VOCAB - 1),
+        "pad_id": (0, MAX_VOCAB - 1),
+    },
+    BartTextConfig: {
+        # Mini's vocab_mini.json holds one id more than its encoder has rows (see bundle.py)
+        "vocab_size": (4, MAX_VOCAB + 1),
+        "text_len": (2, MAX_TEXT_LEN),
+    },
 }
+MAX_ITEMS = 16  # items of a tuple field (VQGAN levels, attention resolutions)
 
 
 def config_from_dict(kind: type, values: Any, section: str):
@@ -399,24 +693,44 @@ def config_from_dict(kind: type, values: Any, section: str):
     if unknown:
         raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
     for name, value in values.items():
-        low, high = ranges[name]
+        rule, annotation = ranges[name], fields[name].type
         where = f"{section}.{name} is {value!r:.40}"
-        if fields[name].type == "int":
-            if type(value) is not int:  # not a bool, a float or a string
-                raise ValueError(f"{where}; expected an integer from {low} to {high}")
-        elif type(value) not in (int, float) or not math.isfinite(value):
-            raise ValueError(f"{where}; expected a number from {low} to {high}")
-        if value < low:
-            raise ValueError(f"{where}; expected at least {low}")
-        if value > high:
-            raise ValueError(f"{where}; expected at most {high}")
-    config = kind(**values)
+        if annotation == "bool":
+            if type(value) is not bool:
+                raise ValueError(f"{where}; expected true or false")
+        elif annotation == "str":
+            if type(value) is not str or value not in rule:
+                raise ValueError(f"{where}; expected one of {list(rule)}")
+        elif annotation.startswith("tuple["):  # tuple[int, ...]: a JSON list of integers
+            if type(value) not in (list, tuple) or len(value) > MAX_ITEMS:
+                raise ValueError(f"{where}; expected a list of at most {MAX_ITEMS} integers")
+            for item in value:
+                _check_number(item, "int", rule, f"{section}.{name} holds {item!r:.40}")
+        else:
+            _check_number(value, annotation, rule, where)
+    try:
+        config = kind(**values)
+    except ValueError as error:  # the class's own checks across fields (VQGAN, BART)
+        raise ValueError(f"{section}: {error}") from None
     heads = getattr(config, "heads", None)
     if heads is not None and config.dim % heads:
         raise ValueError(
             f"{section}.heads is {heads}; expected a number that divides dim {config.dim}"
         )
     return config
+
+
+def _check_number(value: Any, annotation: str, rule: tuple[float, float], where: str) -> None:
+    low, high = rule
+    if annotation == "int":
+        if type(value) is not int:  # not a bool, a float or a string
+            raise ValueError(f"{where}; expected an integer from {low} to {high}")
+    elif type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"{where}; expected a number from {low} to {high}")
+    if value < low:
+        raise ValueError(f"{where}; expected at least {low}")
+    if value > high:
+        raise ValueError(f"{where}; expected at most {high}")
 
 
 # -- presets and --set -----------------------------------------------------------------------------

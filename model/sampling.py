@@ -24,9 +24,14 @@ from dataclasses import dataclass
 
 import torch
 
-from model.config import SamplingOptions, VQConfig
+from model.config import DEFAULT_TEXT_KIND, SamplingOptions, VQConfig, VQGANConfig
 from model.geometry import Plan
-from model.transformer import for_inference, resolve_precision
+from model.transformer import (
+    convert_in_place,
+    for_inference,
+    model_device,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 _inference_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {precision}
@@ -117,13 +122,16 @@ def batch_rows(options: SamplingOptions, guided: bool = True) -> int:
 
 def memory_needed(config, options: SamplingOptions, device_type: str = "cpu") -> int:
     """Bytes a run allocates besides the model (``config``: a ``BundleConfig``): the KV cache of
-    every row, fp32 on CPU and bf16 elsewhere (see ``Transformer.new_cache``), and the decoded
-    candidates with the decoder's widest full-resolution activations."""
+    every row, fp32 on CPU and bf16 elsewhere (see ``Transformer.new_cache``; a ``BartConfig``
+    names its sizes so that this is ``BartCache``'s too, its cross keys in the text positions),
+    and the decoded candidates with the decoder's widest full-resolution activations."""
     tf, vae = config.transformer, config.vae
     value_bytes = 4 if device_type == "cpu" else 2
     cache = tf.depth * 2 * batch_rows(options) * tf.seq_len * tf.dim * value_bytes
     if isinstance(vae, VQConfig):  # every convolution at grid resolution, then PixelShuffle
         activations = 3 * vae.image_size**2 + 2 * vae.width * vae.grid**2
+    elif isinstance(vae, VQGANConfig):  # a residual block at full resolution holds ~4 maps
+        activations = (3 + 4 * vae.ch * vae.ch_mult[0]) * vae.image_size**2
     else:
         activations = (3 + 2 * vae.decoder_n_hid) * vae.image_size**2
     decoded = options.n * activations * 4
@@ -157,7 +165,7 @@ def sample_tokens(
         raise ValueError(
             f"image tokens must be {cfg.grid}x{cfg.grid}, got {tuple(image_tokens.shape)}"
         )
-    device = transformer.ln_f.weight.device
+    device = model_device(transformer)
     n = options.n
     batch = batch_rows(options, guided=empty_text is not None)
     use_guidance = batch != n
@@ -224,14 +232,42 @@ def prepared(transformer, precision: str, compile: bool = False):
 
     ``fp32`` is the model itself (the reference); ``auto``/``bf16``/``int8`` and ``compile`` see
     ``model.transformer.for_inference``.
+
+    A model too large to hold twice (``converts_in_place``: DALL·E Mega and Mini, 2.6B and 0.4B
+    parameters) is converted in place instead of copied (``model.transformer.convert_in_place``):
+    the bundle's transformer itself becomes bf16 or int8, so a 5.2 GB bf16 Mega samples in
+    5.2 GB (or 2.8 GB in int8), not twice that. Its ``auto`` never widens it (see
+    ``resolve_in_place``). The price: a model turned int8 stays int8 (asking for another precision
+    afterwards is a ValueError that says to load it again), and one turned bf16 samples fp32 from
+    bf16-rounded weights.
     """
-    precision = resolve_precision(precision, transformer.ln_f.weight.device)
+    device = model_device(transformer)
+    if getattr(transformer, "converts_in_place", False):
+        precision = resolve_in_place(transformer, precision, device)
+        return convert_in_place(transformer, precision, compile)
+    precision = resolve_precision(precision, device)
     if precision == transformer.precision and not compile:
         return transformer
     copies = _inference_copies.setdefault(transformer, {})
     if (precision, compile) not in copies:
         copies[precision, compile] = for_inference(transformer, precision, compile)
     return copies[precision, compile]
+
+
+def resolve_in_place(transformer, precision: str, device: torch.device) -> str:
+    """``precision`` for a model converted in place: a name is itself; ``auto`` is
+    ``resolve_precision``'s choice (int8 on AVX2/AVX-512 CPUs, bf16 on CUDA), except that a
+    model already in half precision is never widened to fp32 (a bf16 Mega would double) and a
+    CUDA model stored in fp16 keeps it."""
+    chosen = resolve_precision(precision, device)
+    if precision != "auto":
+        return chosen
+    current = transformer.precision
+    if device.type == "cuda" and current in ("bf16", "fp16"):
+        return current
+    if chosen == "fp32" and current in ("bf16", "fp16", "int8"):
+        return current
+    return chosen
 
 
 def complete(
@@ -284,7 +320,9 @@ def complete(
         tokens, scores, order = message.tokens, None, list(range(options.n))
         with torch.inference_mode():
             images = bundle.vae.decode(tokens.to(device)).float().cpu()
-        if bundle.reranker is not None:
+        # a reranker reads our BPE's ids: bundle.config_problems refuses one next to any other
+        # caption tokenizer (an imported DALL·E Mega has none), so BART ids never reach it
+        if bundle.reranker is not None and bundle.config.text_kind == DEFAULT_TEXT_KIND:
             captions = text.unsqueeze(0).expand(options.n, -1)
             scores = bundle.reranker.score(images.to(device), captions).float().cpu()
             order = scores.argsort(descending=True).tolist()

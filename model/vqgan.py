@@ -36,7 +36,6 @@ import functools
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -44,138 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import MAX_BLOCKS, MAX_CHANNELS, MAX_DIM, MAX_IMAGE_SIZE, MAX_VOCAB
+from model.config import NORM_GROUPS, VQGANConfig
+from model.config import check_vqgan_config as check_config  # noqa: F401 - this module's API too
 from model.images import check_image_batch, check_token_grid
 
 logger = logging.getLogger(__name__)
 
-# taming hard-codes GroupNorm(num_groups=32) (``Normalize``), and so do vqgan-jax and min-dalle
-NORM_GROUPS = 32
-# resolution levels: f16 has 5, f8 4; 8 levels would be a 128x downsampling
-MAX_LEVELS = 8
-VALUE_RANGES = ("0,1", "-1,1")
 # rows of the (cells, K) distance matrix computed at once: 4096 x 16384 codes is 256 MiB in fp32
 QUANTIZE_ROWS = 4096
 
 Part = Literal["all", "encoder", "decoder"]
-
-
-@dataclass(frozen=True)
-class VQGANConfig:
-    """taming's ``ddconfig`` plus the quantiser's size; the defaults are dalle-mini's fine-tuned
-    VQGAN f16-16384 (``dalle-mini/vqgan_imagenet_f16_16384`` config.json), the image tokenizer of
-    DALL·E Mega and Mini."""
-
-    resolution: int = 256  # S: 16x16 tokens at f16
-    in_channels: int = 3  # also the decoder's output channels (taming's out_ch)
-    ch: int = 128  # width of level 0; level i is ch * ch_mult[i] wide
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # 5 levels: downsampling factor 2**4 = 16
-    num_res_blocks: int = 2  # per encoder level; the decoder has one more per level
-    attn_resolutions: tuple[int, ...] = (16,)  # levels at these resolutions get self-attention
-    z_channels: int = 256  # encoder output / decoder input
-    embed_dim: int = 256  # code vector dimension
-    n_embed: int = 16384  # K codes
-    # GroupNorm epsilon: taming and vqgan-jax use 1e-6; min-dalle's detokenizer keeps torch's
-    # default 1e-5 (a test against min-dalle needs it to match to 1e-5)
-    norm_eps: float = 1e-6
-    double_z: bool = False  # taming's KL autoencoder doubles the encoder output; a VQGAN never
-    # "0,1" for dalle-mini's fine-tuned VQGAN, "-1,1" for taming's originals (and ruDALL-E's)
-    value_range: str = "0,1"
-
-    def __post_init__(self) -> None:
-        # JSON (a bundle, config.json) brings lists; the config is frozen and hashable
-        for name in ("ch_mult", "attn_resolutions"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        check_config(self)
-
-    @property
-    def factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def grid(self) -> int:
-        return self.resolution // self.factor
-
-    @property
-    def image_size(self) -> int:
-        return self.resolution
-
-    @property
-    def channels(self) -> int:
-        return self.in_channels
-
-    @property
-    def vocab_size(self) -> int:
-        return self.n_embed
-
-    def encoder_config(self) -> VQGANConfig:
-        """As ``DVAEConfig.encoder_config``: configs equal here give the same tokens. Every
-        field of a VQGAN config shapes its encoder or its codebook, so this is the config
-        itself."""
-        return self
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_config(config: VQGANConfig) -> None:
-    """Refuse a configuration that cannot build a working VQGAN (or that would build an absurdly
-    large one from a file), saying which value is wrong."""
-    counts = {
-        "resolution": (config.resolution, 1, MAX_IMAGE_SIZE),
-        "in_channels": (config.in_channels, 1, MAX_CHANNELS),
-        "ch": (config.ch, 1, MAX_DIM),
-        "num_res_blocks": (config.num_res_blocks, 1, MAX_BLOCKS),
-        "z_channels": (config.z_channels, 1, MAX_DIM),
-        "embed_dim": (config.embed_dim, 1, MAX_DIM),
-        "n_embed": (config.n_embed, 1, MAX_VOCAB),
-    }
-    for name, (value, low, high) in counts.items():
-        if not _is_int(value) or not low <= value <= high:
-            raise ValueError(f"VQGAN {name} must be an integer in [{low}, {high}], got {value!r}")
-    mult = config.ch_mult
-    if (
-        not isinstance(mult, tuple)
-        or not 1 <= len(mult) <= MAX_LEVELS
-        or not all(_is_int(m) and m >= 1 for m in mult)
-    ):
-        raise ValueError(
-            f"VQGAN ch_mult must be 1 to {MAX_LEVELS} positive integers, got {config.ch_mult!r}"
-        )
-    if config.ch * max(mult) > MAX_DIM:
-        raise ValueError(
-            f"VQGAN ch * max(ch_mult) = {config.ch * max(mult)} is wider than {MAX_DIM}"
-        )
-    for width in sorted({config.ch * m for m in (1, *mult)}):
-        if width % NORM_GROUPS:
-            raise ValueError(
-                f"VQGAN level width {width} (ch {config.ch} x ch_mult) must be a multiple of "
-                f"{NORM_GROUPS}: taming's GroupNorm has {NORM_GROUPS} groups"
-            )
-    attn = config.attn_resolutions
-    if not isinstance(attn, tuple) or not all(_is_int(r) and r >= 1 for r in attn):
-        raise ValueError(
-            f"VQGAN attn_resolutions must be positive integers, got {config.attn_resolutions!r}"
-        )
-    if config.resolution % config.factor:
-        raise ValueError(
-            f"VQGAN resolution {config.resolution} must be a multiple of the downsampling "
-            f"factor {config.factor} (2 ** (len(ch_mult) - 1))"
-        )
-    if not isinstance(config.norm_eps, (int, float)) or not 0 < config.norm_eps < 1:
-        raise ValueError(f"VQGAN norm_eps must be in (0, 1), got {config.norm_eps!r}")
-    if config.double_z is not False:
-        raise ValueError(
-            "VQGAN double_z must be false: taming's VQModel feeds z_channels (not 2 * z_channels) "
-            "to quant_conv; double_z belongs to the KL autoencoder"
-        )
-    if config.value_range not in VALUE_RANGES:
-        raise ValueError(
-            f"VQGAN value_range must be one of {VALUE_RANGES}, got {config.value_range!r}"
-        )
 
 
 # the keys of vqgan-jax's config.json (and of taming's ddconfig) that must hold these values for

@@ -1,5 +1,8 @@
 """``dalle import``: files a user downloaded, converted once into files the product reads.
 
+``openai-dvae``: OpenAI's dVAE as a dVAE file; ``mega`` / ``mini``: DALL·E Mega or Mini (min-dalle's
+files and dalle-mini's VQGAN) as a model bundle (``model/importers/dalle_mega.py``).
+
 The product never reads a pickle at run time: each importer reads its sources here (an
 allow-list unpickler, ``weights_only`` or msgpack), checks every name and shape, and writes one
 safetensors file through the atomic writer; nothing is written when anything fails.
@@ -22,6 +25,36 @@ def add_import_args(sub) -> None:
     p.add_argument("--decoder", required=True, help="decoder.pkl as downloaded")
     p.add_argument("--out", required=True, help="the dVAE file to write (.safetensors)")
     p.add_argument("--image-size", type=int, default=256, help="the released model's is 256")
+
+    for key, title, files in (
+        ("mega", "DALL·E Mega (2.6B)", "encoder.pt, decoder.pt, vocab.json, merges.txt"),
+        ("mini", "DALL·E Mini (0.4B)", "encoder_mini.pt, decoder_mini.pt, vocab_mini.json, ..."),
+    ):
+        p = sub.add_parser(
+            key,
+            help=f"{title} from min-dalle's files and dalle-mini's VQGAN -> a model bundle",
+            description=f"Convert {title} into one .dalle.safetensors bundle for the studio and "
+            f"the CLI. --from holds kuprel/min-dalle's {files} (and optionally detoker.pt); "
+            "--vqgan-dir holds dalle-mini/vqgan_imagenet_f16_16384's flax_model.msgpack and "
+            "config.json (the VQGAN's encoder turns your picture into tokens).",
+        )
+        p.add_argument(
+            "--from", dest="source", metavar="DIR", required=True, help="min-dalle's files"
+        )
+        p.add_argument("--out", required=True, help="the bundle to write (.dalle.safetensors)")
+        p.add_argument(
+            "--vqgan-dir",
+            metavar="DIR",
+            default=None,
+            help="flax_model.msgpack and config.json of the VQGAN (default: the --from folder)",
+        )
+        p.add_argument(
+            "--dtype",
+            choices=["bf16", "fp16", "fp32"],
+            default="bf16",
+            help="the transformer's stored precision (default bf16: Mega in 5.2 GB, fp32 10.4 "
+            "GB); the VQGAN stays fp32",
+        )
 
 
 def progress(message: str) -> None:
@@ -48,6 +81,20 @@ def cmd_import(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             import_openai_dvae(args.encoder, args.decoder, out, args.image_size, progress)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+        print(shown(out))
+        return 0
+    if args.family in ("mega", "mini"):
+        from model.bundle import SUFFIX
+        from model.importers.dalle_mega import import_dalle
+
+        out = output_file(args.out)
+        if not out.name.endswith(SUFFIX):
+            raise CLIError(f"--out {shown(out)}: name a {SUFFIX} file (what the studio opens)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import_dalle(args.family, args.source, out, args.vqgan_dir, args.dtype, progress)
         except ValueError as error:
             raise CLIError(str(error)) from None
         print(shown(out))

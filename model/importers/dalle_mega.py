@@ -1,0 +1,471 @@
+"""``dalle import mega|mini``: DALL·E Mega or Mini, from the files a user downloaded, as one bundle.
+
+Sources (nothing is downloaded here; the user fetches them):
+
+    kuprel/min-dalle (Hugging Face)      min-dalle's conversion of dalle-mini's Flax models:
+        Mega  encoder.pt, decoder.pt, vocab.json, merges.txt
+        Mini  encoder_mini.pt, decoder_mini.pt, vocab_mini.json, merges_mini.txt
+        both  detoker.pt (the VQGAN's decoder half; optional here, see below)
+    dalle-mini/vqgan_imagenet_f16_16384  flax_model.msgpack, config.json: the whole VQGAN. Its
+        encoder is what turns the user's picture into tokens, and min-dalle does not ship it.
+
+The ``.pt`` files are read with ``torch.load(weights_only=True)`` (a pickle that names anything but
+tensors is refused, never run) and memory-mapped where the file allows, so that Mega's 10 GB of
+fp32 sources are not held next to their converted copy. The msgpack is read by
+``model.flax_msgpack`` (no JAX, no pickle).
+
+The VQGAN: the Flax file holds both halves and is the original, so both come from it. When
+``detoker.pt`` is present too, its decoder (the same weights, converted by min-dalle) must agree
+with the Flax file's within ``DETOKER_TOLERANCE``: files of two different VQGANs are refused,
+and the card says what was checked.
+
+Sizes come from the files' shapes and must be the named preset's (``PRESETS``); Mini's files
+given as ``mega`` (or the reverse) are named as such. ``import_dalle`` takes another config for
+tests at tiny sizes. The transformer is stored in ``dtype`` (bf16 by default: Mega in 5.2 GB);
+the VQGAN always in fp32 (80M parameters; its tokens are nearest-code choices, which rounding
+would move). The card records the sources, the licences, the dtype and each input's SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import shutil
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.bart import MEGA, MINI, BartConfig, BartDalle
+from model.bart_text import BartTokenizer
+from model.config import BartTextConfig, BundleConfig, VQGANConfig
+
+log = logging.getLogger(__name__)
+
+MIN_DALLE = "kuprel/min-dalle on Hugging Face (huggingface.co/kuprel/min-dalle)"
+VQGAN_REPO = (
+    "dalle-mini/vqgan_imagenet_f16_16384 on Hugging Face "
+    "(huggingface.co/dalle-mini/vqgan_imagenet_f16_16384)"
+)
+LICENCE = {
+    "weights": "Apache-2.0 (the dalle-mini model cards: dalle-mini/dalle-mega, "
+    "dalle-mini/dalle-mini, dalle-mini/vqgan_imagenet_f16_16384)",
+    "conversion": "MIT (kuprel/min-dalle, whose .pt files and tokenizer files these are)",
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# detoker.pt against the Flax file's decoder: the same weights converted twice, so equal up to
+# the rounding of a half-precision copy
+DETOKER_TOLERANCE = 1e-3
+FLAX_FILE, FLAX_CONFIG, DETOKER = "flax_model.msgpack", "config.json", "detoker.pt"
+EXAMPLE_CAPTIONS = [
+    "a painting of a fox in the snow",
+    "a red sailboat on a calm lake at sunset",
+    "an astronaut riding a horse, oil painting",
+]
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Model:
+    """One of the two models: its name, its files in min-dalle's folder, its sizes."""
+
+    key: str  # "mega" or "mini": the command's word
+    title: str
+    encoder: str
+    decoder: str
+    vocab: str
+    merges: str
+
+    @property
+    def config(self) -> BartConfig:
+        return PRESETS[self.key]  # looked up at call time: tests put tiny presets here
+
+
+MODELS = {
+    "mega": Model("mega", "DALL·E Mega", "encoder.pt", "decoder.pt", "vocab.json", "merges.txt"),
+    "mini": Model(
+        "mini",
+        "DALL·E Mini",
+        "encoder_mini.pt",
+        "decoder_mini.pt",
+        "vocab_mini.json",
+        "merges_mini.txt",
+    ),
+}
+PRESETS: dict[str, BartConfig] = {"mega": MEGA, "mini": MINI}
+
+
+def sha256(path: Path, chunk: int = 8 * 2**20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _gb(count: float) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+
+
+# -- finding the files ----------------------------------------------------------------------------
+
+
+def _other(model: Model) -> Model:
+    return MODELS["mini" if model.key == "mega" else "mega"]
+
+
+def find_files(model: Model, source: Path, vqgan_dir: Path) -> dict[str, Path | None]:
+    """Every input's path, checked to exist (``detoker`` may be None). ValueError naming the
+    first missing file and where it comes from, or saying that the folder holds the other
+    model's files."""
+    if not source.is_dir():
+        raise ValueError(f"--from {source}: no such folder")
+    if not vqgan_dir.is_dir():
+        raise ValueError(f"--vqgan-dir {vqgan_dir}: no such folder")
+    paths: dict[str, Path | None] = {
+        role: source / getattr(model, role) for role in ("encoder", "decoder", "vocab", "merges")
+    }
+    for role, path in paths.items():
+        if path.is_file():
+            continue
+        other = _other(model)
+        if (source / getattr(other, role)).is_file():
+            raise ValueError(
+                f"{source} holds {other.title}'s {getattr(other, role)}, not {model.title}'s "
+                f"{path.name}: run `dalle import {other.key}`, or download {path.name} from "
+                f"{MIN_DALLE}"
+            )
+        raise ValueError(f"{path}: missing; download {path.name} from {MIN_DALLE}")
+    for role, name in (("vqgan", FLAX_FILE), ("vqgan_config", FLAX_CONFIG)):
+        path = vqgan_dir / name
+        if not path.is_file():
+            hint = "" if vqgan_dir != source else " (or pass --vqgan-dir FOLDER)"
+            raise ValueError(
+                f"{path}: missing; download {name} from {VQGAN_REPO}{hint}: the VQGAN's encoder, "
+                "which turns your picture into tokens, is only in that file"
+            )
+        paths[role] = path
+    detoker = source / DETOKER
+    paths["detoker"] = detoker if detoker.is_file() else None
+    return paths
+
+
+# -- the transformer ------------------------------------------------------------------------------
+
+
+def read_pt(path: Path, role: str) -> dict[str, torch.Tensor]:
+    """A min-dalle state dict, ``weights_only`` (a pickle naming anything else is refused, not
+    run), memory-mapped when the file is a zip archive (torch.save since 1.6)."""
+    try:
+        state = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except Exception as error:  # a zip, pickle or allowlist error: one line for the user
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # torch's allowlist names the global it refused a few lines down
+        named = [line for line in lines if "global" in line.lower() and "GLOBAL" in line]
+        detail = (named or lines or [type(error).__name__])[0]
+        raise ValueError(
+            f"{path}: refused: not a weights-only torch state dict ({detail})"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not min-dalle's {role} weights")
+    return state
+
+
+def _shape(state: Mapping[str, torch.Tensor], name: str, path: Path, role: str) -> tuple:
+    if name not in state:
+        raise ValueError(f"{path} lacks {name!r}: not min-dalle's {role}")
+    return tuple(state[name].shape)
+
+
+def _layers(state: Mapping[str, torch.Tensor]) -> int:
+    numbers = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
+    return max(numbers) + 1 if numbers else 0
+
+
+def sizes_of(
+    encoder: Mapping[str, torch.Tensor],
+    decoder: Mapping[str, torch.Tensor],
+    paths: Mapping[str, Path],
+) -> dict[str, int]:
+    """The sizes the files' shapes say (heads cannot be read off shapes: BartConfig's)."""
+    enc, dec = paths["encoder"], paths["decoder"]
+    # only min-dalle's decoder has an lm_head; swapped files would otherwise fail on sizes
+    if "lm_head.weight" in encoder:
+        raise ValueError(f"{enc} holds a decoder (it has lm_head.weight), not the encoder")
+    if "lm_head.weight" not in decoder and "embed_tokens.weight" in decoder:
+        raise ValueError(f"{dec} holds an encoder (it has no lm_head.weight), not the decoder")
+    text_vocab, embed_dim = _shape(encoder, "embed_tokens.weight", enc, "encoder")
+    grid_len = _shape(decoder, "embed_positions.weight", dec, "decoder")[0]
+    grid = math.isqrt(grid_len)
+    if grid * grid != grid_len:
+        raise ValueError(f"{dec}: {grid_len} image positions is not a square grid")
+    return {
+        "text_vocab": text_vocab,
+        "embed_dim": embed_dim,
+        "text_len": _shape(encoder, "embed_positions.weight", enc, "encoder")[0],
+        "glu_dim": _shape(encoder, "layers.0.glu.fc0.weight", enc, "encoder")[0],
+        "encoder_layers": _layers(encoder),
+        "image_rows": _shape(decoder, "embed_tokens.weight", dec, "decoder")[0],
+        "decoder_layers": _layers(decoder),
+        "grid": grid,
+    }
+
+
+def check_sizes(found: Mapping[str, int], model: Model, config: BartConfig, where: str) -> None:
+    """The files' sizes against ``config`` (the preset). ValueError naming the other model when
+    they are its sizes, else the first size that differs."""
+    differ = [name for name, value in found.items() if getattr(config, name) != value]
+    if not differ:
+        return
+    other = _other(model)
+    if config == model.config and all(
+        getattr(other.config, name) == value for name, value in found.items()
+    ):
+        raise ValueError(
+            f"{where} hold {other.title} (embed_dim {found['embed_dim']}, "
+            f"{found['encoder_layers']}+{found['decoder_layers']} layers), not {model.title}: "
+            f"run `dalle import {other.key}`"
+        )
+    name = differ[0]
+    raise ValueError(
+        f"{where} are not {model.title}'s: {name} is {found[name]}, expected "
+        f"{getattr(config, name)} ({len(differ)} size(s) differ)"
+    )
+
+
+def convert_transformer(
+    encoder: Mapping[str, torch.Tensor],
+    decoder: Mapping[str, torch.Tensor],
+    config: BartConfig,
+    dtype: torch.dtype,
+    where: str,
+) -> BartDalle:
+    """A ``BartDalle`` holding the files' weights in ``dtype``, built on the meta device (the
+    converted tensors are its weights: no second copy). ValueError for a wrong shape, a
+    non-float tensor or a weight that is not finite (fp16 overflows above 65504)."""
+    with torch.device("meta"):
+        model = BartDalle(config).to(dtype)
+    try:
+        model.load_min_dalle(encoder, decoder)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    for name, tensor in model.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            hint = (
+                " (fp16 overflows above 65504: use --dtype bf16)" if dtype == torch.float16 else ""
+            )
+            raise ValueError(f"{where}: {name} holds NaN or infinity{hint}")
+    model.precision = {v: k for k, v in DTYPES.items()}[dtype]
+    return model.eval()
+
+
+# -- the VQGAN ------------------------------------------------------------------------------------
+
+
+def read_vqgan_config(path: Path, bart: BartConfig) -> VQGANConfig:
+    from model.vqgan import config_from_vqgan_jax
+
+    try:
+        values: Any = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON config ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    try:
+        config = config_from_vqgan_jax(values)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path}: {error}") from None
+    if (config.n_embed, config.grid) != (bart.image_vocab, bart.grid):
+        raise ValueError(
+            f"{path}: a VQGAN of {config.n_embed} codes on a {config.grid}x{config.grid} grid; "
+            f"the transformer reads {bart.image_vocab} codes on a {bart.grid}x{bart.grid} grid: "
+            f"use the config.json of {VQGAN_REPO}"
+        )
+    return config
+
+
+def convert_vqgan(
+    paths: Mapping[str, Path | None], config: VQGANConfig, say: Progress
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The VQGAN's state dict (fp32) from the Flax file, and a line for the card saying which
+    file gave the decoder and how detoker.pt compared."""
+    from model.flax_msgpack import read_flax_msgpack
+    from model.vqgan import from_flax, from_min_dalle
+
+    flax_path = paths["vqgan"]
+    say(f"reading {flax_path.name} ({_gb(flax_path.stat().st_size)})")
+    params = read_flax_msgpack(flax_path)  # its errors name the file
+    try:
+        state = from_flax(params, config)
+    except ValueError as error:
+        raise ValueError(f"{flax_path}: {error}") from None
+    del params
+    detoker = paths.get("detoker")
+    if detoker is None:
+        return state, f"{FLAX_FILE} (both halves; no {DETOKER} to compare with)"
+    say(f"checking {DETOKER} against {flax_path.name}")
+    detoker_state = read_pt(detoker, "VQGAN decoder")
+    try:
+        theirs = from_min_dalle(detoker_state, config)
+    except ValueError as error:
+        raise ValueError(f"{detoker}: {error}") from None
+    worst, worst_name = 0.0, ""
+    for name, tensor in theirs.items():
+        ours = state[name]
+        difference = float((tensor - ours).abs().max()) / max(float(ours.abs().max()), 1e-12)
+        if difference > worst:
+            worst, worst_name = difference, name
+    if worst > DETOKER_TOLERANCE:
+        raise ValueError(
+            f"{detoker} and {flax_path.name} hold different VQGAN decoders ({worst_name} differs "
+            f"by {worst:.2g} of its largest value): they are not the same model; remove "
+            f"{DETOKER} to use the Flax file alone"
+        )
+    return state, (
+        f"{FLAX_FILE} (both halves); {DETOKER}'s decoder agrees within {worst:.1e} "
+        f"(largest relative difference; tolerance {DETOKER_TOLERANCE:g})"
+    )
+
+
+# -- the whole import -----------------------------------------------------------------------------
+
+
+def _check_room(
+    config: BartConfig, vq_config: VQGANConfig, dtype: torch.dtype, paths: Mapping, out: Path
+) -> None:
+    """Refuse, before reading any weight, a conversion the machine's memory or the output's disk
+    cannot hold."""
+    from model.device import available_memory
+    from model.vqgan import parameter_shapes
+
+    with torch.device("meta"):
+        transformer = BartDalle(config).num_parameters() * dtype.itemsize
+    vqgan = 4 * sum(math.prod(s) for s in parameter_shapes(vq_config).values())
+    # the Flax file is read into memory; a .pt that cannot be memory-mapped is too
+    read = paths["vqgan"].stat().st_size + sum(
+        path.stat().st_size
+        for role in ("encoder", "decoder")
+        if not zipfile.is_zipfile(path := paths[role])
+    )
+    needed = transformer + 2 * vqgan + read
+    free = available_memory(torch.device("cpu"))
+    if free is not None and needed > free:
+        raise ValueError(
+            f"converting needs about {_gb(needed)} of memory, {_gb(free)} available: close other "
+            f"programs{' or use --dtype bf16' if dtype == torch.float32 else ''}"
+        )
+    room = shutil.disk_usage(out.parent).free
+    if transformer + vqgan > room:
+        raise ValueError(
+            f"{out.parent} has {_gb(room)} free; the bundle needs about {_gb(transformer + vqgan)}"
+        )
+
+
+def import_dalle(
+    which: str,
+    source: str | Path,
+    out: str | Path,
+    vqgan_dir: str | Path | None = None,
+    dtype: str = "bf16",
+    progress: Progress | None = None,
+    config: BartConfig | None = None,
+) -> Path:
+    """Convert min-dalle's files for ``which`` ("mega" or "mini") in ``source`` and the VQGAN in
+    ``vqgan_dir`` (default: ``source``) into the bundle ``out``. ``config`` replaces the preset
+    the files' sizes must match (tests: tiny files). Raises ValueError with one line naming the
+    file and the problem; writes nothing unless everything converted."""
+    from model import bundle as bundle_io
+    from model.vqgan import VQGAN, describe
+
+    if which not in MODELS:
+        raise ValueError(f"unknown model {which!r}; expected mega or mini")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    say = progress or (lambda message: None)
+    model = MODELS[which]
+    expected = config or model.config
+    source, out = Path(source), Path(out)
+    paths = find_files(model, source, Path(vqgan_dir) if vqgan_dir else source)
+    vq_config = read_vqgan_config(paths["vqgan_config"], expected)
+    _check_room(expected, vq_config, DTYPES[dtype], paths, out)
+
+    hashes = {}
+    for path in paths.values():
+        if path is not None:
+            say(f"hashing {path.name} ({_gb(path.stat().st_size)})")
+            hashes[path.name] = sha256(path)
+
+    tokenizer = BartTokenizer.from_files(paths["vocab"], paths["merges"], expected.text_len)
+    if tokenizer.vocab_size > expected.text_vocab + 1:
+        raise ValueError(
+            f"{paths['vocab']}: {tokenizer.vocab_size} ids for an encoder of "
+            f"{expected.text_vocab} rows: not {model.title}'s vocabulary"
+        )
+
+    say(f"reading {paths['encoder'].name} and {paths['decoder'].name}")
+    encoder = read_pt(paths["encoder"], "encoder")
+    decoder = read_pt(paths["decoder"], "decoder")
+    where = f"{paths['encoder'].name} and {paths['decoder'].name}"
+    check_sizes(sizes_of(encoder, decoder, paths), model, expected, f"{source}: {where}")
+    say(f"converting {model.title} to {dtype}")
+    transformer = convert_transformer(encoder, decoder, expected, DTYPES[dtype], where)
+    del encoder, decoder  # the memory-mapped sources
+
+    vq_state, vqgan_note = convert_vqgan(paths, vq_config, say)
+    vqgan = VQGAN.load(vq_config, vq_state).eval()
+    for name, tensor in vqgan.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{paths['vqgan']}: {name} holds NaN or infinity")
+
+    config_ = BundleConfig(
+        vae=vq_config,
+        text=BartTextConfig(vocab_size=tokenizer.vocab_size, text_len=tokenizer.text_len),
+        transformer=expected,
+    )
+    card = {
+        "stage": "imported",
+        "name": f"{model.title} (imported)",
+        "description": (
+            f"{model.title} (dalle-mini) converted from min-dalle's files, with dalle-mini's "
+            "VQGAN f16-16384: 256 px, 16x16 tokens. English captions."
+        ),
+        "parameters": transformer.num_parameters(),
+        "imported": {
+            "from": f"dalle import {model.key}",
+            "sources": {
+                "transformer and caption tokenizer": (
+                    f"{MIN_DALLE}: {model.encoder}, {model.decoder}, {model.vocab}, "
+                    f"{model.merges} (min-dalle's conversion of dalle-mini/dalle-"
+                    f"{'mega' if model.key == 'mega' else 'mini'})"
+                ),
+                "image tokenizer": f"{VQGAN_REPO}: {FLAX_FILE}, {FLAX_CONFIG}",
+            },
+            "licence": LICENCE,
+            "files": hashes,
+            "dtype": dtype,
+            "vqgan_dtype": "fp32",
+            "vqgan": describe(vq_config),
+            "vqgan_decoder": vqgan_note,
+        },
+        "example_captions": EXAMPLE_CAPTIONS,
+    }
+    bundle = bundle_io.Bundle(
+        config=config_, vae=vqgan, transformer=transformer, tokenizer=tokenizer, card=card
+    )
+    say(f"writing {out}")
+    try:
+        bundle_io.save(bundle, out)
+    except bundle_io.BundleError as error:
+        raise ValueError(str(error)) from None
+    return out

@@ -154,9 +154,7 @@ def _existing(source: str | os.PathLike, label: str) -> Path:
 
 
 @contextmanager
-def _checked(
-    opened: Path | BinaryIO, label: str, limit: int = MAX_PIXELS
-) -> Iterator[Image.Image]:
+def _checked(opened: Path | BinaryIO, label: str, limit: int = MAX_PIXELS) -> Iterator[Image.Image]:
     """The image with only its header read, its format and size checked; any failure of the
     block (decoding included) becomes one ImageError naming ``label``."""
     try:

@@ -226,12 +226,15 @@ class Document(QObject):
         self.generating_changed.emit(True)
 
     def show_row(
-        self, preview: np.ndarray, rows_done: int, rows_total: int, speed: float, eta: float
+        self, preview: np.ndarray | None, rows_done: int, rows_total: int, speed: float, eta: float
     ) -> None:
+        """A finished rectangle row: its live preview (None: the row was not decoded, the last
+        preview stays) and the progress."""
         if not self.generating:
             return
-        self.preview = preview
-        self.preview_changed.emit()
+        if preview is not None:
+            self.preview = preview
+            self.preview_changed.emit()
         self.progress_changed.emit(rows_done, rows_total, speed, eta)
 
     def end_generation(self) -> None:

@@ -12,10 +12,13 @@ bad option, out of memory) becomes a ``Failed``/``LoadFailed`` message with one 
 
 from __future__ import annotations
 
+import functools
+import gc
 import itertools
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from PIL import Image
 from PySide6.QtCore import QObject, Signal
 
 from model import bundle as bundle_io
+from model import device as model_device
 from model import files, sampling
 from model import images as model_images
 from model.config import SamplingOptions
@@ -41,6 +45,12 @@ BUNDLE_SUFFIX = bundle_io.SUFFIX
 IMAGE_SUFFIXES = files.IMAGE_SUFFIXES
 # torch.OutOfMemoryError is torch >= 2.5; older releases only have the CUDA one
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+# Live rows: a decoder this fast previews every row (the embedded model's dVAE takes milliseconds).
+PREVIEW_ALWAYS_S = 0.25
+# A slower one (DALL·E Mega's VQGAN: about 3 s a preview on a CPU core) previews a row only once
+# sampling has run this many times its decode since the last preview, so previews take at most
+# a quarter of the job's time instead of doubling it; the progress bar and ETA move every row.
+PREVIEW_EVERY = 3.0
 
 
 # -- messages -------------------------------------------------------------------------------
@@ -55,7 +65,9 @@ class Loaded:
     size: int
     factor: int
     precision: str = "fp32"  # what sampling runs in on this device ("auto" resolved)
-    tokenizer: Any = None  # the bundle's CaptionTokenizer: the caption box counts tokens with it
+    # the bundle's caption tokenizer (ours, or an imported model's BartTokenizer): the caption
+    # box counts tokens with its length, kept and text_len
+    tokenizer: Any = None
 
 
 @dataclass
@@ -66,7 +78,9 @@ class LoadFailed:
 @dataclass
 class RowDecoded:
     job: int
-    preview: np.ndarray  # (H, W, 3) uint8 at the user's resolution, original outside the rectangle
+    # (H, W, 3) uint8 at the user's resolution, original outside the rectangle; None for a row
+    # whose preview was skipped because decoding costs too much (``PREVIEW_EVERY``)
+    preview: np.ndarray | None
     rows_done: int
     rows_total: int
     tokens_per_s: float
@@ -87,6 +101,10 @@ class Finished:
     seconds: float
     tokens_per_s: float
     previewed: int = 0  # the candidate the live rows showed (sampled first; reranking moves it)
+    # what the user waited (``seconds`` is the sampling alone): encoding the picture, the live
+    # previews and decoding the candidates included; 0: not measured
+    wall_seconds: float = 0.0
+    seconds_per_cell: float = 0.0  # wall_seconds per sampled cell: the next rectangle's ETA
 
 
 @dataclass
@@ -152,10 +170,57 @@ def image_from_pil(image: Image.Image) -> np.ndarray:
     return np.array(model_images.to_rgb(image), dtype=np.uint8)
 
 
-def eta_seconds(cells_done: int, cells_total: int, tokens_per_s: float, n: int) -> float:
-    if tokens_per_s <= 0:
+def eta_seconds(elapsed: float, cells_done: int, cells_total: int, decode_s: float = 0.0) -> float:
+    """Seconds left: the cells still to sample at the wall-clock pace so far (previews
+    included), then ``decode_s`` for decoding the candidates."""
+    if cells_done <= 0 or elapsed <= 0:
         return math.inf
-    return (cells_total - cells_done) * n / tokens_per_s
+    return elapsed / cells_done * (cells_total - cells_done) + decode_s
+
+
+def bytes_held(bundle, device_type: str) -> int:
+    """Bytes of ``bundle``'s weights and buffers on devices of ``device_type``."""
+    return sum(
+        tensor.numel() * tensor.element_size()
+        for module in bundle.modules().values()
+        for tensor in [*module.parameters(), *module.buffers()]
+        if tensor.device.type == device_type
+    )
+
+
+def memory_to_load(path: str | Path) -> tuple[int, int]:
+    """(bytes of CPU memory that loading ``path`` needs, bytes of its weights): the estimates
+    ``model.bundle.load`` checks before it reads a weight. Raises BundleError (a ValueError) or
+    OSError. Remembered per file version: DALL·E Mega's models take a second or two to build
+    even on the meta device, and the Settings card asks each time it opens."""
+    path = Path(path)
+    stat = path.stat()
+    return _memory_to_load(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _memory_to_load(path: str, mtime_ns: int, size: int) -> tuple[int, int]:
+    header = bundle_io.read_header(path)
+    config = bundle_io.read_config(path)
+    shapes = bundle_io.build_models(config, device="meta")
+    weights = sum(entry.end - entry.begin for entry in header.tensors.values())
+    return bundle_io.memory_to_load(header, config, shapes), weights
+
+
+def memory_summary(path: str | Path) -> str:
+    """One line for the Settings card: what loading ``path`` needs and what this machine has
+    free now; "" when it cannot be told."""
+    try:
+        needed, _ = memory_to_load(path)
+    except (ValueError, OSError):
+        return ""
+    free = model_device.available_memory(torch.device("cpu"))
+    text = f"loading needs about {_size(needed)}"
+    return text + (f" ({_size(free)} available now)" if free is not None else "")
+
+
+def _size(count: float) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
 
 
 def available_devices() -> list[str]:
@@ -205,11 +270,33 @@ class Engine(QObject):
     def set_bundle(self, bundle) -> None:
         """Use an already loaded bundle (tests, embedding)."""
         self._bundle = bundle
+        self._stored_precision = getattr(bundle.transformer, "precision", "fp32")
         self.geometry_size = bundle.config.vae.image_size
         self.geometry_factor = bundle.config.vae.factor
 
+    def sampling_precision(self, device: str | torch.device) -> str:
+        """What the next job samples in on ``device`` ("auto" resolved). An imported model,
+        converted in place (``model.sampling.prepared``), is never widened by "auto"."""
+        transformer = self._bundle.transformer if self._bundle is not None else None
+        if getattr(transformer, "converts_in_place", False):
+            return sampling.resolve_in_place(transformer, self.precision, torch.device(device))
+        return resolve_precision(self.precision, device)
+
+    def reload_needed(self) -> bool:
+        """True when the chosen precision can only be had by loading the bundle again: an
+        imported model converted in place from its stored weights (to int8, or bf16 from fp32)
+        cannot be turned back, and sampling would fail or use rounded weights."""
+        bundle = self._bundle
+        if bundle is None or not getattr(bundle.transformer, "converts_in_place", False):
+            return False
+        current = bundle.transformer.precision
+        wanted = self.sampling_precision(bundle.device)
+        return current != self._stored_precision and wanted != current
+
     def load(self, path: str | Path | None, device: str = "auto") -> Future:
-        """Load a bundle on the worker; emits Loaded or LoadFailed. None = the embedded default."""
+        """Load a bundle on the worker; emits Loaded or LoadFailed. None = the embedded default.
+        A bundle that cannot be loaded leaves the one in use loaded, unless only its room
+        could hold the new one (``_make_room``)."""
         return self._executor.submit(self._load, path, device)
 
     def _load(self, path: str | Path | None, device: str) -> Message:
@@ -219,6 +306,7 @@ class Engine(QObject):
                 if not Path(path).exists():
                     raise FileNotFoundError(missing_default_message(Path(path)))
             target = pick_device(device)
+            self._make_room(path, target)
             bundle = bundle_io.load(path, target)
             self.set_bundle(bundle)
             result: Message = Loaded(
@@ -228,7 +316,7 @@ class Engine(QObject):
                 card=dict(bundle.card),
                 size=self.geometry_size,
                 factor=self.geometry_factor,
-                precision=resolve_precision(self.precision, target),
+                precision=self.sampling_precision(target),
                 tokenizer=bundle.tokenizer,
             )
         except FileNotFoundError as error:
@@ -240,6 +328,32 @@ class Engine(QObject):
             result = LoadFailed(f"could not load {path}: {one_line(error)}")
         self.message.emit(result)
         return result
+
+    def _make_room(self, path: str | Path, target: torch.device) -> None:
+        """Let go of the model in use when the new one does not fit beside it but does in its
+        place (loading DALL·E Mega again in another precision, or over Mini, on a machine that
+        holds one). Otherwise the model in use stays: a refused load leaves it working."""
+        held = self._bundle
+        if held is None:
+            return
+        try:
+            needed, weights = memory_to_load(path)
+        except (ValueError, OSError):
+            return  # the load itself says what is wrong with the file
+        checks = [(torch.device("cpu"), needed)]  # as model.bundle.load checks them
+        if target.type != "cpu":
+            checks.append((target, weights))
+        for where, amount in checks:
+            free = model_device.available_memory(where)
+            if free is None or amount <= free:
+                continue
+            if amount <= free + bytes_held(held, where.type):
+                log.info("releasing %s to make room for %s", held.path or "the model", path)
+                self._bundle = held = None
+                gc.collect()
+                if target.type == "cuda":
+                    torch.cuda.empty_cache()
+                return
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -305,25 +419,29 @@ class Engine(QObject):
             compile=self.compile,
             visible=geometry.visible_grid,  # the padding below or beside is not sampled
         )
+        started = time.perf_counter()
+        decode_s = 0.0  # the last preview's decode
+        previewed_at = started  # when the last preview was ready
         for message in messages:
             if isinstance(message, sampling.Progress):
-                # one decode of the whole current grid per finished row, of the first sampled
-                # candidate only; Finished.previewed says where reranking put it
-                with torch.inference_mode():
-                    decoded = bundle.vae.decode(message.tokens[:1].to(bundle.device))[0]
-                preview = model_images.paste_back(
-                    image, decoded.float().cpu(), geometry, job.cell
-                )
+                now = time.perf_counter()
+                preview = None
+                if decode_s < PREVIEW_ALWAYS_S or now - previewed_at >= PREVIEW_EVERY * decode_s:
+                    preview = self._preview(bundle, message, image, geometry, job.cell)
+                    previewed_at = time.perf_counter()
+                    decode_s = previewed_at - now
                 self.last_tokens_per_s = message.tokens_per_s
+                elapsed = time.perf_counter() - started
                 emit(
                     RowDecoded(
                         job=job.id,
-                        preview=np.asarray(preview, dtype=np.uint8),
+                        preview=preview,
                         rows_done=message.rows_done,
                         rows_total=message.rows_total,
                         tokens_per_s=message.tokens_per_s,
+                        # the candidates are decoded at the end, about a preview's time each
                         eta_s=eta_seconds(
-                            message.cells_done, message.cells_total, message.tokens_per_s, options.n
+                            elapsed, message.cells_done, message.cells_total, options.n * decode_s
                         ),
                     )
                 )
@@ -339,6 +457,7 @@ class Engine(QObject):
                 ]
                 self.last_tokens_per_s = message.tokens_per_s
                 previewed = message.order.index(0) if 0 in message.order else 0
+                wall = time.perf_counter() - started
                 return Finished(
                     job.id,
                     candidates,
@@ -346,10 +465,22 @@ class Engine(QObject):
                     message.seconds,
                     message.tokens_per_s,
                     previewed,
+                    wall_seconds=wall,
+                    seconds_per_cell=wall / max(geometry.masked_count(job.cell), 1),
                 )
         if job.cancel.is_set():
             return Cancelled(job.id)
         return Failed(job.id, "sampling ended without a result")
+
+    @staticmethod
+    def _preview(bundle, progress: sampling.Progress, image, geometry, cell) -> np.ndarray:
+        """The current grid of the first sampled candidate, decoded and pasted back: one decode
+        of the whole grid (the first sampled candidate only; Finished.previewed says where
+        reranking put it)."""
+        with torch.inference_mode():
+            decoded = bundle.vae.decode(progress.tokens[:1].to(bundle.device))[0]
+        pasted = model_images.paste_back(image, decoded.float().cpu(), geometry, cell)
+        return np.asarray(pasted, dtype=np.uint8)
 
     def shutdown(self) -> None:
         self.cancel()

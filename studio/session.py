@@ -62,7 +62,10 @@ class Session(QObject):
         self.model_path = ""
         self.device = ""
         self.examples: list[str] = []
-        self.tokenizer: Any = None  # the bundle's CaptionTokenizer: counts the caption's tokens
+        # the bundle's caption tokenizer (ours or an imported model's BartTokenizer): the caption
+        # box counts tokens with it
+        self.tokenizer: Any = None
+        self.load_error = ""  # why the last load failed ("" after a load that worked)
         # speed of the last finished run: the canvas's ETA is masked cells * seconds_per_cell
         self.tokens_per_s = 0.0
         self.seconds_per_cell = 0.0
@@ -109,10 +112,14 @@ class Session(QObject):
             return random.randint(0, MAX_SEED)
         return self.options.seed
 
-    def record_speed(self, tokens_per_s: float, n: int) -> None:
-        """A run of ``n`` candidates sampled ``tokens_per_s``: the next run's ETA follows."""
+    def record_speed(self, tokens_per_s: float, n: int, seconds_per_cell: float = 0.0) -> None:
+        """A run of ``n`` candidates sampled ``tokens_per_s`` and took ``seconds_per_cell`` of
+        wall-clock time a cell (decoding included; 0: unknown, then the sampling speed alone
+        says): the next run's ETA follows."""
         self.tokens_per_s = tokens_per_s
-        if tokens_per_s > 0:
+        if seconds_per_cell > 0:
+            self.seconds_per_cell = seconds_per_cell
+        elif tokens_per_s > 0:
             self.seconds_per_cell = n / tokens_per_s
         self.speed_changed.emit(tokens_per_s)
 
@@ -125,17 +132,21 @@ class Session(QObject):
     @property
     def precision(self) -> str:
         """What sampling runs in on the model's device ("auto" resolved); "" before a load."""
-        return messages.resolve_precision(self.engine.precision, self.device) if self.device else ""
+        return self.engine.sampling_precision(self.device) if self.device else ""
 
     def load(self, bundle: str | Path | None, device: str) -> None:
         """Load a bundle on the engine's worker (None or "": the embedded default)."""
         self.model_state = "loading"
+        self.load_error = ""
         self.model_changed.emit()
         self.engine.load(bundle or None, device)
 
     def set_precision(self, precision: str, compile: bool) -> None:
         """How later jobs sample (``Engine.set_speed``); ValueError names an unknown precision."""
+        changed = (precision, bool(compile)) != (self.engine.precision, self.engine.compile)
         self.engine.set_speed(precision, compile)
+        if changed:
+            self._forget_speed()
         self.model_changed.emit()
 
     # -- generation -----------------------------------------------------------------------
@@ -188,9 +199,7 @@ class Session(QObject):
         if isinstance(message, messages.Loaded):
             self._loaded(message)
         elif isinstance(message, messages.LoadFailed):
-            self.model_state = "failed"
-            self.model_changed.emit()
-            self.error.emit(message.message)
+            self._load_failed(message)
         elif self.job is None or getattr(message, "job", None) != self.job.id:
             return  # a stale message from a job the user already left
         elif isinstance(message, messages.RowDecoded):
@@ -217,8 +226,31 @@ class Session(QObject):
             self.document.end_generation()
             self._set_status("cancelled — the image is unchanged")
 
+    def _load_failed(self, message: messages.LoadFailed) -> None:
+        """The model in use (if any) stays loaded and says so; the error is one line."""
+        text = message.message
+        if self.engine.loaded and self.model_name:
+            self.model_state = "loaded"
+            text = f"{text} (still using {self.model_name})"
+        else:
+            if self.model_name:  # the engine let it go to make room (Engine._make_room)
+                text = f"{text} (no model is loaded now)"
+            self.model_state = "failed"
+        self.load_error = text
+        self.model_changed.emit()
+        self.error.emit(text)
+
+    def _forget_speed(self) -> None:
+        """Another model, device or precision: the last run's speed says nothing of the next
+        (the ETA waits for a run rather than promise another model's pace)."""
+        if self.tokens_per_s or self.seconds_per_cell:
+            self.tokens_per_s = self.seconds_per_cell = 0.0
+            self.speed_changed.emit(0.0)
+
     def _loaded(self, message: messages.Loaded) -> None:
+        self._forget_speed()
         self.model_state = "loaded"
+        self.load_error = ""
         self.model_name = message.name
         self.model_path = message.path
         self.device = message.device
@@ -241,9 +273,10 @@ class Session(QObject):
         )
         shown = (message.seed + 1) % MAX_SEED if self.seed_mode == "increment" else message.seed
         self.set_options(seed=shown)  # the seed field shows the one used, or the next one
-        self.record_speed(message.tokens_per_s, job.options.n)
+        self.record_speed(message.tokens_per_s, job.options.n, message.seconds_per_cell)
+        waited = message.wall_seconds or message.seconds  # what the ETA promised
         self._set_status(
-            f"{len(message.candidates)} candidates in {message.seconds:.1f} s — "
+            f"{len(message.candidates)} candidates in {waited:.1f} s — "
             "←/→ browse, Enter accepts, Esc discards"
         )
         self.finished.emit()

@@ -275,8 +275,11 @@ class CaptionPanel(QWidget):
         if tokenizer is None:
             self.tokens.clear()
             return
-        text, limit = self.caption.text(), tokenizer.text_len
-        count = tokenizer.length(text)
+        # the positions every caption takes whatever it says (DALL·E Mega's <s> and </s>; none
+        # for ours) are not the user's: an empty box reads "0 / 62 tokens", not "2 / 64"
+        reserved = tokenizer.length("")
+        text, limit = self.caption.text(), tokenizer.text_len - reserved
+        count = tokenizer.length(text) - reserved
         if count <= limit:
             self.tokens.setText(f"{count} / {limit} tokens")
             self.tokens.setStyleSheet("color: palette(mid);")

@@ -104,6 +104,9 @@ class MainWindow(QMainWindow):
         self._recovery_pending = project.pending_recovery(autosave_folder) is not None
         self._keep_autosave = False  # set when the app ends without the user (terminate)
         self._bound: Document | None = None  # the document the views are bound to
+        # (device, bundle) of the model in use while Settings loads another: the settings go
+        # back to it if that load fails and the model in use stays
+        self._settings_fallback: tuple[str, str] | None = None
 
         self.canvas = Canvas(session)
         self.strip = CandidateStrip()
@@ -277,6 +280,12 @@ class MainWindow(QMainWindow):
 
     def _model_changed(self) -> None:
         session = self.session
+        if session.model_state != "loading" and self._settings_fallback is not None:
+            fallback, self._settings_fallback = self._settings_fallback, None
+            if session.load_error and session.model_state == "loaded":
+                device, bundle = fallback  # the next start loads the model still in use
+                self.settings.setValue("device", device)
+                self.settings.setValue("bundle", bundle)
         if session.model_state == "loaded":
             self.model_label.setText(f"model: {session.model_name}")
             self.model_label.setToolTip(session.model_path)
@@ -289,7 +298,7 @@ class MainWindow(QMainWindow):
             self.device_label.setText(f"device: {session.device} · {session.precision}{compiled}")
 
     def _speed_changed(self, tokens_per_s: float) -> None:
-        self.speed_label.setText(f"{tokens_per_s:.0f} tokens/s")
+        self.speed_label.setText(f"{tokens_per_s:.0f} tokens/s" if tokens_per_s > 0 else "")
 
     def _generating_changed(self, running: bool) -> None:
         self.progress.setVisible(running)
@@ -532,8 +541,11 @@ class MainWindow(QMainWindow):
             self.session.set_precision("auto", compile)
 
     def open_settings(self) -> None:
-        """The settings dialog. The model reloads only when its device or bundle changed; the
-        precision and compile choice apply to the next generation without a reload."""
+        """The settings dialog. The model reloads when its device or bundle changed, when no
+        model is loaded (the last load failed: memory may have been freed since), or when an
+        imported model that was converted in place must be read again for the chosen
+        precision; otherwise the precision and compile choice apply to the next generation
+        without a reload."""
         device = str(self.settings.value("device", "auto"))
         bundle = str(self.settings.value("bundle", "") or "")
         # Parented for placement, deleted right after: a dialog left to the window's teardown
@@ -555,8 +567,15 @@ class MainWindow(QMainWindow):
         self.settings.setValue("precision", precision)
         self.settings.setValue("compile", compile)
         self.apply_speed_settings()  # the device label says it at once
-        if (new_device, new_bundle) != (device, bundle):
-            self.session.load(new_bundle, new_device)
+        session = self.session
+        if (
+            (new_device, new_bundle) != (device, bundle)
+            or session.model_state == "failed"
+            or session.engine.reload_needed()
+        ):
+            in_use = session.model_state == "loaded" and session.engine.loaded
+            self._settings_fallback = (device, bundle) if in_use else None
+            session.load(new_bundle, new_device)
 
     def autosave(self) -> None:
         """Write the modified document's work to the autosave (timer; also safe to call)."""

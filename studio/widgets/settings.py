@@ -25,6 +25,7 @@ from studio.engine import (
     available_devices,
     available_precisions,
     default_bundle_path,
+    memory_summary,
     read_card,
 )
 
@@ -40,18 +41,22 @@ COMPILE_HELP = (
 
 
 def card_text(path: str) -> str:
-    """The card of the bundle at ``path`` (header only) as text a user reads, or why it cannot
-    be read."""
+    """The card of the bundle at ``path`` (header only) as text a user reads, and the memory its
+    loading needs, or why it cannot be read."""
     if not path:
         path = str(default_bundle_path())
     try:
         card = read_card(path)
     except (ValueError, OSError) as error:
         return f"Cannot read this bundle: {error}"
-    return readable_card(card if isinstance(card, dict) else {})
+    text = readable_card(card if isinstance(card, dict) else {})
+    memory = memory_summary(path)
+    return text + (f"\nMemory: {memory}" if memory else "")
 
 
 FIGURE_NAMES = {"psnr_db": "dVAE PSNR", "heldout_pairs": "held-out pairs"}
+CARD_WIDTH_CHARS = 72  # an imported model's sources and licences read a line each
+HASH_SHOWN = 16  # hex digits of an input's SHA-256 the card shows: enough to compare by eye
 
 
 def _folder_name(value: Any) -> str:
@@ -86,6 +91,45 @@ def _training(stage: dict) -> str:
     return " ".join(parts)
 
 
+def _parameters(count: int) -> str:
+    return f"{count / 1e9:.1f} B parameters" if count >= 1e9 else f"{count / 1e6:.1f} M parameters"
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _imported(imported: dict[str, Any]) -> list[str]:
+    """An imported model's card (``dalle import``): where its weights come from, their licence,
+    how they are stored and the SHA-256 of each file it was made from."""
+    if not imported:
+        return []
+    lines = []
+    sources = _mapping(imported.get("sources"))
+    if sources or imported.get("from"):
+        lines.append(
+            "Source: "
+            + (f"converted with {imported['from']}" if imported.get("from") else "imported")
+        )
+        lines += [f"  • {part}: {where}" for part, where in sources.items()]
+    licence = imported.get("licence")
+    if isinstance(licence, dict) and licence:
+        lines.append("Licence:")
+        lines += [f"  • {part}: {terms}" for part, terms in licence.items()]
+    elif licence:
+        lines.append(f"Licence: {licence}")
+    if imported.get("vqgan"):
+        lines.append(f"Image tokenizer: {imported['vqgan']}")
+    if imported.get("dtype"):
+        lines.append(f"Weights stored in: {imported['dtype']}")
+    files = _mapping(imported.get("files"))
+    if files:
+        lines.append("Made from (SHA-256):")
+        for name, digest in files.items():
+            lines.append(f"  • {_folder_name(name)} {str(digest)[:HASH_SHOWN]}…")
+    return lines
+
+
 def readable_card(card: dict[str, Any]) -> str:
     """Name, description, data, training, metrics and example captions, one fact a line."""
     lines = [f"Name: {card.get('name') or 'unnamed model'}"]
@@ -99,7 +143,9 @@ def readable_card(card: dict[str, Any]) -> str:
     if training := _training(card):
         lines.append(f"Training: {training}")
     if isinstance(card.get("parameters"), int):
-        lines.append(f"Transformer: {card['parameters'] / 1e6:.1f} M parameters")
+        lines.append(f"Transformer: {_parameters(card['parameters'])}")
+    imported = card.get("imported") if isinstance(card.get("imported"), dict) else {}
+    lines += _imported(imported)
     vae = card.get("vae") if isinstance(card.get("vae"), dict) else {}
     if training := _training(vae):
         lines.append(f"dVAE training: {training}")
@@ -146,7 +192,8 @@ class SettingsDialog(QDialog):
         browse = QPushButton("Open…")
         browse.clicked.connect(self._browse)
         self.card = QPlainTextEdit(readOnly=True)
-        self.card.setMinimumHeight(160)
+        self.card.setMinimumHeight(220)
+        self.card.setMinimumWidth(CARD_WIDTH_CHARS * self.card.fontMetrics().averageCharWidth())
         self.bundle.textChanged.connect(self._show_card)  # a method: no lambda outlives it
         self.card.setPlainText(card_text(bundle))
         row = QHBoxLayout()

@@ -34,10 +34,8 @@ from studio.document import Document
 CAPTION = "the exact same thing on the top as a sketch on the bottom"
 SUBJECT = "thing"  # the word a user names first: the caption box selects it, typing replaces it
 FILL = 255  # white: a new blank document's colour and what transparency is composited on
-# the longest canvas side: its square stays within MAX_PIXELS (7071² px) with room for the few
-# pixels ``layout`` may add to make the middle row exact
+# the longest canvas side: its square stays within MAX_PIXELS (7071² px)
 MAX_SIDE = math.isqrt(MAX_PIXELS) // 1000 * 1000
-NUDGE_LIMIT = 64  # canvas sides ``layout`` tries (2 px apart) before keeping the first one
 
 
 @dataclass(frozen=True)
@@ -64,28 +62,22 @@ def layout(width: int, height: int, size: int, factor: int) -> Layout:
     shrink = min(1.0, MAX_SIDE / max(width, 2 * height))
     picture_w = max(1, math.floor(width * shrink))
     picture_h = max(1, math.floor(height * shrink))
-    first = max(picture_w, 2 * picture_h)
-    first += first % 2
-    # A later model switch re-snaps the rectangle through its first pixel row
-    # (Document.set_model_geometry). Geometry.cell_at can put that row in the cell above when
-    # the scale is inexact (98 px: 49 * 64/98 < 32), which would pull the rectangle over the
-    # picture; so the first side (2 px apart) whose middle row maps back to its own cell is
-    # taken. With power-of-two model sizes that depends on the side alone: it holds for them all.
-    sides = range(first, first + 2 * NUDGE_LIMIT, 2)
-    side = next((side for side in sides if _middle(side, size, factor)[2]), first)
-    cell, kept_rows, _ = _middle(side, size, factor)
+    side = max(picture_w, 2 * picture_h)
+    side += side % 2
+    # a later model switch re-snaps the rectangle through its first pixel row
+    # (Document.set_model_geometry): Geometry.cell_at maps a cell's first pixel back to that cell
+    cell, kept_rows = _middle(side, size, factor)
     x = (side - picture_w) // 2
     y = (kept_rows - picture_h) // 2
     return Layout(side, cell, kept_rows, (x, y, picture_w, picture_h))
 
 
-def _middle(side: int, size: int, factor: int) -> tuple[Cell, int, bool]:
+def _middle(side: int, size: int, factor: int) -> tuple[Cell, int]:
     """The rectangle's cell on a ``side`` px square (the row nearest the middle; for an odd grid
-    the one below it), the pixel rows above it, and whether its first row maps back to it."""
+    the one below it) and the pixel rows above it."""
     geometry = Geometry(side, side, size, factor)
     cell = ((geometry.grid + 1) // 2, 0)
-    kept_rows = geometry.pixel_of(cell)[1]
-    return cell, kept_rows, geometry.cell_at(0, kept_rows) == cell
+    return cell, geometry.pixel_of(cell)[1]
 
 
 def canvas(picture: np.ndarray, plan: Layout) -> np.ndarray:

@@ -103,7 +103,7 @@ def test_the_default_bundle_loads_unchanged(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda c: c["vae"].update(kind="vqgan"), "vae.kind is 'vqgan'; expected one of"),
+        (lambda c: c["vae"].update(kind="gumbel"), "vae.kind is 'gumbel'; expected one of"),
         (lambda c: c["vae"].update(kind=3), "vae.kind is 3"),
         (lambda c: c["vae"].update(patch=0), "vae.patch is 0; expected at least 1"),
         (lambda c: c["vae"].update(width=10**9), "vae.width is 1000000000; expected at most"),

@@ -14,9 +14,11 @@ convolutional masks (Ramesh et al. 2021, appendix B.1), all defined on slots in 
 from __future__ import annotations
 
 import copy
+import ctypes
 import itertools
 import logging
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -397,6 +399,10 @@ class Int8Linear(nn.Module):
     """
 
     int8_rows_max = 8  # measured on AVX-512: int8 kernel 0.7 ms vs bf16 2.4 ms at 1 row, even at 8
+    # ``_weight_int8pack_mm`` on CPU reads its inner dimension in blocks of 16 without checking:
+    # any other width gives garbage or a crash (torch 2.13; DALL·E Mini's GLU is 2730 wide), so
+    # the weights are stored padded with zero columns and each input padded to match
+    in_multiple = 16
 
     def __init__(self, linear: nn.Linear, keep_dense: bool = True):
         super().__init__()
@@ -404,10 +410,13 @@ class Int8Linear(nn.Module):
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127  # (out,) one step per channel
         quantized = (weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
         del weight
-        self.register_buffer("weight", quantized)  # (out, in) int8
-        self.register_buffer("scale", scale.to(torch.bfloat16))
         dense = (quantized.float() * scale[:, None]).to(torch.bfloat16) if keep_dense else None
-        self.register_buffer("dense", dense)
+        self.pad = -quantized.shape[1] % self.in_multiple  # zero columns after the last input
+        if self.pad:
+            quantized = F.pad(quantized, (0, self.pad))
+        self.register_buffer("weight", quantized)  # (out, in + pad) int8
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.register_buffer("dense", dense)  # (out, in) bf16, or None
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
 
@@ -415,13 +424,15 @@ class Int8Linear(nn.Module):
         rows = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)  # (M, in)
         if x.shape[0] <= self.int8_rows_max:
-            y = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scale)
+            padded = F.pad(x, (0, self.pad)) if self.pad else x
+            y = torch.ops.aten._weight_int8pack_mm(padded, self.weight, self.scale)
             if self.bias is not None:
                 y = y + self.bias
         elif self.dense is not None:
             y = F.linear(x, self.dense, self.bias)
         else:  # x q^T, then each output channel's scale: the int8 kernel's own order
-            y = F.linear(x, self.weight.to(torch.bfloat16)) * self.scale
+            padded = F.pad(x, (0, self.pad)) if self.pad else x
+            y = F.linear(padded, self.weight.to(torch.bfloat16)) * self.scale
             if self.bias is not None:
                 y = y + self.bias
         return y.view(*rows, -1)  # (..., out) bf16
@@ -528,12 +539,35 @@ def for_inference(
     if precision == "fp32":
         return model
     if precision == "int8":
-        for module in list(model.modules()):
-            for name, child in module.named_children():
-                if isinstance(child, nn.Linear):
-                    setattr(module, name, Int8Linear(child))
+        quantize_linears(model)
     model.precision = precision
     return model.to(torch.bfloat16)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by an in-place conversion back to the system. glibc keeps freed blocks
+    under its mmap threshold (32 MB at most: every weight of DALL·E Mini) in its heap for reuse;
+    measured on Mini, bf16 -> int8 left 360 MB that ``malloc_trim`` returns. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # another C library (musl): nothing to trim
+        pass
+
+
+def quantize_linears(model: nn.Module, keep_dense: bool = True) -> None:
+    """Every ``nn.Linear`` of ``model`` replaced by an ``Int8Linear``, one at a time: each
+    Linear's weights are freed as soon as its int8 copy exists (only its parent is held here,
+    never a list of the Linears themselves, which would keep every one alive to the end)."""
+    places = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear)
+    ]
+    for parent, name in places:
+        setattr(parent, name, Int8Linear(getattr(parent, name), keep_dense))
 
 
 def convert_in_place(model: nn.Module, precision: str, compile: bool = False) -> nn.Module:
@@ -555,10 +589,7 @@ def convert_in_place(model: nn.Module, precision: str, compile: bool = False) ->
                 f"again to sample in {precision}"
             )
         if precision == "int8":
-            for module in list(model.modules()):
-                for name, child in list(module.named_children()):
-                    if isinstance(child, nn.Linear):
-                        setattr(module, name, Int8Linear(child, keep_dense=False))
+            quantize_linears(model, keep_dense=False)
             model.to(torch.bfloat16)  # the LayerNorms and embeddings
         else:
             target = PRECISION_DTYPES[precision]
@@ -579,6 +610,7 @@ def convert_in_place(model: nn.Module, precision: str, compile: bool = False) ->
                     )
             model.to(target)
         model.precision = precision
+        release_freed_memory()
         log.info("converted %s in place to %s", type(model).__name__, precision)
     compiled = isinstance(model.__dict__.get("decode_step"), CompiledStep)
     if compile and not compiled:

@@ -137,7 +137,7 @@ def test_header_only_readers_touch_no_weights(original, saved, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("read weights or built models")
 
-    monkeypatch.setattr(bundle_module, "load_file", boom)
+    monkeypatch.setattr(bundle_module, "read_tensors", boom)
     monkeypatch.setattr(bundle_module, "build_models", boom)
     assert read_card(saved) == CARD
     assert read_config(saved) == original.config
@@ -623,3 +623,33 @@ def test_malformed_tensor_entries_are_refused(tmp_path, entry):
     header = json.dumps({"__metadata__": {"format": FORMAT}, "w": entry}).encode()
     path = raw_bundle(tmp_path / "entry.dalle.safetensors", header, b"\x00" * 8)
     refused(path, "tensor w")
+
+
+@pytest.mark.parametrize(
+    "offsets, data, words",
+    [
+        ({"a": [0, 8], "b": [4, 12]}, 12, ["tensor b overlaps"]),
+        ({"a": [0, 8], "b": [12, 20]}, 20, ["leaves a gap before it"]),
+        ({"a": [0, 8], "b": [8, 16]}, 24, ["24 bytes of data for tensors of 16"]),
+    ],
+)
+def test_tensor_bytes_must_tile_the_data_section(tmp_path, offsets, data, words):
+    """The weights are read tensor by tensor (``read_tensors``), each into memory of its own; the
+    data section must be their bytes back to back, as safetensors itself requires."""
+    header = {
+        name: {"dtype": "F32", "shape": [2], "data_offsets": o} for name, o in offsets.items()
+    }
+    path = raw_bundle(tmp_path / "tiles.safetensors", json.dumps(header).encode(), bytes(data))
+    with pytest.raises(BundleError) as caught:
+        bundle_module.read_tensors(path)
+    assert all(word in str(caught.value) for word in words), caught.value
+
+
+def test_loaded_weights_are_their_own_memory(saved):
+    """Not views of one mapping of the file: a model converted in place frees what it replaces."""
+    tensors = bundle_module.read_tensors(saved)
+    for name, tensor in tensors.items():
+        assert tensor.untyped_storage().nbytes() == tensor.nbytes, name  # a storage of its own
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: no mapping of the file is left behind
+        assert str(saved) not in maps.read_text()

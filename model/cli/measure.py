@@ -7,6 +7,7 @@ loads the model, shows progress and prints (and writes) what they return.
 from __future__ import annotations
 
 import json
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -135,18 +136,25 @@ def bench(args) -> dict:
             args.dim, args.depth, args.heads, args.grid, args.text_len, args.vocab, device
         )
         source = "random weights"
-    else:
-        bundle = load_bundle(args.bundle, args.device)
-        transformer = bundle.transformer
-        source = str(bundle.path)
+    loading = {}
     if args.repeats <= 0:
         raise ValueError("--repeats must be positive")
     batches = args.batch or [1, 8]
     if any(b <= 0 for b in batches):
         raise ValueError("--batch sizes must be positive")
-    return bench.measure(
+    if not args.random:
+        started = time.perf_counter()
+        bundle = load_bundle(args.bundle, args.device)
+        loading = {
+            "load_seconds": time.perf_counter() - started,
+            "peak_memory_after_load_mb": bench.peak_memory_mb(device),
+        }
+        transformer = bundle.transformer
+        source = str(bundle.path)
+    summary = bench.measure(
         transformer, source, device, batches, args.repeats, args.precision, args.compile
     )
+    return {**summary, **loading}
 
 
 def print_bench(summary: dict) -> None:
@@ -160,6 +168,12 @@ def print_bench(summary: dict) -> None:
         f"device {summary['device']}, {summary['threads']} threads, precision "
         f"{summary['precision']}{compiled}"
     )
+    if "load_seconds" in summary:
+        print(
+            f"loaded in {summary['load_seconds']:.1f} s (peak memory "
+            f"{summary['peak_memory_after_load_mb']:,.0f} MiB); converted to "
+            f"{summary['precision']} in {summary['convert_seconds']:.1f} s"
+        )
     print(
         f"{'task':8s} {'batch':>5s} {'cells':>5s} {'seconds':>8s} {'s/image':>8s} "
         f"{'tokens/s':>9s} {'ms/step':>8s} {'GB/s':>6s} {'of copy':>7s}"

@@ -378,21 +378,25 @@ class BartDalle(nn.Module):
     def load_min_dalle(
         self, encoder: Mapping[str, torch.Tensor], decoder: Mapping[str, torch.Tensor]
     ) -> None:
-        """Load min-dalle's encoder and decoder state dicts (checked first, see
+        """Load min-dalle's encoder and decoder state dicts (see ``load_min_dalle_half``)."""
+        self.load_min_dalle_half("encoder", encoder)
+        self.load_min_dalle_half("decoder", decoder)
+
+    def load_min_dalle_half(self, name: str, state: Mapping[str, torch.Tensor]) -> None:
+        """Load min-dalle's ``name`` ("encoder" or "decoder") state dict, checked first (see
         ``check_state_dict``); keys min-dalle's modules do not have are ignored with a warning,
-        as min-dalle loads with ``strict=False``. A model built on the meta device takes the tensors
-        themselves (no second copy in memory); any other copies them into its own."""
-        for name, module, state in (
-            ("encoder", self.encoder, encoder),
-            ("decoder", self.decoder, decoder),
-        ):
-            extra = check_state_dict(module, state, f"the {name} state dict", allow_extra=True)
-            if extra:
-                log.warning("ignoring %d unknown %s key(s): %s", len(extra), name, ", ".join(extra))
-            expected = module.state_dict()
-            kept = {k: state[k].to(expected[k].dtype) for k in expected}
-            # a meta-built model takes the tensors themselves; a real one copies into its own
-            module.load_state_dict(kept, strict=True, assign=self.ln_f.weight.is_meta)
+        as min-dalle loads with ``strict=False``. A model built on the meta device takes the
+        tensors themselves, converted to its dtype (no second copy in memory); any other copies
+        them into its own. One half at a time lets a caller free one file before reading the
+        next (``model.importers.dalle_mega``)."""
+        module = {"encoder": self.encoder, "decoder": self.decoder}[name]
+        extra = check_state_dict(module, state, f"the {name} state dict", allow_extra=True)
+        if extra:
+            log.warning("ignoring %d unknown %s key(s): %s", len(extra), name, ", ".join(extra))
+        expected = module.state_dict()
+        kept = {k: state[k].to(expected[k].dtype) for k in expected}
+        # a meta-built model takes the tensors themselves; a real one copies into its own
+        module.load_state_dict(kept, strict=True, assign=self.ln_f.weight.is_meta)
 
 
 def check_state_dict(

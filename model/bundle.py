@@ -607,7 +607,8 @@ def _torch_dtype(name: str) -> torch.dtype:
 FINITE_CHUNK = 2**18
 
 
-def _finite(tensor: torch.Tensor) -> bool:
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or infinity in ``tensor``, checked ``FINITE_CHUNK`` values at a time."""
     flat = tensor.reshape(-1)
     for start in range(0, flat.numel(), FINITE_CHUNK):
         chunk = flat[start : start + FINITE_CHUNK]
@@ -655,7 +656,7 @@ def read_tensors(path: Path, header: Header | None = None) -> dict[str, torch.Te
                     view = tensor.view(-1).view(torch.uint8).numpy()  # little-endian, as stored
                     if file.readinto(memoryview(view)) != entry.end - entry.begin:
                         raise BundleError(path, f"truncated while reading tensor {name}")
-                if tensor.is_floating_point() and not _finite(tensor):
+                if tensor.is_floating_point() and not all_finite(tensor):
                     non_finite.append(name)
                 tensors[name] = tensor
     except OSError as error:

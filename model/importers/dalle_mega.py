@@ -111,7 +111,9 @@ def sha256(path: Path, chunk: int = 8 * 2**20) -> str:
 
 
 def _gb(count: float) -> str:
-    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+    if count >= 1e9:
+        return f"{count / 1e9:.1f} GB"
+    return f"{count / 1e6:.0f} MB" if count >= 1e6 else f"{count / 1e3:.0f} KB"
 
 
 # -- finding the files ----------------------------------------------------------------------------
@@ -245,26 +247,29 @@ def check_sizes(found: Mapping[str, int], model: Model, config: BartConfig, wher
 
 
 def convert_transformer(
-    encoder: Mapping[str, torch.Tensor],
-    decoder: Mapping[str, torch.Tensor],
+    states: dict[str, Mapping[str, torch.Tensor]],
     config: BartConfig,
     dtype: torch.dtype,
     where: str,
 ) -> BartDalle:
     """A ``BartDalle`` holding the files' weights in ``dtype``, built on the meta device (the
-    converted tensors are its weights: no second copy). ValueError for a wrong shape, a
-    non-float tensor or a weight that is not finite (fp16 overflows above 65504)."""
+    converted tensors are its weights: no second copy). ``states`` holds the "encoder" and
+    "decoder" state dicts (memory-mapped files); each is taken out and dropped once converted, so
+    that Mega's fp32 encoder file is unmapped before its decoder file is read. ValueError for a
+    wrong shape, a non-float tensor or a weight that is not finite (fp16 overflows above 65504)."""
+    from model.bundle import all_finite
+
     with torch.device("meta"):
         model = BartDalle(config).to(dtype)
-    try:
-        model.load_min_dalle(encoder, decoder)
-    except ValueError as error:
-        raise ValueError(f"{where}: {error}") from None
+    for half in ("encoder", "decoder"):
+        try:
+            model.load_min_dalle_half(half, states.pop(half))
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
     for name, tensor in model.state_dict().items():
-        if not torch.isfinite(tensor).all():
-            hint = (
-                " (fp16 overflows above 65504: use --dtype bf16)" if dtype == torch.float16 else ""
-            )
+        if not all_finite(tensor):
+            fp16 = dtype == torch.float16
+            hint = " (fp16 overflows above 65504: use --dtype bf16)" if fp16 else ""
             raise ValueError(f"{where}: {name} holds NaN or infinity{hint}")
     model.precision = {v: k for k, v in DTYPES.items()}[dtype]
     return model.eval()
@@ -414,13 +419,12 @@ def import_dalle(
         )
 
     say(f"reading {paths['encoder'].name} and {paths['decoder'].name}")
-    encoder = read_pt(paths["encoder"], "encoder")
-    decoder = read_pt(paths["decoder"], "decoder")
+    states = {half: read_pt(paths[half], half) for half in ("encoder", "decoder")}  # mapped
     where = f"{paths['encoder'].name} and {paths['decoder'].name}"
-    check_sizes(sizes_of(encoder, decoder, paths), model, expected, f"{source}: {where}")
+    sizes = sizes_of(states["encoder"], states["decoder"], paths)  # shapes only: nothing read
+    check_sizes(sizes, model, expected, f"{source}: {where}")
     say(f"converting {model.title} to {dtype}")
-    transformer = convert_transformer(encoder, decoder, expected, DTYPES[dtype], where)
-    del encoder, decoder  # the memory-mapped sources
+    transformer = convert_transformer(states, expected, DTYPES[dtype], where)
 
     vq_state, vqgan_note = convert_vqgan(paths, vq_config, say)
     vqgan = VQGAN.load(vq_config, vq_state).eval()

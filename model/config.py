@@ -89,12 +89,17 @@ class VQConfig:
     commitment: float = 0.25  # weight of |z - sg(e)|^2 (VQ-VAE paper's beta)
     edge_weight: float = 4.0  # pixel loss weight near colour edges (study: the largest gain)
     restart_every: int = 25  # steps between dead-code restarts at the worst-reconstructed cells
+    # the decoder's output is this many times image_size on a side (issue 17: 64 px codes shown
+    # at 128 px). The encoder reads image_size; a larger picture is area-averaged down to it.
+    # A decoder retrained on a frozen encoder's codes (`train vq --decoder-only`) changes it
+    # without changing a token.
+    upscale: int = 1
 
     def encoder_config(self) -> VQConfig:
         """This config with the training-only fields at their defaults: equal for VQ tokenizers
         whose tokens can be the same (as ``DVAEConfig.encoder_config``)."""
         defaults = VQConfig()
-        training = ("decay", "commitment", "edge_weight", "restart_every")
+        training = ("decay", "commitment", "edge_weight", "restart_every", "upscale")
         return dataclasses.replace(self, **{name: getattr(defaults, name) for name in training})
 
     @property
@@ -131,6 +136,14 @@ class TransformerConfig:
     )
     dropout: float = 0.0
     text_loss_weight: float = 1 / 8  # paper: 1/8 text, 7/8 image
+    # "studio": slot s holds cell s - 1 with the row/column embedding of the cell it predicts.
+    # "rudalle": ruDALL-E v3's convention (research/importers.md 2.3-2.4): slot s >= 1 holds cell
+    # s - 1 with that cell's own row/column embedding, slot 0 (the last text position) gets no
+    # row/column embedding and every image slot sees it; masks are on held-cell coordinates.
+    layout: str = "studio"
+    sandwich_norm: bool = False  # CogView's extra LayerNorm on each residual branch's output
+    head_norm: bool = False  # a second LayerNorm before the image head (ruDALL-E's to_logits.0)
+    head_bias: bool = False  # the image (and text) head has a bias
 
     @property
     def image_len(self) -> int:
@@ -145,6 +158,9 @@ class TransformerConfig:
     @property
     def text_vocab_padded(self) -> int:
         return self.text_vocab + self.text_len
+
+
+TRANSFORMER_LAYOUTS = ("studio", "rudalle")
 
 
 def conv_kernel_for(grid: int) -> int:
@@ -176,6 +192,7 @@ NORM_GROUPS = 32
 # resolution levels: f16 has 5, f8 4; 8 levels would be a 128x downsampling
 MAX_LEVELS = 8
 VALUE_RANGES = ("0,1", "-1,1")
+VQGAN_QUANTIZERS = ("vq", "gumbel")
 
 
 @dataclass(frozen=True)
@@ -193,6 +210,10 @@ class VQGANConfig:
     z_channels: int = 256  # encoder output / decoder input
     embed_dim: int = 256  # code vector dimension
     n_embed: int = 16384  # K codes
+    # "vq": nearest code (taming's VectorQuantizer, DALL·E Mega/Mini). "gumbel": taming's
+    # GumbelQuantize (ruDALL-E's Sber VQGAN): quantize.proj, a 1x1 conv to n_embed logits, and
+    # argmax for tokens; decoding looks the code up in quantize.embed.
+    quantize: str = "vq"
     # GroupNorm epsilon: taming and vqgan-jax use 1e-6; min-dalle's detokenizer keeps torch's
     # default 1e-5 (a test against min-dalle needs it to match to 1e-5)
     norm_eps: float = 1e-6
@@ -289,6 +310,10 @@ def check_vqgan_config(config: VQGANConfig) -> None:
         raise ValueError(
             "VQGAN double_z must be false: taming's VQModel feeds z_channels (not 2 * z_channels) "
             "to quant_conv; double_z belongs to the KL autoencoder"
+        )
+    if config.quantize not in VQGAN_QUANTIZERS:
+        raise ValueError(
+            f"VQGAN quantize must be one of {VQGAN_QUANTIZERS}, got {config.quantize!r}"
         )
     if config.value_range not in VALUE_RANGES:
         raise ValueError(
@@ -519,6 +544,10 @@ class BundleConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        for section in ("vae", "transformer"):
+            for name, default in LATER_FIELDS.get(type(getattr(self, section)), {}).items():
+                if data[section][name] == default:
+                    del data[section][name]
         for section, kind, default in (
             ("vae", self.vae_kind, DEFAULT_VAE_KIND),
             ("text", self.text_kind, DEFAULT_TEXT_KIND),
@@ -555,6 +584,15 @@ TEXT_KINDS: dict[str, type] = {"bpe": TextConfig, "bart": BartTextConfig}
 DEFAULT_TEXT_KIND = "bpe"
 TRANSFORMER_KINDS: dict[str, type] = {"dalle": TransformerConfig, "bart": BartConfig}
 DEFAULT_TRANSFORMER_KIND = "dalle"
+# Fields added after bundles of their kind shipped, with the value every earlier bundle has: a
+# bundle writes one only where it differs, so earlier bundles are written byte for byte as they were.
+LATER_FIELDS: dict[type, dict[str, Any]] = {
+    VQConfig: {"upscale": 1},
+    TransformerConfig: {
+        "layout": "studio", "sandwich_norm": False, "head_norm": False, "head_bias": False
+    },
+    VQGANConfig: {"quantize": "vq"},
+}
 
 
 def _kind_of(config: Any, kinds: dict[str, type], what: str) -> str:
@@ -614,6 +652,7 @@ FIELD_RANGES: dict[type, dict[str, tuple]] = {
         "commitment": (0.0, 100.0),
         "edge_weight": (0.0, 100.0),
         "restart_every": (1, 2**31 - 1),
+        "upscale": (1, 8),
     },
     TextConfig: {
         "vocab_size": (1, MAX_VOCAB),
@@ -631,6 +670,10 @@ FIELD_RANGES: dict[type, dict[str, tuple]] = {
         "conv_kernel": (1, 2 * MAX_GRID + 1),
         "dropout": (0.0, 1.0),
         "text_loss_weight": (0.0, 1.0),
+        "layout": TRANSFORMER_LAYOUTS,
+        "sandwich_norm": (),
+        "head_norm": (),
+        "head_bias": (),
     },
     RerankerConfig: {
         "text_vocab": (1, MAX_VOCAB + MAX_TEXT_LEN),  # BPE ids and the padding ids
@@ -655,6 +698,7 @@ FIELD_RANGES: dict[type, dict[str, tuple]] = {
         "norm_eps": (0.0, 0.1),
         "double_z": (),
         "value_range": VALUE_RANGES,
+        "quantize": VQGAN_QUANTIZERS,
     },
     BartConfig: {
         "text_vocab": (1, MAX_VOCAB),

@@ -89,26 +89,26 @@ class VQConfig:
     commitment: float = 0.25  # weight of |z - sg(e)|^2 (VQ-VAE paper's beta)
     edge_weight: float = 4.0  # pixel loss weight near colour edges (study: the largest gain)
     restart_every: int = 25  # steps between dead-code restarts at the worst-reconstructed cells
-    # the decoder's output is this many times image_size on a side (issue 17: 64 px codes shown
-    # at 128 px). The encoder reads image_size; a larger picture is area-averaged down to it.
-    # A decoder retrained on a frozen encoder's codes (`train vq --decoder-only`) changes it
-    # without changing a token.
-    upscale: int = 1
+    # the encoder first area-averages the picture by this factor, and the decoder ends in a
+    # PixelShuffle(patch * pool): issue 17's 128 px model reads and writes 128 px (image_size)
+    # with the 64 px encoder's codes (pool 2), its decoder retrained on them (`train vq
+    # --decoder-only`), so one cell is 8x8 px. Pool 1 is the plain VQ-VAE.
+    pool: int = 1
 
     def encoder_config(self) -> VQConfig:
         """This config with the training-only fields at their defaults: equal for VQ tokenizers
         whose tokens can be the same (as ``DVAEConfig.encoder_config``)."""
         defaults = VQConfig()
-        training = ("decay", "commitment", "edge_weight", "restart_every", "upscale")
+        training = ("decay", "commitment", "edge_weight", "restart_every")
         return dataclasses.replace(self, **{name: getattr(defaults, name) for name in training})
 
     @property
     def factor(self) -> int:
-        return self.patch
+        return self.patch * self.pool
 
     @property
     def grid(self) -> int:
-        return self.image_size // self.patch
+        return self.image_size // self.factor
 
 
 @dataclass
@@ -587,7 +587,7 @@ DEFAULT_TRANSFORMER_KIND = "dalle"
 # Fields added after bundles of their kind shipped, with the value every earlier bundle has: a
 # bundle writes one only where it differs, so earlier bundles are written byte for byte as they were.
 LATER_FIELDS: dict[type, dict[str, Any]] = {
-    VQConfig: {"upscale": 1},
+    VQConfig: {"pool": 1},
     TransformerConfig: {
         "layout": "studio", "sandwich_norm": False, "head_norm": False, "head_bias": False
     },
@@ -652,7 +652,7 @@ FIELD_RANGES: dict[type, dict[str, tuple]] = {
         "commitment": (0.0, 100.0),
         "edge_weight": (0.0, 100.0),
         "restart_every": (1, 2**31 - 1),
-        "upscale": (1, 8),
+        "pool": (1, 8),
     },
     TextConfig: {
         "vocab_size": (1, MAX_VOCAB),

@@ -11,12 +11,14 @@ as nanoGPT's checkpoints carry their ``model_args``:
                           own (as in every bundle written before kinds existed):
                             vae.kind          "dvae" (absent), "vq" (model/vq.py) or "vqgan"
                                               (model/vqgan.py: DALL·E Mega's f16 VQGAN)
-                            text.kind         "bpe" (absent: model/text.py) or "bart"
-                                              (model/bart_text.py: BART's BPE, pad id 1)
+                            text.kind         "bpe" (absent: model/text.py), "bart"
+                                              (model/bart_text.py: BART's BPE, pad id 1) or
+                                              "yttm" (model/yttm_text.py: ruDALL-E's BPE)
                             transformer.kind  "dalle" (absent: model/transformer.py) or "bart"
                                               (model/bart.py: DALL·E Mega / Mini)
                tokenizer  the caption tokenizer as JSON: ``tokenizers``' for "bpe",
-                          ``BartTokenizer.to_json`` (vocab, merges, text_len) for "bart"
+                          ``BartTokenizer.to_json`` (vocab, merges, text_len) for "bart",
+                          ``RudalleTokenizer.to_json`` for "yttm"
                card       JSON: training data, steps, metrics, example captions; an imported
                           model's sources, licence and input hashes
 
@@ -73,6 +75,7 @@ from model.config import (
 from model.device import available_memory
 from model.files import atomic_path
 from model.text import CaptionTokenizer
+from model.yttm_text import RudallePrompt
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +184,18 @@ def config_problems(
             f"a transformer of kind {config.transformer_kind!r} cannot read captions of "
             f"text.kind {config.text_kind!r}"
         )
+    yttm_text = config.text_kind == "yttm"
+    rudalle = config.transformer_kind == "dalle" and tf.layout == "rudalle"
+    if yttm_text != rudalle and config.transformer_kind != "bart":  # bart: said above
+        problems.append(
+            "ruDALL-E's captions (text.kind 'yttm') go with a transformer of layout 'rudalle' "
+            f"and only with it; this bundle has text.kind {config.text_kind!r} and a "
+            f"transformer of layout {tf.layout!r}"
+        )
+    if yttm_text and text.vocab_size != tf.text_vocab:
+        problems.append(
+            f"text.vocab_size {text.vocab_size} != transformer.text_vocab {tf.text_vocab}"
+        )
     if config.reranker is not None and config.text_kind != DEFAULT_TEXT_KIND:
         # the reranker scores our BPE's ids; never feed it another tokenizer's
         problems.append(
@@ -194,13 +209,15 @@ def config_problems(
             f"{tf.text_vocab} rows"
         )
     if tokenizer is not None:
-        expected = BartTokenizer if bart_text else CaptionTokenizer
+        expected = {"bart": BartTokenizer, "yttm": RudallePrompt}.get(
+            config.text_kind, CaptionTokenizer
+        )
         if not isinstance(tokenizer, expected):
             problems.append(
                 f"text.kind {config.text_kind!r} needs a {expected.__name__}, "
                 f"not a {type(tokenizer).__name__}"
             )
-        elif bart_text and tokenizer.vocab_size != text.vocab_size:
+        elif (bart_text or yttm_text) and tokenizer.vocab_size != text.vocab_size:
             problems.append(
                 f"the tokenizer has {tokenizer.vocab_size} ids but text.vocab_size is "
                 f"{text.vocab_size}"
@@ -539,7 +556,8 @@ def _assigned_prefixes(config: BundleConfig) -> set[str]:
     """The models loaded by assignment (built on the meta device, taking the file's tensors and
     their dtype): the imported kinds, whose size makes a second copy unaffordable."""
     assigned = set()
-    if config.transformer_kind != DEFAULT_TRANSFORMER_KIND:
+    tf = config.transformer
+    if config.transformer_kind != DEFAULT_TRANSFORMER_KIND or tf.layout == "rudalle":
         assigned.add("transformer")
     if config.vae_kind == "vqgan":
         assigned.add("vae")
@@ -744,6 +762,8 @@ def _parse_tokenizer(
             # an id past the encoder's rows (DALL·E Mini's "<mask>") reads as <unk>
             tokenizer.rows = config.transformer.text_vocab
             return tokenizer
+        if config.text_kind == "yttm":
+            return RudallePrompt.from_json(text)
         return CaptionTokenizer.from_json(text, config.text.text_len)
     except (ValueError, TypeError) as error:
         raise BundleError(path, f"invalid tokenizer metadata: {error}") from None

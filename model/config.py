@@ -417,6 +417,16 @@ class BartTextConfig:
     text_len: int = 64  # min-dalle's text_token_count
 
 
+@dataclass
+class YttmTextConfig:
+    """ruDALL-E's caption tokenizer for a ``layout="rudalle"`` transformer
+    (``model.yttm_text.RudallePrompt``): youtokentome's BPE, BOS, at most ``text_len - 2`` ids,
+    EOS, then one padding id per position. The vocabulary itself lives in the tokenizer JSON."""
+
+    vocab_size: int = 16384  # BPE ids, the four special ones included (ruDALL-E's bpe.model)
+    text_len: int = 127  # ruDALL-E's 128 text positions less the last, which is our slot 0
+
+
 # Sampling options' bounds: logits divided by MIN_TEMPERATURE stay far from fp32's overflow; a
 # guidance scale beyond MAX_GUIDANCE only saturates (DALL·E Mega samples at 10-16); a seed is
 # what torch.Generator.manual_seed takes.
@@ -526,7 +536,7 @@ class BundleConfig:
     """
 
     vae: DVAEConfig | VQConfig | VQGANConfig = field(default_factory=DVAEConfig)
-    text: TextConfig | BartTextConfig = field(default_factory=TextConfig)
+    text: TextConfig | BartTextConfig | YttmTextConfig = field(default_factory=TextConfig)
     transformer: TransformerConfig | BartConfig = field(default_factory=TransformerConfig)
     reranker: RerankerConfig | None = None  # scores captions in our BPE's ids: ours only
 
@@ -580,16 +590,19 @@ class BundleConfig:
 # before a section had kinds has no key there: it is the first kind listed (the product's own).
 VAE_KINDS: dict[str, type] = {"dvae": DVAEConfig, "vq": VQConfig, "vqgan": VQGANConfig}
 DEFAULT_VAE_KIND = "dvae"
-TEXT_KINDS: dict[str, type] = {"bpe": TextConfig, "bart": BartTextConfig}
+TEXT_KINDS: dict[str, type] = {"bpe": TextConfig, "bart": BartTextConfig, "yttm": YttmTextConfig}
 DEFAULT_TEXT_KIND = "bpe"
 TRANSFORMER_KINDS: dict[str, type] = {"dalle": TransformerConfig, "bart": BartConfig}
 DEFAULT_TRANSFORMER_KIND = "dalle"
 # Fields added after bundles of their kind shipped, with the value every earlier bundle has: a
-# bundle writes one only where it differs, so earlier bundles are written byte for byte as they were.
+# bundle writes one only where it differs, so earlier bundles are written byte for byte as before.
 LATER_FIELDS: dict[type, dict[str, Any]] = {
     VQConfig: {"pool": 1},
     TransformerConfig: {
-        "layout": "studio", "sandwich_norm": False, "head_norm": False, "head_bias": False
+        "layout": "studio",
+        "sandwich_norm": False,
+        "head_norm": False,
+        "head_bias": False,
     },
     VQGANConfig: {"quantize": "vq"},
 }
@@ -713,6 +726,10 @@ FIELD_RANGES: dict[type, dict[str, tuple]] = {
         "grid": (1, MAX_GRID),
         "start_token": (0, MAX_VOCAB - 1),
         "pad_id": (0, MAX_VOCAB - 1),
+    },
+    YttmTextConfig: {
+        "vocab_size": (5, MAX_VOCAB),  # four special ids and the word-start token
+        "text_len": (3, MAX_TEXT_LEN),  # BOS, one id, EOS
     },
     BartTextConfig: {
         # Mini's vocab_mini.json holds one id more than its encoder has rows (see bundle.py)

@@ -401,3 +401,62 @@ def _read_yttm(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
             )
         vocab[text] = index
     return vocab, merges
+
+
+class RudallePrompt(RudalleTokenizer):
+    """The caption ids a ``layout="rudalle"`` transformer reads (a bundle's text kind "yttm").
+
+    That layout's slot 0 is ruDALL-E's last text position (research/importers.md 2.4), so the
+    bundle's text is ruDALL-E's first ``text_len`` = 127 positions: BOS, the caption's BPE ids cut
+    to ``text_len - 2`` so that EOS always survives, EOS, then at position t the padding id
+    ``vocab_size + t``, which is what ruDALL-E's ``DalleModel`` makes of the 0s ``encode_text``
+    pads with. For a caption of at most 125 ids this is exactly ruDALL-E's input; ruDALL-E itself
+    cuts a longer one at 128 ids and loses EOS.
+    """
+
+    def __init__(self, vocab, merges, text_len: int = TEXT_LEN - 1):
+        super().__init__(vocab, merges, text_len)
+        self._padding = torch.arange(self.vocab_size, self.vocab_size + self.text_len)
+
+    @classmethod
+    def of(cls, tokenizer: RudalleTokenizer, text_len: int = TEXT_LEN - 1) -> RudallePrompt:
+        return cls(tokenizer._vocab, tokenizer._merges, text_len)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the transformer's text embedding: BPE ids, then one padding id per position."""
+        return self.vocab_size + self.text_len
+
+    def _cut(self, caption: str) -> list[int]:
+        ids = self.ids(caption)
+        if len(ids) > self.text_len:
+            log.debug("caption %r is %d tokens; keeping %d", caption, len(ids), self.text_len)
+            ids = ids[: self.text_len - 1] + [EOS_ID]
+        return ids
+
+    def encode(self, captions: Sequence[str]) -> torch.Tensor:
+        if isinstance(captions, str):
+            raise TypeError("encode takes a list of captions, not a single string")
+        out = self._padding.expand(len(captions), -1).clone()
+        for row, caption in enumerate(captions):
+            ids = self._cut(caption)
+            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+    def empty(self, batch: int) -> torch.Tensor:
+        """(batch, text_len) BOS, EOS, padding ids: the empty caption (guidance's unconditional
+        input; ruDALL-E was not trained for guidance, so its bundles default to a scale of 1)."""
+        out = self._padding.expand(batch, -1).clone()
+        out[:, 0], out[:, 1] = BOS_ID, EOS_ID
+        return out
+
+    def decode(self, ids: torch.Tensor | Sequence[int]) -> str:
+        """Text of one caption's ids; special and padding ids are left out."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        bad = [i for i in ids if not 0 <= i < self.padded_vocab_size]
+        if bad:
+            raise ValueError(f"ids {bad[:5]} are outside [0, {self.padded_vocab_size})")
+        return super().decode([i for i in ids if i < self.vocab_size])
+
+    def __repr__(self) -> str:
+        return f"RudallePrompt(vocab_size={self.vocab_size}, text_len={self.text_len})"

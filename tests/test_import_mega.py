@@ -526,7 +526,7 @@ LM_HEAD, FINAL_LN = "transformer.decoder.lm_head.weight", "transformer.encoder.f
         (section("transformer", decoder_layers=10**6), None, ["decoder_layers", "at most 256"]),
         (section("transformer", colour=1), None, ["unknown BartConfig fields"]),
         (section("transformer", kind="gpt"), None, ["transformer.kind is 'gpt'"]),
-        (section("text", kind="yttm"), None, ["text.kind is 'yttm'"]),
+        (section("text", kind="sentencepiece"), None, ["text.kind is 'sentencepiece'"]),
         (section("text", text_len=8), None, ["text.text_len 8 != transformer.text_len 16"]),
         (lambda c: c["text"].pop("kind"), None, ["'bart' cannot read captions of text.kind 'bpe'"]),
         (section("text", vocab_size=10**5), None, ["text.vocab_size 100000 is more than one"]),

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from model import yttm_text
-from model.yttm_text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, RudalleTokenizer
+from model.yttm_text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, RudallePrompt, RudalleTokenizer
 
 # -- test strings ---------------------------------------------------------------------------------
 
@@ -469,3 +469,70 @@ def test_not_json():
     for text in ("{", "[]", None):
         with pytest.raises(ValueError, match="not a ruDALL-E tokenizer JSON"):
             RudalleTokenizer.from_json(text)
+
+
+# -- RudallePrompt: the caption ids of a layout="rudalle" bundle ----------------------------------
+
+
+def test_prompt_is_rudalles_input_with_positional_padding(trained, rudalle_tokenizer_module):
+    """ruDALL-E's first 127 text positions as its DalleModel sees them: encode_text's ids with
+    each 0 at position t made ``vocab_size + t`` (for captions of at most 125 ids, as all of
+    these are)."""
+    path, bpe = trained
+    wrapper = rudalle_tokenizer_module.YTTMTokenizerWrapper(bpe)
+    ours = RudallePrompt.of(RudalleTokenizer.from_yttm(path))
+    assert ours.text_len == 127 and ours.padded_vocab_size == ours.vocab_size + 127
+    texts = [t[:200] for t in strings(500, seed=4)]
+    texts = [t for t in texts if len(bpe.encode([t.lower().strip()])[0]) <= 125]
+    assert len(texts) > 300
+    positions = torch.arange(128)
+    theirs = []
+    for text in texts:
+        ids = wrapper.encode_text(text.lower().strip(), text_seq_length=128)
+        ids = torch.where(ids == 0, ours.vocab_size + positions, ids)  # DalleModel.forward
+        theirs.append(ids[:127].tolist())
+    assert mismatches(ours.encode(texts).tolist(), theirs, texts) == []
+    empty = wrapper.encode_text("", 128)
+    empty = torch.where(empty == 0, ours.vocab_size + positions, empty)[:127]
+    assert ours.empty(2).tolist() == [empty.tolist()] * 2
+
+
+def test_prompt_keeps_eos_when_it_cuts(hand_model):
+    ours = RudallePrompt.of(RudalleTokenizer.from_yttm(hand_model), text_len=6)
+    pad = ours.vocab_size
+    got = ours.encode(["  КОТ ", "КоТа кот кот кот кот"])
+    assert got.tolist() == [
+        [BOS_ID, 16, EOS_ID, pad + 3, pad + 4, pad + 5],
+        [BOS_ID, 17, 16, 16, 16, EOS_ID],  # cut to four ids so that EOS stays
+    ]
+    assert ours.empty(1).tolist() == [[BOS_ID, EOS_ID, pad + 2, pad + 3, pad + 4, pad + 5]]
+    assert ours.decode(got[0]) == "кот" and ours.kept("КоТа кот кот кот кот") == "кота кот кот кот"
+    with pytest.raises(ValueError, match=r"outside \[0, "):
+        ours.decode([pad + 6])
+    again = RudallePrompt.from_json(ours.to_json())
+    assert isinstance(again, RudallePrompt) and torch.equal(
+        again.encode(["кот"]), ours.encode(["кот"])
+    )
+
+
+def test_a_bundle_pairs_rudalle_captions_with_the_rudalle_layout_only(hand_model):
+    from model.bundle import config_problems
+    from model.config import BundleConfig, TransformerConfig, VQGANConfig, YttmTextConfig
+
+    tokenizer = RudallePrompt.of(RudalleTokenizer.from_yttm(hand_model), text_len=6)
+    vae = VQGANConfig(resolution=32, ch=32, ch_mult=(1, 1), attn_resolutions=(), n_embed=16,
+                      quantize="gumbel", value_range="-1,1")  # fmt: skip
+    layout = dict(text_vocab=tokenizer.vocab_size, text_len=6, image_vocab=16, grid=16, dim=8,
+                  heads=2, depth=1, conv_kernel=3)  # fmt: skip
+    text = YttmTextConfig(vocab_size=tokenizer.vocab_size, text_len=6)
+    good = BundleConfig(
+        vae=vae, text=text, transformer=TransformerConfig(**layout, layout="rudalle")
+    )
+    assert config_problems(good, tokenizer) == []
+    studio = BundleConfig(vae=vae, text=text, transformer=TransformerConfig(**layout))
+    assert any("layout 'rudalle' and only with it" in p for p in config_problems(studio))
+    other = BundleConfig(vae=vae, text=YttmTextConfig(vocab_size=99, text_len=6),
+                         transformer=TransformerConfig(**layout, layout="rudalle"))  # fmt: skip
+    problems = config_problems(other, tokenizer)
+    assert any("text.vocab_size 99 != transformer.text_vocab" in p for p in problems)
+    assert any(f"the tokenizer has {tokenizer.vocab_size} ids" in p for p in problems)

@@ -1,8 +1,9 @@
 """VQGAN image tokenizer (Esser et al. 2021) in the exact parameter layout of taming-transformers
 (``taming/models/vqgan.py``, ``modules/diffusionmodules/model.py``, ``modules/vqvae/quantize.py``),
 so that the released VQGANs load by name: dalle-mini's fine-tuned f16-16384 (DALL·E Mega and
-Mini), min-dalle's ``detoker.pt`` (the decoder half of the same model) and taming's own
-checkpoints.
+Mini), min-dalle's ``detoker.pt`` (the decoder half of the same model), taming's own
+checkpoints and ruDALL-E's Sber gumbel-f8 VQGAN (``quantize="gumbel"``; its Lightning checkpoint
+is read by ``model.importers.rudalle_vqgan``).
 
 An image (B, C, S, S) in [0, 1] becomes a grid (B, G, G) of token ids, G = S / 2**(levels - 1),
 and back:
@@ -12,7 +13,9 @@ and back:
                      attn_resolutions) and, but for the last, a stride-2 downsample -> mid (block,
                      attention, block) -> norm, swish, conv_out to z_channels
     quant_conv       1x1 to the code dimension
-    quantize         the nearest of K codes by squared distance (taming's VectorQuantizer)
+    quantize         "vq": the nearest of K codes by squared distance (taming's VectorQuantizer);
+                     "gumbel": the argmax of a 1x1 conv's K logits (taming's GumbelQuantize, as
+                     ruDALL-E runs it), the code vectors kept in a separate table
     post_quant_conv  1x1 back to z_channels
     decoder          conv_in -> mid -> levels up.L-1 .. up.0, each num_res_blocks + 1 residual
                      blocks (and attention) and, but for level 0, a nearest 2x upsample -> norm,
@@ -300,6 +303,40 @@ class VectorQuantizer(nn.Module):
         return self.embedding(codes).permute(0, 3, 1, 2)
 
 
+class GumbelQuantizer(nn.Module):
+    """taming's GumbelQuantize at inference as ruDALL-E runs it (``rudalle/vae/model.py``,
+    ``disable_gumbel_softmax=True``): each cell's code is the argmax of ``proj``'s K logits, with
+    no Gumbel noise (taming's own forward samples even in eval mode, so its tokens are random).
+    The code vectors are a separate table, ``embed.weight`` (K, D)."""
+
+    def __init__(self, n_embed: int, dim: int):
+        super().__init__()
+        # taming builds proj with z_channels inputs but feeds it quant_conv's embed_dim
+        # channels; the two are equal in every released gumbel VQGAN (Sber's: 256)
+        self.proj = nn.Conv2d(dim, n_embed, 1)
+        self.embed = nn.Embedding(n_embed, dim)
+
+    def codes(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, D, G, G) -> (B, G, G): each cell's most likely code."""
+        b, _, g, h = z.shape
+        # the logits of a few images at a time: (B, K, G, G) is 32 MiB an image at K 8192,
+        # G 32; computed in float32, as the VQ path's distances, since rounding moves argmaxes
+        images = max(1, QUANTIZE_ROWS // (g * h))
+        weight, bias = self.proj.weight.float(), self.proj.bias.float()
+        ids = [
+            F.conv2d(chunk.float(), weight, bias).argmax(dim=1)  # (b', K, G, G) -> (b', G, G)
+            for chunk in z.split(images)
+        ]
+        return torch.cat(ids).view(b, g, h)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, G, G) ids -> (B, D, G, G) code vectors."""
+        return self.embed(codes).permute(0, 3, 1, 2)
+
+
+QUANTIZERS = {"vq": VectorQuantizer, "gumbel": GumbelQuantizer}
+
+
 class VQGAN(nn.Module):
     """The tokenizer: encoder, quant_conv, quantize, post_quant_conv and decoder, with
     ``encode``/``decode`` as the product's other image tokenizers."""
@@ -309,7 +346,7 @@ class VQGAN(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
-        self.quantize = VectorQuantizer(config.n_embed, config.embed_dim)
+        self.quantize = QUANTIZERS[config.quantize](config.n_embed, config.embed_dim)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
         self.decoder = Decoder(config)
 
@@ -362,7 +399,8 @@ class VQGAN(nn.Module):
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, S, S) in [0, 1] -> token ids (B, G, G): the nearest codes."""
+        """Images (B, C, S, S) in [0, 1] -> token ids (B, G, G): the nearest codes ("vq") or
+        the most likely ones ("gumbel")."""
         return self.quantize.codes(self.latent(images))
 
     @torch.inference_mode()
@@ -378,8 +416,10 @@ class VQGAN(nn.Module):
 # -----------------------------------------------------------------------------------------------
 # conversions into this module's state dict
 
-_ENCODER_PREFIXES = ("encoder.", "quant_conv.", "quantize.")
-_DECODER_PREFIXES = ("decoder.", "post_quant_conv.", "quantize.")
+# the VQ codebook serves both halves; a gumbel quantizer's proj only encodes, its embed only
+# decodes
+_ENCODER_PREFIXES = ("encoder.", "quant_conv.", "quantize.embedding.", "quantize.proj.")
+_DECODER_PREFIXES = ("decoder.", "post_quant_conv.", "quantize.embedding.", "quantize.embed.")
 
 
 @functools.lru_cache(maxsize=8)
@@ -398,8 +438,8 @@ def _layout(config: VQGANConfig) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 def parameter_shapes(config: VQGANConfig, part: Part = "all") -> dict[str, tuple[int, ...]]:
     """{name: shape} of a VQGAN's parameters; ``part`` "encoder" (what ``encode`` needs:
-    encoder, quant_conv, the codebook) or "decoder" (what ``decode`` needs: the codebook,
-    post_quant_conv, decoder)."""
+    encoder, quant_conv, the codebook or a gumbel quantizer's proj) or "decoder" (what ``decode``
+    needs: the codebook or a gumbel quantizer's embed, post_quant_conv, decoder)."""
     prefixes = {"all": ("",), "encoder": _ENCODER_PREFIXES, "decoder": _DECODER_PREFIXES}[part]
     return {
         name: shape for name, (_, shape) in _layout(config).items() if name.startswith(prefixes)
@@ -427,9 +467,10 @@ def _check_state(
 def from_taming(
     state_dict: Mapping[str, Any], config: VQGANConfig, part: Part = "all"
 ) -> dict[str, torch.Tensor]:
-    """A taming-transformers ``VQModel`` state dict (or a Lightning checkpoint's, whose
-    ``{"state_dict": ...}`` wrapper and ``loss.*`` discriminator and LPIPS weights are dropped),
-    checked against ``config``. The names are this module's already. Tensors are float32."""
+    """A taming-transformers ``VQModel`` state dict, or a ``GumbelVQ``'s where
+    ``config.quantize`` is "gumbel" (or a Lightning checkpoint's, whose ``{"state_dict": ...}``
+    wrapper and ``loss.*`` discriminator and LPIPS weights are dropped), checked against
+    ``config``. The names are this module's already. Tensors are float32."""
     inner = state_dict.get("state_dict")
     if isinstance(inner, Mapping):
         state_dict = inner
@@ -534,7 +575,9 @@ def from_flax(params: Mapping[str, Any], config: VQGANConfig) -> dict[str, torch
 def describe(config: VQGANConfig) -> str:
     """One line for logs and cards: the grid, codes and parameter count."""
     count = sum(int(np.prod(shape)) for shape in parameter_shapes(config).values())
+    quantizer = " (gumbel)" if config.quantize == "gumbel" else ""
     return (
-        f"VQGAN f{config.factor} {config.grid}x{config.grid} of {config.n_embed} codes at "
-        f"{config.resolution} px, {count / 1e6:.1f}M parameters, pixels in [{config.value_range}]"
+        f"VQGAN f{config.factor} {config.grid}x{config.grid} of {config.n_embed} codes"
+        f"{quantizer} at {config.resolution} px, {count / 1e6:.1f}M parameters, pixels in "
+        f"[{config.value_range}]"
     )

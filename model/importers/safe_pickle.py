@@ -17,6 +17,7 @@ import io
 import pickle
 import struct
 import zipfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,14 @@ class _StorageRef:
     numel: int
 
 
+def plain_defaultdict(*args: Any) -> dict:
+    """``collections.defaultdict(factory)`` as a plain dict: the factory (a stub, in a file read
+    here) is never called. omegaconf pickles its resolver cache this way."""
+    if len(args) > 1:
+        raise UnsafePickle("a defaultdict with more than a factory")
+    return {}
+
+
 def _device(*args: Any) -> str:
     return str(args[0]) if args else "cpu"
 
@@ -81,9 +90,17 @@ def _set(*args: Any) -> set:
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, stream, classes: dict[str, type], storages: dict, read_storage=None):
+    def __init__(
+        self,
+        stream,
+        classes: dict[str, type],
+        storages: dict,
+        read_storage=None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+    ):
         super().__init__(stream)
         self.classes = classes
+        self.functions = functions or {}
         self.storages = storages
         self.read_storage = read_storage  # (key, dtype, numel) -> 1-D tensor
 
@@ -91,6 +108,8 @@ class _Unpickler(pickle.Unpickler):
         qualified = f"{module}.{name}"
         if qualified in self.classes:
             return self.classes[qualified]
+        if qualified in self.functions:
+            return self.functions[qualified]
         if module in ("torch", "torch.storage") and name in STORAGE_DTYPES:
             return STORAGE_DTYPES[name]
         allowed = {
@@ -160,7 +179,7 @@ def _bytes_to_tensor(data: bytes, dtype: torch.dtype, numel: int, what: str) -> 
     return torch.frombuffer(bytearray(data), dtype=dtype) if numel else torch.empty(0, dtype=dtype)
 
 
-def _load_zip(path: Path, classes: dict[str, type]) -> Any:
+def _load_zip(path: Path, classes: dict[str, type], functions: Mapping | None = None) -> Any:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -181,10 +200,10 @@ def _load_zip(path: Path, classes: dict[str, type]) -> Any:
                 raise UnsafePickle(f"storage {key[:20]} has the wrong size")
             return _bytes_to_tensor(archive.read(name), dtype, numel, f"storage {key[:20]}")
 
-        return _Unpickler(io.BytesIO(data), classes, {}, read_storage).load()
+        return _Unpickler(io.BytesIO(data), classes, {}, read_storage, functions).load()
 
 
-def _load_legacy(path: Path, classes: dict[str, type]) -> Any:
+def _load_legacy(path: Path, classes: dict[str, type], functions: Mapping | None = None) -> Any:
     """The pre-1.6 stream: magic, protocol, system info, the object pickle, the storage keys,
     then each storage as an int64 element count and its raw bytes."""
     stream = io.BytesIO(path.read_bytes())  # bounded by the caller's file-size check
@@ -207,7 +226,7 @@ def _load_legacy(path: Path, classes: dict[str, type]) -> Any:
             raise UnsafePickle(f"storage {key[:20]} is larger than the file")
         return torch.empty(numel, dtype=dtype)  # filled below, once the keys are known
 
-    result = _Unpickler(stream, classes, storages, read_storage).load()
+    result = _Unpickler(stream, classes, storages, read_storage, functions).load()
     keys = plain()
     if not isinstance(keys, list) or set(map(str, keys)) != set(storages):
         raise UnsafePickle("its storage list does not match its tensors")
@@ -221,10 +240,17 @@ def _load_legacy(path: Path, classes: dict[str, type]) -> Any:
     return result
 
 
-def load_modules(path: str | Path, allowed: list[str], max_bytes: int) -> Any:
+def load_modules(
+    path: str | Path,
+    allowed: list[str],
+    max_bytes: int,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
+) -> Any:
     """The object a ``torch.save`` file holds, with each class in ``allowed`` (qualified names)
-    as an inert ``Stub`` and tensors rebuilt from the file. Raises UnsafePickle naming what it
-    refused; nothing in the file is executed."""
+    as an inert ``Stub`` and tensors rebuilt from the file. ``functions`` adds, for one importer,
+    names the file may call, each to an inert stand-in that the caller vouches for (such as
+    ``plain_defaultdict``). Raises UnsafePickle naming what it refused; nothing in the file is
+    executed."""
     path = Path(path)
     size = path.stat().st_size
     if size > max_bytes:
@@ -234,8 +260,8 @@ def load_modules(path: str | Path, allowed: list[str], max_bytes: int) -> Any:
     classes = {name: _stub(name) for name in allowed}
     try:
         if zipfile.is_zipfile(path):
-            return _load_zip(path, classes)
-        return _load_legacy(path, classes)
+            return _load_zip(path, classes, functions)
+        return _load_legacy(path, classes, functions)
     except UnsafePickle:
         raise
     except (

@@ -9,6 +9,12 @@ transformer trained on those tokens, so it says whether a new dVAE is worth trai
 
     python benchmarks/dvae_ceiling.py [--count 300] [--sheet PNG] A.safetensors B.dalle.safetensors
 
+``--size S`` measures at S px (default: the tokenizers' own size, which must then agree). A
+tokenizer that reads a smaller picture by a whole factor (the 64 px VQ beside issue 17's 128 px
+decoder) reads the scene area-averaged down to its size, and its reconstruction is shown at S
+upscaled, once per ``--upscale`` mode (nearest, bilinear), each a row of its own: PSNR and the
+ceiling are then those of what a user would see at S.
+
 ``--sheet`` also draws the first 16 seen scenes, then each dVAE's reconstruction of them, one
 column per dVAE, framed green where the caption reads right and red where it does not.
 """
@@ -22,6 +28,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,6 +50,49 @@ def load_any(path: str):
     return load_image_tokenizer(path)[0]
 
 
+class Upscaled(nn.Module):
+    """A tokenizer of smaller pictures shown at ``size``: the picture area-averaged down to the
+    size it reads, its reconstruction upscaled back with ``mode`` (``F.interpolate``'s)."""
+
+    def __init__(self, vae: nn.Module, size: int, mode: str):
+        super().__init__()
+        self.vae, self.mode = vae, mode
+        self.ratio = size // vae.config.image_size
+        self.config = SimpleNamespace(image_size=size, vocab_size=vae.config.vocab_size)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(F.avg_pool2d(images, self.ratio))  # (B, G, G)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        small = self.vae.decode(tokens).float()  # (B, C, s, s)
+        corners = {"align_corners": False} if self.mode == "bilinear" else {}
+        big = F.interpolate(small, scale_factor=self.ratio, mode=self.mode, **corners)
+        return big.clamp(0, 1)  # (B, C, S, S)
+
+
+def at_size(vaes: dict[str, nn.Module], size: int | None, modes: list[str]):
+    """(size, {row name: tokenizer drawing at size}): ``vaes`` as they are, or upscaled."""
+    sizes = {vae.config.image_size for vae in vaes.values()}
+    if size is None:
+        if len(sizes) != 1:
+            raise SystemExit(
+                f"the dVAEs read different image sizes {sorted(sizes)}; compare alike or give "
+                "--size"
+            )
+        return sizes.pop(), vaes
+    rows = {}
+    for path, vae in vaes.items():
+        own = vae.config.image_size
+        if own == size:
+            rows[path] = vae
+        elif size % own == 0:
+            for mode in modes:
+                rows[f"{path} (x{size // own} {mode})"] = Upscaled(vae, size, mode).eval()
+        else:
+            raise SystemExit(f"{path} reads {own} px, not a whole fraction of --size {size}")
+    return size, rows
+
+
 def pct(value) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
@@ -53,14 +104,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=evaluate.DEFAULT_SEED)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--sheet", help="also draw the first 16 seen scenes and reconstructions")
+    parser.add_argument("--size", type=int, help="measure at this size (see above)")
+    parser.add_argument(
+        "--upscale",
+        default="nearest,bilinear",
+        help="how a smaller tokenizer's pictures are brought to --size: comma-separated modes",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     vaes = {path: load_any(path).eval() for path in args.vaes}
-    sizes = {vae.config.image_size for vae in vaes.values()}
-    if len(sizes) != 1:
-        raise SystemExit(f"the dVAEs read different image sizes {sorted(sizes)}; compare alike")
-    size = sizes.pop()
+    modes = [mode for mode in args.upscale.split(",") if mode]
+    size, vaes = at_size(vaes, args.size, modes)
 
     rows = []
     for split in evaluate.SPLITS:
@@ -96,7 +151,7 @@ def main() -> None:
                 results.append(scenes.score(drawn[-1], spec.stated))
             sheet_rows.append(evaluate.SheetRow(spec.caption, [(original, None)], drawn, results))
         title = "scene | " + ", ".join(Path(p).name for p in vaes)
-        sheet = evaluate.contact_sheet(sheet_rows, title, first=Path(args.vaes[0]).name)
+        sheet = evaluate.contact_sheet(sheet_rows, title, first=Path(next(iter(vaes))).name)
         save_png(sheet, args.sheet)
         print(args.sheet, np.asarray(sheet).shape)
 

@@ -53,10 +53,15 @@ def hard_negative(caption: str, generator: torch.Generator | None = None) -> str
 
 class ImageTower(nn.Module):
     """Conv stages halving the resolution down to 8x8, pooled to 4x4 and flattened, so the
-    embedding keeps where things are ("in the top left") and not only what they are."""
+    embedding keeps where things are ("in the top left") and not only what they are.
+
+    Pictures larger than ``config.image_size`` by a whole factor are area-averaged down to it
+    first: a 64 px reranker ranks the candidates of a 128 px bundle (issue 17's decoder on the
+    same 64 px codes) as it ranked that bundle's 64 px pictures."""
 
     def __init__(self, config: RerankerConfig):
         super().__init__()
+        self.image_size = config.image_size
         layers: list[nn.Module] = []
         width, size, channels = config.image_width, config.image_size, 3
         while size > 8:
@@ -72,6 +77,14 @@ class ImageTower(nn.Module):
         self.proj = nn.Linear(channels * 16, config.dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        size = images.shape[-1]
+        if size != self.image_size:
+            if images.shape[-2] != size or size % self.image_size:
+                raise ValueError(
+                    f"the reranker reads {self.image_size} px pictures or square multiples of "
+                    f"that size, got {tuple(images.shape[-2:])}"
+                )
+            images = F.avg_pool2d(images, size // self.image_size)  # (B, 3, S, S) at its size
         x = self.pool(self.body(images * 2 - 1))  # (B, C, 4, 4)
         return self.proj(x.flatten(1))  # (B, dim)
 

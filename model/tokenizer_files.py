@@ -115,21 +115,42 @@ def load_image_tokenizer(path: str | Path, device="cpu") -> tuple[nn.Module, dic
 
 
 def replace_decoder(bundle: Bundle, vae_path: str | Path) -> None:
-    """Put ``vae_path``'s dVAE into ``bundle``; its encoder must be the bundle's, weight for
-    weight, or the transformer would be reading tokens it never learned."""
-    if bundle.config.vae_kind != "dvae":
+    """Put ``vae_path``'s image tokenizer into ``bundle``: a dVAE from ``train vae
+    --decoder-only``, or a VQ tokenizer from ``train vq --decoder-only`` (which may draw at
+    another size: issue 17's 128 px decoder on 64 px codes). The parts that choose the tokens
+    must be the bundle's, weight for weight, or the transformer would be reading tokens it never
+    learned."""
+    kind = bundle.config.vae_kind
+    if kind not in ("dvae", "vq"):
         raise ValueError(
-            f"--vae {vae_path}: swaps a dVAE decoder, but this bundle's image tokenizer is a "
-            f"{bundle.config.vae_kind}"
+            f"--vae {vae_path}: swaps a dVAE or VQ decoder, but this bundle's image tokenizer is "
+            f"a {kind}"
         )
-    vae, card = load_vae(vae_path)
-    if vae.config.encoder_config() != bundle.vae.config.encoder_config():
-        raise ValueError(f"{vae_path}: its dVAE encoder config differs from the bundle's")
-    theirs, ours = vae.encoder.state_dict(), bundle.vae.encoder.state_dict()
-    if any(not torch.equal(theirs[k], ours[k].cpu()) for k in ours):
+    vae, card = (load_vae if kind == "dvae" else load_image_tokenizer)(vae_path)
+    ours = bundle.vae
+    if kind == "vq":
+        from model.vq import VQVAE, token_part_problem
+
+        if not isinstance(vae, VQVAE):
+            raise ValueError(f"--vae {vae_path}: a dVAE, but this bundle's image tokenizer is a vq")
+        problem = token_part_problem(ours.config, vae.config)
+        if problem:
+            raise ValueError(f"--vae {vae_path}: its VQ tokenizer's {problem}")
+        # what chooses a token: the encoder, quant_conv and the codebook's vectors
+        prefixes = ("encoder.", "quant_conv.", "quantize.embedding.weight")
+        noun = "encoder or codebook"
+    else:
+        if vae.config.encoder_config() != ours.config.encoder_config():
+            raise ValueError(f"{vae_path}: its dVAE encoder config differs from the bundle's")
+        prefixes = ("encoder.",)
+        noun = "encoder"
+    theirs, mine = vae.state_dict(), ours.state_dict()
+    names = [k for k in mine if k.startswith(prefixes)]
+    if any(not torch.equal(theirs[k], mine[k].cpu()) for k in names):
         raise ValueError(
-            f"{vae_path}: its encoder differs from the bundle's (tokens would change); "
-            "only a dVAE from `train vae --decoder-only --init` on this bundle's dVAE fits"
+            f"{vae_path}: its {noun} differs from the bundle's (tokens would change); only a "
+            f"tokenizer from `train {'vae' if kind == 'dvae' else 'vq'} --decoder-only --init` "
+            "on this bundle's fits"
         )
     bundle.vae = vae.to(bundle.device).eval()
     bundle.config = dataclasses.replace(bundle.config, vae=vae.config)

@@ -20,7 +20,7 @@ import torch
 
 from model.device import pick_device
 from model.files import write_text
-from model.tokenizer_files import load_image_tokenizer, load_vae, save_vae, save_vq
+from model.tokenizer_files import load_image_tokenizer, load_vae, load_vq, save_vae, save_vq
 from model.trainer import (
     Objective,
     TrainConfig,
@@ -109,28 +109,61 @@ def train_vae(
     return path
 
 
-def train_vq(data_dir, out_dir, vq_config, config: TrainConfig, resume=False, callbacks=()):
+def train_vq(
+    data_dir,
+    out_dir,
+    vq_config,
+    config: TrainConfig,
+    resume=False,
+    callbacks=(),
+    init=None,
+    decoder_only=False,
+    decoder_sets=None,
+):
     """Train a VQ tokenizer (``model/vq.py``) on a caption folder's images; returns the path of
     ``vq.safetensors``. Images are not augmented: a crop resized back to S blurs the flat-colour
     edges that the transformer's tokens must keep. The codebook follows its own EMA inside the
     model; dead codes restart every ``vq_config.restart_every`` steps (a function of the step, so
-    a resumed run restarts the same codes as an uninterrupted one)."""
+    a resumed run restarts the same codes as an uninterrupted one).
+
+    ``init`` with ``decoder_only``: start from that ``vq.safetensors`` (its config wins over
+    ``vq_config``), freeze its encoder, quant_conv and codebook, and train its decoder on their
+    hard codes (``VQVAE.decoder_loss``): every image keeps its tokens, so a transformer trained
+    on them works unchanged. ``decoder_sets`` may change ``pool`` with ``image_size`` (issue 17:
+    pool 2, image_size 128 draws the 64 px codes at 128 px; the decoder starts as the old one
+    upscaled nearest-neighbour, ``vq.pooled_from``) and the training-only fields."""
     from model.data.folder import CaptionFolder
-    from model.vq import VQVAE
+    from model.vq import VQVAE, pooled_from
 
     out_dir = Path(out_dir)
+    if init is not None and not decoder_only:
+        raise ValueError("train vq --init needs --decoder-only (only the decoder can be retrained)")
+    if decoder_only and init is None:
+        raise ValueError(
+            "--decoder-only needs --init PATH (the vq.safetensors whose codes to keep)"
+        )
     seed_everything(config.seed)  # the same initial weights for the same seed
-    vq = VQVAE(vq_config)
+    init_card = None
+    if init is not None:
+        start, init_card = load_vq(init)
+        vq_config = dataclasses.replace(start.config, **(decoder_sets or {}))
+        vq = pooled_from(start, vq_config)
+        vq.freeze_tokens()
+    else:
+        vq = VQVAE(vq_config)
     dataset = CaptionFolder(data_dir, vq_config.image_size, augment=False)
 
     def step_fn(model, indices, step, generator):
         images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
-        # step 0 included: the random codebook moves onto the first batch's encoder outputs
-        metrics = model(images, restart=step % vq_config.restart_every == 0)
+        if decoder_only:
+            metrics = model(images)
+        else:  # step 0 included: the random codebook moves onto the first batch's outputs
+            metrics = model(images, restart=step % vq_config.restart_every == 0)
         mse = metrics["mse"].detach().clamp_min(1e-10)
         return {**metrics, "psnr": -10 * torch.log10(mse)}
 
-    trainer = Trainer(Objective(vq), step_fn, len(dataset), config, out_dir)
+    objective = Objective(vq, "decoder_loss" if decoder_only else "loss")
+    trainer = Trainer(objective, step_fn, len(dataset), config, out_dir)
     data = {"folder": str(data_dir), "images": len(dataset)}
     final, card = run_stage(trainer, "vq", data, callbacks, resume)
     card.update(
@@ -139,6 +172,9 @@ def train_vq(data_dir, out_dir, vq_config, config: TrainConfig, resume=False, ca
         parameters=vq.num_parameters(),
         wall_seconds_total=wall_seconds_total(read_metrics(out_dir)),
     )
+    if init is not None:
+        card["init"] = {"path": str(init), "card": init_card}
+        card["decoder_only"] = True
     path = out_dir / "vq.safetensors"
     if trainer.dist.main:
         save_vq(final.cpu(), path, card)

@@ -2,16 +2,24 @@
 (Esser et al. 2021: ``taming/models/vqgan.py``, ``modules/diffusionmodules/model.py``,
 ``modules/vqvae/quantize.py``), parametrised small enough to train on a CPU.
 
-An image (B, C, S, S) in [0, 1] becomes a grid (B, G, G) of token ids, G = S / patch, and back:
+An image (B, C, S, S) in [0, 1] becomes a grid (B, G, G) of token ids, G = S / (patch * pool), and
+back:
 
-    encoder          2x - 1 -> PixelUnshuffle(patch): every patch x patch square of pixels becomes
+    encoder          area average by pool (pool 1: none), 2x - 1 -> PixelUnshuffle(patch): every
+                     patch x patch square of pixels becomes
                      C * patch**2 channels of one cell -> 3x3 conv_in -> residual blocks ->
                      norm, swish, 3x3 conv_out; every convolution runs at G x G
     quant_conv       1x1 to the code dimension
     quantize         the nearest of K codes (hard), straight-through gradients; the codebook is an
                      EMA of the encoder outputs assigned to each code, not trained by gradients
     post_quant_conv  1x1 back, then the decoder mirrored: conv_in, residual blocks, norm, swish,
-                     conv_out to C * patch**2 channels, PixelShuffle(patch), (x + 1) / 2
+                     conv_out to C * (patch * pool)**2 channels, PixelShuffle(patch * pool),
+                     (x + 1) / 2
+
+``pool`` 2 is issue 17's 128 px tokenizer on the 64 px one's codes: the picture is averaged to
+64 px and read by the unchanged 64 px encoder (the same codes, bit for bit), and a decoder trained
+on those frozen codes (``decoder_loss``, ``dalle train vq --init --decoder-only``) draws each cell
+as 8x8 pixels. Everything downstream sees a 128 px tokenizer with a 16x16 grid.
 
 Training (``VQVAE.loss``) sees exactly the hard codes that ``encode`` gives the transformer. The
 pixel loss (L1 + L2) weighs pixels near colour edges ``edge_weight`` times, and codes that no
@@ -49,9 +57,15 @@ CLUSTER_EPS = 1e-5
 
 def check_config(config: VQConfig) -> None:
     """Refuse a configuration that cannot build a working tokenizer, saying which value is wrong."""
-    if config.patch < 1 or config.image_size < config.patch or config.image_size % config.patch:
+    if config.patch < 1:
+        raise ValueError(f"VQ patch must be at least 1, got {config.patch}")
+    if config.pool < 1:
+        raise ValueError(f"VQ pool must be at least 1, got {config.pool}")
+    factor = config.patch * config.pool
+    if config.image_size < factor or config.image_size % factor:
         raise ValueError(
-            f"VQ image_size {config.image_size} must be a positive multiple of patch {config.patch}"
+            f"VQ image_size {config.image_size} must be a positive multiple of patch * pool "
+            f"= {config.patch} * {config.pool}"
         )
     if config.vocab_size < 2:
         raise ValueError(f"VQ vocab_size must be at least 2, got {config.vocab_size}")
@@ -100,7 +114,8 @@ class Level(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Pixels in [-1, 1] (B, C, S, S) -> features (B, z_channels, G, G)."""
+    """Pixels in [-1, 1] (B, C, S / pool, S / pool) -> features (B, z_channels, G, G): the
+    picture's pooling happens before (``VQVAE.latent``), so pool 2 keeps pool 1's weights."""
 
     def __init__(self, config: VQConfig):
         super().__init__()
@@ -119,7 +134,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Features (B, z_channels, G, G) -> pixels in about [-1, 1] (B, C, S, S), unclamped."""
+    """Features (B, z_channels, G, G) -> pixels in about [-1, 1] (B, C, S, S), unclamped: each
+    cell becomes factor x factor pixels, factor = patch * pool."""
 
     def __init__(self, config: VQConfig):
         super().__init__()
@@ -127,14 +143,14 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(config.z_channels, config.width, 3, padding=1)
         self.up = nn.ModuleList([Level(config.width, config.res_blocks)])
         self.norm_out = normalize(config.width)
-        self.conv_out = nn.Conv2d(config.width, config.channels * config.patch**2, 3, padding=1)
-        self.unpatch = nn.PixelShuffle(config.patch)
+        self.conv_out = nn.Conv2d(config.width, config.channels * config.factor**2, 3, padding=1)
+        self.unpatch = nn.PixelShuffle(config.factor)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(z)  # (B, width, G, G)
         for level in self.up:
             h = level(h)
-        h = self.conv_out(F.silu(self.norm_out(h)))  # (B, C * p * p, G, G)
+        h = self.conv_out(F.silu(self.norm_out(h)))  # (B, C * f * f, G, G)
         return self.unpatch(h)  # (B, C, S, S)
 
 
@@ -292,7 +308,10 @@ class VQVAE(nn.Module):
 
     def latent(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, S, S) in [0, 1] -> continuous codes (B, D, G, G) before quantisation."""
-        check_image_batch(images, self.config.channels, self.config.patch, "the patch")
+        what = "the patch" if self.config.pool == 1 else "patch * pool"
+        check_image_batch(images, self.config.channels, self.factor, what)
+        if self.config.pool > 1:  # in [0, 1], so pool 2 reads exactly what pool 1 reads
+            images = F.avg_pool2d(images, self.config.pool)  # (B, C, S / pool, S / pool)
         return self.quant_conv(self.encoder(2 * images - 1))
 
     def pixels(self, quantised: torch.Tensor) -> torch.Tensor:
@@ -345,3 +364,67 @@ class VQVAE(nn.Module):
             "perplexity": entropy.exp(),
             "live_codes": live.float(),
         }
+
+    def decoder_loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training objective of the decoder alone (``--decoder-only``): the frozen encoder's hard
+        codes of ``images`` (B, C, S, S) in [0, 1] drawn back at S, ``rec`` as in ``loss``. The
+        encoder, quant_conv and codebook get no gradient and no EMA update, so every image keeps
+        its tokens; ``post_quant_conv`` and the decoder learn."""
+        images = images.float()
+        with torch.no_grad():
+            quantised = self.quantize.lookup(self.quantize.codes(self.latent(images)))
+        recon = (self.pixels(quantised).float() + 1) / 2  # (B, C, S, S)
+        diff = recon - images
+        per_pixel = edge_weights(images, self.config.edge_weight) * (diff.abs() + diff.pow(2))
+        rec = per_pixel.mean()
+        with torch.no_grad():
+            mse = F.mse_loss(recon.clamp(0, 1), images)
+        return {"loss": rec, "rec": rec.detach(), "mse": mse}
+
+    def freeze_tokens(self) -> None:
+        """No gradient for the parts that choose the tokens (encoder, quant_conv, codebook)."""
+        for part in (self.encoder, self.quant_conv, self.quantize):
+            part.requires_grad_(False)
+
+
+def token_part_problem(old: VQConfig, new: VQConfig) -> str | None:
+    """Why a tokenizer of ``new`` could not read the same tokens as one of ``old`` (None when it
+    can): the same encoder and codebook shapes on the same picture once pooled."""
+    if new.pool % old.pool:
+        return f"pool {new.pool} is not a multiple of the tokenizer's pool {old.pool}"
+    if new.image_size * old.pool != old.image_size * new.pool:
+        return (
+            f"image_size {new.image_size} / pool {new.pool} must equal the tokenizer's "
+            f"{old.image_size} / {old.pool} (the encoder reads the picture pooled to that size)"
+        )
+    same = ("channels", "patch", "width", "res_blocks", "z_channels", "embed_dim", "vocab_size")
+    changed = [name for name in same if getattr(old, name) != getattr(new, name)]
+    if changed:
+        return f"{', '.join(changed)} would change the encoder or codebook"
+    return None
+
+
+@torch.no_grad()
+def pooled_from(vq: VQVAE, config: VQConfig) -> VQVAE:
+    """A tokenizer of ``config`` (a larger ``pool`` and image_size, see ``token_part_problem``)
+    with ``vq``'s encoder, quant_conv and codebook, so the same tokens, and ``vq``'s decoder
+    whose ``conv_out`` is repeated so that it first draws ``vq``'s picture upscaled
+    nearest-neighbour: decoder-only training starts from that rather than from noise."""
+    check_config(config)
+    problem = token_part_problem(vq.config, config)
+    if problem:
+        raise ValueError(f"VQ pool {config.pool}: {problem}")
+    out = VQVAE(config)
+    state = vq.state_dict()
+    f, ratio = vq.config.factor, config.pool // vq.config.pool
+    big = f * ratio
+    # PixelShuffle(r) puts channel c * r * r + i * r + j at pixel (i, j) of its cell: the new
+    # channel for pixel (I, J) copies the old one for pixel (I // ratio, J // ratio)
+    c = torch.arange(config.channels).view(-1, 1, 1)
+    i = torch.arange(big).view(1, -1, 1) // ratio
+    j = torch.arange(big).view(1, 1, -1) // ratio
+    source = (c * f * f + i * f + j).flatten()  # (C * big * big,)
+    for name in ("decoder.conv_out.weight", "decoder.conv_out.bias"):
+        state[name] = state[name][source]
+    out.load_state_dict(state)
+    return out

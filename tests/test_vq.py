@@ -4,12 +4,14 @@ decoder, the EMA codebook and dead-code restarts, exact resume, hostile files, `
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import cli
 from model.config import PRESETS, VQConfig
@@ -17,7 +19,7 @@ from model.data.scenes import write_scenes
 from model.tokenizer_files import load_vq, save_vq
 from model.train import train_vq
 from model.trainer import TrainConfig, read_metrics
-from model.vq import VQVAE
+from model.vq import VQVAE, pooled_from, token_part_problem
 from tests.helpers import edit_stored_config
 
 TINY_VQ = VQConfig(**PRESETS["tiny"]["vq"])  # 32 px, patch 4: an 8x8 grid of 64 codes
@@ -295,7 +297,7 @@ def test_cli_trains_a_vq_tokenizer_end_to_end_and_resumes(tmp_path, capsys):
     assert [r["step"] for r in read_metrics(out)] == [10, 12, 20]  # 12: the first run's end
 
     assert cli.main([*argv, "--init", str(out / "vq.safetensors")]) == 2
-    assert "train vq takes neither --init" in capsys.readouterr().err
+    assert "--init PATH and --decoder-only together" in capsys.readouterr().err
 
 
 def test_dvae_ceiling_benchmark_reads_a_vq_file(tmp_path):
@@ -311,3 +313,188 @@ def test_dvae_ceiling_benchmark_reads_a_vq_file(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "vq.safetensors" in result.stdout and "/64" in result.stdout
+
+
+# -- pool: issue 17's 128 px decoder on the 64 px codes ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scenes64(tmp_path_factory):
+    """The scenes of ``scenes`` drawn at 64 px: targets for a pool-2 decoder of the 32 px tiny."""
+    folder = tmp_path_factory.mktemp("scenes64")
+    write_scenes(folder, 24, seed=1, size=64, workers=1)
+    return folder
+
+
+def pool2(vq: VQVAE) -> VQConfig:
+    return VQConfig(**{**vq.config.__dict__, "pool": 2, "image_size": 2 * vq.config.image_size})
+
+
+def test_pool_reads_and_writes_the_larger_picture_on_the_same_grid(images):
+    vq = tiny_vq(pool=2, image_size=64).eval()
+    assert (vq.image_size, vq.factor, vq.grid) == (64, 8, 8)
+    big = F.interpolate(images[:3], scale_factor=2, mode="bilinear")  # (3, 3, 64, 64)
+    codes = vq.encode(big)
+    assert codes.shape == (3, 8, 8)
+    assert vq.decode(codes).shape == (3, 3, 64, 64)
+    assert vq.decoder.conv_out.out_channels == 3 * 8 * 8  # PixelShuffle(patch * pool)
+    assert tiny_vq().decoder.conv_out.out_channels == 3 * 4 * 4
+    with pytest.raises(ValueError, match=r"multiples of patch \* pool 8"):
+        vq.encode(big[:, :, :60, :60])
+
+
+def test_pooled_codes_are_the_small_encoders_codes_of_the_pooled_picture(images):
+    small = tiny_vq(seed=3).eval()
+    big = pooled_from(small, pool2(small)).eval()
+    pictures = torch.rand(6, 3, 64, 64)
+    assert torch.equal(big.encode(pictures), small.encode(F.avg_pool2d(pictures, 2)))
+    # and the new decoder starts as the old one's picture upscaled nearest-neighbour
+    codes = small.encode(images[:4])
+    upscaled = F.interpolate(small.decode(codes), scale_factor=2, mode="nearest")
+    assert torch.equal(big.decode(codes), upscaled)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"pool": 0}, "VQ pool must be at least 1, got 0"),
+        ({"pool": -2}, "VQ pool must be at least 1, got -2"),
+        ({"pool": 2, "image_size": 36}, "VQ image_size 36 must be a positive multiple of patch"),
+        ({"pool": 2, "image_size": 36}, "patch * pool = 4 * 2"),
+        ({"pool": 3, "image_size": 96 + 4}, "multiple of patch * pool = 4 * 3"),
+        ({"patch": 0}, "VQ patch must be at least 1, got 0"),
+    ],
+)
+def test_bad_pool_values_are_refused_in_one_line(changes, message):
+    with pytest.raises(ValueError) as caught:
+        tiny_vq(**changes)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_pool_that_would_change_the_tokens_is_refused():
+    small = tiny_vq()
+    for changes, fragment in [
+        ({"pool": 2, "image_size": 32}, "image_size 32 / pool 2 must equal the tokenizer's 32 / 1"),
+        ({"pool": 2, "image_size": 64, "width": 8}, "width would change the encoder"),
+    ]:
+        config = VQConfig(**{**small.config.__dict__, **changes})
+        with pytest.raises(ValueError, match=fragment):
+            pooled_from(small, config)
+    four = VQConfig(**{**small.config.__dict__, "pool": 4, "image_size": 128})
+    assert token_part_problem(pool2(small), four) is None  # 64 / 2 == 128 / 4
+    three = VQConfig(**{**small.config.__dict__, "pool": 3, "image_size": 96})
+    assert "not a multiple of the tokenizer's pool 2" in token_part_problem(pool2(small), three)
+
+
+def decoder_only(scenes64, out, init, **kwargs):
+    return train_vq(
+        scenes64,
+        out,
+        None,
+        tiny_train_config(),
+        init=init,
+        decoder_only=True,
+        decoder_sets={"pool": 2, "image_size": 64},
+        **kwargs,
+    )
+
+
+def test_decoder_only_training_keeps_encoder_and_codebook_bit_identical(scenes64, tmp_path):
+    init = saved_vq(tmp_path)
+    small, _ = load_vq(init)
+    path = decoder_only(scenes64, tmp_path / "run", init)
+    big, card = load_vq(path)
+    assert (big.config.pool, big.image_size, big.grid) == (2, 64, 8)
+    assert card["decoder_only"] and card["init"]["path"] == str(init)
+    before, after = small.state_dict(), big.state_dict()
+    frozen = [k for k in before if not k.startswith(("decoder.", "post_quant_conv."))]
+    assert any(k.startswith("encoder.") for k in frozen) and "quantize.embedding.weight" in frozen
+    for name in frozen:  # the encoder, quant_conv and every codebook tensor
+        assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["post_quant_conv.weight"], after["post_quant_conv.weight"])
+    pictures = torch.rand(4, 3, 64, 64)
+    assert torch.equal(big.encode(pictures), small.encode(F.avg_pool2d(pictures, 2)))
+    assert read_metrics(tmp_path / "run")[-1]["psnr"] > 0
+
+
+def test_decoder_only_resume_equals_uninterrupted_run(scenes64, tmp_path):
+    init = saved_vq(tmp_path)
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    decoder_only(scenes64, straight, init)
+
+    def stop_at_first_checkpoint(trainer, path):
+        raise Stop
+
+    with pytest.raises(Stop):
+        decoder_only(
+            scenes64, broken, init, callbacks=[("on_checkpoint", stop_at_first_checkpoint)]
+        )
+    assert torch.load(broken / "checkpoint.pt", weights_only=True)["step"] == 3
+    decoder_only(scenes64, broken, init, resume=True)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(broken / "checkpoint.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    assert [m["loss"] for m in read_metrics(broken)] == [m["loss"] for m in read_metrics(straight)]
+    for x, y in zip(
+        load_vq(straight / "vq.safetensors")[0].state_dict().values(),
+        load_vq(broken / "vq.safetensors")[0].state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(x, y)
+
+
+def test_cli_trains_a_pool_2_decoder_and_refuses_what_would_change_tokens(
+    scenes64, tmp_path, capsys
+):
+    init = saved_vq(tmp_path)
+    out = tmp_path / "run"
+    argv = ["train", "vq", "--data", str(scenes64), "--out", str(out), "--preset", "tiny"]
+    argv += ["--init", str(init), "--decoder-only", "--set", "pool=2", "--set", "image_size=64"]
+    argv += ["--steps", "4", "--batch-size", "4", "--device", "cpu", "--quiet"]
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.split() == [str(out / "vq.safetensors")]
+    assert load_vq(out / "vq.safetensors")[0].config.pool == 2
+    assert cli.main([*argv, "--steps", "6", "--resume"]) == 0
+    assert [r["step"] for r in read_metrics(out)] == [4, 6]
+
+    def refused(*args) -> str:
+        capsys.readouterr()
+        assert cli.main(list(args)) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        return err
+
+    base = [a for a in argv if a not in ("--decoder-only",)]
+    assert "--init PATH and --decoder-only together" in refused(*base)
+    err = refused(*argv, "--set", "width=32")
+    assert "--set width" in err and "only edge_weight, image_size, pool can change" in err
+    swapped = [a if a != "image_size=64" else "image_size=96" for a in argv]
+    assert "image_size 96 / pool 2 must equal the tokenizer's 32 / 1" in refused(*swapped)
+    assert "VQ pool must be at least 1, got 0" in refused(*argv, "--set", "pool=0")
+
+
+def test_dvae_ceiling_benchmark_shows_a_smaller_tokenizer_upscaled_beside_a_pooled_one(tmp_path):
+    small = saved_vq(tmp_path)
+    vq, _ = load_vq(small)
+    big = tmp_path / "vq64.safetensors"
+    save_vq(pooled_from(vq, pool2(vq)), big, {})
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "dvae_ceiling.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script), "--count", "2", "--size", "64", str(small), str(big)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines()[1:]]
+    names = {"vq.safetensors (x2 nearest)", "vq.safetensors (x2 bilinear)", "vq64.safetensors"}
+    assert {cells[0] for cells in table} == names
+    # the pooled tokenizer starts as the small one upscaled nearest: the same PSNR on each split
+    psnr = {(cells[0], cells[1]): cells[2] for cells in table}
+    for split in ("seen", "heldout"):
+        assert psnr[("vq64.safetensors", split)] == psnr[("vq.safetensors (x2 nearest)", split)]

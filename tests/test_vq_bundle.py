@@ -228,3 +228,134 @@ def test_train_transformer_on_a_vq_file_makes_a_bundle_for_every_stage(scenes, t
     assert main([str(a) for a in args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(vq) in err and "'dalle-studio-vq/1'" in err
+
+
+# -- a pool-2 tokenizer in a bundle: issue 17's 128 px decoder on the 64 px codes --------------
+
+
+def pool2_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny VQ bundle with a reranker (32 px) and its tokenizer grown to pool 2 (64 px, the
+    same codes, a decoder of its own), as files."""
+    import dataclasses
+
+    from model.config import RerankerConfig
+    from model.rerank import Reranker
+    from model.vq import pooled_from
+
+    bundle = tiny_bundle(kind="vq")
+    reranker_config = RerankerConfig(
+        text_vocab=bundle.tokenizer.padded_vocab_size,
+        text_len=bundle.tokenizer.text_len,
+        image_size=32,
+        dim=16,
+        text_layers=1,
+        heads=2,
+        image_width=8,
+    )
+    bundle.reranker = Reranker(reranker_config).eval()
+    bundle.config = dataclasses.replace(bundle.config, reranker=reranker_config)
+    path = save(bundle, tmp_path / "small.dalle.safetensors")
+    big = pooled_from(bundle.vae, VQConfig(**{**TINY_VQ.__dict__, "pool": 2, "image_size": 64}))
+    with torch.no_grad():
+        big.decoder.conv_out.bias.add_(0.05)  # not merely the old decoder upscaled
+    vq = tmp_path / "vq64.safetensors"
+    save_vq(big, vq, {"decoder_only": True})
+    return path, vq
+
+
+def test_dalle_bundle_vae_takes_a_pool_2_tokenizer_and_completes_at_its_size(tmp_path, capsys):
+    from PIL import Image
+
+    from model.geometry import Geometry
+
+    small_path, vq = pool2_files(tmp_path)
+    path = tmp_path / "big.dalle.safetensors"
+    argv = ["bundle", "--transformer", small_path, "--vae", vq, "--out", path]
+    assert main([str(a) for a in argv]) == 0
+    stored = stored_config(path)["vae"]
+    assert stored["pool"] == 2 and stored["image_size"] == 64
+    assert "pool" not in stored_config(small_path)["vae"]  # pool 1 is written as before
+    small, bundle = load(small_path), load(path)
+    vae = bundle.config.vae
+    assert (vae.image_size, vae.factor, vae.grid, bundle.config.transformer.grid) == (64, 16, 4, 4)
+    assert bundle.card["vae"] == {"decoder_only": True}
+    for name, tensor in small.transformer.state_dict().items():
+        assert torch.equal(bundle.transformer.state_dict()[name], tensor), name
+    pictures = torch.rand(3, 3, 64, 64)
+    assert torch.equal(
+        bundle.vae.encode(pictures),
+        small.vae.encode(torch.nn.functional.avg_pool2d(pictures, 2)),
+    )
+    # sampling: candidates at 64 px, ranked by the 32 px reranker on them averaged down
+    done = list(complete(bundle, None, (0, 0), "a red circle", SamplingOptions(n=3, seed=2)))[-1]
+    assert done.images.shape == (3, 3, 64, 64) and done.scores is not None
+    assert done.scores.tolist() == sorted(done.scores.tolist(), reverse=True)
+
+    # dalle complete keeps every pixel outside the rectangle, at the model's size and another
+    rng = np.random.default_rng(0)
+    for width, height in [(64, 64), (100, 70)]:
+        source = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        picture = tmp_path / f"p{width}.png"
+        Image.fromarray(source).save(picture)
+        out = tmp_path / f"out{width}"
+        argv = ["complete", "--bundle", path, "--image", picture, "--from", "2,1"]
+        argv += ["--caption", "a red circle", "--n", "2", "--seed", "1", "--out", out, "--quiet"]
+        assert main([str(a) for a in argv]) == 0
+        x0, y0 = Geometry(width, height, 64, 16).pixel_of((2, 1))
+        kept = np.ones((height, width), dtype=bool)
+        kept[y0:, x0:] = False
+        results = sorted(out.glob("*.png"))
+        assert len(results) == 2
+        for result in results:
+            pixels = np.asarray(Image.open(result).convert("RGB"))
+            assert pixels.shape == source.shape
+            assert np.array_equal(pixels[kept], source[kept])
+
+    # dalle eval measures it at 64 px: reconstruction, captions, completions
+    report = tmp_path / "eval.json"
+    argv = ["eval", "--bundle", path, "--count", "1", "--samples", "2", "--recon-count", "2"]
+    argv += ["--json", report, "--quiet", "--precision", "fp32"]
+    assert main([str(a) for a in argv]) == 0
+    seen = json.loads(report.read_text())["seen"]
+    assert seen["reconstruction"]["images"] == 2
+    assert seen["completion"]["kept_region_identical"] == 1.0
+
+
+def test_dalle_bundle_vae_refuses_a_vq_tokenizer_whose_codes_differ(tmp_path, capsys):
+    from model.tokenizer_files import load_vq
+
+    small_path, vq = pool2_files(tmp_path)
+    big, _ = load_vq(vq)
+    with torch.no_grad():
+        big.quantize.embedding.weight[0] += 1  # another codebook: other tokens
+    moved = tmp_path / "moved.safetensors"
+    save_vq(big, moved, {})
+    torch.manual_seed(0)
+    wider = tmp_path / "wider.safetensors"
+    save_vq(VQVAE(VQConfig(**{**TINY_VQ.__dict__, "width": 16})), wider, {})
+    out = tmp_path / "o.dalle.safetensors"
+    for bad, fragment in [
+        (moved, "its encoder or codebook differs from the bundle's (tokens would change)"),
+        (wider, "its VQ tokenizer's width would change the encoder or codebook"),
+    ]:
+        capsys.readouterr()
+        argv = ["bundle", "--transformer", small_path, "--vae", bad, "--out", out]
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and fragment in err and str(bad) in err
+        assert not out.exists()
+
+
+def test_a_reranker_scores_a_larger_picture_as_that_picture_averaged_down():
+    from model.config import RerankerConfig
+    from model.rerank import Reranker
+
+    torch.manual_seed(0)
+    config = RerankerConfig(text_vocab=40, text_len=6, image_size=32, dim=16, text_layers=1,
+                            heads=2, image_width=8)  # fmt: skip
+    reranker = Reranker(config).eval()
+    pictures, text = torch.rand(2, 3, 64, 64), torch.randint(0, 40, (2, 6))
+    pooled = torch.nn.functional.avg_pool2d(pictures, 2)
+    assert torch.equal(reranker.score(pictures, text), reranker.score(pooled, text))
+    with pytest.raises(ValueError, match=r"reads 32 px pictures .* got \(48, 48\)"):
+        reranker.score(torch.rand(1, 3, 48, 48), text[:1])

@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--init",
-        help="vae: start from this trained vae.safetensors; transformer: start from this "
-        "bundle's transformer and tokenizer (fine-tuning); reranker: from this bundle's reranker",
+        help="vae: start from this trained vae.safetensors; vq: this vq.safetensors' codes "
+        "(with --decoder-only); transformer: start from this bundle's transformer and tokenizer "
+        "(fine-tuning); reranker: from this bundle's reranker",
     )
     p.add_argument(
         "--reconstructed",
@@ -150,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--decoder-only",
         action="store_true",
-        help="vae: freeze --init's encoder (tokens unchanged), fine-tune its decoder on hard codes",
+        help="vae, vq: freeze --init's encoder (tokens unchanged), train its decoder on hard "
+        "codes; vq: --set pool=2 --set image_size=128 draws 64 px codes at 128 px",
     )
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--device", default="auto")
@@ -177,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", help="a `dalle eval --json` report to summarise into the card")
     p.add_argument("--name", help="the name the studio shows for this model")
     p.add_argument(
-        "--vae", help="a `train vae --decoder-only` dVAE to replace the bundle's (same encoder)"
+        "--vae",
+        help="a `train vae|vq --decoder-only` tokenizer to replace the bundle's (same encoder "
+        "and codes; a VQ one may draw at another size, e.g. 128 px)",
     )
     p.add_argument("--out", required=True, help="X.dalle.safetensors")
     p.set_defaults(func=cmd_bundle)

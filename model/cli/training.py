@@ -99,22 +99,33 @@ def progress_callbacks(steps: int, label: str) -> list:
     ]
 
 
+# what --set may change with --init --decoder-only: the decoder's size (dVAE), or the picture
+# size the decoder draws (VQ: pool with image_size) and the loss's edge weight
+DECODER_KEYS = {
+    "vae": {"dec_n_hid", "dec_n_blk_per_group"},
+    "vq": {"pool", "image_size", "edge_weight"},
+}
+
+
 def check_stage_flags(args, sets: dict[str, str]) -> None:
     """Flags that do not fit the stage, refused before any work."""
     if args.reconstructed and args.stage != "reranker":
         raise ValueError("--reconstructed is for train reranker only")
-    if args.stage == "vq" and (args.init or args.decoder_only):
-        raise ValueError("train vq takes neither --init nor --decoder-only (yet)")
+    if args.stage == "vq" and bool(args.init) != bool(args.decoder_only):
+        raise ValueError(
+            "train vq takes --init PATH and --decoder-only together (a new decoder on that "
+            "tokenizer's frozen codes), or neither"
+        )
     if args.init:
         # the model's config comes from --init's file: a --set that would be ignored is refused
-        decoder_keys = {"dec_n_hid", "dec_n_blk_per_group"} if args.stage == "vae" else set()
+        decoder_keys = DECODER_KEYS.get(args.stage, set())
         other = sorted(set(sets) - decoder_keys)
         if other:
             raise ValueError(
                 f"--set {', '.join(other)}: with --init the {args.stage}'s config comes from "
                 "that file"
                 + (
-                    "; only dec_n_hid and dec_n_blk_per_group can change (with --decoder-only)"
+                    f"; only {', '.join(sorted(decoder_keys))} can change (with --decoder-only)"
                     if decoder_keys
                     else "; only train.* fields can change"
                 )
@@ -146,6 +157,17 @@ def train_stage(args, chosen: dict, config, sets: dict[str, str], callbacks) -> 
             init=args.init,
             decoder_only=args.decoder_only,
             decoder_sets=decoder_sets,
+            **common,
+        )
+    if args.stage == "vq" and args.init:
+        return train.train_vq(
+            args.data,
+            args.out,
+            None,
+            config,
+            init=args.init,
+            decoder_only=args.decoder_only,
+            decoder_sets=set_values(VQConfig, sets),
             **common,
         )
     if args.stage == "vq":
@@ -220,8 +242,9 @@ def assemble_bundle(
     vae=None,
 ) -> Path:
     """``dalle bundle``: a transformer run's bundle, optionally with a reranker run's scorer,
-    a ``dalle eval`` report (its path) summarised into the card, a display name, and a dVAE
-    whose decoder was fine-tuned (``train vae --decoder-only``) in place of the bundle's own."""
+    a ``dalle eval`` report (its path) summarised into the card, a display name, and an image
+    tokenizer whose decoder was retrained on the bundle's frozen codes (``train vae|vq
+    --decoder-only``; a VQ one may draw at another size, e.g. 128 px) in place of its own."""
     from model.bundle import load, save
     from model.tokenizer_files import replace_decoder
     from model.train import reranker_source

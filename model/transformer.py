@@ -9,6 +9,11 @@ The model reads one stream of ``seq_len = text_len + grid**2`` positions:
 so slot s carries the row and column embedding of the cell it predicts. Image slots see every text
 position; text is causal; image slots see each other through the paper's row, column and
 convolutional masks (Ramesh et al. 2021, appendix B.1), all defined on slots in raster order.
+
+``layout="rudalle"`` (``RudalleTransformer``) is ruDALL-E v3's convention, kept under the same
+sampler contract (research/importers.md 2.3-2.4): slot 0 is ruDALL-E's last text position (start
+embedding, no row or column embedding, seen by every image slot), slot s >= 1 holds cell s - 1 with
+that cell's own row and column embedding, and the masks are the paper's on held-cell coordinates.
 """
 
 from __future__ import annotations
@@ -25,17 +30,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import TransformerConfig
+from model.config import TRANSFORMER_LAYOUTS, TransformerConfig
 
 log = logging.getLogger(__name__)
 ROW, COLUMN, CONV = "row", "column", "conv"
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
-def layer_kinds(depth: int) -> list[str]:
-    """The paper's schedule: column where (i - 2) mod 4 == 0 (1-based i), else row; last conv."""
+def layer_kinds(depth: int, layout: str = "studio") -> list[str]:
+    """The paper's schedule: column where (i - 2) mod 4 == 0 (1-based i), else row; last conv.
+
+    ruDALL-E's ``_get_layer_mask`` tests for a column layer before the last, so under
+    ``layout="rudalle"`` a last layer on the column schedule (depth 2, 6, 10, ...) stays column.
+    """
     kinds = [COLUMN if (i - 2) % 4 == 0 else ROW for i in range(1, depth + 1)]
-    kinds[-1] = CONV
+    if layout != "rudalle" or kinds[-1] != COLUMN:
+        kinds[-1] = CONV
     return kinds
 
 
@@ -58,13 +68,26 @@ def image_mask(kind: str, grid: int, kernel: int = 3) -> torch.Tensor:
     raise ValueError(f"unknown attention kind {kind!r}; expected one of row, column, conv")
 
 
+def held_cell_mask(kind: str, grid: int, kernel: int = 3) -> torch.Tensor:
+    """(N, N) bool over image slots for ``layout="rudalle"``: slot s >= 1 holds cell s - 1 and the
+    paper's mask applies to the cells the slots hold; slot 0 is ruDALL-E's last text position,
+    which every image slot sees. Equal to ruDALL-E v3's ``get_{row,col,conv}_mask`` (with its
+    kernel) on those positions."""
+    n = grid * grid
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    mask[:, 0] = True
+    mask[1:, 1:] = image_mask(kind, grid, kernel)[:-1, :-1]  # cells 0 .. N-2 in slots 1 .. N-1
+    return mask
+
+
 def stream_mask(kind: str, config: TransformerConfig) -> torch.Tensor:
     """(L, L) bool mask over the whole stream: text causal, image sees all text + sparse image."""
     t, n = config.text_len, config.image_len
     mask = torch.zeros(t + n, t + n, dtype=torch.bool)
     mask[:t, :t] = torch.ones(t, t, dtype=torch.bool).tril()
     mask[t:, :t] = True
-    mask[t:, t:] = image_mask(kind, config.grid, config.conv_kernel)
+    image = held_cell_mask if config.layout == "rudalle" else image_mask
+    mask[t:, t:] = image(kind, config.grid, config.conv_kernel)
     return mask
 
 
@@ -207,6 +230,25 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class SandwichBlock(Block):
+    """CogView's sandwich LayerNorm (``sandwich_norm``; ruDALL-E's
+    ``before_{first,second}_addition_layernorm``): each branch's output is normalised before it
+    is added to the residual stream. A class of its own so that plain blocks pay nothing for it."""
+
+    def __init__(self, config: TransformerConfig, index: int, kind: str):
+        super().__init__(config, index, kind)
+        self.ln_attn_out = nn.LayerNorm(config.dim)
+        self.ln_mlp_out = nn.LayerNorm(config.dim)
+
+    def forward(self, x, mask, start, cache):
+        x = x + self.ln_attn_out(self.attn(self.ln_1(x), mask, start, cache))
+        return x + self.ln_mlp_out(self.mlp(self.ln_2(x)))
+
+    def decode(self, x, pos, cache, keys, bias):
+        x = x + self.ln_attn_out(self.attn.decode(self.ln_1(x), pos, cache, keys, bias))
+        return x + self.ln_mlp_out(self.mlp(self.ln_2(x)))
+
+
 @dataclass
 class Logits:
     text: torch.Tensor | None  # (B, Tt, text_vocab_padded) for the text positions in the chunk
@@ -214,12 +256,30 @@ class Logits:
 
 
 class Transformer(nn.Module):
+    """The stream model. ``Transformer(config)`` of ``layout="rudalle"`` builds a
+    ``RudalleTransformer``: the layout is chosen once, here, so that neither layout's decode step
+    tests it per step."""
+
+    def __new__(cls, config: TransformerConfig | None = None, *args, **kwargs):
+        # config is None when copy.deepcopy or pickle rebuild an instance of the class they name
+        if cls is Transformer and config is not None and config.layout == "rudalle":
+            cls = RudalleTransformer
+        return super().__new__(cls)
+
     def __init__(self, config: TransformerConfig):
         super().__init__()
         if config.dim % config.heads:
             raise ValueError(f"dim {config.dim} is not divisible by heads {config.heads}")
         if config.conv_kernel % 2 == 0:
             raise ValueError(f"conv_kernel must be odd, got {config.conv_kernel}")
+        if config.layout not in TRANSFORMER_LAYOUTS:
+            expected = ", ".join(TRANSFORMER_LAYOUTS)
+            raise ValueError(f"unknown layout {config.layout!r}; expected one of {expected}")
+        if config.head_norm and config.layout != "rudalle":
+            raise ValueError(
+                f"head_norm (ruDALL-E's second LayerNorm before the head) is built for layout "
+                f"'rudalle' only, not {config.layout!r}"
+            )
         self.config = config
         self.precision = "fp32"  # for_inference() makes bf16 and int8 copies
         self.start_of_image = config.image_vocab  # the extra image-embedding row
@@ -229,11 +289,15 @@ class Transformer(nn.Module):
         self.row_embed = nn.Embedding(config.grid, config.dim)
         self.col_embed = nn.Embedding(config.grid, config.dim)
         self.drop = nn.Dropout(config.dropout)
-        self.kinds = layer_kinds(config.depth)
-        self.blocks = nn.ModuleList(Block(config, i, k) for i, k in enumerate(self.kinds))
+        self.kinds = layer_kinds(config.depth, config.layout)
+        block = SandwichBlock if config.sandwich_norm else Block
+        self.blocks = nn.ModuleList(block(config, i, k) for i, k in enumerate(self.kinds))
         self.ln_f = nn.LayerNorm(config.dim)
-        self.to_text = nn.Linear(config.dim, config.text_vocab_padded, bias=False)
-        self.to_image = nn.Linear(config.dim, config.image_vocab, bias=False)
+        if config.head_norm:
+            self.ln_head = nn.LayerNorm(config.dim)  # ruDALL-E's to_logits.0, after ln_f
+        bias = config.head_bias
+        self.to_text = nn.Linear(config.dim, config.text_vocab_padded, bias=bias)
+        self.to_image = nn.Linear(config.dim, config.image_vocab, bias=bias)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # GPT-2's scaled init of residual projections
@@ -281,11 +345,14 @@ class Transformer(nn.Module):
             parts.append(self.text_embed(ids[:, :n_text]) + self.text_pos(pos))
         if n_text < T:
             slots = positions[n_text:] - cfg.text_len
-            cells = self.image_embed(ids[:, n_text:])
-            parts.append(
-                cells + self.row_embed(slots // cfg.grid) + self.col_embed(slots % cfg.grid)
-            )
+            parts.append(self.image_embed(ids[:, n_text:]) + self.slot_positions(slots))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def slot_positions(self, slots: torch.Tensor) -> torch.Tensor:
+        """(T,) image slots -> (T, dim): the row and column embedding of the cell each predicts
+        (``decode_step`` inlines it)."""
+        grid = self.config.grid
+        return self.row_embed(slots // grid) + self.col_embed(slots % grid)
 
     def forward(
         self,
@@ -319,7 +386,7 @@ class Transformer(nn.Module):
             x = block(x, masks[block.kind], start, cache)
         if cache is not None:
             cache.length = end
-        x = self.ln_f(x)
+        x = self.final_norm(x)
         text_end = max(0, min(self.config.text_len, end) - start)  # text positions in the chunk
         if last_only:
             last = x[:, -1:]
@@ -329,6 +396,10 @@ class Transformer(nn.Module):
         text = self.to_text(x[:, :text_end]) if text_end else None
         image = self.to_image(x[:, text_end:]) if text_end < T else None
         return Logits(text=text, image=image)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalisation before the heads (``decode_step`` inlines it)."""
+        return self.ln_f(x)
 
     def decode_step(
         self, ids: torch.Tensor, pos: torch.Tensor, cache: list[torch.Tensor]
@@ -377,6 +448,57 @@ class Transformer(nn.Module):
             # attention runs in fp32 on CPU (see attention_dtype)
             dtype = torch.float32 if param.device.type == "cpu" else param.dtype
         return KVCache(self.config, batch, param.device, dtype)
+
+
+class RudalleTransformer(Transformer):
+    """``layout="rudalle"``: ruDALL-E v3 (``rudalle.dalle.model.DalleModel``) under this module's
+    stream and sampler contract (research/importers.md 2.3-2.4; ``model.importers.rudalle``
+    converts its weights). ruDALL-E reads ``[text_len + 1 text][cell 0 .. cell N-1]``; here
+    ``text_len`` is one less and its last text position is slot 0:
+
+    - slot 0 holds ``image_embed[start_of_image]`` (the importer stores there ruDALL-E's padding
+      id and position embedding of that text position) with no row or column embedding;
+    - slot s >= 1 holds cell s - 1 with the row and column embedding of that cell;
+    - the masks are the paper's on held-cell coordinates and every image slot sees slot 0
+      (``held_cell_mask``); the layer schedule is ruDALL-E's (``layer_kinds``);
+    - ``sandwich_norm`` blocks, and ``ln_head`` (``head_norm``) after ``ln_f``, before heads
+      with biases (``head_bias``).
+
+    ruDALL-E's other differences leave the forward pass as it is: CogView's PB-relax and its
+    -10000 mask fill are softmax-invariant, the +-65504 clamp of attention outputs is inert short
+    of fp16 overflow, and its embedding gradient shrink is the identity forward.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        if not config.head_norm:
+            self.ln_head = nn.Identity()
+
+    def slot_positions(self, slots: torch.Tensor) -> torch.Tensor:
+        grid = self.config.grid
+        cells = (slots - 1).clamp(min=0)  # slot s >= 1 holds cell s - 1
+        held = self.row_embed(cells // grid) + self.col_embed(cells % grid)
+        return held.masked_fill((slots == 0).unsqueeze(-1), 0.0)  # the start has none
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_head(self.ln_f(x))
+
+    def decode_step(
+        self, ids: torch.Tensor, pos: torch.Tensor, cache: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """``Transformer.decode_step`` with this layout's slot embedding and head (its own copy,
+        so that the studio layout's step calls nothing more than it did)."""
+        x = self.image_embed(ids) + self.slot_positions(pos - self.config.text_len)
+        windows = {
+            kind: (
+                getattr(self, f"keys_{kind}").index_select(0, pos)[0],  # (K,)
+                attention_dtype(getattr(self, f"bias_{kind}").index_select(0, pos)),  # (1, K)
+            )
+            for kind in (ROW, COLUMN, CONV)
+        }
+        for block in self.blocks:
+            x = block.decode(x, pos, cache, *windows[block.kind])
+        return self.to_image(self.final_norm(x))[:, 0]
 
 
 # -- inference precision -------------------------------------------------------------------------

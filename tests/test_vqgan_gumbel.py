@@ -280,6 +280,25 @@ def test_parity_with_rudalle(rudalle_vae_module):
 
 
 @pytest.mark.slow
+def test_parity_with_rudalle_at_sber_size(rudalle_vae_module):
+    """The released config (256 px, 32x32 tokens of 8192, attention over 1024 positions), random
+    weights: every token and every pixel."""
+    vae = rudalle_vae(rudalle_vae_module, SBER_GUMBEL_F8, seed=11)
+    state = from_taming({"state_dict": vae.model.state_dict()}, SBER_GUMBEL_F8)
+    ours = VQGAN.load(SBER_GUMBEL_F8, state).eval()
+    x = images(1, 256, seed=2)
+    theirs_tokens = vae.get_codebook_indices(x, disable_gumbel_softmax=True)  # (1, 1024)
+    tokens = ours.encode(x)
+    assert tokens.shape == (1, 32, 32) and len(theirs_tokens.unique()) > 32
+    assert torch.equal(tokens.view(1, -1), theirs_tokens)
+    with torch.no_grad():
+        theirs_raw = vae.model.decode(vae.model.quantize.embed(tokens).permute(0, 3, 1, 2))
+        theirs = vae.decode(theirs_tokens)
+    check_range(theirs_raw)
+    torch.testing.assert_close(ours.decode(tokens), theirs, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.slow
 def test_parameter_names_and_counts_at_sber_size_match_rudalles(rudalle_vae_module):
     """rudalle's VQGanGumbelVAE at the Sber config, built on the meta device: our names and
     shapes are its GumbelVQ's, so the released checkpoint loads by name."""
@@ -622,6 +641,9 @@ def test_shapes_give_the_config_and_the_sber_check_names_the_difference(tmp_path
     with pytest.raises(ValueError) as excinfo:
         vqgan_from_lightning(path, dataclasses.replace(TINY, attn_resolutions=(8,)))
     one_line_error(excinfo, "attn_resolutions is (4,), expected (8,)")
+    with pytest.raises(ValueError) as excinfo:
+        vqgan_from_lightning(path, dataclasses.replace(TINY, quantize="vq"))
+    one_line_error(excinfo, "quantize is gumbel, expected vq")
 
 
 def test_a_malicious_pickle_is_refused_without_running(tmp_path):

@@ -229,7 +229,7 @@ def infer_config(state: Mapping[str, torch.Tensor], resolution: int) -> VQGANCon
 
 # the fields compared with the expected config, in the order a difference is named
 _COMPARED = ("in_channels", "ch", "ch_mult", "num_res_blocks", "attn_resolutions")
-_COMPARED += ("z_channels", "embed_dim", "n_embed")
+_COMPARED += ("z_channels", "embed_dim", "n_embed", "quantize")
 
 
 def vqgan_from_lightning(

@@ -32,7 +32,7 @@ from PySide6.QtCore import QObject, Signal
 
 from model import bundle as bundle_io
 from model import device as model_device
-from model import files, sampling
+from model import familiarity, files, sampling
 from model import images as model_images
 from model.config import SamplingOptions
 from model.device import pick_device
@@ -118,7 +118,20 @@ class Cancelled:
     job: int
 
 
-Message = Loaded | LoadFailed | RowDecoded | Compiling | Finished | Failed | Cancelled
+@dataclass
+class Familiar:
+    """How far a picture lies from the loaded model's training data
+    (``model.familiarity``: typical-cell reconstruction PSNR, dB)."""
+
+    request: int  # the caller's number for the picture it asked about
+    typical_db: float
+    reference_db: float  # the model's own, on scenes of its world
+    far_below_db: float  # the margin: far when typical_db < reference_db - far_below_db
+    far: bool
+
+
+Message = Loaded | LoadFailed | RowDecoded | Compiling | Finished | Failed | Cancelled | Familiar
+WORLD = familiarity.WORLD  # what a scenes model was trained on, in the user's words
 
 
 @dataclass
@@ -254,6 +267,8 @@ class Engine(QObject):
         self.last_tokens_per_s = 0.0
         self.precision = "auto"  # what the CLI and `dalle eval` sample in by default
         self.compile = False  # torch.compile the decode step (first run per batch size compiles)
+        self.knows_scenes = False  # the loaded model was trained on scenes (File › New scene)
+        self._reference_db: float | None = None  # its familiarity reference, once measured
 
     def set_speed(self, precision: str, compile: bool) -> None:
         """How later jobs sample: a precision (see ``model.transformer.for_inference``) and
@@ -273,6 +288,8 @@ class Engine(QObject):
         self._stored_precision = getattr(bundle.transformer, "precision", "fp32")
         self.geometry_size = bundle.config.vae.image_size
         self.geometry_factor = bundle.config.vae.factor
+        self.knows_scenes = familiarity.knows_scenes(bundle.card)
+        self._reference_db = None
 
     def sampling_precision(self, device: str | torch.device) -> str:
         """What the next job samples in on ``device`` ("auto" resolved). An imported model,
@@ -481,6 +498,48 @@ class Engine(QObject):
             decoded = bundle.vae.decode(progress.tokens[:1].to(bundle.device))[0]
         pasted = model_images.paste_back(image, decoded.float().cpu(), geometry, cell)
         return np.asarray(pasted, dtype=np.uint8)
+
+    # -- the model's world ----------------------------------------------------------------
+
+    def new_scene(self, seed: int) -> tuple[np.ndarray, str, tuple[int, int]]:
+        """A picture from the scenes' world at the loaded model's size: (pixels (S, S, 3)
+        uint8, the caption to complete it with, the rectangle's cell); see
+        ``model.familiarity.new_scene``. Pillow only, quick enough for the Qt thread."""
+        picture, caption, cell = familiarity.new_scene(
+            seed, self.geometry_size, self.geometry_factor
+        )
+        return np.array(picture, dtype=np.uint8), caption, cell
+
+    def measure_familiarity(self, image: np.ndarray, request: int) -> Future | None:
+        """Measure how far ``image`` lies from the loaded model's training data on the worker;
+        a ``Familiar`` message follows. None, and no cost, unless the model knows scenes (an
+        imported real-weight model is never measured)."""
+        if not self.knows_scenes:
+            return None
+        return self._executor.submit(self._measure_familiarity, image, request)
+
+    def _measure_familiarity(self, image: np.ndarray, request: int) -> Familiar | None:
+        bundle = self._bundle
+        if bundle is None or not self.knows_scenes:
+            return None
+        try:
+            if self._reference_db is None:  # once per model: a batch of its scenes
+                self._reference_db = familiarity.reference_psnr(bundle)
+            measured = familiarity.measure(
+                bundle, Image.fromarray(image, "RGB"), self._reference_db
+            )
+        except (ValueError, RuntimeError, OSError, MemoryError) as error:
+            log.warning("could not measure the picture against the model: %s", one_line(error))
+            return None
+        result = Familiar(
+            request,
+            measured.typical_db,
+            measured.reference_db,
+            familiarity.FAR_BELOW_DB,
+            measured.far,
+        )
+        self.message.emit(result)
+        return result
 
     def shutdown(self) -> None:
         self.cancel()

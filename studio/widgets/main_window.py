@@ -33,14 +33,16 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
 from model.files import ImageError
-from studio import project, template
+from studio import project, scene_canvas, template
 from studio.document import Document
-from studio.engine import IMAGE_SUFFIXES, load_image, one_line
+from studio.engine import IMAGE_SUFFIXES, WORLD, load_image, one_line
+from studio.familiarity_hint import FAR_BADGE, FamiliarityHint
 from studio.session import Session
 from studio.widgets.candidates import CandidateStrip
 from studio.widgets.canvas import Canvas, qimage_to_array
@@ -134,8 +136,11 @@ class MainWindow(QMainWindow):
             )
             self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
 
+        self.scene_seeds = scene_canvas.seeds()  # File › New scene draws the next one
+        self.familiarity = FamiliarityHint(session, self)
         self._build_status_bar()
         self._build_actions()
+        self.familiarity.changed.connect(self._show_hint)
         session.document_changed.connect(self._document_changed)
         session.model_changed.connect(self._model_changed)
         session.speed_changed.connect(self._speed_changed)
@@ -146,6 +151,7 @@ class MainWindow(QMainWindow):
         self.autosave_timer.start(AUTOSAVE_MS)
         self._document_changed(session.document)
         self._model_changed()
+        self.familiarity.check()
         self.undo_keys = ImageUndoKeys(self.caption.caption, self)
         fields = [self.caption.caption]
         for kind in (QLineEdit, QAbstractSpinBox):
@@ -172,10 +178,20 @@ class MainWindow(QMainWindow):
         self.device_label = QLabel("device: —")
         self.model_label = QLabel()
         self.speed_label = QLabel("")
+        # a picture far from the model's world: the whole line says so until the user marks a
+        # rectangle or generates, then the badge keeps saying it (studio.familiarity_hint)
+        self.hint_label = QLabel()
+        self.hint_label.setStyleSheet("color: #b35900")
+        self.hint_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.hint_label.setVisible(False)
+        self.far_badge = QLabel(FAR_BADGE)
+        self.far_badge.setStyleSheet("color: #b35900")
+        self.far_badge.setVisible(False)
         status = self.statusBar()
+        status.addWidget(self.hint_label, 1)  # never widens the window: it gets what is left
         status.addWidget(self.progress_label)
         status.addWidget(self.progress)
-        for label in (self.speed_label, self.model_label, self.device_label):
+        for label in (self.far_badge, self.speed_label, self.model_label, self.device_label):
             status.addPermanentWidget(label)
 
     def _action(self, menu, text, slot, *shortcuts) -> QAction:
@@ -190,6 +206,8 @@ class MainWindow(QMainWindow):
     def _build_actions(self) -> None:
         bar = self.menuBar()
         files = bar.addMenu("&File")
+        files.setToolTipsVisible(True)  # New scene's says why it is off for some models
+        self.new_scene_action = self._action(files, "New &scene", self.new_scene, "Ctrl+N")
         self._action(files, "&Open image…", self.open_image_dialog, QKeySequence.StandardKey.Open)
         self._action(files, "Open &project…", self.open_project_dialog, "Ctrl+Shift+O")
         templates = files.addMenu("&New from template")
@@ -265,6 +283,7 @@ class MainWindow(QMainWindow):
             self._rectangle_changed()
 
     def _rectangle_changed(self) -> None:
+        self._hint_to_badge()
         document = self.document
         if document.cell is not None:
             self.progress_label.setText(
@@ -296,11 +315,44 @@ class MainWindow(QMainWindow):
         if session.device:
             compiled = " · compiled" if session.engine.compile else ""
             self.device_label.setText(f"device: {session.device} · {session.precision}{compiled}")
+        self._update_new_scene()
+
+    def _update_new_scene(self) -> None:
+        """New scene is offered only for a model trained on scenes (its card says so)."""
+        engine = self.session.engine
+        offered = engine.loaded and engine.knows_scenes
+        self.new_scene_action.setEnabled(offered)
+        if offered:
+            tip = f"a new picture from this model's world ({WORLD}), ready to Generate"
+        elif not engine.loaded:
+            tip = "waits for the model to load"
+        else:
+            name = self.session.model_name or "this model"
+            tip = f"only for a model trained on {WORLD}; {name} was not"
+        self.new_scene_action.setToolTip(tip)
+
+    def _show_hint(self, text: str) -> None:
+        """A new hint (or none) for the picture: the whole line, in place of the status."""
+        self.hint_label.setText(text)
+        self.hint_label.setToolTip(self.familiarity.detail)
+        self.far_badge.setToolTip(self.familiarity.detail if text else "")
+        self.hint_label.setVisible(bool(text))
+        self.far_badge.setVisible(False)
+        self.progress_label.setVisible(not text)
+
+    def _hint_to_badge(self) -> None:
+        """The user works on the picture anyway: the status line is theirs again, the badge
+        keeps the hint."""
+        if self.hint_label.isVisible():
+            self.hint_label.setVisible(False)
+            self.far_badge.setVisible(True)
+            self.progress_label.setVisible(True)
 
     def _speed_changed(self, tokens_per_s: float) -> None:
         self.speed_label.setText(f"{tokens_per_s:.0f} tokens/s" if tokens_per_s > 0 else "")
 
     def _generating_changed(self, running: bool) -> None:
+        self._hint_to_badge()
         self.progress.setVisible(running)
         self.progress.setValue(0)
 
@@ -419,6 +471,28 @@ class MainWindow(QMainWindow):
         self.progress_label.setText(
             "type what the picture shows over the selected word, then Generate: "
             "the bottom half is completed from the top"
+        )
+        return True
+
+    def new_scene(self) -> bool:
+        """A new untitled document from the model's world (``studio.scene_canvas``): a scene
+        at the model's size, the rectangle on its bottom-right place and the caption to
+        complete it with. Like opening, it replaces the document, asking first over modified
+        work."""
+        engine = self.session.engine
+        if not (engine.loaded and engine.knows_scenes):
+            self.show_error(self.new_scene_action.toolTip())
+            return False
+        picture, caption, cell = engine.new_scene(next(self.scene_seeds))
+        document = scene_canvas.scene_document(
+            picture, cell, engine.geometry_size, engine.geometry_factor
+        )
+        if not self.replace_document(document):
+            return False
+        self.session.set_caption(caption)
+        self.progress_label.setText(
+            "a scene from this model's world: Generate redraws the bottom-right place "
+            "to match the caption (edit it to ask for something else)"
         )
         return True
 

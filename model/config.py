@@ -315,6 +315,12 @@ def check_vqgan_config(config: VQGANConfig) -> None:
         raise ValueError(
             f"VQGAN quantize must be one of {VQGAN_QUANTIZERS}, got {config.quantize!r}"
         )
+    if config.quantize == "gumbel" and config.z_channels != config.embed_dim:
+        raise ValueError(
+            f"VQGAN quantize 'gumbel' needs z_channels == embed_dim (taming builds quantize.proj "
+            f"for z_channels and feeds it embed_dim), got {config.z_channels} and "
+            f"{config.embed_dim}"
+        )
     if config.value_range not in VALUE_RANGES:
         raise ValueError(
             f"VQGAN value_range must be one of {VALUE_RANGES}, got {config.value_range!r}"

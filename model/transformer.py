@@ -345,14 +345,14 @@ class Transformer(nn.Module):
             parts.append(self.text_embed(ids[:, :n_text]) + self.text_pos(pos))
         if n_text < T:
             slots = positions[n_text:] - cfg.text_len
-            parts.append(self.image_embed(ids[:, n_text:]) + self.slot_positions(slots))
+            parts.append(self.embed_slots(ids[:, n_text:], slots))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def slot_positions(self, slots: torch.Tensor) -> torch.Tensor:
-        """(T,) image slots -> (T, dim): the row and column embedding of the cell each predicts
-        (``decode_step`` inlines it)."""
+    def embed_slots(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids at (T,) image slots -> (B, T, dim): each id's embedding plus the row and
+        column embedding of the cell its slot predicts (``decode_step`` inlines it)."""
         grid = self.config.grid
-        return self.row_embed(slots // grid) + self.col_embed(slots % grid)
+        return self.image_embed(ids) + self.row_embed(slots // grid) + self.col_embed(slots % grid)
 
     def forward(
         self,
@@ -474,11 +474,11 @@ class RudalleTransformer(Transformer):
         if not config.head_norm:
             self.ln_head = nn.Identity()
 
-    def slot_positions(self, slots: torch.Tensor) -> torch.Tensor:
+    def embed_slots(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         grid = self.config.grid
         cells = (slots - 1).clamp(min=0)  # slot s >= 1 holds cell s - 1
-        held = self.row_embed(cells // grid) + self.col_embed(cells % grid)
-        return held.masked_fill((slots == 0).unsqueeze(-1), 0.0)  # the start has none
+        held = self.row_embed(cells // grid) + self.col_embed(cells % grid)  # ruDALL-E's order
+        return self.image_embed(ids) + held.masked_fill((slots == 0).unsqueeze(-1), 0.0)
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.ln_head(self.ln_f(x))
@@ -488,7 +488,7 @@ class RudalleTransformer(Transformer):
     ) -> torch.Tensor:
         """``Transformer.decode_step`` with this layout's slot embedding and head (its own copy,
         so that the studio layout's step calls nothing more than it did)."""
-        x = self.image_embed(ids) + self.slot_positions(pos - self.config.text_len)
+        x = self.embed_slots(ids, pos - self.config.text_len)
         windows = {
             kind: (
                 getattr(self, f"keys_{kind}").index_select(0, pos)[0],  # (K,)

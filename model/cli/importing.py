@@ -1,7 +1,8 @@
 """``dalle import``: files a user downloaded, converted once into files the product reads.
 
 ``openai-dvae``: OpenAI's dVAE as a dVAE file; ``mega`` / ``mini``: DALL·E Mega or Mini (min-dalle's
-files and dalle-mini's VQGAN) as a model bundle (``model/importers/dalle_mega.py``).
+files and dalle-mini's VQGAN) as a model bundle (``model/importers/dalle_mega.py``); ``rudalle``:
+ruDALL-E Malevich v3 or Surrealist XL with the Sber VQGAN (``model/importers/rudalle_import.py``).
 
 The product never reads a pickle at run time: each importer reads its sources here (an
 allow-list unpickler, ``weights_only`` or msgpack), checks every name and shape, and writes one
@@ -56,6 +57,31 @@ def add_import_args(sub) -> None:
             "GB); the VQGAN stays fp32",
         )
 
+    p = sub.add_parser(
+        "rudalle",
+        help="ruDALL-E Malevich (v3) or Surrealist XL with the Sber VQGAN -> a model bundle",
+        description="Convert ruDALL-E into one .dalle.safetensors bundle for the studio and the "
+        "CLI (Russian captions, 256 px, 32x32 tokens). --from holds the transformer "
+        "(sberbank-ai/rudalle-Malevich's pytorch_model_v3.bin, or shonenkov-AI/rudalle-xl-"
+        "surrealist's pytorch_model.bin) and shonenkov/rudalle-utils' "
+        "vqgan.gumbelf8-sber.model.ckpt and bpe.model.",
+    )
+    p.add_argument("--from", dest="source", metavar="DIR", required=True, help="the files")
+    p.add_argument("--out", required=True, help="the bundle to write (.dalle.safetensors)")
+    p.add_argument(
+        "--dtype",
+        choices=["bf16", "fp16", "fp32"],
+        default="bf16",
+        help="the transformer's stored precision (default bf16: Malevich in 2.6 GB, fp32 5.2 "
+        "GB); the VQGAN stays fp32",
+    )
+    p.add_argument(
+        "--version",
+        choices=["v3", "v2"],
+        default="v3",
+        help="the checkpoint's layout (v3: Malevich v3, Surrealist XL; v2 is not supported yet)",
+    )
+
 
 def progress(message: str) -> None:
     print(f"dalle import: {message}", file=sys.stderr, flush=True)
@@ -95,6 +121,20 @@ def cmd_import(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             import_dalle(args.family, args.source, out, args.vqgan_dir, args.dtype, progress)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+        print(shown(out))
+        return 0
+    if args.family == "rudalle":
+        from model.bundle import SUFFIX
+        from model.importers.rudalle_import import import_rudalle
+
+        out = output_file(args.out)
+        if not out.name.endswith(SUFFIX):
+            raise CLIError(f"--out {shown(out)}: name a {SUFFIX} file (what the studio opens)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import_rudalle(args.source, out, args.dtype, args.version, progress=progress)
         except ValueError as error:
             raise CLIError(str(error)) from None
         print(shown(out))

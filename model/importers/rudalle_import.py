@@ -1,0 +1,235 @@
+"""``dalle import rudalle``: ruDALL-E Malevich (v3) or Surrealist XL, from the files a user
+downloaded, as one bundle.
+
+Sources (nothing is downloaded here; the user fetches them):
+
+    sberbank-ai/rudalle-Malevich (Hugging Face)   pytorch_model_v3.bin: the transformer, v3
+    shonenkov-AI/rudalle-xl-surrealist            pytorch_model.bin: Surrealist XL (also v3)
+    shonenkov/rudalle-utils                       vqgan.gumbelf8-sber.model.ckpt: the image
+                                                  tokenizer (a PyTorch Lightning checkpoint);
+                                                  bpe.model: the caption BPE (youtokentome)
+
+The transformer file is a flat state dict of fp16 tensors, read with ``torch.load(weights_only=
+True)`` and memory-mapped. The Lightning checkpoint is read by ``model.importers.rudalle_vqgan``
+(weights only, or the allow-list unpickler that never runs code). The conversions themselves are
+``model.importers.rudalle`` (transformer: the "rudalle" layout of ``model/transformer.py``) and
+``rudalle_vqgan`` (the gumbel VQGAN on ``model/vqgan.py``); ``model.yttm_text`` converts the BPE.
+
+v2 checkpoints (Malevich's ``pytorch_model_v2.bin``, Emojich) wrap the conv window around the grid
+and put BOS at an extra text position; their shapes are those of v3, so the file cannot say which
+it is: ``--version`` does, and v2 is refused until that layout exists.
+
+The transformer is stored in ``dtype`` (bf16 by default: Malevich in 2.6 GB), the VQGAN in fp32
+(its tokens are argmax choices, which rounding would move). The card records the sources, the
+licences as far as they could be checked, the dtype and each input's SHA-256.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from model.config import BundleConfig, VQGANConfig, YttmTextConfig
+from model.importers.dalle_mega import DTYPES, _gb, read_pt, sha256
+from model.yttm_text import RudallePrompt, RudalleTokenizer
+
+log = logging.getLogger(__name__)
+
+TRANSFORMER_FILES = ("pytorch_model_v3.bin", "pytorch_model.bin")  # Malevich v3, Surrealist XL
+V2_FILE = "pytorch_model_v2.bin"
+VQGAN_FILE = "vqgan.gumbelf8-sber.model.ckpt"
+BPE_FILE = "bpe.model"
+SOURCES = {
+    "transformer": "sberbank-ai/rudalle-Malevich (pytorch_model_v3.bin) or "
+    "shonenkov-AI/rudalle-xl-surrealist (pytorch_model.bin) on Hugging Face",
+    "image tokenizer and caption BPE": "shonenkov/rudalle-utils on Hugging Face "
+    f"({VQGAN_FILE}, {BPE_FILE})",
+}
+# The rudalle code is Apache-2.0 (LICENSE.txt in its wheel). The weights' own licence was not in
+# any material this importer was built from; the card says so rather than guess.
+LICENCE = {
+    "code": "Apache-2.0 (the rudalle package, ai-forever/ru-dalle)",
+    "weights": "not stated in the downloaded files; see the model cards at "
+    "huggingface.co/sberbank-ai/rudalle-Malevich and huggingface.co/shonenkov/rudalle-utils "
+    "before redistributing pictures or weights",
+}
+# Russian captions, as the model was trained on, each with an English gloss
+EXAMPLE_CAPTIONS = [
+    "рыжий кот сидит на подоконнике",
+    "зимний лес на закате, масло",
+    "красный парусник на спокойном озере",
+]
+EXAMPLE_GLOSSES = [
+    "a ginger cat sitting on a windowsill",
+    "a winter forest at sunset, oil painting",
+    "a red sailboat on a calm lake",
+]
+HEADS = 16  # Malevich and Surrealist XL: 2048 / 128; not in the file's shapes
+
+Progress = Callable[[str], None]
+
+
+def find_files(source: Path, version: str) -> dict[str, Path]:
+    """The three inputs in ``source``; ValueError naming the first one missing."""
+    if not source.is_dir():
+        raise ValueError(f"--from {source}: no such folder")
+    if version != "v3":
+        raise ValueError(
+            f"--version {version}: only v3 checkpoints (Malevich's pytorch_model_v3.bin, "
+            "Surrealist XL) can be imported; v2's wrapped conv window is not built yet"
+        )
+    transformer = next((source / n for n in TRANSFORMER_FILES if (source / n).is_file()), None)
+    if transformer is None:
+        extra = (
+            f"; {V2_FILE} is a v2 checkpoint, which cannot be imported yet"
+            if (source / V2_FILE).is_file()
+            else ""
+        )
+        raise ValueError(
+            f"{source} has neither {' nor '.join(TRANSFORMER_FILES)} "
+            f"(from {SOURCES['transformer']}){extra}"
+        )
+    paths = {"transformer": transformer}
+    for role, name in (("vqgan", VQGAN_FILE), ("bpe", BPE_FILE)):
+        if not (source / name).is_file():
+            raise ValueError(
+                f"{source} lacks {name} (from {SOURCES['image tokenizer and caption BPE']})"
+            )
+        paths[role] = source / name
+    return paths
+
+
+def _check_room(paths: dict[str, Path], dtype: torch.dtype, out: Path) -> None:
+    """Refuse, before reading a weight, a conversion that memory or the disk cannot hold: the
+    file is fp16 (2 bytes a parameter), the bundle ``dtype``; a file torch cannot memory-map is
+    read whole."""
+    from model.device import available_memory
+
+    size = paths["transformer"].stat().st_size
+    converted = size // 2 * dtype.itemsize
+    mapped = zipfile.is_zipfile(paths["transformer"])
+    vqgan = paths["vqgan"].stat().st_size
+    needed = converted + 2 * vqgan + (0 if mapped else size)
+    free = available_memory(torch.device("cpu"))
+    if free is not None and needed > free:
+        raise ValueError(
+            f"converting needs about {_gb(needed)} of memory, {_gb(free)} available: close other "
+            f"programs{' or use --dtype bf16' if dtype == torch.float32 else ''}"
+        )
+    room = shutil.disk_usage(out.parent).free
+    if converted + vqgan > room:
+        raise ValueError(
+            f"{out.parent} has {_gb(room)} free; the bundle needs about {_gb(converted + vqgan)}"
+        )
+
+
+def import_rudalle(
+    source: str | Path,
+    out: str | Path,
+    dtype: str = "bf16",
+    version: str = "v3",
+    heads: int = HEADS,
+    progress: Progress | None = None,
+    vqgan: VQGANConfig | None = None,
+) -> Path:
+    """Convert ruDALL-E's files in ``source`` into the bundle ``out``. ``heads`` is the
+    transformer's head count and ``vqgan`` the VQGAN config the checkpoint must have (defaults:
+    Malevich's 16 and the Sber gumbel-f8; tests pass tiny ones). Raises ValueError with one line
+    naming the file and the problem; writes nothing unless everything converted."""
+    from model import bundle as bundle_io
+    from model.importers.rudalle import transformer_from_rudalle
+    from model.importers.rudalle_vqgan import SBER_GUMBEL_F8, vqgan_from_lightning
+    from model.transformer import Transformer
+    from model.vqgan import VQGAN, describe
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    say = progress or (lambda message: None)
+    source, out = Path(source), Path(out)
+    paths = find_files(source, version)
+    _check_room(paths, DTYPES[dtype], out)
+
+    hashes = {}
+    for path in paths.values():
+        say(f"hashing {path.name} ({_gb(path.stat().st_size)})")
+        hashes[path.name] = sha256(path)
+
+    bpe = RudalleTokenizer.from_yttm(paths["bpe"])
+
+    say(f"reading {paths['transformer'].name}")
+    state = read_pt(paths["transformer"], "ruDALL-E transformer")
+    try:
+        tf_config, tf_state = transformer_from_rudalle(state, heads=heads, version=version)
+    except ValueError as error:
+        raise ValueError(f"{paths['transformer']}: {error}") from None
+    del state
+    tokenizer = RudallePrompt.of(bpe, text_len=tf_config.text_len)
+    if tf_config.text_vocab != tokenizer.vocab_size:
+        raise ValueError(
+            f"{paths['bpe']}: {tokenizer.vocab_size} ids for a transformer that reads "
+            f"{tf_config.text_vocab}: not this model's caption BPE"
+        )
+    say(f"converting the transformer to {dtype}")
+    with torch.device("meta"):
+        transformer = Transformer(tf_config)
+    tf_state = {name: tensor.to(DTYPES[dtype]) for name, tensor in tf_state.items()}
+    transformer.load_state_dict(tf_state, assign=True, strict=True)
+    transformer.eval()
+
+    say(f"reading {paths['vqgan'].name}")
+    vq_config, vq_state = vqgan_from_lightning(paths["vqgan"], vqgan or SBER_GUMBEL_F8)
+    if vq_config.n_embed != tf_config.image_vocab or vq_config.grid != tf_config.grid:
+        raise ValueError(
+            f"{paths['vqgan']}: a VQGAN of {vq_config.n_embed} codes on a {vq_config.grid}x"
+            f"{vq_config.grid} grid, but the transformer reads {tf_config.image_vocab} codes on "
+            f"{tf_config.grid}x{tf_config.grid}: not this model's image tokenizer"
+        )
+    vqgan = VQGAN.load(vq_config, vq_state).eval()
+
+    config = BundleConfig(
+        vae=vq_config,
+        text=YttmTextConfig(vocab_size=tokenizer.vocab_size, text_len=tokenizer.text_len),
+        transformer=tf_config,
+    )
+    title = (
+        "ruDALL-E Surrealist XL"
+        if paths["transformer"].name == "pytorch_model.bin"
+        else ("ruDALL-E Malevich (v3)")
+    )
+    card = {
+        "stage": "imported",
+        "name": f"{title} (imported)",
+        "description": (
+            f"{title} (Sber AI) converted from its released files, with the Sber gumbel-f8 VQGAN: "
+            f"{vq_config.resolution} px, {tf_config.grid}x{tf_config.grid} tokens. Russian "
+            "captions. Not trained for guidance: sample with guidance 1."
+        ),
+        "parameters": sum(p.numel() for p in transformer.parameters()),
+        "imported": {
+            "from": "dalle import rudalle",
+            "sources": SOURCES,
+            "licence": LICENCE,
+            "files": hashes,
+            "version": version,
+            "dtype": dtype,
+            "vqgan_dtype": "fp32",
+            "vqgan": describe(vq_config),
+        },
+        "example_captions": EXAMPLE_CAPTIONS,
+        "example_glosses": EXAMPLE_GLOSSES,
+        "suggested_sampling": {"guidance": 1.0, "top_k": 2048, "top_p": 0.995},  # ruDALL-E's
+    }
+    bundle = bundle_io.Bundle(
+        config=config, vae=vqgan, transformer=transformer, tokenizer=tokenizer, card=card
+    )
+    say(f"writing {out}")
+    try:
+        bundle_io.save(bundle, out)
+    except bundle_io.BundleError as error:
+        raise ValueError(str(error)) from None
+    return out

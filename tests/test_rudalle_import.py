@@ -163,7 +163,7 @@ def test_dalle_complete_keeps_every_pixel_outside_the_rectangle(imported, tmp_pa
          "pytorch_model_v2.bin is a v2 checkpoint"),
         (lambda f: (f / "bpe.model").unlink(), "lacks bpe.model"),
         (lambda f: (f / "vqgan.gumbelf8-sber.model.ckpt").unlink(), "lacks vqgan.gumbelf8-sber"),
-        (lambda f: (f / "pytorch_model_v3.bin").write_bytes(b"not a checkpoint"), "pytorch_model_v3.bin"),
+        (lambda f: (f / "pytorch_model_v3.bin").write_bytes(b"junk"), "pytorch_model_v3.bin"),
         (lambda f: write_bpe(f / "bpe.model", size=BPE_IDS + 5), "not this model's caption BPE"),
     ],
     ids=["v2-only", "no-bpe", "no-vqgan", "garbage", "other-bpe"],

@@ -255,6 +255,16 @@ class Logits:
     image: torch.Tensor | None  # (B, Ti, image_vocab) for the image slots in the chunk
 
 
+def _tables_once_assigned(model: Transformer, incompatible_keys) -> None:
+    """``load_state_dict`` hook of a model built on the meta device: once its weights are real
+    (``assign=True``), build its tables, on their device."""
+    weight = model.ln_f.weight
+    if weight.is_meta or "mask_row" in model._buffers:
+        return
+    with torch.device(weight.device):
+        model._build_tables()
+
+
 class Transformer(nn.Module):
     """The stream model. ``Transformer(config)`` of ``layout="rudalle"`` builds a
     ``RudalleTransformer``: the layout is chosen once, here, so that neither layout's decode step
@@ -303,9 +313,16 @@ class Transformer(nn.Module):
             if name.endswith("proj.weight"):  # GPT-2's scaled init of residual projections
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.depth))
         if self.ln_f.weight.is_meta:
-            # built under torch.device("meta") only to know its parameters' shapes (model.bundle
-            # checks a file's tensors against them): no tables, they are not parameters
+            # built under torch.device("meta") to know its parameters' shapes (model.bundle
+            # checks a file's tensors against them): no tables, they are not parameters; a model
+            # that then takes real weights by assignment (an imported one) builds them then
+            self.register_load_state_dict_post_hook(_tables_once_assigned)
             return
+        self._build_tables()
+
+    def _build_tables(self) -> None:
+        """The masks and the decode steps' gather tables (buffers, not in a state dict)."""
+        config = self.config
         for kind in (ROW, COLUMN, CONV):
             self.register_buffer(f"mask_{kind}", stream_mask(kind, config), persistent=False)
             index, counts = decode_keys(kind, config)

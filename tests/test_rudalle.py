@@ -372,6 +372,28 @@ def test_chunked_prefill_matches_rudalle(pair):
     assert_close(torch.cat(lasts[1:], dim=1), theirs[:, last_slots])
 
 
+def test_built_on_meta_and_assigned_as_bundles_load_it(pair):
+    """``model.bundle`` builds an imported transformer on the meta device and assigns the file's
+    tensors: the attention tables, which are not in a state dict, come with the weights."""
+    reference, ours = pair
+    config, state = transformer_from_rudalle(reference.state_dict(), heads=HEADS)
+    with torch.device("meta"):
+        shaped = Transformer(config)
+    assert "mask_row" not in shaped._buffers
+    shaped.load_state_dict(state, strict=True, assign=True)
+    text, image = rudalle_text(), cells(seed=5)
+    stream = shaped.stream(our_text(text), image)
+    with torch.inference_mode():
+        cache = shaped.eval().new_cache(2)
+        shaped(stream[:, : config.text_len + 1], 0, cache)
+        steps = [
+            shaped(stream[:, p : p + 1], p, cache).image
+            for p in range(config.text_len + 1, config.seq_len)
+        ]
+    theirs = reference_image_logits(reference, text, image)
+    assert_close(torch.cat(steps, dim=1), theirs[:, 1:])
+
+
 def test_copies_keep_the_layout(pair):
     """``for_inference`` deep-copies the model: the copy must stay a ``RudalleTransformer``."""
     _, ours = pair

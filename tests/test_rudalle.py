@@ -498,6 +498,29 @@ def test_import_keeps_no_masks_and_needs_every_parameter(pair):
     assert transformer_from_rudalle(without, heads=HEADS)[0] == ours.config  # masks optional
 
 
+def test_malevich_shapes_give_malevichs_config(rudalle_code):
+    """Malevich's names and shapes (research/importers.md 2.2), on the meta device, with its mask
+    buffers as rudalle builds them at that size."""
+    from model.importers.rudalle import expected_shapes
+
+    shapes = expected_shapes(2048, 24, 16512, 129, 8192, 32)
+    state = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    masks = rudalle_code.masks
+    state["transformer.conv_mask"] = masks.get_conv_mask(128, 32, is_bool_mask=True)
+    config, ours = transformer_from_rudalle(state)
+    assert config == TransformerConfig(
+        text_vocab=16384, text_len=127, image_vocab=8192, grid=32, dim=2048, depth=24, heads=16,
+        conv_kernel=11, layout="rudalle", sandwich_norm=True, head_norm=True, head_bias=True,
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.load_state_dict(ours, strict=True, assign=True)
+    # ruDALL-E's 1,310,410,880, less the last padding id's embedding and head row (its position
+    # is our slot 0) and text positions 127 and 128, plus the start row
+    assert model.num_parameters() == 1_310_410_880 - (2 * 2048 + 1) - 2 * 2048 + 2048
+    assert "mask_row" not in model._buffers  # meta weights: no tables yet
+
+
 def one_line_error(state, **kwargs) -> str:
     with pytest.raises(ValueError) as caught:
         transformer_from_rudalle(state, **kwargs)

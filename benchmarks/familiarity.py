@@ -25,8 +25,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = [
+    ROOT / "resources/models/v1/default-2026-11-25.dalle.safetensors",  # the dVAE default before v2
     ROOT / "resources/models/default.dalle.safetensors",
-    ROOT / "resources/models/v2/candidate.dalle.safetensors",
 ]
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The embedded model v2's whole recipe in one go: scenes -> VQ tokenizer -> transformer ->
-# reranker (on the tokenizer's reconstructions) -> one bundle, written where the caller says.
+# The embedded model v2's whole recipe in one go: scenes -> VQ tokenizer -> its decoder at twice
+# the size on the same codes (128 px) -> transformer -> reranker (on the tokenizer's
+# reconstructions) -> one bundle, written where the caller says.
 #
 #   benchmarks/gpu_train.sh OUT_DIR            # one CUDA GPU: the full recipe, sized for < 10 min
 #   benchmarks/gpu_train.sh OUT_DIR tiny cpu   # the same steps at toy size (checks the script)
@@ -17,14 +18,16 @@ device=${3:-cuda}
 
 case "$scale" in
   full)
-    scenes=60000 preset=default
+    scenes=60000 preset=default big=128 big_scenes=20000
     vq=(--steps 3000 --batch-size 128 --lr 2e-3)
+    dec=(--steps 2000 --batch-size 128 --lr 1e-3)
     tf=(--steps 6000 --batch-size 128 --lr 1e-3)
     rr=(--steps 2500 --batch-size 256 --lr 1e-3 --set train.warmup=100)
     ;;
   tiny)
-    scenes=48 preset=tiny
+    scenes=48 preset=tiny big=64 big_scenes=16
     vq=(--steps 4 --batch-size 8)
+    dec=(--steps 4 --batch-size 8)
     tf=(--steps 4 --batch-size 8)
     rr=(--steps 4 --batch-size 8)
     ;;
@@ -49,13 +52,17 @@ common=(--device "$device" --quiet)
 stage scenes dalle data scenes --count "$scenes" --out "$out/scenes" --size 64 --seed 0 --quiet
 stage vq dalle train vq --data "$out/scenes" --out "$out/vq" --preset "$preset" "${vq[@]}" \
   "${common[@]}"
+stage scenes-big dalle data scenes --count "$big_scenes" --out "$out/scenes-big" --size "$big" \
+  --seed 1 --quiet
+stage decoder dalle train vq --init "$out/vq/vq.safetensors" --decoder-only --set pool=2 \
+  --set image_size="$big" --data "$out/scenes-big" --out "$out/vq-big" "${dec[@]}" "${common[@]}"
 stage transformer dalle train transformer --data "$out/scenes" --vae "$out/vq/vq.safetensors" \
   --out "$out/tf" --preset "$preset" "${tf[@]}" "${common[@]}"
 stage reranker dalle train reranker --data "$out/scenes" --bundle "$out/tf/model.dalle.safetensors" \
   --out "$out/rr" --reconstructed "${rr[@]}" "${common[@]}"
 stage bundle dalle bundle --transformer "$out/tf/model.dalle.safetensors" \
-  --reranker "$out/rr/model.dalle.safetensors" --name "scenes 64px, VQ tokens (gpu_train.sh)" \
-  --out "$out/model.dalle.safetensors"
+  --reranker "$out/rr/model.dalle.safetensors" --vae "$out/vq-big/vq.safetensors" \
+  --name "scenes ${big}px, VQ tokens (gpu_train.sh)" --out "$out/model.dalle.safetensors"
 
 bytes=$(stat -c %s "$out/model.dalle.safetensors")
 echo "bundle $out/model.dalle.safetensors: $((bytes / 1024)) KiB" | tee -a "$times"

@@ -2,7 +2,7 @@
 
 Four sections, each on freshly drawn "scenes" (model/data/scenes/), so no data files are needed:
 
-- reconstruction: dVAE PSNR of argmax tokens decoded back, and how many codes the encoder uses;
+- reconstruction: tokenizer PSNR of argmax tokens decoded back, and how many codes the encoder uses;
 - likelihood: transformer bits per image token, given the caption;
 - caption fidelity: ``samples`` candidates per caption, checked by the scenes scorer. Three
   readings: the first sample as drawn, the reranker's pick (the "best of N reranked" the app
@@ -180,7 +180,7 @@ def contact_sheet(rows: list[SheetRow], title: str, first: str = "pick") -> Imag
 
 @torch.inference_mode()
 def reconstruction(bundle, images: torch.Tensor, specs=None, batch: int = 64) -> dict[str, Any]:
-    """dVAE PSNR (per image, then averaged) and codebook usage of argmax tokens.
+    """Tokenizer PSNR (per image, then averaged) and codebook usage of argmax tokens.
 
     With ``specs`` (the images' scenes), also ``caption_right``: how often the scorer finds each
     image's own caption fully right in its reconstruction. No sample of the transformer can be
@@ -395,8 +395,8 @@ def evaluate(
         if sheets is not None:
             sheets[f"caption_{split}"] = contact_sheet(
                 caption_rows,
-                f"{split} captions: scene, its dVAE reconstruction | {config.samples} samples, "
-                "the reranker's order",
+                f"{split} captions: scene, its tokenizer reconstruction | "
+                f"{config.samples} samples, the reranker's order",
             )
             sheets[f"completion_{split}"] = contact_sheet(
                 completion_rows,

@@ -73,6 +73,10 @@ def test_report_has_every_section_and_sane_figures(report):
             assert section[part]["any"]["accuracy"] >= section[part]["reranked"]["accuracy"]
         assert section["completion"]["kept_region_identical"] == 1.0
     assert set(report["headline"]) == set(eval_report.TARGETS)
+    recon = report["seen"]["reconstruction"]  # the ceiling: the scorer on reconstructions
+    assert report["headline"]["ceiling_all"] == recon["caption_right"]
+    one = recon["caption_right_by_objects"]
+    assert report["headline"]["ceiling_one_object"] == one.get(1, one.get("1"))
     assert report["heldout"]["caption"]["first"]["by_heldout"]["heldout"]["n"] == 2
 
 
@@ -89,7 +93,7 @@ def test_more_captions_than_reconstruction_images_are_all_measured():
 
 def test_report_formats_a_table_and_writes_json(report, tmp_path):
     text = eval_report.format_report(report)
-    assert "dVAE PSNR" in text and "targets (issue 3):" in text
+    assert "tokenizer PSNR" in text and "targets (issue 17):" in text
     # sub-groups are small: each shows how many it was measured on, "12.5% (1/8)"
     groups = report["seen"]["caption"]["reranked"]["by_objects"]
     n, summary = next(iter(groups.items()))
@@ -263,7 +267,7 @@ def test_eval_data_command_writes_json_and_refuses_an_empty_folder(tmp_path, cap
     out = tmp_path / "folder.json"
     argv = ["eval", "--bundle", str(bundle), "--data", str(folder), "--quiet"]
     assert cli.main(argv + ["--json", str(out)]) == 0
-    assert "dVAE PSNR" in capsys.readouterr().out
+    assert "tokenizer PSNR" in capsys.readouterr().out
     assert json.loads(out.read_text())["pairs"] == 2
     empty = tmp_path / "empty"
     empty.mkdir()

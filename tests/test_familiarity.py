@@ -26,8 +26,8 @@ from tests.helpers import tiny_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = {
-    "default dVAE": ROOT / "resources/models/default.dalle.safetensors",
-    "v2 VQ": ROOT / "resources/models/v2/candidate.dalle.safetensors",
+    "v1 dVAE": ROOT / "resources/models/v1/default-2026-11-25.dalle.safetensors",
+    "default VQ": ROOT / "resources/models/default.dalle.safetensors",
 }
 IMPORTED_CARD = {
     "stage": "imported",
@@ -127,7 +127,8 @@ def test_the_reference_is_the_bundles_own_and_the_same_each_time(shipped):
     bundle, reference = shipped
     assert familiarity.reference_psnr(bundle) == reference
     # scenes at the model's size sit near it; the margin leaves them room
-    values = familiarity.typical_cell_psnr(bundle.vae, familiarity.scene_images(64, 16, seed=5))
+    scenes_there = familiarity.scene_images(bundle.config.vae.image_size, 16, seed=5)
+    values = familiarity.typical_cell_psnr(bundle.vae, scenes_there)
     assert values.median() > reference - 2
     assert familiarity.measure(bundle, sky_and_hills()).reference_db == reference
 
@@ -157,7 +158,7 @@ def received(qtbot, engine: Engine, image: np.ndarray, request: int = 7):
 
 
 def test_the_engine_measures_a_scenes_model_on_its_worker_and_skips_imported_ones(qtbot):
-    path = SHIPPED["default dVAE"]
+    path = SHIPPED["default VQ"]
     engine = Engine()
     try:
         engine.set_bundle(bundle_io.load(path) if path.exists() else tiny_bundle())
@@ -176,7 +177,7 @@ def test_the_engine_measures_a_scenes_model_on_its_worker_and_skips_imported_one
 
 
 def test_the_hint_follows_the_picture_and_drops_answers_about_a_picture_left(qtbot):
-    path = SHIPPED["default dVAE"]
+    path = SHIPPED["default VQ"]
     if not path.exists():
         pytest.skip(f"{path.name} is not installed")
     engine = Engine()
@@ -208,7 +209,7 @@ def test_the_hint_follows_the_picture_and_drops_answers_about_a_picture_left(qtb
 
 @pytest.fixture
 def window(qtbot, tmp_path):
-    path = SHIPPED["default dVAE"]
+    path = SHIPPED["default VQ"]
     if not path.exists():
         pytest.skip(f"{path.name} is not installed")
     engine = Engine()
@@ -242,7 +243,7 @@ def test_the_status_bar_says_a_far_picture_is_far_until_the_user_works_on_it(
     assert window.statusBar().width() <= window.width()  # the long line never widens the window
     # the whole line fits a 1280 px window beside the longest shipped model's name
     window.resize(1280, 800)
-    window.model_label.setText("model: scenes 64px, VQ tokens, v2 candidate b (2026-12-04)")
+    window.model_label.setText("model: scenes 128px, VQ tokens (v2, 2026-12-05)")
     qtbot.waitUntil(lambda: window.width() == 1280)
     qtbot.wait(50)
     needed = window.hint_label.fontMetrics().horizontalAdvance(FAR_HINT)

@@ -18,9 +18,12 @@ def test_the_recipe_writes_a_vq_bundle_with_a_reranker(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     stages = [line.split()[0] for line in (out / "times.txt").read_text().splitlines()]
-    assert stages == ["scenes", "vq", "transformer", "reranker", "bundle", "bundle"]
+    expected = "scenes vq scenes-big decoder transformer reranker bundle bundle".split()
+    assert stages == expected
     bundle = bundle_io.load(out / "model.dalle.safetensors", "cpu")
     assert bundle.config.vae_kind == "vq" and bundle.reranker is not None
+    # the tiny recipe's 32 px codes drawn at twice the size, as the full one draws 128 px
+    assert (bundle.config.vae.pool, bundle.vae.image_size) == (2, 64)
     assert bundle.card["name"] == "scenes 64px, VQ tokens (gpu_train.sh)"
 
 

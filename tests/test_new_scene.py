@@ -33,7 +33,7 @@ IMPORTED_CARD = {
 
 @pytest.fixture(scope="module")
 def scenes_bundle():
-    """The embedded default bundle (64 px, a 16x16 grid) when it is installed, else the tiny
+    """The embedded default bundle (128 px, a 16x16 grid) when it is installed, else the tiny
     one (its card's captions are scene captions too)."""
     path = messages.default_bundle_path()
     return load(path) if path.exists() else tiny_bundle()

@@ -174,9 +174,9 @@ def test_client_generates_pngs_of_the_asked_size(server):
     assert [im.size for im in images] == [(256, 256), (256, 256)]
     assert all(im.format == "PNG" for im in images)
     native = client(url).images.generate(
-        prompt="a blue circle", size="64x64", response_format="b64_json"
+        prompt="a blue circle", size="128x128", response_format="b64_json"
     )
-    assert decode(base64.b64decode(native.data[0].b64_json)).size == (64, 64)
+    assert decode(base64.b64decode(native.data[0].b64_json)).size == (128, 128)
 
 
 def test_client_edit_keeps_every_unmasked_pixel(server):
@@ -202,19 +202,19 @@ def test_client_edit_keeps_every_unmasked_pixel(server):
 
 def test_client_edit_with_the_images_own_alpha_and_a_url_answer(server):
     url, _ = server
-    image = picture(64, 64).convert("RGBA")
+    image = picture(128, 128).convert("RGBA")
     rgba = np.asarray(image).copy()
-    rgba[40:, 44:, 3] = 0  # transparent corner: no mask sent, the image's alpha marks it
-    rgba[0:4, 0:4, 3] = 200  # half-transparent, not marked: kept as it is
+    rgba[80:, 88:, 3] = 0  # transparent corner: no mask sent, the image's alpha marks it
+    rgba[0:8, 0:8, 3] = 200  # half-transparent, not marked: kept as it is
     answer = client(url).images.edit(
         image=("picture.png", png(Image.fromarray(rgba, "RGBA")), "image/png"),
         prompt="a green square",
-        size="64x64",
+        size="128x128",
         response_format="url",
     )
     with urllib.request.urlopen(answer.data[0].url, timeout=30) as response:
         result = decode(response.read())
-    assert result.mode == "RGBA" and result.size == (64, 64)
+    assert result.mode == "RGBA" and result.size == (128, 128)
     pixels = np.asarray(result)
     marked = rgba[..., 3] == 0
     assert np.array_equal(pixels[~marked], rgba[~marked])
@@ -264,7 +264,7 @@ def test_models_lists_the_loaded_bundle(server):
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         body = json.loads(response.read())
-    assert body["image_size"] == 64 and body["grid"] == 16
+    assert body["image_size"] == 128 and body["grid"] == 16
     assert body["file"] == "default.dalle.safetensors"
 
 
@@ -385,7 +385,8 @@ def test_every_bad_request_is_an_openai_error_and_the_server_survives(server):
     # the server is still up and answers a good request
     assert process.poll() is None
     status, _, body = post_json(gen, {"prompt": "a red heart", "response_format": "b64_json"})
-    assert status == 200 and decode(base64.b64decode(body["data"][0]["b64_json"])).size == (64, 64)
+    assert status == 200
+    assert decode(base64.b64decode(body["data"][0]["b64_json"])).size == (128, 128)
 
 
 def test_json_logs_follow_each_job(server):

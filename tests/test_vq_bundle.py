@@ -81,10 +81,18 @@ def test_a_dvae_bundle_without_a_kind_loads_as_before(tmp_path):
     assert load(explicit).config == loaded.config
 
 
-def test_the_default_bundle_loads_unchanged(tmp_path):
+V1_DEFAULT = (
+    Path(__file__).resolve().parents[1] / "resources/models/v1/default-2026-11-25.dalle.safetensors"
+)
+
+
+def test_the_v1_dvae_default_loads_unchanged(tmp_path):
+    """The dVAE default shipped before v2, written before tokenizer kinds existed."""
     from safetensors.torch import load_file
 
-    path = default_bundle_path()
+    path = V1_DEFAULT
+    if not path.exists():
+        pytest.skip(f"{path.name} is not in this checkout")
     stored = stored_config(path)
     bundle = load(path)
     config = bundle.config
@@ -95,6 +103,24 @@ def test_the_default_bundle_loads_unchanged(tmp_path):
         for name, tensor in module.state_dict().items():
             assert torch.equal(tensor, tensors[f"{prefix}.{name}"]), name  # bit for bit
     # saved again, the metadata is the same text: no kind added to a dVAE's config
+    again = save(bundle, tmp_path / "again.dalle.safetensors")
+    with safe_open(str(path), "pt") as before, safe_open(str(again), "pt") as after:
+        assert after.metadata() == before.metadata()
+
+
+def test_the_default_is_the_v2_vq_bundle_at_128_px(tmp_path):
+    """The embedded model: VQ codes on a 16x16 grid, drawn at 128 px; saved again unchanged."""
+    from safetensors.torch import load_file
+
+    path = default_bundle_path()
+    bundle = load(path)
+    assert isinstance(bundle.vae, VQVAE) and bundle.config.vae_kind == "vq"
+    assert (bundle.vae.image_size, bundle.vae.grid, bundle.config.vae.pool) == (128, 16, 2)
+    assert bundle.config.transformer.grid == 16 and bundle.reranker is not None
+    tensors = load_file(str(path))
+    for prefix, module in bundle.modules().items():
+        for name, tensor in module.state_dict().items():
+            assert torch.equal(tensor, tensors[f"{prefix}.{name}"]), name
     again = save(bundle, tmp_path / "again.dalle.safetensors")
     with safe_open(str(path), "pt") as before, safe_open(str(again), "pt") as after:
         assert after.metadata() == before.metadata()

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        help="your own caption folder, held out from training: dVAE PSNR, codes, bits per "
+        help="your own caption folder, held out from training: tokenizer PSNR, codes, bits per "
         "image token and reranker retrieval on its first --recon-count pairs (no scenes)",
     )
     add_precision_arg(p)

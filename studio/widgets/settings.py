@@ -54,7 +54,12 @@ def card_text(path: str) -> str:
     return text + (f"\nMemory: {memory}" if memory else "")
 
 
-FIGURE_NAMES = {"psnr_db": "dVAE PSNR", "heldout_pairs": "held-out pairs"}
+FIGURE_NAMES = {
+    "psnr_db": "tokenizer PSNR",
+    "ceiling_one_object": "ceiling one object",
+    "ceiling_all": "ceiling all captions",
+    "heldout_pairs": "held-out pairs",
+}
 CARD_WIDTH_CHARS = 72  # an imported model's sources and licences read a line each
 HASH_SHOWN = 16  # hex digits of an input's SHA-256 the card shows: enough to compare by eye
 

@@ -486,6 +486,11 @@ class RudalleTransformer(Transformer):
     of fp16 overflow, and its embedding gradient shrink is the identity forward.
     """
 
+    # 1.3B parameters (Malevich) cannot be held twice: model.sampling.prepared converts this model
+    # to bf16 or int8 in place, as it does DALL·E Mega (a copy to int8 kept a dense bf16 one too:
+    # 7.5 GB at its peak for a 2.9 GB bundle, 3.2 GB in place; benchmarks/README.md)
+    converts_in_place = True
+
     def __init__(self, config: TransformerConfig):
         super().__init__(config)
         if not config.head_norm:

@@ -18,6 +18,7 @@ ruDALL-E's position T - 1 + s against our slot s, for s = 0 .. N - 1.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 import types
@@ -26,15 +27,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from model.config import SamplingOptions, TransformerConfig
 from model.geometry import Plan
 from model.importers.rudalle import transformer_from_rudalle, v3_conv_mask
-from model.sampling import Sampled, sample_tokens
+from model.sampling import Sampled, prepared, sample_tokens
 from model.transformer import (
     COLUMN,
     CONV,
     ROW,
+    Int8Linear,
     RudalleTransformer,
     Transformer,
     for_inference,
@@ -404,6 +407,25 @@ def test_copies_keep_the_layout(pair):
         exact = ours(stream).image
         rounded = copy(stream).image.float()
     assert (rounded - exact).abs().max() <= 5e-2 * exact.abs().max()
+
+
+def test_sampling_converts_it_in_place(pair):
+    """Like DALL·E Mega, a ruDALL-E model is converted in place for sampling, never copied (a
+    1.3B model held twice), and its int8 keeps no dense copy of a Linear."""
+    _, ours = pair
+    model = copy.deepcopy(ours)
+    stream = model.stream(our_text(rudalle_text()), cells())
+    with torch.inference_mode():
+        exact = model(stream).image
+    assert prepared(model, "int8") is model and model.precision == "int8"
+    linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert linears and all(m.dense is None for m in linears)
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    with torch.inference_mode():
+        rounded = model(stream).image.float()
+    assert (rounded - exact).abs().max() <= 5e-2 * exact.abs().max()
+    with pytest.raises(ValueError, match="converted to int8 in place"):
+        prepared(model, "bf16")
 
 
 # -- completion: the token stream of rudalle's own generate_images ---------------------------------

@@ -62,7 +62,7 @@ def add_import_args(sub) -> None:
         help="ruDALL-E Malevich (v3) or Surrealist XL with the Sber VQGAN -> a model bundle",
         description="Convert ruDALL-E into one .dalle.safetensors bundle for the studio and the "
         "CLI (Russian captions, 256 px, 32x32 tokens). --from holds the transformer "
-        "(sberbank-ai/rudalle-Malevich's pytorch_model_v3.bin, or shonenkov-AI/rudalle-xl-"
+        "(ai-forever/rudalle-Malevich's pytorch_model_v3.bin, or shonenkov-AI/rudalle-xl-"
         "surrealist's pytorch_model.bin) and shonenkov/rudalle-utils' "
         "vqgan.gumbelf8-sber.model.ckpt and bpe.model.",
     )

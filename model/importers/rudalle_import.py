@@ -3,7 +3,7 @@ downloaded, as one bundle.
 
 Sources (nothing is downloaded here; the user fetches them):
 
-    sberbank-ai/rudalle-Malevich (Hugging Face)   pytorch_model_v3.bin: the transformer, v3
+    ai-forever/rudalle-Malevich (Hugging Face)    pytorch_model_v3.bin: the transformer, v3
     shonenkov-AI/rudalle-xl-surrealist            pytorch_model.bin: Surrealist XL (also v3)
     shonenkov/rudalle-utils                       vqgan.gumbelf8-sber.model.ckpt: the image
                                                   tokenizer (a PyTorch Lightning checkpoint);
@@ -45,18 +45,22 @@ V2_FILE = "pytorch_model_v2.bin"
 VQGAN_FILE = "vqgan.gumbelf8-sber.model.ckpt"
 BPE_FILE = "bpe.model"
 SOURCES = {
-    "transformer": "sberbank-ai/rudalle-Malevich (pytorch_model_v3.bin) or "
+    "transformer": "ai-forever/rudalle-Malevich (once sberbank-ai/rudalle-Malevich): "
+    "pytorch_model_v3.bin, or "
     "shonenkov-AI/rudalle-xl-surrealist (pytorch_model.bin) on Hugging Face",
     "image tokenizer and caption BPE": "shonenkov/rudalle-utils on Hugging Face "
     f"({VQGAN_FILE}, {BPE_FILE})",
 }
-# The rudalle code is Apache-2.0 (LICENSE.txt in its wheel). The weights' own licence was not in
-# any material this importer was built from; the card says so rather than guess.
+# The rudalle code is Apache-2.0 (LICENSE.txt in its wheel). The weights' own licence is stated
+# nowhere we could read: the files carry none, and the Hugging Face model card of
+# ai-forever/rudalle-Malevich (the repository sberbank-ai/rudalle-Malevich moved to), read on
+# 2026-12-05 through its stored commit history, declares none in its front matter (language,
+# pipeline_tag and tags only) and shows no licence tag. The card says so rather than guess.
 LICENCE = {
     "code": "Apache-2.0 (the rudalle package, ai-forever/ru-dalle)",
-    "weights": "not stated in the downloaded files; see the model cards at "
-    "huggingface.co/sberbank-ai/rudalle-Malevich and huggingface.co/shonenkov/rudalle-utils "
-    "before redistributing pictures or weights",
+    "weights": "not stated in the downloaded files, nor in the front matter of the model card "
+    "at huggingface.co/ai-forever/rudalle-Malevich (formerly sberbank-ai/rudalle-Malevich; "
+    "checked 2026-12-05); ask the authors before redistributing pictures or weights",
 }
 # Russian captions, as the model was trained on, each with an English gloss
 EXAMPLE_CAPTIONS = [

@@ -96,11 +96,18 @@ class VQConfig:
     pool: int = 1
 
     def encoder_config(self) -> VQConfig:
-        """This config with the training-only fields at their defaults: equal for VQ tokenizers
-        whose tokens can be the same (as ``DVAEConfig.encoder_config``)."""
+        """This config with the training-only fields at their defaults, and a pooled one as its
+        encoder reads the picture (image_size / pool at pool 1): equal for VQ tokenizers whose
+        tokens can be the same (as ``DVAEConfig.encoder_config``), so the 128 px default's
+        tokenizer and its 64 px twin compare equal."""
         defaults = VQConfig()
         training = ("decay", "commitment", "edge_weight", "restart_every")
-        return dataclasses.replace(self, **{name: getattr(defaults, name) for name in training})
+        return dataclasses.replace(
+            self,
+            image_size=self.image_size // self.pool,
+            pool=1,
+            **{name: getattr(defaults, name) for name in training},
+        )
 
     @property
     def factor(self) -> int:

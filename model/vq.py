@@ -389,9 +389,8 @@ class VQVAE(nn.Module):
 
 def token_part_problem(old: VQConfig, new: VQConfig) -> str | None:
     """Why a tokenizer of ``new`` could not read the same tokens as one of ``old`` (None when it
-    can): the same encoder and codebook shapes on the same picture once pooled."""
-    if new.pool % old.pool:
-        return f"pool {new.pool} is not a multiple of the tokenizer's pool {old.pool}"
+    can): the same encoder and codebook shapes on the same picture once pooled. Either pool may
+    be the larger: a 64 px decoder can take a 128 px one's place again."""
     if new.image_size * old.pool != old.image_size * new.pool:
         return (
             f"image_size {new.image_size} / pool {new.pool} must equal the tokenizer's "
@@ -412,6 +411,8 @@ def pooled_from(vq: VQVAE, config: VQConfig) -> VQVAE:
     nearest-neighbour: decoder-only training starts from that rather than from noise."""
     check_config(config)
     problem = token_part_problem(vq.config, config)
+    if not problem and config.pool % vq.config.pool:
+        problem = f"pool {config.pool} is not a multiple of the tokenizer's pool {vq.config.pool}"
     if problem:
         raise ValueError(f"VQ pool {config.pool}: {problem}")
     out = VQVAE(config)

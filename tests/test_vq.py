@@ -382,8 +382,10 @@ def test_a_pool_that_would_change_the_tokens_is_refused():
             pooled_from(small, config)
     four = VQConfig(**{**small.config.__dict__, "pool": 4, "image_size": 128})
     assert token_part_problem(pool2(small), four) is None  # 64 / 2 == 128 / 4
+    assert token_part_problem(pool2(small), small.config) is None  # back to pool 1
     three = VQConfig(**{**small.config.__dict__, "pool": 3, "image_size": 96})
-    assert "not a multiple of the tokenizer's pool 2" in token_part_problem(pool2(small), three)
+    with pytest.raises(ValueError, match="not a multiple of the tokenizer's pool 2"):
+        pooled_from(VQVAE(pool2(small)), three)  # grown from pool 2 to 3: no whole ratio
 
 
 def decoder_only(scenes64, out, init, **kwargs):

@@ -289,6 +289,34 @@ def pool2_files(tmp_path: Path) -> tuple[Path, Path]:
     return path, vq
 
 
+def test_a_pool_2_bundle_fine_tunes_on_its_pool_1_twin_and_swaps_back(tmp_path):
+    """The shipped default's case: its transformer trains on with the 64 px tokenizer its codes
+    came from (`train transformer --init` checks the tokens, not the drawing size), and
+    `dalle bundle --vae` puts the 64 px decoder back in place of the 128 px one."""
+    from model.tokenizer_files import load_image_tokenizer
+    from model.train import fine_tuning_start
+
+    small_path, vq = pool2_files(tmp_path)
+    big_path = tmp_path / "big.dalle.safetensors"
+    assert (
+        main(
+            [
+                str(a)
+                for a in ["bundle", "--transformer", small_path, "--vae", vq, "--out", big_path]
+            ]
+        )
+        == 0
+    )
+    twin = tmp_path / "twin.safetensors"
+    save_vq(load(small_path).vae, twin, {})
+    start = fine_tuning_start(big_path, load_image_tokenizer(twin)[0])
+    assert start.config.vae.pool == 2
+    back = tmp_path / "back.dalle.safetensors"
+    argv = ["bundle", "--transformer", big_path, "--vae", twin, "--out", back]
+    assert main([str(a) for a in argv]) == 0
+    assert load(back).config.vae == load(small_path).config.vae
+
+
 def test_dalle_bundle_vae_takes_a_pool_2_tokenizer_and_completes_at_its_size(tmp_path, capsys):
     from PIL import Image
 

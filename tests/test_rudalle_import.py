@@ -180,6 +180,21 @@ def test_bad_sources_are_one_line_errors_and_write_nothing(rudalle_code, tmp_pat
     assert not out.exists() and list(tmp_path.glob("*.dalle.safetensors*")) == []
 
 
+def test_memory_and_disk_too_small_are_refused_before_reading(rudalle_code, tmp_path, monkeypatch):
+    reference = rudalle_model(rudalle_code, depth=2, seed=3)
+    write_sources(tmp_path / "src", reference)
+    out = tmp_path / "out.dalle.safetensors"
+    monkeypatch.setattr("model.device.available_memory", lambda device: 10**3)
+    with pytest.raises(ValueError, match=r"converting needs about .* 1 KB available"):
+        import_rudalle(tmp_path / "src", out, dtype="fp32", heads=HEADS, vqgan=VQ)
+    monkeypatch.undo()
+    full = type("Usage", (), {"free": 10})
+    monkeypatch.setattr("shutil.disk_usage", lambda path: full)
+    with pytest.raises(ValueError, match="free; the bundle needs about"):
+        import_rudalle(tmp_path / "src", out, dtype="fp32", heads=HEADS, vqgan=VQ)
+    assert not out.exists()
+
+
 def test_v2_is_refused_by_version(tmp_path):
     (tmp_path / "src").mkdir()
     with pytest.raises(ValueError, match="only v3 checkpoints"):

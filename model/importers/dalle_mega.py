@@ -351,7 +351,6 @@ def _check_room(
 ) -> None:
     """Refuse, before reading any weight, a conversion the machine's memory or the output's disk
     cannot hold."""
-    from model.device import available_memory
     from model.vqgan import parameter_shapes
 
     with torch.device("meta"):
@@ -363,7 +362,14 @@ def _check_room(
         for role in ("encoder", "decoder")
         if not zipfile.is_zipfile(path := paths[role])
     )
-    needed = transformer + 2 * vqgan + read
+    refuse_without_room(transformer + 2 * vqgan + read, transformer + vqgan, out, dtype)
+
+
+def refuse_without_room(needed: int, written: int, out: Path, dtype: torch.dtype) -> None:
+    """ValueError in one line when converting needs more than ``needed`` bytes of memory than
+    are available, or ``out``'s disk has less than ``written`` bytes free (every importer)."""
+    from model.device import available_memory
+
     free = available_memory(torch.device("cpu"))
     if free is not None and needed > free:
         raise ValueError(
@@ -371,9 +377,9 @@ def _check_room(
             f"programs{' or use --dtype bf16' if dtype == torch.float32 else ''}"
         )
     room = shutil.disk_usage(out.parent).free
-    if transformer + vqgan > room:
+    if written > room:
         raise ValueError(
-            f"{out.parent} has {_gb(room)} free; the bundle needs about {_gb(transformer + vqgan)}"
+            f"{out.parent} has {_gb(room)} free; the bundle needs about {_gb(written)}"
         )
 
 

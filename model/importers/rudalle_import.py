@@ -27,7 +27,6 @@ licences as far as they could be checked, the dtype and each input's SHA-256.
 from __future__ import annotations
 
 import logging
-import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 
 from model.config import BundleConfig, VQGANConfig, YttmTextConfig
-from model.importers.dalle_mega import DTYPES, _gb, read_pt, sha256
+from model.importers.dalle_mega import DTYPES, _gb, read_pt, refuse_without_room, sha256
 from model.yttm_text import RudallePrompt, RudalleTokenizer
 
 log = logging.getLogger(__name__)
@@ -112,24 +111,12 @@ def _check_room(paths: dict[str, Path], dtype: torch.dtype, out: Path) -> None:
     """Refuse, before reading a weight, a conversion that memory or the disk cannot hold: the
     file is fp16 (2 bytes a parameter), the bundle ``dtype``; a file torch cannot memory-map is
     read whole."""
-    from model.device import available_memory
-
     size = paths["transformer"].stat().st_size
     converted = size // 2 * dtype.itemsize
     mapped = zipfile.is_zipfile(paths["transformer"])
     vqgan = paths["vqgan"].stat().st_size
     needed = converted + 2 * vqgan + (0 if mapped else size)
-    free = available_memory(torch.device("cpu"))
-    if free is not None and needed > free:
-        raise ValueError(
-            f"converting needs about {_gb(needed)} of memory, {_gb(free)} available: close other "
-            f"programs{' or use --dtype bf16' if dtype == torch.float32 else ''}"
-        )
-    room = shutil.disk_usage(out.parent).free
-    if converted + vqgan > room:
-        raise ValueError(
-            f"{out.parent} has {_gb(room)} free; the bundle needs about {_gb(converted + vqgan)}"
-        )
+    refuse_without_room(needed, converted + vqgan, out, dtype)
 
 
 def import_rudalle(

@@ -62,6 +62,7 @@ class Session(QObject):
         self.model_path = ""
         self.device = ""
         self.examples: list[str] = []
+        self.glosses: dict[str, str] = {}  # an example caption's English gloss (ruDALL-E's card)
         # the bundle's caption tokenizer (ours or an imported model's BartTokenizer): the caption
         # box counts tokens with it
         self.tokenizer: Any = None
@@ -255,6 +256,9 @@ class Session(QObject):
         self.model_path = message.path
         self.device = message.device
         self.examples = [str(caption) for caption in message.card.get("example_captions", [])]
+        glosses = message.card.get("example_glosses")
+        aligned = isinstance(glosses, list) and len(glosses) == len(self.examples)
+        self.glosses = dict(zip(self.examples, map(str, glosses), strict=True)) if aligned else {}
         self.tokenizer = message.tokenizer
         self.document.set_model_geometry(message.size, message.factor)
         self.model_changed.emit()
@@ -275,8 +279,9 @@ class Session(QObject):
         self.set_options(seed=shown)  # the seed field shows the one used, or the next one
         self.record_speed(message.tokens_per_s, job.options.n, message.seconds_per_cell)
         waited = message.wall_seconds or message.seconds  # what the ETA promised
+        count = len(message.candidates)
         self._set_status(
-            f"{len(message.candidates)} candidates in {waited:.1f} s — "
+            f"{count} candidate{'' if count == 1 else 's'} in {waited:.1f} s — "
             "←/→ browse, Enter accepts, Esc discards"
         )
         self.finished.emit()

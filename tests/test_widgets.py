@@ -681,6 +681,54 @@ def test_settings_ok_without_a_change_keeps_the_model(window, monkeypatch):
     assert len(loads) == 1
 
 
+def test_settings_show_the_model_loaded_from_the_command_line(window, monkeypatch, tmp_path):
+    """`dalle-studio --bundle X` is not written to the settings: the dialog shows X, and OK after
+    a precision change keeps X rather than loading the saved (embedded) model."""
+    from PySide6.QtWidgets import QDialog
+
+    from studio.widgets import settings as settings_module
+
+    other = str(tmp_path / "other.dalle.safetensors")
+    window.session.model_state, window.session.model_path = "loaded", other
+    loads, shown = [], []
+    monkeypatch.setattr(window.session.engine, "load", lambda *args: loads.append(args))
+
+    def accept(dialog):
+        shown.append(dialog.bundle.text())
+        dialog.precision.setCurrentText("bf16")
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(settings_module.SettingsDialog, "exec", accept)
+    window.open_settings()
+    assert shown == [other]
+    assert loads == [] or all(other in map(str, args) for args in loads)
+    assert window.settings.value("bundle") == other  # OK keeps what it showed
+
+
+def test_russian_examples_come_with_their_english_glosses(window):
+    """ruDALL-E's card pairs each Russian example caption with a gloss: the settings' card and
+    the Examples menu show it; choosing an example puts the caption alone in the box."""
+    from studio.widgets.settings import readable_card
+
+    card = {
+        "example_captions": ["рыжий кот", "зимний лес"],
+        "example_glosses": ["a ginger cat", "a winter forest"],
+    }
+    text = readable_card(card)
+    assert "  • рыжий кот (a ginger cat)" in text and "  • зимний лес (a winter forest)" in text
+    uneven = readable_card({**card, "example_glosses": ["a ginger cat"]})
+    assert "  • рыжий кот\n" in uneven + "\n" and "(a ginger cat)" not in uneven
+    panel = window.caption
+    panel.set_examples(card["example_captions"], dict(zip(*card.values(), strict=True)))
+    actions = panel.examples.menu().actions()
+    assert [a.text() for a in actions] == [
+        "рыжий кот  —  a ginger cat",
+        "зимний лес  —  a winter forest",
+    ]
+    actions[1].trigger()
+    assert panel.caption.text() == "зимний лес"
+
+
 def test_the_model_card_reads_as_text_without_the_developers_paths():
     from studio.widgets.settings import card_text
 

@@ -267,7 +267,7 @@ class CaptionPanel(QWidget):
         self.caption.set_history(self.session.document.caption_history)
 
     def _show_model(self) -> None:
-        self.set_examples(self.session.examples)
+        self.set_examples(self.session.examples, self.session.glosses)
         self._count_tokens()
 
     def _count_tokens(self) -> None:
@@ -288,11 +288,18 @@ class CaptionPanel(QWidget):
         self.tokens.setText(f"{count} / {limit} tokens: the model reads up to “…{tail}”")
         self.tokens.setStyleSheet("color: #c62828;")
 
-    def set_examples(self, captions: list[str]) -> None:
+    def set_examples(self, captions: list[str], glosses: dict[str, str] | None = None) -> None:
+        """The Examples menu: each caption, with its English gloss beside it when the model's
+        card gives one (ruDALL-E's Russian captions); choosing one sets the caption alone."""
         menu = self.examples.menu()
         menu.clear()
+        glosses = glosses or {}
         for caption in captions:
-            menu.addAction(caption, lambda text=caption: self.caption.setText(text))
+            label = f"{caption}  —  {glosses[caption]}" if caption in glosses else caption
+            action = menu.addAction(label, lambda text=caption: self.caption.setText(text))
+            if caption in glosses:
+                action.setToolTip(glosses[caption])
+        menu.setToolTipsVisible(bool(glosses))
         self.examples.setEnabled(bool(captions))
 
     def set_running(self, running: bool) -> None:

@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
 from model.files import ImageError
 from studio import project, scene_canvas, template
 from studio.document import Document
-from studio.engine import IMAGE_SUFFIXES, WORLD, load_image, one_line
+from studio.engine import IMAGE_SUFFIXES, WORLD, default_bundle_path, load_image, one_line
 from studio.familiarity_hint import FAR_BADGE, FamiliarityHint
 from studio.session import Session
 from studio.widgets.candidates import CandidateStrip
@@ -621,7 +621,7 @@ class MainWindow(QMainWindow):
         precision; otherwise the precision and compile choice apply to the next generation
         without a reload."""
         device = str(self.settings.value("device", "auto"))
-        bundle = str(self.settings.value("bundle", "") or "")
+        bundle = self._bundle_in_use()
         # Parented for placement, deleted right after: a dialog left to the window's teardown
         # took its connections down with it out of order ("shared QObject was deleted
         # directly", exit 134 on quit).
@@ -650,6 +650,19 @@ class MainWindow(QMainWindow):
             in_use = session.model_state == "loaded" and session.engine.loaded
             self._settings_fallback = (device, bundle) if in_use else None
             session.load(new_bundle, new_device)
+
+    def _bundle_in_use(self) -> str:
+        """The bundle the settings show: the model loaded now when it is not the embedded one
+        (``dalle-studio --bundle X`` does not write X to the settings), else the saved choice.
+        Showing the saved choice instead made OK after a precision change load another model."""
+        saved = str(self.settings.value("bundle", "") or "")
+        session = self.session
+        if session.model_state != "loaded" or not session.model_path:
+            return saved
+        loaded = Path(session.model_path)
+        if loaded == default_bundle_path() or (saved and Path(saved) == loaded):
+            return saved
+        return str(loaded)
 
     def autosave(self) -> None:
         """Write the modified document's work to the autosave (timer; also safe to call)."""

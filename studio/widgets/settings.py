@@ -164,8 +164,14 @@ def readable_card(card: dict[str, Any]) -> str:
         lines.append(f"Measured (dalle eval): {figures}")
     captions = card.get("example_captions")
     if isinstance(captions, list) and captions:
+        glosses = card.get("example_glosses")
+        if not (isinstance(glosses, list) and len(glosses) == len(captions)):
+            glosses = [None] * len(captions)
         lines.append("Example captions:")
-        lines += [f"  • {caption}" for caption in captions]
+        lines += [
+            f"  • {caption}" + (f" ({gloss})" if gloss else "")
+            for caption, gloss in zip(captions, glosses, strict=True)
+        ]
     return "\n".join(lines)
 
 

@@ -127,12 +127,14 @@ def test_eval_command_refuses_non_positive_counts(tmp_path, capsys, flag):
 
 def test_eval_config_holds_sampling_options_and_stores_them_flat():
     """EvalConfig keeps a SamplingOptions (its n is --samples, its seed set per run) and writes
-    the flat config every eval.json has: the shipped report's, key for key, from the defaults."""
+    the flat config every eval.json has: the shipped report's, key for key, from the defaults
+    (but its --count: the shipped model was measured on 300 captions per split)."""
     from pathlib import Path
 
     shipped = Path(__file__).parent.parent / "resources" / "models" / "eval.json"
     stored = json.loads(shipped.read_text())["config"]
-    assert evaluate.EvalConfig().to_dict() == stored
+    assert stored["count"] == 300
+    assert evaluate.EvalConfig(count=300).to_dict() == stored
     assert list(evaluate.EvalConfig().to_dict()) == list(stored)
     config = evaluate.EvalConfig(sampling=SamplingOptions(n=3, top_p=0.9, guidance=2.0))
     assert config.samples == 3

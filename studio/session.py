@@ -85,6 +85,8 @@ class Session(QObject):
         if self.engine.loaded:
             document.set_model_geometry(self.engine.geometry_size, self.engine.geometry_factor)
         self.document = document
+        if document.caption_history:  # a reopened project: its last caption, ready to go on
+            self.set_caption(document.caption_history[-1])
         self.document_changed.emit(document)
 
     def set_caption(self, caption: str) -> None:

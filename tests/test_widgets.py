@@ -188,6 +188,24 @@ def test_open_image_and_project_and_swap_rebinds(window, tmp_path):
     assert str(tmp_path / "p.dstudio") in window._recent()
 
 
+def test_a_reopened_project_shows_its_last_caption_and_an_image_keeps_the_typed_one(
+    window, tmp_path
+):
+    document = window.document
+    document.remember_caption("a red circle")
+    document.remember_caption("a blue square above a green star")
+    assert window._save_to(str(tmp_path / "p.dstudio"))
+    window.caption.caption.setText("something typed since")
+    assert window.open_path(tmp_path / "p.dstudio")
+    assert window.caption.caption.text() == "a blue square above a green star"
+    assert window.session.caption == "a blue square above a green star"
+    image = tmp_path / "in.png"
+    QImage(to_qimage(picture(40, 30, seed=5))).save(str(image))
+    window.caption.caption.setText("a yellow cross")
+    assert window.open_path(image)  # a picture has no captions of its own
+    assert window.caption.caption.text() == "a yellow cross"
+
+
 def test_model_loads_on_the_worker_after_the_window_is_up(qtbot, tmp_path):
     bundle_path = tiny_bundle_file(tmp_path)
     engine = Engine()

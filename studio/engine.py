@@ -94,6 +94,12 @@ class Compiling:
 
 
 @dataclass
+class Converting:
+    job: int
+    precision: str  # what an imported model is turned into, in place, before its first row
+
+
+@dataclass
 class Finished:
     job: int
     candidates: list[np.ndarray]  # (H, W, 3) uint8 each, pasted back, best first
@@ -130,7 +136,17 @@ class Familiar:
     far: bool
 
 
-Message = Loaded | LoadFailed | RowDecoded | Compiling | Finished | Failed | Cancelled | Familiar
+Message = (
+    Loaded
+    | LoadFailed
+    | RowDecoded
+    | Converting
+    | Compiling
+    | Finished
+    | Failed
+    | Cancelled
+    | Familiar
+)
 WORLD = familiarity.WORLD  # what a scenes model was trained on, in the user's words
 
 
@@ -420,6 +436,11 @@ class Engine(QObject):
         geometry = Geometry(image.width, image.height, size, factor)
         tensor = model_images.to_model(image, geometry)
         options = job.options
+        transformer = bundle.transformer
+        if getattr(transformer, "converts_in_place", False):  # say why the first row waits
+            wanted = self.sampling_precision(sampling.model_device(transformer))
+            if wanted != transformer.precision:
+                emit(Converting(job.id, wanted))
         if self.compile:  # say why the first run at a new batch size waits
             batch = sampling.batch_rows(options)
             step = sampling.prepared(bundle.transformer, self.precision, True).decode_step

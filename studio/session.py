@@ -213,6 +213,11 @@ class Session(QObject):
                 message.tokens_per_s,
                 message.eta_s,
             )
+        elif isinstance(message, messages.Converting):
+            self._set_status(
+                f"converting the model to {message.precision} for sampling "
+                "(once per load; about 10 s a billion parameters)…"
+            )
         elif isinstance(message, messages.Compiling):
             self._set_status(
                 f"compiling the model for {message.batch} rows at once "

@@ -246,6 +246,28 @@ def test_a_compiled_engine_says_when_a_new_batch_size_compiles(bundle):
     assert not any(isinstance(m, studio_engine.Compiling) for m in eager)
 
 
+def test_a_model_converted_in_place_says_so_before_its_first_row_and_only_then():
+    """An imported 1B model turns int8 or bf16 in place on its first run (about 10 s): the
+    engine says so before sampling starts, and not on later runs."""
+    bundle = tiny_bundle()
+    bundle.transformer.converts_in_place = True  # as DALL·E Mega's and ruDALL-E's
+    engine = Engine()
+    engine.set_bundle(bundle)
+    engine.set_speed("bf16", False)
+    first = run(engine, Job(image=picture(), cell=(2, 2), caption="x"))
+    assert first[0] == studio_engine.Converting(first[0].job, "bf16")
+    assert isinstance(first[-1], studio_engine.Finished)
+    assert bundle.transformer.precision == "bf16"  # converted by the run itself
+    again = run(engine, Job(image=picture(), cell=(2, 2), caption="x"))
+    assert not any(isinstance(m, studio_engine.Converting) for m in again)
+    assert isinstance(again[-1], studio_engine.Finished)
+    ours = tiny_bundle()  # our own models sample a copy: nothing to say
+    engine.set_bundle(ours)
+    plain = run(engine, Job(image=picture(), cell=(2, 2), caption="x"))
+    assert not any(isinstance(m, studio_engine.Converting) for m in plain)
+    engine.shutdown()
+
+
 def test_finished_names_the_candidate_the_live_preview_showed(bundle):
     """The live rows decode the first sampled candidate; a reranker may put it anywhere. The
     finished view must select it, so the canvas does not jump to another image."""

@@ -378,13 +378,15 @@ def test_paste_and_drop_open_images(window, qtbot, tmp_path):
     assert np.array_equal(window.document.image, other)
 
 
-def test_compiling_message_explains_the_wait(window):
+def test_compiling_and_converting_messages_explain_the_wait(window):
     session = window.session
     session.job = messages.Job(image=picture(), cell=(0, 0), caption="x", id=99)  # in flight
     session.handle(messages.Compiling(98, 4))  # another job's: ignored
     assert "compiling" not in window.progress_label.text()
     session.handle(messages.Compiling(99, 4))
     assert "compiling the model for 4 rows" in window.progress_label.text()
+    session.handle(messages.Converting(99, "int8"))
+    assert "converting the model to int8" in window.progress_label.text()
     session.job = None
 
 

@@ -579,6 +579,30 @@ def test_ctrl_z_acts_on_the_image_wherever_focus_is_except_while_typing_a_captio
     assert np.array_equal(document.image, original)
 
 
+def test_undo_and_redo_are_off_with_nothing_to_do_and_say_what_they_would_do(
+    window, qtbot, tmp_path
+):
+    undo, redo = window.undo_action, window.redo_action
+    assert not undo.isEnabled() and not redo.isEnabled()
+    spin = window.caption.candidates
+    focus(qtbot, window, spin)
+    spin.selectAll()
+    qtbot.keyClicks(spin, "3")
+    assert spin.value() == 3
+    qtbot.keyClick(spin, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert spin.value() == 3  # the image has nothing to undo, and the field's own undo is not it
+    stage(window.document, 2)
+    window.document.accept_candidate()
+    assert undo.isEnabled() and undo.text() == "&Undo Accept candidate"
+    assert not redo.isEnabled() and redo.text() == "&Redo"
+    undo.trigger()
+    assert not undo.isEnabled() and redo.isEnabled() and redo.text() == "&Redo Accept candidate"
+    redo.trigger()
+    assert window._save_to(str(tmp_path / "p.dstudio"))
+    assert window.open_path(tmp_path / "p.dstudio")  # undo steps are not kept in a project
+    assert not undo.isEnabled() and not redo.isEnabled()
+
+
 def test_huge_clipboard_and_dropped_images_are_refused_before_converting(window, qtbot):
     from PySide6.QtCore import QMimeData
     from PySide6.QtGui import QDropEvent, QGuiApplication

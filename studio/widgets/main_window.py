@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer
-from PySide6.QtGui import QAction, QGuiApplication, QImage, QKeySequence
+from PySide6.QtGui import QAction, QGuiApplication, QImage, QKeySequence, QUndoGroup
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QDockWidget,
@@ -74,13 +74,15 @@ class ImageUndoKeys(QObject):
         self.caption = caption
 
     def eventFilter(self, watched, event) -> bool:
-        if event.type() != QEvent.Type.ShortcutOverride:
+        if event.type() not in (QEvent.Type.ShortcutOverride, QEvent.Type.KeyPress):
             return False
         undo, redo = _matches(event, UNDO_KEYS), _matches(event, REDO_KEYS)
         if not (undo or redo):
             return False
         if watched is self.caption and self.caption.has_typing(redo=redo):
             return False  # the user is typing: the caption box undoes its own text
+        if event.type() == QEvent.Type.KeyPress:
+            return True  # the window's Undo/Redo is off (nothing to undo): the field does nothing
         event.ignore()  # not overridden: the shortcut (the window's Undo/Redo) fires
         return True
 
@@ -223,8 +225,16 @@ class MainWindow(QMainWindow):
         self._action(files, "Se&ttings…", self.open_settings, "Ctrl+,")
         self._action(files, "&Quit", self.close, QKeySequence.StandardKey.Quit)
         edit = bar.addMenu("&Edit")
-        self.undo_action = self._action(edit, "&Undo", self._undo, "Ctrl+Z")
-        self.redo_action = self._action(edit, "&Redo", self._redo, "Ctrl+Shift+Z", "Ctrl+Y")
+        # Undo and Redo follow the document's undo stack: off with nothing to do, and named
+        # after the step ("Undo Accept candidate"). A reopened project starts with none: its
+        # history entries are kept, not its undo steps.
+        self.undo_group = QUndoGroup(self)
+        self.undo_action = self.undo_group.createUndoAction(self, "&Undo")
+        self.redo_action = self.undo_group.createRedoAction(self, "&Redo")
+        for action, shortcuts in ((self.undo_action, UNDO_KEYS), (self.redo_action, REDO_KEYS)):
+            action.setShortcuts(list(shortcuts))
+            edit.addAction(action)
+            self.addAction(action)  # shortcuts work while the menu bar is hidden too
         view = bar.addMenu("&View")
         self._action(view, "&Fit", self.canvas.fit, "Ctrl+0")
         self._action(view, "&100 %", self.canvas.actual_size, "Ctrl+1")
@@ -240,12 +250,6 @@ class MainWindow(QMainWindow):
         self._action(run, "&Accept candidate", self.accept_candidate, "Ctrl+Shift+Return")
         self._update_recent_menu()
 
-    def _undo(self) -> None:
-        self.document.undo_stack.undo()
-
-    def _redo(self) -> None:
-        self.document.undo_stack.redo()
-
     # -- document -----------------------------------------------------------------------
 
     def _document_changed(self, document: Document) -> None:
@@ -253,7 +257,10 @@ class MainWindow(QMainWindow):
         if self._bound is not None:
             for signal, slot in self._document_bindings(self._bound):
                 signal.disconnect(slot)
+            self.undo_group.removeStack(self._bound.undo_stack)
         self._bound = document
+        self.undo_group.addStack(document.undo_stack)
+        self.undo_group.setActiveStack(document.undo_stack)
         for signal, slot in self._document_bindings(document):
             signal.connect(slot)
         self._autosaved = None

@@ -190,6 +190,17 @@ def read_card(path: str | Path) -> dict[str, Any]:
     return bundle_io.read_card(path)
 
 
+def example_glosses(card: dict[str, Any]) -> dict[str, str]:
+    """Each example caption's English gloss, where the card gives one per caption (ruDALL-E's
+    Russian examples); {} for a card without them or with a list that does not line up."""
+    captions, glosses = card.get("example_captions"), card.get("example_glosses")
+    if not (isinstance(captions, list) and isinstance(glosses, list)):
+        return {}
+    if len(glosses) != len(captions):
+        return {}
+    return {str(caption): str(gloss) for caption, gloss in zip(captions, glosses, strict=True)}
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """A user image as (H, W, 3) uint8 RGB (EXIF orientation, alpha and palette handled)."""
     return np.array(model_images.load_image(path), dtype=np.uint8)

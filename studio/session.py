@@ -263,9 +263,7 @@ class Session(QObject):
         self.model_path = message.path
         self.device = message.device
         self.examples = [str(caption) for caption in message.card.get("example_captions", [])]
-        glosses = message.card.get("example_glosses")
-        aligned = isinstance(glosses, list) and len(glosses) == len(self.examples)
-        self.glosses = dict(zip(self.examples, map(str, glosses), strict=True)) if aligned else {}
+        self.glosses = messages.example_glosses(message.card)
         self.tokenizer = message.tokenizer
         self.document.set_model_geometry(message.size, message.factor)
         self.model_changed.emit()

@@ -25,6 +25,7 @@ from studio.engine import (
     available_devices,
     available_precisions,
     default_bundle_path,
+    example_glosses,
     memory_summary,
     read_card,
 )
@@ -164,13 +165,11 @@ def readable_card(card: dict[str, Any]) -> str:
         lines.append(f"Measured (dalle eval): {figures}")
     captions = card.get("example_captions")
     if isinstance(captions, list) and captions:
-        glosses = card.get("example_glosses")
-        if not (isinstance(glosses, list) and len(glosses) == len(captions)):
-            glosses = [None] * len(captions)
+        glosses = example_glosses(card)
         lines.append("Example captions:")
         lines += [
-            f"  • {caption}" + (f" ({gloss})" if gloss else "")
-            for caption, gloss in zip(captions, glosses, strict=True)
+            f"  • {caption}" + (f" ({glosses[caption]})" if caption in glosses else "")
+            for caption in captions
         ]
     return "\n".join(lines)
 

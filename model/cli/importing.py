@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from model.cli.common import CLIError, check_can_create, shown
+from model.cli.overwrite import check_import
 
 
 def add_import_args(sub) -> None:
@@ -98,6 +99,7 @@ def output_file(text: str) -> Path:
 
 
 def cmd_import(args) -> int:
+    check_import(args, Path(args.out))  # no output over a source file (model/cli/overwrite.py)
     if args.family == "openai-dvae":
         from model.importers.openai_dvae import import_openai_dvae
 

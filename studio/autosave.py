@@ -58,7 +58,7 @@ def _entry_state(entry: HistoryEntry) -> dict[str, Any]:
         "caption": entry.caption,
         "cell": list(entry.cell) if entry.cell else None,
         "seed": entry.seed,
-        "options": entry.options,
+        "options": dict(entry.options),  # a copy: the comparison must see a change
         "time": entry.time,
         "model": entry.model,
         "starred": entry.starred,
@@ -384,8 +384,10 @@ def apply_record(document: Document, record: dict[str, Any], folder: Path) -> No
         source = record["image"]
         if "file" in source:
             image = _pixels(folder, source["file"])
-        else:
+        elif int(source["entry"]) in document.history:
             image = document.history[int(source["entry"])].image
+        # else an entry a later line drops (replayed over a newer autosave): that line, or one
+        # after it, names the image again
     if len(document.history) + len(updates) > project.MAX_ENTRIES:
         raise ValueError(f"more than {project.MAX_ENTRIES} history entries")
     root = next(i for i, e in document.history.items() if e.is_original)
@@ -418,7 +420,8 @@ def apply_record(document: Document, record: dict[str, Any], folder: Path) -> No
     if "current" in record:
         current = record["current"]
         document.current_entry = current if current in document.history else root
-        document.image = image
+        if image is not None:
+            document.image = image
     elif document.current_entry not in document.history:
         document.current_entry = root
 

@@ -162,6 +162,12 @@ def test_a_kill_between_a_whole_autosave_and_the_journals_reset_recovers_the_sam
     saver = Autosaver(tmp_path)
     document = Document(picture(seed=4))
     saver.watch(document)
+    ids = stage(document, 3, seed=60)
+    document.accept_candidate()
+    saver.save(document)  # these entries' pixels are in the autosave, not in the journal
+    document.restore(ids[1])  # a line naming an entry of the autosave as the image...
+    document.set_starred(ids[1], True)
+    document.delete_entry(ids[1])  # ...which a later line drops
     session_of_decisions(document)
     journal = tmp_path / "before-reset"
     shutil.copytree(saver.journal_folder, journal)

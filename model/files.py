@@ -93,7 +93,10 @@ def atomic_path(
     sweep_stale_temps(folder, path.name)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     if fcntl is not None:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # held until the rename: "a live writer's file"
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # held until the rename: "a live writer's file"
+        except OSError:  # a file system without locks: the sweep cannot lock it either
+            pass
     else:
         os.close(handle)  # Windows could not rename a file still open
         handle = None

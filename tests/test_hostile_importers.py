@@ -158,12 +158,16 @@ def make_inputs(root: Path) -> dict[str, Case]:
     bpe = inputs / "bpe.model"
     write_bpe(bpe, size=100)  # the 100 BPE ids rudalle_state declares
 
-    def rudalle_case(name: str, state: dict, expected: list[str]) -> None:
+    def rudalle_case(name: str, state: dict, expected: list[str], vqgan=None) -> None:
         folder = inputs / name
         folder.mkdir()
         torch.save(state, folder / "pytorch_model_v3.bin")
         (folder / "bpe.model").write_bytes(bpe.read_bytes())
-        (folder / "vqgan.gumbelf8-sber.model.ckpt").write_bytes(b"never read")
+        checkpoint = folder / "vqgan.gumbelf8-sber.model.ckpt"
+        if vqgan is None:
+            checkpoint.write_bytes(b"not read: the transformer is refused first")
+        else:
+            torch.save({"state_dict": vqgan}, checkpoint)
         args = [
             "import",
             "rudalle",
@@ -172,7 +176,8 @@ def make_inputs(root: Path) -> dict[str, Case]:
             "--out",
             str(out / "r.dalle.safetensors"),
         ]
-        cases[f"rudalle-{name}"] = (args, ["pytorch_model_v3.bin", *expected], None)
+        named = "pytorch_model_v3.bin" if vqgan is None else checkpoint.name
+        cases[f"rudalle-{name}"] = (args, [named, *expected], None)
 
     dense = lambda shape: torch.zeros(shape, dtype=torch.float16)  # noqa: E731
     # issue 28 #4: 9 KB of stride-0 tensors declaring a 128x128 grid after 4,000 text positions
@@ -182,6 +187,17 @@ def make_inputs(root: Path) -> dict[str, Case]:
     conv = rudalle_state(16, 8, 8, dense)
     conv["transformer.conv_mask"] = expanded((72, 72), torch.float32)  # (8 + 64)^2 from 1 value
     rudalle_case("stride0-mask", conv, ["transformer.conv_mask", "declares"])
+    # a valid tiny transformer, then the Sber VQGAN's 90M parameters over one value each
+    from model.importers.rudalle_vqgan import SBER_GUMBEL_F8
+    from model.vqgan import VQGAN
+
+    with torch.device("meta"):
+        sber = {k: v.shape for k, v in VQGAN(SBER_GUMBEL_F8).state_dict().items()}
+    small = rudalle_state(16, 8, 8, dense)
+    vqgan = {k: expanded(shape, torch.float32) for k, shape in sber.items()}
+    rudalle_case("stride0-vqgan", small, ["encoder.conv_in.weight", "declares"], vqgan)
+    flat = {k: torch.zeros(shape[:1]) for k, shape in sber.items()}
+    rudalle_case("1d-vqgan", small, ["encoder.conv_in.weight", "rank 4"], flat)
 
     # OpenAI's dVAE: encoder.pkl hostile, decoder.pkl never reached
     decoder = inputs / "decoder.pkl"
@@ -362,6 +378,7 @@ def report(tmp_path_factory):
 def case_names() -> list[str]:
     return [
         *(f"rudalle-{n}" for n in ("stride0", "tables", "60000-text", "stride0-mask")),
+        *(f"rudalle-{n}" for n in ("stride0-vqgan", "1d-vqgan")),
         *(f"dvae-{n}" for n in ("expanded", "expanded-2**40", "expanded-legacy")),
         *(f"dvae-{n}" for n in ("module-expanded", "module-cycle")),
         *(f"mini-{n}" for n in ("deep-config", "digits-config", "huge-config", "deep-vocab")),
@@ -397,3 +414,114 @@ def test_hostile_import_is_one_line_exit_2_and_writes_nothing(report, name):
 def test_hostile_import_is_refused_before_allocating(report, name):
     growth = report["cases"][name]["peak_mb"] - report["baseline_mb"]
     assert growth < MAX_GROWTH_MB, f"peak RSS grew {growth:.0f} MB"
+
+
+# -- a full disk while the result is written --------------------------------------------------
+
+
+def disk_full(kind: str) -> Callable[..., None]:
+    """A ``save_file`` that writes part of the file, then fails as a full disk does: safetensors
+    raises its own SafetensorError (measured on a 1 MB tmpfs), a Python writer OSError."""
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, metadata=None) -> None:
+        Path(filename).write_bytes(b"\0" * 4096)
+        if kind == "safetensors":
+            raise SafetensorError(
+                "Error while serializing: I/O error: No space left on device (os error 28)"
+            )
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return save_file
+
+
+def dvae_sources(folder: Path) -> tuple[Path, Path]:
+    """A tiny dVAE's halves saved as state dicts in the released naming (read_half takes them)."""
+    from model.config import DVAEConfig
+    from model.dvae import DVAE
+
+    vae = DVAE(DVAEConfig(image_size=16, n_groups=2, n_hid=8, vocab_size=16, n_init=8))
+    folder.mkdir()
+    paths = folder / "encoder.pkl", folder / "decoder.pkl"
+    torch.save(vae.encoder.state_dict(), paths[0])
+    torch.save(vae.decoder.state_dict(), paths[1])
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "oserror"])
+@pytest.mark.parametrize("family", ["mini", "openai-dvae"])
+def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing(
+    tmp_path, monkeypatch, capsys, family, kind
+):
+    import model.bundle
+    import model.tokenizer_files
+    from model.cli import main
+    from model.importers import dalle_mega
+
+    out = tmp_path / "out" / "new" / "a" / "b"
+    if family == "openai-dvae":
+        encoder, decoder = dvae_sources(tmp_path / "src")
+        target = out / "vae.safetensors"
+        args = ["openai-dvae", "--encoder", str(encoder), "--decoder", str(decoder)]
+        monkeypatch.setattr(model.tokenizer_files, "save_file", disk_full(kind))
+    else:
+        bpe = bpe_files(tmp_path / "bpe")
+        source = mini_sources(tmp_path / "src", bpe)
+        monkeypatch.setitem(dalle_mega.PRESETS, "mini", tiny_mini_preset(*bpe))
+        target = out / "m.dalle.safetensors"
+        args = ["mini", "--from", str(source)]
+        monkeypatch.setattr(model.bundle, "save_file", disk_full(kind))
+    assert main(["import", *args, "--out", str(target)]) == 2
+    errors = [
+        line
+        for line in capsys.readouterr().err.splitlines()
+        if not line.startswith(PROGRESS) or line.startswith(ERROR)
+    ]
+    assert len(errors) == 1 and errors[0].startswith(ERROR), errors
+    assert str(target) in errors[0] and "No space left on device" in errors[0], errors[0]
+    assert not (tmp_path / "out").exists()  # no temporary file, no folder made for it
+
+
+# -- the limits themselves, past the generated cases -----------------------------------------
+
+
+def test_json_nested_past_the_limit_is_refused_before_python_recursion_would(tmp_path):
+    from model.importers.limits import MAX_JSON_DEPTH, read_json
+
+    path = tmp_path / "config.json"
+    path.write_text(deep_json(MAX_JSON_DEPTH))
+    assert read_json(path, "config") is not None
+    path.write_text(deep_json(MAX_JSON_DEPTH + 1))  # far under Python's recursion limit
+    with pytest.raises(ValueError, match=r"config\.json: the config is nested too deeply"):
+        read_json(path, "config")
+    path.write_text('{"n_embed": -' + "9" * 31 + "}")
+    with pytest.raises(ValueError, match="an integer of 31 digits"):
+        read_json(path, "config")
+
+
+def test_modules_shared_down_many_levels_are_refused_not_walked(tmp_path):
+    """A diamond 60 levels deep is 2**60 paths: refused after MAX_MODULES, without recursion."""
+    from model.importers.safe_pickle import MAX_MODULES, UnsafePickle, _stub, state_dict
+
+    module_class = _stub("dall_e.encoder.Encoder")
+    below = None
+    for _ in range(60):
+        module = module_class()
+        children = {} if below is None else {"a": below, "b": below}
+        module.__dict__.update(_parameters={"w": torch.zeros(1)}, _buffers={}, _modules=children)
+        below = module
+    with pytest.raises(UnsafePickle, match=f"more than {MAX_MODULES:,} modules"):
+        state_dict(below)
+
+
+def test_flax_arrays_past_their_budget_are_refused(tmp_path):
+    import numpy as np
+
+    from model.flax_msgpack import read_flax_msgpack
+    from tests.test_vqgan import _to_bytes
+
+    path = tmp_path / "flax_model.msgpack"
+    path.write_bytes(_to_bytes({"a": np.zeros(100, np.float32), "b": np.zeros(100, np.float32)}))
+    assert set(read_flax_msgpack(path, max_array_bytes=800)) == {"a", "b"}
+    with pytest.raises(ValueError, match=r"flax_model\.msgpack: its arrays come to more than 799"):
+        read_flax_msgpack(path, max_array_bytes=799)

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import types
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_GROWTH_MB = 300  # peak RSS over the baseline (torch imported, a first case run), any case
+ZIP_BOMB = object()  # a marker: the VQGAN checkpoint as a zip bomb
 HUGE_TEXT_BYTES = 600 * 2**20  # a sparse config.json / vocab / merges: nothing on disk
 PROGRESS, ERROR = "dalle import: ", "dalle import: error: "
 Case = tuple[list[str], list[str], str | None]  # argv, fragments of the error, preset
@@ -42,6 +44,29 @@ Case = tuple[list[str], list[str], str | None]  # argv, fragments of the error, 
 def expanded(shape: tuple[int, ...], dtype=torch.float16) -> torch.Tensor:
     """A tensor of ``shape`` over ONE stored value (stride 0): torch.save keeps a few bytes."""
     return torch.zeros(1, dtype=dtype).expand(*shape)
+
+
+def zip_bomb(path: Path, obj: dict, count: int) -> None:
+    """torch.save's archive of ``obj`` (holding one ``torch.zeros(4)``) grown to ``count`` zeros
+    whose storage entry is deflated: 4 bytes a value declared, ~1,000 times less on disk."""
+    raw = io.BytesIO()
+    torch.save(obj, raw)
+    source = zipfile.ZipFile(raw)
+    with zipfile.ZipFile(path, "w") as archive:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("/data.pkl"):  # the storage's numel and the tensor's size
+                assert data.count(b"K\x04") == 2, "one tensor of 4 values expected"
+                data = data.replace(b"K\x04", b"J" + count.to_bytes(4, "little"))
+            if not info.filename.endswith("/data/0"):
+                archive.writestr(info.filename, data)
+                continue
+            entry = zipfile.ZipInfo(info.filename)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(entry, "w", force_zip64=True) as storage:
+                block = bytes(2**22)
+                for start in range(0, 4 * count, len(block)):
+                    storage.write(block[: min(len(block), 4 * count - start)])
 
 
 def rudalle_state(hidden: int, text_positions: int, grid: int, make) -> dict[str, torch.Tensor]:
@@ -166,6 +191,10 @@ def make_inputs(root: Path) -> dict[str, Case]:
         checkpoint = folder / "vqgan.gumbelf8-sber.model.ckpt"
         if vqgan is None:
             checkpoint.write_bytes(b"not read: the transformer is refused first")
+        elif vqgan is ZIP_BOMB:  # 600 MB of weights in 600 KB; torch's mmap refuses it
+            zip_bomb(
+                checkpoint, {"state_dict": {"encoder.conv_in.weight": torch.zeros(4)}}, 150_000_000
+            )
         else:
             torch.save({"state_dict": vqgan}, checkpoint)
         args = [
@@ -198,6 +227,7 @@ def make_inputs(root: Path) -> dict[str, Case]:
     rudalle_case("stride0-vqgan", small, ["encoder.conv_in.weight", "declares"], vqgan)
     flat = {k: torch.zeros(shape[:1]) for k, shape in sber.items()}
     rudalle_case("1d-vqgan", small, ["encoder.conv_in.weight", "rank 4"], flat)
+    rudalle_case("zip-bomb-vqgan", small, ["compressed"], vqgan=ZIP_BOMB)
 
     # OpenAI's dVAE: encoder.pkl hostile, decoder.pkl never reached
     decoder = inputs / "decoder.pkl"
@@ -225,6 +255,7 @@ def make_inputs(root: Path) -> dict[str, Case]:
         ["declares"],
     )
     dvae_case("module-cycle", lambda p: pickled_module(p, {}, cycle=True), ["itself"])
+    dvae_case("zip-bomb", lambda p: zip_bomb(p, {"w": torch.zeros(4)}, 150_000_000), ["compressed"])
 
     # DALL·E Mini: valid tiny sources, one file replaced per case
     bpe_pair = bpe_files(inputs / "bpe")
@@ -378,9 +409,9 @@ def report(tmp_path_factory):
 def case_names() -> list[str]:
     return [
         *(f"rudalle-{n}" for n in ("stride0", "tables", "60000-text", "stride0-mask")),
-        *(f"rudalle-{n}" for n in ("stride0-vqgan", "1d-vqgan")),
+        *(f"rudalle-{n}" for n in ("stride0-vqgan", "1d-vqgan", "zip-bomb-vqgan")),
         *(f"dvae-{n}" for n in ("expanded", "expanded-2**40", "expanded-legacy")),
-        *(f"dvae-{n}" for n in ("module-expanded", "module-cycle")),
+        *(f"dvae-{n}" for n in ("module-expanded", "module-cycle", "zip-bomb")),
         *(f"mini-{n}" for n in ("deep-config", "digits-config", "huge-config", "deep-vocab")),
         *(f"mini-{n}" for n in ("huge-vocab", "huge-merges", "1d-embed", "empty-maps")),
         *(f"mini-{n}" for n in ("lists-of-empty-maps", "nested-maps", "ext-lies", "stride0")),

@@ -193,6 +193,14 @@ def _load_zip(path: Path, classes: dict[str, type], functions: Mapping | None = 
         if len(pickles) != 1:
             raise UnsafePickle("not a torch.save archive (no single data.pkl)")
         root = pickles[0][: -len("data.pkl")]
+        # torch.save stores every entry uncompressed: a deflated one (a few KB of zip that
+        # declares gigabytes) is refused before it is inflated
+        packed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise UnsafePickle(
+                f"{packed[0][:60]} is compressed ({len(packed)} entries): torch.save stores "
+                "its entries as they are"
+            )
         info = archive.getinfo(pickles[0])
         if info.file_size > MAX_PICKLE_BYTES:
             raise UnsafePickle(f"its object graph is {info.file_size / 2**20:.0f} MB")
@@ -205,7 +213,11 @@ def _load_zip(path: Path, classes: dict[str, type], functions: Mapping | None = 
             size = torch.empty((), dtype=dtype).element_size() * numel
             if archive.getinfo(name).file_size != size:
                 raise UnsafePickle(f"storage {key[:20]} has the wrong size")
-            return _bytes_to_tensor(archive.read(name), dtype, numel, f"storage {key[:20]}")
+            data = bytearray(size)  # read into its one copy
+            with archive.open(name) as entry:
+                if entry.readinto(data) != size:
+                    raise UnsafePickle(f"storage {key[:20]} is cut short")
+            return torch.frombuffer(data, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
 
         return _Unpickler(io.BytesIO(data), classes, {}, read_storage, functions).load()
 

@@ -135,6 +135,18 @@ def bpe_files(folder: Path) -> tuple[Path, Path]:
     return vocab, merges
 
 
+def vocab_of_short_entries(path: Path, size: int) -> None:
+    """A vocab.json just under ``size`` bytes: BART's special tokens, then as many short unique
+    tokens as fit, with consecutive ids (the most Python objects a byte can buy)."""
+    parts = ['"<s>":0', '"<pad>":1', '"</s>":2', '"<unk>":3']
+    used, index = 2 + sum(len(p) + 1 for p in parts), 4
+    while used < size - 32:
+        parts.append(f'"{index:x}":{index}')
+        used += len(parts[-1]) + 1
+        index += 1
+    path.write_text("{" + ",".join(parts) + "}")
+
+
 def tiny_mini_preset(vocab: Path, merges: Path):
     from model.bart_text import BartTokenizer
     from tests.test_import_mega import tiny_bart
@@ -284,6 +296,10 @@ def make_inputs(root: Path) -> dict[str, Case]:
     mini_case("deep-vocab", "vocab_mini.json", text(deep_json()), ["nested"])
     mini_case("huge-vocab", "vocab_mini.json", sparse_file, ["600 MB"])
     mini_case("huge-merges", "merges_mini.txt", sparse_file, ["600 MB"])
+    from model.importers.limits import MAX_TEXT_BYTES
+
+    many = lambda path: vocab_of_short_entries(path, MAX_TEXT_BYTES)  # noqa: E731
+    mini_case("vocab-under-the-cap", "vocab_mini.json", many, ["vocab and merges disagree"])
     encoder = torch.load(valid / "encoder_mini.pt", weights_only=True)
 
     def flat_embedding(path: Path) -> None:
@@ -413,7 +429,8 @@ def case_names() -> list[str]:
         *(f"dvae-{n}" for n in ("expanded", "expanded-2**40", "expanded-legacy")),
         *(f"dvae-{n}" for n in ("module-expanded", "module-cycle", "zip-bomb")),
         *(f"mini-{n}" for n in ("deep-config", "digits-config", "huge-config", "deep-vocab")),
-        *(f"mini-{n}" for n in ("huge-vocab", "huge-merges", "1d-embed", "empty-maps")),
+        *(f"mini-{n}" for n in ("huge-vocab", "huge-merges", "vocab-under-the-cap")),
+        *(f"mini-{n}" for n in ("1d-embed", "empty-maps")),
         *(f"mini-{n}" for n in ("lists-of-empty-maps", "nested-maps", "ext-lies", "stride0")),
     ]
 

@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
-# min-dalle's vocab.json is 1 MB, merges.txt 0.5 MB, dalle-mini's config.json 1 KB
-MAX_TEXT_BYTES = 64 * 2**20
+# min-dalle's vocab.json is about 1 MB, merges.txt 0.5 MB, dalle-mini's config.json 1 KB. A
+# vocab or merges file of short unique entries becomes about 16 times its size in Python objects
+# (measured: 8 MB of each, 270 MB), so the cap is what keeps a hostile one small.
+MAX_TEXT_BYTES = 4 * 2**20
 # dalle-mini's config.json and min-dalle's vocabularies are flat: one or two levels
 MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 30  # a size or an id; 10**30 is already far past anything real

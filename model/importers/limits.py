@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 
+from model.bundle import MAX_RANK, MIN_TABLE_BUDGET
+from model.transformer import attention_table_bytes
+
 # min-dalle's vocab.json is about 1 MB, merges.txt 0.5 MB, dalle-mini's config.json 1 KB. A
 # vocab or merges file of short unique entries becomes about 16 times its size in Python objects
 # (measured: 8 MB of each, 270 MB), so the cap is what keeps a hostile one small.
@@ -29,11 +32,10 @@ MAX_TEXT_BYTES = 4 * 2**20
 # dalle-mini's config.json and min-dalle's vocabularies are flat: one or two levels
 MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 30  # a size or an id; 10**30 is already far past anything real
-MAX_RANK = 8  # the bundle's own limit (model.bundle.MAX_RANK)
 
 
 def _mb(count: int) -> str:
-    return f"{count / 2**20:,.0f} MB"
+    return f"{count / 2**20:,.{0 if count >= 100 * 2**20 else 1}f} MB"
 
 
 def read_text(path: Path, what: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
@@ -141,9 +143,6 @@ def check_table_budget(config, bundle_bytes: int) -> int:
     """The bytes of attention tables a transformer built from ``config`` needs; ValueError (the
     caller names the file) beyond what ``model.bundle.load`` allows a bundle of
     ``bundle_bytes``, which would refuse what this import wrote."""
-    from model.bundle import MIN_TABLE_BUDGET
-    from model.transformer import attention_table_bytes
-
     tables = attention_table_bytes(config)
     allowed = max(MIN_TABLE_BUDGET, 4 * bundle_bytes)
     if tables > allowed:

@@ -183,9 +183,7 @@ def read_pt(path: Path, role: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _shape(
-    state: Mapping[str, torch.Tensor], name: str, path: Path, role: str, rank: int
-) -> tuple:
+def _shape(state: Mapping[str, torch.Tensor], name: str, path: Path, role: str, rank: int) -> tuple:
     if name not in state:
         raise ValueError(f"{path} lacks {name!r}: not min-dalle's {role}")
     shape = tuple(state[name].shape)

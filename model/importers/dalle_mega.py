@@ -416,18 +416,19 @@ def import_dalle(
     vq_config = read_vqgan_config(paths["vqgan_config"], expected)
     _check_room(expected, vq_config, DTYPES[dtype], paths, out)
 
-    hashes = {}
-    for path in paths.values():
-        if path is not None:
-            say(f"hashing {path.name} ({_gb(path.stat().st_size)})")
-            hashes[path.name] = sha256(path)
-
+    # the small files first: a hostile one is refused before gigabytes are hashed
     tokenizer = BartTokenizer.from_files(paths["vocab"], paths["merges"], expected.text_len)
     if tokenizer.vocab_size > expected.text_vocab + 1:
         raise ValueError(
             f"{paths['vocab']}: {tokenizer.vocab_size} ids for an encoder of "
             f"{expected.text_vocab} rows: not {model.title}'s vocabulary"
         )
+
+    hashes = {}
+    for path in paths.values():
+        if path is not None:
+            say(f"hashing {path.name} ({_gb(path.stat().st_size)})")
+            hashes[path.name] = sha256(path)
 
     say(f"reading {paths['encoder'].name} and {paths['decoder'].name}")
     states = {half: read_pt(paths[half], half) for half in ("encoder", "decoder")}  # mapped

@@ -2,7 +2,8 @@
 
 ``openai-dvae``: OpenAI's dVAE as a dVAE file; ``mega`` / ``mini``: DALL·E Mega or Mini (min-dalle's
 files and dalle-mini's VQGAN) as a model bundle (``model/importers/dalle_mega.py``); ``rudalle``:
-ruDALL-E Malevich v3 or Surrealist XL with the Sber VQGAN (``model/importers/rudalle_import.py``).
+ruDALL-E Malevich v3 or Surrealist XL with the Sber VQGAN (``model/importers/rudalle_import.py``);
+``realesrgan``: a Real-ESRGAN upscaler, ``.pth`` or ncnn (``model/importers/realesrgan.py``).
 
 The product never reads a pickle at run time: each importer reads its sources here (an
 allow-list unpickler, ``weights_only`` or msgpack), checks every name and shape, and writes one
@@ -82,6 +83,18 @@ def add_import_args(sub) -> None:
         help="the checkpoint's layout (v3: Malevich v3, Surrealist XL; v2 is not supported yet)",
     )
 
+    p = sub.add_parser(
+        "realesrgan",
+        help="a Real-ESRGAN upscaler (.pth, or ncnn .param + .bin) -> an .upscaler.safetensors",
+        description="Convert Real-ESRGAN weights: the official RealESRGAN_x4plus.pth or "
+        "realesr-animevideov3.pth, or an ncnn conversion (realesrgan-x4plus.param and .bin).",
+    )
+    p.add_argument(
+        "--from", dest="source", metavar="FILE", nargs="+", required=True,
+        help="one .pth, or a .param (its .bin beside it) or both",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, help="the file to write (.upscaler.safetensors)")
+
 
 def progress(message: str) -> None:
     print(f"dalle import: {message}", file=sys.stderr, flush=True)
@@ -135,6 +148,17 @@ def cmd_import(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             import_rudalle(args.source, out, args.dtype, args.version, progress=progress)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+        print(shown(out))
+        return 0
+    if args.family == "realesrgan":
+        from model.importers.realesrgan import import_realesrgan
+
+        out = output_file(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import_realesrgan(args.source, out, progress)
         except ValueError as error:
             raise CLIError(str(error)) from None
         print(shown(out))

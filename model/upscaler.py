@@ -316,7 +316,7 @@ def upscale(
                 raise UpscaleCancelled("the upscale was cancelled")
             y0, y1 = max(0, top - overlap), min(full_h, bottom + overlap)
             x0, x1 = max(0, left - overlap), min(full_w, right + overlap)
-            crop = torch.from_numpy(np.ascontiguousarray(pixels[y0:y1, x0:x1]))
+            crop = torch.from_numpy(pixels[y0:y1, x0:x1].copy())  # (h, w, 3) uint8
             x = crop.to(device).permute(2, 0, 1)[None].to(dtype) / 255.0  # (1, 3, h, w)
             out = upscaler(x)[0]  # (3, s h, s w)
             core = out[:, (top - y0) * s : (bottom - y0) * s, (left - x0) * s : (right - x0) * s]

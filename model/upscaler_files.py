@@ -14,6 +14,7 @@ file. The weights are computed in float32 whatever their storage.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -35,14 +36,22 @@ def shipped_upscaler_path() -> Path:
     return Path(str(resources.files("resources") / "models" / SHIPPED_NAME))
 
 
-def save_upscaler(upscaler: Upscaler, path: str | Path, card: dict, dtype=torch.float32) -> Path:
-    """``upscaler`` and its card as one file at ``path``, atomically; weights stored as
-    ``dtype`` (float32, or float16 for weights that came as fp16)."""
-    if dtype not in STORED_DTYPES:
-        raise ValueError(f"an upscaler is stored as float32 or float16, not {dtype}")
+def save_upscaler(
+    upscaler: Upscaler,
+    path: str | Path,
+    card: dict,
+    dtypes: Mapping[str, torch.dtype] | torch.dtype = torch.float32,
+) -> Path:
+    """``upscaler`` and its card as one file at ``path``, atomically; each weight stored as
+    ``dtypes`` says (one dtype, or one per name: float32, or float16 for what came as fp16)."""
+    state = upscaler.net.state_dict()
+    if not isinstance(dtypes, Mapping):
+        dtypes = dict.fromkeys(state, dtypes)
+    wrong = {dtypes.get(name) for name in state} - set(STORED_DTYPES)
+    if wrong:
+        raise ValueError(f"an upscaler is stored as float32 or float16, not {wrong.pop()}")
     tensors = {
-        name: tensor.detach().to("cpu", dtype).contiguous()
-        for name, tensor in upscaler.net.state_dict().items()
+        name: tensor.detach().to("cpu", dtypes[name]).contiguous() for name, tensor in state.items()
     }
     meta = {
         "format": FORMAT,

@@ -59,6 +59,7 @@ class Layer:
     tops: list[str]
     params: dict[int, int | float | list]
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # "weight", "bias", "slope"
+    fp16: set[str] = field(default_factory=set)  # which of them the file stores as fp16
 
     def param(self, key: int, default: int | float | list = 0) -> int | float | list:
         return self.params.get(key, default)
@@ -198,6 +199,8 @@ def read_bin(path: Path, layers: list[Layer]) -> set[str]:
                 raise NcnnError(f"{path}: {what} has num_output {out} and weight size {size}")
             layer.weights["weight"], kind = blobs.tagged(size, what + " weights")
             storage.add(kind)
+            if kind == "fp16":
+                layer.fp16.add("weight")
             if layer.param(5):
                 layer.weights["bias"] = blobs.raw(out, what + " bias")
         elif layer.type == "PReLU":
@@ -312,9 +315,10 @@ def _infer(path: Path, layers: list[Layer]) -> tuple[UpscalerConfig, tuple | Non
     return config, interp
 
 
-def to_upscaler(param: Path, layers: list[Layer]) -> Upscaler:
-    """Our module holding the layers' weights; NcnnError when the layers are not the sequence
-    the inferred net converts to, or a blob's size is not its module's."""
+def to_upscaler(param: Path, layers: list[Layer]) -> tuple[Upscaler, dict[str, torch.dtype]]:
+    """Our module holding the layers' weights, and each weight's stored dtype (fp16 weights,
+    fp32 biases and slopes in the released files); NcnnError when the layers are not the
+    sequence the inferred net converts to, or a blob's size is not its module's."""
     config, interp = _infer(param, layers)
     actual = [_signature(layer) for layer in layers if layer.type not in ("Input", "Split")]
     expected = _expected(config, interp)
@@ -333,6 +337,7 @@ def to_upscaler(param: Path, layers: list[Layer]) -> Upscaler:
         shapes = build_upscaler(config).net.state_dict()  # the released checkpoints' names
     names = iter(shapes)
     state: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
     for layer in layers:
         for kind in ("weight", "bias", "slope"):
             if kind in layer.weights:
@@ -345,21 +350,26 @@ def to_upscaler(param: Path, layers: list[Layer]) -> Upscaler:
                         f"{name} has {list(shape)}"
                     )
                 state[name] = torch.from_numpy(values.copy()).reshape(shape)
+                dtypes[name] = torch.float16 if kind in layer.fp16 else torch.float32
     missing = [name for name in names]
     if missing:
         raise NcnnError(f"{param}: no weights for {missing[0]} (and {len(missing) - 1} more)")
     upscaler = build_upscaler(config)
     upscaler.net.load_state_dict(state)
-    return upscaler.eval()
+    return upscaler.eval(), dtypes
 
 
-def read_ncnn(param: str | Path, weights: str | Path) -> tuple[Upscaler, str]:
-    """The net a ``.param``/``.bin`` pair holds, and its storage ("fp16" or "fp32")."""
+def read_ncnn(
+    param: str | Path, weights: str | Path
+) -> tuple[Upscaler, str, dict[str, torch.dtype]]:
+    """The net a ``.param``/``.bin`` pair holds, its weights' storage ("fp16", "fp32" or
+    "mixed"), and each state dict entry's stored dtype (to keep it as it came)."""
     param, weights = Path(param), Path(weights)
     for path in (param, weights):
         if not path.is_file():
             raise NcnnError(f"{path}: no such file")
     layers = read_param(param)
     storage = read_bin(weights, layers)
-    upscaler = to_upscaler(param, layers)
-    return upscaler, "fp16" if storage == {"fp16"} else "fp32" if storage == {"fp32"} else "mixed"
+    upscaler, dtypes = to_upscaler(param, layers)
+    kind = "fp16" if storage == {"fp16"} else "fp32" if storage == {"fp32"} else "mixed"
+    return upscaler, kind, dtypes

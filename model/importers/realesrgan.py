@@ -102,8 +102,9 @@ def _infer_pth_config(path: Path, state: dict[str, torch.Tensor]) -> UpscalerCon
     return SRVGGConfig(scale=scale, num_feat=shape("body.0.weight")[0], num_conv=len(convs) - 2)
 
 
-def read_pth(path: Path) -> tuple[Upscaler, torch.dtype]:
-    """The net an official ``.pth`` holds, and the dtype its weights were saved in."""
+def read_pth(path: Path) -> tuple[Upscaler, dict[str, torch.dtype]]:
+    """The net an official ``.pth`` holds, and each weight's stored dtype (fp16 stays fp16,
+    anything else is kept as fp32)."""
     try:
         obj = load_modules(path, [], MAX_PTH_BYTES)
     except UnsafePickle as error:
@@ -131,10 +132,10 @@ def read_pth(path: Path) -> tuple[Upscaler, torch.dtype]:
             )
         if not state[name].is_floating_point() or not torch.isfinite(state[name]).all():
             raise ValueError(f"{path}: {name} is not finite floating point")
-    dtypes = {t.dtype for t in state.values()}
     upscaler = build_upscaler(config)
     upscaler.net.load_state_dict({name: t.float() for name, t in state.items()})
-    stored = torch.float16 if dtypes == {torch.float16} else torch.float32
+    half = torch.float16
+    stored = {name: half if t.dtype == half else torch.float32 for name, t in state.items()}
     return upscaler.eval(), stored
 
 
@@ -175,14 +176,20 @@ def import_realesrgan(
     kind, paths = _sources(files)
     say(f"reading {', '.join(p.name for p in paths)}")
     if kind == "pth":
-        upscaler, dtype = read_pth(paths[0])
-        storage = "fp16" if dtype == torch.float16 else "fp32"
+        upscaler, dtypes = read_pth(paths[0])
+        kinds = set(dtypes.values())
+        storage = (
+            "fp16"
+            if kinds == {torch.float16}
+            else "fp32"
+            if torch.float16 not in kinds
+            else "mixed"
+        )
     else:
         try:
-            upscaler, storage = read_ncnn(*paths)
+            upscaler, storage, dtypes = read_ncnn(*paths)
         except NcnnError as error:
             raise ValueError(str(error)) from None
-        dtype = torch.float16 if storage == "fp16" else torch.float32
     config = upscaler.config
     card = {
         "stage": "upscaler",
@@ -199,5 +206,5 @@ def import_realesrgan(
         "licence": LICENCE,
     }
     say(f"writing {out} ({config.arch}, x{upscaler.scale}, {storage})")
-    save_upscaler(upscaler, out, card, dtype)
+    save_upscaler(upscaler, out, card, dtypes)
     return out

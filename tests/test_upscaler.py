@@ -203,3 +203,65 @@ def test_the_shipped_upscaler_loads_with_its_card_and_licence():
         path.read_bytes()[8 : 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]]
     )
     assert meta_format["__metadata__"]["format"] == FORMAT
+
+
+# -- dalle upscale --------------------------------------------------------------------------------
+
+
+def _upscaler_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.upscaler.safetensors"
+    save_upscaler(tiny(TINY_SRVGG), path, {"name": "tiny"})
+    return path
+
+
+def test_dalle_upscale_writes_the_tiled_result(tmp_path, capsys):
+    from model.cli import main
+
+    pixels = picture(30, 41)
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    path = _upscaler_file(tmp_path)
+    out = tmp_path / "sub" / "out.png"
+    args = ["upscale", "--image", str(tmp_path / "in.png"), "--out", str(out)]
+    assert main([*args, "--upscaler", str(path), "--tile", "16"]) == 0
+    written = np.asarray(Image.open(out))
+    upscaler, _ = load_upscaler(path)
+    assert np.array_equal(written, upscale(pixels, upscaler, tile=16, overlap=20))
+
+
+@pytest.mark.parametrize("case", ["same", "dotted", "symlink", "not-png", "too-large", "bundle"])
+def test_dalle_upscale_refuses_in_one_line_and_leaves_the_picture(tmp_path, capsys, case):
+    from model.cli import main
+
+    image = tmp_path / "in.png"
+    size = (2000, 1600) if case == "too-large" else (12, 10)  # x4: 51 megapixels
+    Image.new("RGB", size, "red").save(image)
+    before = image.read_bytes()
+    out = {
+        "same": image,
+        "dotted": tmp_path / "sub" / ".." / "in.png",
+        "symlink": tmp_path / "link.png",
+        "not-png": tmp_path / "out.jpg",
+        "too-large": tmp_path / "out.png",
+        "bundle": tmp_path / "out.png",
+    }[case]
+    if case == "symlink":
+        out.symlink_to(image)
+    (tmp_path / "sub").mkdir()
+    args = ["upscale", "--image", str(image), "--out", str(out)]
+    if case == "bundle":
+        bundle = tmp_path / "model.dalle.safetensors"
+        bundle.write_bytes(shipped_upscaler_path().read_bytes()[:8] + b"{}")
+        args += ["--upscaler", str(bundle)]
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1, error
+    message = {
+        "same": "is the --image itself",
+        "dotted": "is the --image itself",
+        "symlink": "is the --image itself",
+        "not-png": "name a .png file",
+        "too-large": "2000x1600 upscaled x4 would be 51 megapixels",
+        "bundle": "model.dalle.safetensors",
+    }[case]
+    assert message in error[0]
+    assert image.read_bytes() == before and not (tmp_path / "out.png").exists()

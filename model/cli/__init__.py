@@ -34,6 +34,7 @@ from model.cli.measure import cmd_bench, cmd_eval
 from model.cli.sample import cmd_complete, cmd_generate
 from model.cli.serve import add_serve_args, cmd_serve
 from model.cli.training import cmd_bundle, cmd_data, cmd_train
+from model.cli.upscaling import add_upscale_args
 from model.config import SamplingOptions
 from model.files import write_text
 
@@ -232,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     families = p.add_subparsers(dest="family", required=True, parser_class=Parser)
     add_import_args(families)
     p.set_defaults(func=cmd_import)
+
+    add_upscale_args(sub)
 
     p = sub.add_parser(
         "serve",

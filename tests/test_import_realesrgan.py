@@ -317,7 +317,7 @@ def test_dalle_import_realesrgan_writes_an_upscaler_with_its_card(tmp_path, caps
     upscaler, card = load_upscaler(out)
     assert card == read_upscaler_card(out)
     assert card["architecture"] == "SRVGGNetCompact" and card["scale"] == 4
-    assert card["imported"]["storage"] == "fp16" and "Xintao Wang" in card["licence"]
+    assert card["imported"]["storage"] == "fp16" and "Xintao Wang" in card["licence_text"]
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (param, weights)}
     assert card["imported"]["files"] == digests
     ours, _, _ = read_ncnn(param, weights)

@@ -192,7 +192,8 @@ def test_the_shipped_upscaler_loads_with_its_card_and_licence():
     upscaler, card = load_upscaler()
     assert (upscaler.config.arch, upscaler.scale, card["scale"]) == ("SRVGGNetCompact", 4, 4)
     assert card["architecture"] == "SRVGGNetCompact" and card["stage"] == "upscaler"
-    assert "BSD 3-Clause License" in card["licence"] and "Xintao Wang" in card["licence"]
+    assert "BSD 3-Clause License" in card["licence_text"] and "Xintao Wang" in card["licence_text"]
+    assert card["imported"]["licence"].startswith("BSD-3-Clause, Copyright (c) 2021, Xintao Wang")
     files = card["imported"]["files"]
     assert set(files) == {"realesr-animevideov3-x4.param", "realesr-animevideov3-x4.bin"}
     assert all(len(digest) == 64 for digest in files.values())

@@ -26,6 +26,7 @@ from model.upscaler_files import SUFFIX, save_upscaler
 
 MAX_PTH_BYTES = 512 * 2**20  # RealESRGAN_x4plus.pth is 64 MB
 SOURCE = "Real-ESRGAN (Wang et al. 2021), github.com/xinntao/Real-ESRGAN"
+LICENCE_LINE = "BSD-3-Clause, Copyright (c) 2021, Xintao Wang (Real-ESRGAN's LICENSE)"
 LICENCE = """BSD 3-Clause License
 
 Copyright (c) 2021, Xintao Wang
@@ -202,8 +203,9 @@ def import_realesrgan(
             "source": SOURCE,
             "storage": storage,
             "files": {p.name: sha256(p) for p in paths},
+            "licence": LICENCE_LINE,
         },
-        "licence": LICENCE,
+        "licence_text": LICENCE,  # BSD-3-Clause: the notice travels with the weights
     }
     say(f"writing {out} ({config.arch}, x{upscaler.scale}, {storage})")
     save_upscaler(upscaler, out, card, dtypes)

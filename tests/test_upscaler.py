@@ -18,6 +18,7 @@ from model.upscaler import (
     SRVGGConfig,
     UpscaleCancelled,
     build_upscaler,
+    largest_tile,
     tile_working_bytes,
     upscale,
 )
@@ -97,8 +98,11 @@ def test_every_tile_the_net_sees_is_bounded_whatever_the_picture(monkeypatch):
         seen.clear()
         upscale(picture(height, width), upscaler, tile=24, overlap=6)
         assert max(h * w for *_, h, w in seen) <= (24 + 2 * 6) ** 2
-    # the estimate depends on the tile only
-    assert tile_working_bytes(upscaler, 24, 6) == (24 + 12) ** 2 * 4 * (2 * 48 + 3 + 2 * 48)
+    # the bound depends on the tile only: (tile + 2 overlap)^2 * 4 bytes * (11 F + 3 + 3 * 48)
+    assert tile_working_bytes(upscaler, 24, 6) == (24 + 12) ** 2 * 4 * (11 * 8 + 3 + 3 * 48)
+    # with no tile named, the largest within the budget
+    assert tile_working_bytes(upscaler, largest_tile(upscaler, 6, 2**20), 6) <= 2**20
+    assert tile_working_bytes(upscaler, largest_tile(upscaler, 6, 2**20) + 8, 6) > 2**20
 
 
 def test_cancel_stops_between_tiles_and_progress_counts_them():

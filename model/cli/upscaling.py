@@ -25,7 +25,12 @@ def add_upscale_args(sub) -> None:
         default=None,
         help="an .upscaler.safetensors file from `dalle import realesrgan` (default: the shipped)",
     )
-    p.add_argument("--tile", type=int, default=192, help="tile side in input pixels (memory)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="tile side in input pixels (default: the largest within 512 MB of working memory)",
+    )
     p.add_argument("--overlap", type=int, default=20, help="context around each tile (px)")
     p.set_defaults(func=cmd_upscale)
 
@@ -48,7 +53,7 @@ def cmd_upscale(args) -> int:
         raise CLIError(f"--out {shown(out)} is the --image itself; name another file")
     if out.is_dir():
         raise CLIError(f"--out {shown(out)} is a folder; name a .png file")
-    if not 8 <= args.tile <= 4096 or not 0 <= args.overlap <= 512:
+    if (args.tile is not None and not 8 <= args.tile <= 4096) or not 0 <= args.overlap <= 512:
         raise CLIError(
             f"--tile must be 8..4096 and --overlap 0..512, got {args.tile}, {args.overlap}"
         )

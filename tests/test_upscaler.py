@@ -201,6 +201,11 @@ def test_the_shipped_upscaler_loads_with_its_card_and_licence():
     files = card["imported"]["files"]
     assert set(files) == {"realesr-animevideov3-x4.param", "realesr-animevideov3-x4.bin"}
     assert all(len(digest) == 64 for digest in files.values())
+    # its card beside it carries the same notice, word for word
+    from model.importers.realesrgan import LICENCE
+
+    assert card["licence_text"] == LICENCE
+    assert LICENCE.strip() in (path.parent / "UPSCALER_CARD.md").read_text(encoding="utf-8")
     # the installer ships it: pyproject's package-data takes resources/models/*.safetensors
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert '"models/*.safetensors"' in text and path.parent.name == "models"

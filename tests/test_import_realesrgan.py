@@ -166,7 +166,6 @@ def test_a_damaged_bin_is_refused_in_one_line(pair, damage, message):
     "old, new, message",
     [
         ("7767517", "7767518", "no 7767517 magic"),
-        ("\n", "\n99999999 1\n", "line 2 must be|layers and"),
         ("PixelShuffle", "Sigmoid", "Sigmoid layer .*: not a layer Real-ESRGAN"),
         ("0=1 1=4", "0=2 1=4", r"layer Interp_\d+ is \('Interp', 2, 4.0\); a SRVGGNetCompact"),
         (" 1 1 data_splitncnn_1 ", " 1 1 nowhere ", "reads blob 'nowhere', which no layer made"),
@@ -176,17 +175,30 @@ def test_a_damaged_bin_is_refused_in_one_line(pair, damage, message):
 )
 def test_a_damaged_param_is_refused_in_one_line(pair, old, new, message):
     param, weights = pair
-    if old == "\n":  # the layer count: one more layer than the file holds
-        lines = param.read_text().split("\n")
-        count, blobs = lines[1].split()
-        lines[1] = f"{int(count) + 1} {blobs}"
-        param.write_text("\n".join(lines))
-        message = r"says \d+ layers but holds \d+"
-    else:
-        _edit_param(param, old, new)
+    _edit_param(param, old, new)
     with pytest.raises(NcnnError, match=message) as error:
         read_ncnn(param, weights)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        (lambda layers, blobs: f"{layers + 1} {blobs}", r"says 15 layers but holds 14"),
+        (lambda layers, blobs: f"{layers} {blobs - 1}", r"more blobs than the 14 its header says"),
+        (lambda layers, blobs: f"99999999 {blobs}", "99999999 layers and 15 blobs; at most 20000"),
+        (lambda layers, blobs: "12", "line 2 must be 'layer_count blob_count'"),
+    ],
+)
+def test_a_param_header_out_of_bounds_is_refused(pair, counts, message):
+    param, weights = pair
+    lines = param.read_text().split("\n")
+    layers, blobs = map(int, lines[1].split())
+    assert (layers, blobs) == (14, 15)  # Input, Split, 5 convolutions, 4 PReLUs, 3 more
+    lines[1] = counts(layers, blobs)
+    param.write_text("\n".join(lines))
+    with pytest.raises(NcnnError, match=message):
+        read_ncnn(param, weights)
 
 
 # -- the official .pth ---------------------------------------------------------------------------
@@ -283,6 +295,18 @@ def test_pth_files_read_into_our_modules_give_basicsr_own_output(tmp_path, basic
     x = torch.rand(1, 3, 12, 16)
     with torch.inference_mode():
         assert torch.allclose(ours(x), theirs(x), atol=1e-5, rtol=0)
+
+
+def test_a_pth_larger_than_any_release_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import model.importers.realesrgan as realesrgan
+
+    path = tmp_path / "big.pth"
+    torch.save(
+        {"params_ema": build_upscaler(SRVGGConfig(num_feat=8, num_conv=2)).net.state_dict()}, path
+    )
+    monkeypatch.setattr(realesrgan, "MAX_PTH_BYTES", path.stat().st_size - 1)
+    with pytest.raises(ValueError, match=r"big.pth: refused: .* MB, more than the .* MB"):
+        read_pth(path)
 
 
 def test_a_pth_of_another_net_or_with_code_is_refused(tmp_path):

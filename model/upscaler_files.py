@@ -14,6 +14,7 @@ file. The weights are computed in float32 whatever their storage.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -29,6 +30,7 @@ FORMAT = "dalle-studio-upscaler/1"
 SUFFIX = ".upscaler.safetensors"
 SHIPPED_NAME = "realesr-animevideov3-x4" + SUFFIX  # chosen in benchmarks/README.md
 STORED_DTYPES = (torch.float32, torch.float16)
+MAX_PARAMETERS = 100_000_000  # RealESRGAN_x4plus has 16.7M: a bound on what a load allocates
 
 
 def shipped_upscaler_path() -> Path:
@@ -97,6 +99,11 @@ def load_upscaler(path: str | Path | None = None, device="cpu") -> tuple[Upscale
         _check_format(meta)
         if "config" not in meta:
             raise ValueError("no config in its metadata")
+        count = sum(math.prod(entry.shape) for entry in header.tensors.values())
+        if count > MAX_PARAMETERS:
+            raise ValueError(
+                f"holds {count:,} parameters; an upscaler has at most {MAX_PARAMETERS:,}"
+            )
         config = config_from_dict(parse_json(path, meta["config"], "its config"))
         with torch.device("meta"):
             shapes = build_upscaler(config).net.state_dict()

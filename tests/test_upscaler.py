@@ -177,6 +177,21 @@ def test_a_damaged_upscaler_file_is_refused_in_one_line(tmp_path, change, messag
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
+def test_an_upscaler_file_beyond_the_parameter_bound_is_refused_before_reading(
+    tmp_path, monkeypatch
+):
+    import model.upscaler_files as files
+
+    path = tmp_path / "a.upscaler.safetensors"
+    upscaler = tiny(TINY_SRVGG)
+    save_upscaler(upscaler, path, {})
+    count = sum(p.numel() for p in upscaler.parameters())
+    monkeypatch.setattr(files, "MAX_PARAMETERS", count - 1)
+    monkeypatch.setattr(files, "read_tensors", None)  # never reached
+    with pytest.raises(ValueError, match=f"holds {count:,} parameters; an upscaler has at most"):
+        load_upscaler(path)
+
+
 def test_non_finite_weights_are_refused(tmp_path):
     upscaler = tiny(TINY_SRVGG)
     with torch.no_grad():

@@ -246,24 +246,18 @@ class BartTokenizer:
 
 
 def _read_vocab(path: Path) -> dict[str, int]:
-    try:
-        data: Any = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such vocab file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a JSON vocab ({_first_line(error)})") from None
+    from model.importers.limits import read_json
+
+    data: Any = read_json(path, "vocab file")  # size, nesting and digits bounded
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of tokens to ids")
     return data
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such merges file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a text merges file ({_first_line(error)})") from None
+    from model.importers.limits import read_text
+
+    lines = read_text(path, "merges file").split("\n")  # refused over its size cap unread
     merges = []
     for number, line in enumerate(lines, start=1):
         if not line.strip() or (number == 1 and line.startswith("#version")):

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
@@ -307,8 +308,10 @@ def save(bundle: Bundle, path: str | os.PathLike) -> Path:
         # a model file is for everyone to read: not private
         with atomic_path(path) as temp:
             save_file(tensors, str(temp), metadata=metadata)
-    except OSError as error:
-        raise BundleError(path, f"cannot save: {error.strerror or error}") from error
+    except (OSError, SafetensorError) as error:  # safetensors' own error for a full disk
+        raise BundleError(
+            path, f"cannot save: {getattr(error, 'strerror', None) or error}"
+        ) from error
     logger.info("saved model bundle %s (%d tensors)", path, len(tensors))
     return path
 

@@ -11,6 +11,11 @@ Every image the product reads (command line, batch files, the studio, images ins
 goes through :func:`open_image`, which reads the header only, refuses more than ``MAX_PIXELS``
 before a single pixel is decoded, and brings the pixels to 8-bit RGB (:func:`to_rgb`).
 
+A process killed outright (SIGKILL, power loss) mid-write leaves its temporary file
+(``.NAME.xxxxxxxx.tmp``) behind. The next write into that folder removes such leftovers of our
+own naming, and only those no live writer holds: every writer keeps an exclusive ``flock`` on its
+temporary file until it is renamed, and the kernel drops it when its process dies.
+
 Stdlib, numpy and Pillow only: the studio's document and project code use it without torch.
 """
 
@@ -19,7 +24,9 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +55,19 @@ class FileTooLarge(ValueError):
 
 # -- writing -----------------------------------------------------------------------------------
 
+# mkstemp's names: prefix, 8 characters of its alphabet, suffix (tempfile._RandomNameSequence)
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+# A leftover of another target is removed only when older than this (a writer on a system
+# without flock is told apart from a dead one by age alone); one of the same target at any age.
+STALE_TEMP_S = 300.0
+FRESH_TEMP_S = 1.0  # never touched: mkstemp has made it, its writer may not hold the lock yet
+_swept: dict[str, float] = {}  # folder -> when this process last swept it
+
+try:
+    import fcntl
+except ImportError:  # Windows: an open file cannot be deleted there, which protects a writer
+    fcntl = None
+
 
 def _umask() -> int:
     # os.umask can only be read by setting it; put it straight back.
@@ -70,8 +90,16 @@ def atomic_path(
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
+    sweep_stale_temps(folder, path.name)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(handle)
+    if fcntl is not None:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # held until the rename: "a live writer's file"
+        except OSError:  # a file system without locks: the sweep cannot lock it either
+            pass
+    else:
+        os.close(handle)  # Windows could not rename a file still open
+        handle = None
     temp = Path(name)
     try:
         yield temp
@@ -83,8 +111,66 @@ def atomic_path(
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    finally:
+        if handle is not None:
+            os.close(handle)
     if durable:
         _fsync_folder(folder)
+
+
+def sweep_stale_temps(folder: Path, target: str | None = None, force: bool = False) -> list[str]:
+    """Remove temporary files our writer left in ``folder`` when its process was killed: the
+    names of ``TEMP_NAME`` only, regular files only, never one a live writer holds locked or one
+    made in the last second; of ``target``'s own at any age, of other targets when older than
+    ``STALE_TEMP_S``. A process looks at a folder at its first write there, then at most every
+    ``STALE_TEMP_S`` (``force``: now), so that writing many files into one folder stays linear.
+    Returns the names removed; never raises."""
+    now = time.time()
+    key = os.path.abspath(folder)
+    if not force and now - _swept.get(key, -STALE_TEMP_S) < STALE_TEMP_S:
+        return []
+    _swept[key] = now
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = TEMP_NAME.match(name)
+        if match is None:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            info = os.lstat(path)
+            age = now - info.st_mtime
+            if not stat.S_ISREG(info.st_mode) or age < FRESH_TEMP_S:
+                continue
+            if match["target"] != target and age < STALE_TEMP_S:
+                continue
+            if _held(path):
+                continue
+            os.unlink(path)
+            removed.append(name)
+        except OSError:
+            continue  # gone already, or not ours to remove
+    return removed
+
+
+def _held(path: str) -> bool:
+    """True when a live writer holds ``path``'s lock (or the lock cannot be asked)."""
+    if fcntl is None:
+        return False  # Windows refuses to delete an open file: unlink fails for a live writer
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return True
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(descriptor)  # closing drops the lock taken just now
+    return False
 
 
 @contextmanager

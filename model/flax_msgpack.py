@@ -34,6 +34,14 @@ MAX_FILE_BYTES = 16 * 2**30
 # msgpack caps one object at 2**31 - 1 bytes, which is why Flax chunks larger arrays
 MAX_OBJECT_BYTES = 2**31 - 1
 READ_BYTES = 2**20
+# The tree's containers: a Flax checkpoint has a few hundred to a few thousand arrays in maps
+# of tens of keys, a few levels deep. Each value read becomes a Python object (an empty map is
+# one byte in the file and ~64 in memory), so their count is bounded, summed over every map and
+# list as each is completed, and so is one container's length, before msgpack allocates it.
+MAX_OBJECTS = 1_000_000
+MAX_CONTAINER_LEN = 100_000
+MAX_DEPTH = 32  # msgpack's own limit is 1024 levels of stack
+MAX_KEY_BYTES = 2**16
 
 _NDARRAY, _COMPLEX, _NPSCALAR = 1, 2, 3
 _CHUNKED = "__msgpack_chunked_array__"
@@ -103,12 +111,39 @@ def _array(data: bytes, name: str) -> np.ndarray:
     return _bfloat16_to_float32(array) if dtype_str == _BFLOAT16 else array
 
 
-def _ext_hook(name: str) -> Callable[[int, bytes], Any]:
+class _Budget:
+    """Counts what the unpacker builds: objects (via its map and list hooks) and array bytes
+    (via its extension hook), refusing the first one past ``max_objects`` / ``max_bytes``."""
+
+    def __init__(self, name: str, max_objects: int, max_bytes: int):
+        self.name, self.max_objects, self.max_bytes = name, max_objects, max_bytes
+        self.objects = self.bytes = 0
+
+    def count(self, container: Any) -> Any:
+        self.objects += len(container) + 1
+        if self.objects > self.max_objects:
+            raise _Refused(
+                f"{self.name}: more than {self.max_objects:,} objects (maps, lists and their "
+                "values): not a Flax checkpoint's tree of arrays"
+            )
+        return container
+
+    def spend(self, array: np.ndarray) -> np.ndarray:
+        self.bytes += array.nbytes
+        if self.bytes > self.max_bytes:
+            raise _Refused(
+                f"{self.name}: its arrays come to more than {self.max_bytes:,} bytes, the most "
+                "this checkpoint may hold"
+            )
+        return array
+
+
+def _ext_hook(name: str, budget: _Budget) -> Callable[[int, bytes], Any]:
     def hook(code: int, data: bytes) -> Any:
         if code == _NDARRAY:
-            return _array(data, name)
+            return budget.spend(_array(data, name))
         if code == _NPSCALAR:
-            return _array(data, name)[()]
+            return budget.spend(_array(data, name))[()]
         if code == _COMPLEX:
             try:
                 real, imag = msgpack.unpackb(data)
@@ -146,8 +181,10 @@ def _unchunk(node: dict, name: str, path: str) -> np.ndarray:
     return np.concatenate(chunks).reshape(shape)
 
 
-def _restore(node: Any, name: str, path: str = "") -> Any:
+def _restore(node: Any, name: str, path: str = "", depth: int = 1) -> Any:
     """Check the tree's keys and put chunked arrays back together, depth first."""
+    if depth > MAX_DEPTH and isinstance(node, (dict, list)):
+        raise _Refused(f"{name}: nested more than {MAX_DEPTH} levels deep at {path[:200]!r}")
     if isinstance(node, dict):
         if _CHUNKED in node:
             return _unchunk(node, name, path or "/")
@@ -155,21 +192,29 @@ def _restore(node: Any, name: str, path: str = "") -> Any:
         for key, value in node.items():
             if not isinstance(key, str):
                 raise _Refused(f"{name}: key {key!r} under {path or '/'!r} is not a string")
-            restored[key] = _restore(value, name, f"{path}/{key}")
+            restored[key] = _restore(value, name, f"{path}/{key}", depth + 1)
         return restored
     if isinstance(node, list):
-        return [_restore(value, name, f"{path}/{i}") for i, value in enumerate(node)]
+        return [_restore(value, name, f"{path}/{i}", depth + 1) for i, value in enumerate(node)]
     return node
 
 
-def read_flax_msgpack(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> dict[str, Any]:
+def read_flax_msgpack(
+    path: str | Path,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_array_bytes: int | None = None,
+    max_objects: int = MAX_OBJECTS,
+) -> dict[str, Any]:
     """The tree stored in a Flax msgpack checkpoint: nested dicts with string keys whose leaves
     are numpy arrays (read-only views of the file's bytes: copy one to change it; bfloat16
     arrays are widened to float32, exactly) or the Python scalars Flax stores as they are.
 
     Raises ValueError, naming the file, for a file over ``max_bytes``, one that is not
     complete, valid msgpack, an array whose bytes do not match its declared shape and dtype, or
-    a dtype outside plain numbers."""
+    a dtype outside plain numbers; and, as soon as it is read, for a tree of more than
+    ``max_objects`` values, a container longer than ``MAX_CONTAINER_LEN``, nesting deeper than
+    ``MAX_DEPTH``, or arrays of more than ``max_array_bytes`` in all (default: twice the file,
+    bfloat16 widened)."""
     path = Path(path)
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
@@ -181,13 +226,21 @@ def read_flax_msgpack(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> dict
             raise ValueError(f"{path}: the file is empty")
         # streamed: the file's bytes are not held twice; an object may be as large as the file
         buffer = max(1, min(size, MAX_OBJECT_BYTES))
+        budget = _Budget(
+            str(path), max_objects, 2 * size if max_array_bytes is None else max_array_bytes
+        )
         unpacker = msgpack.Unpacker(
             file,
             raw=False,
             strict_map_key=False,
-            ext_hook=_ext_hook(str(path)),
+            ext_hook=_ext_hook(str(path), budget),
+            object_hook=budget.count,
+            list_hook=budget.count,
             max_buffer_size=buffer,
             read_size=min(READ_BYTES, buffer),
+            max_map_len=MAX_CONTAINER_LEN,
+            max_array_len=MAX_CONTAINER_LEN,
+            max_str_len=MAX_KEY_BYTES,
         )
         try:
             tree = unpacker.unpack()
@@ -195,6 +248,8 @@ def read_flax_msgpack(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> dict
             raise
         except msgpack.OutOfData:
             raise ValueError(f"{path}: the file ends early (truncated?)") from None
+        except msgpack.StackError:
+            raise ValueError(f"{path}: nested too deeply for a Flax checkpoint") from None
         except Exception as error:  # FormatError, StackError, BufferFull, UnicodeDecodeError, ...
             raise ValueError(f"{path}: not a Flax msgpack checkpoint ({error})") from None
         extra = size - unpacker.tell()

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 async def main_async(app, args: argparse.Namespace) -> int:
     from PySide6.QtCore import QSettings, QTimer
 
-    from studio import project
+    from studio import project, qt_references
     from studio.engine import Engine
     from studio.session import Session
     from studio.widgets.main_window import MainWindow
@@ -114,6 +114,7 @@ async def main_async(app, args: argparse.Namespace) -> int:
         settings = QSettings()
         autosave_folder = None
     _setup_logging(folder)
+    qt_references.keep_alive()  # before the engine's thread: PySide6 6.12 on Python < 3.12
     engine = Engine()
     session = Session(engine)
     window = MainWindow(session, settings, autosave_folder)

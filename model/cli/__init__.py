@@ -31,6 +31,7 @@ from pathlib import Path
 from model.cli.common import CLIError, shown
 from model.cli.importing import add_import_args, cmd_import
 from model.cli.measure import cmd_bench, cmd_eval
+from model.cli.overwrite import OVERWRITE_HELP
 from model.cli.sample import cmd_complete, cmd_generate
 from model.cli.serve import add_serve_args, cmd_serve
 from model.cli.training import cmd_bundle, cmd_data, cmd_train
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_sampling_args(p)
     add_common_args(p)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("complete", help="regenerate a bottom-right rectangle of an image")
@@ -110,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feather", type=int, default=0, help="blend pixels at the seam")
     add_sampling_args(p)
     add_common_args(p)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_complete)
 
     p = sub.add_parser("data", help="make datasets")
@@ -172,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set train.code_usage=1",
     )
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bundle", help="assemble a single-file model bundle")
@@ -185,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and codes; a VQ one may draw at another size, e.g. 128 px)",
     )
     p.add_argument("--out", required=True, help="X.dalle.safetensors")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser(
@@ -232,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     families = p.add_subparsers(dest="family", required=True, parser_class=Parser)
     add_import_args(families)
+    for family in families.choices.values():
+        family.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_import)
 
     add_upscale_args(sub)

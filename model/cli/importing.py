@@ -13,9 +13,11 @@ safetensors file through the atomic writer; nothing is written when anything fai
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from model.cli.common import CLIError, check_can_create, shown
+from model.cli.common import CLIError, check_can_create, output_folder, shown
+from model.cli.overwrite import check_import
 
 
 def add_import_args(sub) -> None:
@@ -110,18 +112,28 @@ def output_file(text: str) -> Path:
     return out
 
 
+def convert(out: Path, run: Callable[[], object]) -> None:
+    """``run`` an importer with ``out``'s folders made for it, and removed again when it refuses
+    its input or fails to write (an importer names the file in its one-line ValueError)."""
+    try:
+        with output_folder(out.parent):
+            run()
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+
+
 def cmd_import(args) -> int:
+    check_import(args, Path(args.out))  # no output over a source file (model/cli/overwrite.py)
     if args.family == "openai-dvae":
         from model.importers.openai_dvae import import_openai_dvae
 
         out = output_file(args.out)
         if not 8 <= args.image_size <= 4096:
             raise CLIError(f"--image-size must be from 8 to 4096, got {args.image_size}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            import_openai_dvae(args.encoder, args.decoder, out, args.image_size, progress)
-        except ValueError as error:
-            raise CLIError(str(error)) from None
+        convert(
+            out,
+            lambda: import_openai_dvae(args.encoder, args.decoder, out, args.image_size, progress),
+        )
         print(shown(out))
         return 0
     if args.family in ("mega", "mini"):
@@ -131,11 +143,12 @@ def cmd_import(args) -> int:
         out = output_file(args.out)
         if not out.name.endswith(SUFFIX):
             raise CLIError(f"--out {shown(out)}: name a {SUFFIX} file (what the studio opens)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            import_dalle(args.family, args.source, out, args.vqgan_dir, args.dtype, progress)
-        except ValueError as error:
-            raise CLIError(str(error)) from None
+        convert(
+            out,
+            lambda: import_dalle(
+                args.family, args.source, out, args.vqgan_dir, args.dtype, progress
+            ),
+        )
         print(shown(out))
         return 0
     if args.family == "rudalle":
@@ -145,11 +158,10 @@ def cmd_import(args) -> int:
         out = output_file(args.out)
         if not out.name.endswith(SUFFIX):
             raise CLIError(f"--out {shown(out)}: name a {SUFFIX} file (what the studio opens)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            import_rudalle(args.source, out, args.dtype, args.version, progress=progress)
-        except ValueError as error:
-            raise CLIError(str(error)) from None
+        convert(
+            out,
+            lambda: import_rudalle(args.source, out, args.dtype, args.version, progress=progress),
+        )
         print(shown(out))
         return 0
     if args.family == "realesrgan":

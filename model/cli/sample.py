@@ -31,6 +31,7 @@ from model.cli.common import (
     shown,
     slug,
 )
+from model.cli.overwrite import given, refuse_overwrite
 from model.files import ImageError, open_image, probe_image
 
 log = logging.getLogger("dalle")
@@ -45,11 +46,12 @@ def cmd_generate(args) -> int:
     caption = check_caption(args.caption)
     options = sampling_options(args)
     output = Output.parse(args.out)
+    files = output.files(slug(caption), options.n)
+    refuse_overwrite(files, bundle_input(args), args.overwrite)
     check_device(args.device)
     check_can_create(output.folder)
     bundle = load_bundle(args.bundle, args.device)
     check_memory(bundle, options)
-    files = output.files(slug(caption), options.n)
     announce_numbering("generate", output, files)
     with output_folder(output.folder):
         done = run_with_progress(
@@ -228,6 +230,21 @@ def _job_from_row(path: Path, number: int, row: list[str]) -> Job:
     return Job(image_path, caption, cell=cell, line=number, batch=path)
 
 
+def job_stem(job: Job) -> str:
+    """The name a job's results are numbered from: a batch's carry its line (one per job)."""
+    prefix = f"{job.line:04d}-" if job.line is not None else ""
+    return f"{prefix}{job.image.stem}"
+
+
+def bundle_input(args) -> list[tuple[str, Path]]:
+    """The bundle a sampling run reads, as an input no output may replace."""
+    if args.bundle:
+        return given(("--bundle", args.bundle))
+    from model.bundle import default_bundle_path
+
+    return [("the embedded model", default_bundle_path())]
+
+
 def cmd_complete(args) -> int:
     if args.batch:
         if args.image or args.caption:
@@ -254,17 +271,22 @@ def cmd_complete(args) -> int:
     if args.feather < 0:
         raise CLIError(f"--feather must not be negative, got {args.feather}")
     options = sampling_options(args)
+    # every output against every input (the CSV, each image it names, the bundle) before any
+    # work: one job's result must not replace another job's picture either
+    outputs = {id(job): output.files(job_stem(job), options.n) for job in jobs}
+    inputs = bundle_input(args) + given(("--batch", args.batch))
+    inputs += [
+        (f"the image of {shown(job.batch)} line {job.line}" if job.batch else "--image", job.image)
+        for job in jobs
+    ]
+    refuse_overwrite([p for files in outputs.values() for p in files], inputs, args.overwrite)
     check_device(args.device)
     check_can_create(output.folder)
     bundle = load_bundle(args.bundle, args.device)
     checked = [check_job(job, bundle) for job in jobs]  # every header before any decoding
     largest = max(width * height for width, height in (c.size for c in checked))
     check_memory(bundle, options, largest)
-    plans = []
-    for item in checked:
-        job = item.job
-        prefix = f"{job.line:04d}-" if job.line is not None else ""  # batch: one name per job
-        plans.append((item, output.files(f"{prefix}{job.image.stem}", options.n)))
+    plans = [(item, outputs[id(item.job)]) for item in checked]
     if not args.batch:
         announce_numbering("complete", output, plans[0][1])
     with output_folder(output.folder):

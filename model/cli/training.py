@@ -12,6 +12,19 @@ import json
 from pathlib import Path
 
 from model.cli.common import CLIError, ProgressBar, check_can_create, output_folder
+from model.cli.overwrite import given, refuse_overwrite
+
+# what a training run writes into --out (model/train.py, model/trainer.py); --resume reads the
+# checkpoint and metrics back on purpose, so they are not inputs
+RUN_FILES = (
+    "vae.safetensors",
+    "vq.safetensors",
+    "tokenizer.json",
+    "tokens.pt",
+    "model.dalle.safetensors",
+    "checkpoint.pt",
+    "metrics.jsonl",
+)
 
 
 def cmd_data(args) -> int:
@@ -56,6 +69,16 @@ def cmd_train(args) -> int:
             raise FileNotFoundError(f"{args.data}: no such data folder")
         callbacks = [] if args.quiet else progress_callbacks(config.steps, args.stage)
         check_stage_flags(args, sets)
+        refuse_overwrite(
+            [Path(args.out) / name for name in RUN_FILES],
+            given(
+                ("--vae", args.vae),
+                ("--bundle", args.bundle),
+                ("--init", args.init),
+                ("--tokenizer", args.tokenizer),
+            ),
+            args.overwrite,
+        )
         path = train_stage(args, chosen, config, sets, callbacks)
     except (FileNotFoundError, ValueError) as error:
         raise CLIError(str(error)) from None
@@ -218,6 +241,13 @@ def train_stage(args, chosen: dict, config, sets: dict[str, str], callbacks) -> 
 
 
 def cmd_bundle(args) -> int:
+    inputs = given(
+        ("--transformer", args.transformer),
+        ("--reranker", args.reranker),
+        ("--eval", args.eval),
+        ("--vae", args.vae),
+    )
+    refuse_overwrite([Path(args.out)], inputs, args.overwrite)
     try:
         path = assemble_bundle(
             args.transformer,

@@ -29,7 +29,6 @@ would move). The card records the sources, the licences, the dtype and each inpu
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
@@ -45,6 +44,7 @@ import torch
 from model.bart import MEGA, MINI, BartConfig, BartDalle
 from model.bart_text import BartTokenizer
 from model.config import BartTextConfig, BundleConfig, VQGANConfig
+from model.importers.limits import check_tensors, read_json
 
 log = logging.getLogger(__name__)
 
@@ -177,17 +177,21 @@ def read_pt(path: Path, role: str) -> dict[str, torch.Tensor]:
         raise ValueError(
             f"{path}: refused: not a weights-only torch state dict ({detail})"
         ) from None
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
+    if not isinstance(state, dict):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not min-dalle's {role} weights")
+    check_tensors(path, state, f"{role} weights")  # names, ranks, strides: nothing copied yet
     return state
 
 
-def _shape(state: Mapping[str, torch.Tensor], name: str, path: Path, role: str) -> tuple:
+def _shape(state: Mapping[str, torch.Tensor], name: str, path: Path, role: str, rank: int) -> tuple:
     if name not in state:
         raise ValueError(f"{path} lacks {name!r}: not min-dalle's {role}")
-    return tuple(state[name].shape)
+    shape = tuple(state[name].shape)
+    if len(shape) != rank:
+        raise ValueError(
+            f"{path}: {name} has shape {shape}, expected rank {rank}: not min-dalle's {role}"
+        )
+    return shape
 
 
 def _layers(state: Mapping[str, torch.Tensor]) -> int:
@@ -207,18 +211,18 @@ def sizes_of(
         raise ValueError(f"{enc} holds a decoder (it has lm_head.weight), not the encoder")
     if "lm_head.weight" not in decoder and "embed_tokens.weight" in decoder:
         raise ValueError(f"{dec} holds an encoder (it has no lm_head.weight), not the decoder")
-    text_vocab, embed_dim = _shape(encoder, "embed_tokens.weight", enc, "encoder")
-    grid_len = _shape(decoder, "embed_positions.weight", dec, "decoder")[0]
+    text_vocab, embed_dim = _shape(encoder, "embed_tokens.weight", enc, "encoder", 2)
+    grid_len = _shape(decoder, "embed_positions.weight", dec, "decoder", 2)[0]
     grid = math.isqrt(grid_len)
     if grid * grid != grid_len:
         raise ValueError(f"{dec}: {grid_len} image positions is not a square grid")
     return {
         "text_vocab": text_vocab,
         "embed_dim": embed_dim,
-        "text_len": _shape(encoder, "embed_positions.weight", enc, "encoder")[0],
-        "glu_dim": _shape(encoder, "layers.0.glu.fc0.weight", enc, "encoder")[0],
+        "text_len": _shape(encoder, "embed_positions.weight", enc, "encoder", 2)[0],
+        "glu_dim": _shape(encoder, "layers.0.glu.fc0.weight", enc, "encoder", 2)[0],
         "encoder_layers": _layers(encoder),
-        "image_rows": _shape(decoder, "embed_tokens.weight", dec, "decoder")[0],
+        "image_rows": _shape(decoder, "embed_tokens.weight", dec, "decoder", 2)[0],
         "decoder_layers": _layers(decoder),
         "grid": grid,
     }
@@ -281,10 +285,7 @@ def convert_transformer(
 def read_vqgan_config(path: Path, bart: BartConfig) -> VQGANConfig:
     from model.vqgan import config_from_vqgan_jax
 
-    try:
-        values: Any = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a JSON config ({error})") from None
+    values: Any = read_json(path, "config")  # size, nesting and digits bounded
     if not isinstance(values, dict):
         raise ValueError(f"{path}: not a JSON object")
     try:
@@ -306,11 +307,13 @@ def convert_vqgan(
     """The VQGAN's state dict (fp32) from the Flax file, and a line for the card saying which
     file gave the decoder and how detoker.pt compared."""
     from model.flax_msgpack import read_flax_msgpack
-    from model.vqgan import from_flax, from_min_dalle
+    from model.vqgan import from_flax, from_min_dalle, parameter_shapes
 
     flax_path = paths["vqgan"]
     say(f"reading {flax_path.name} ({_gb(flax_path.stat().st_size)})")
-    params = read_flax_msgpack(flax_path)  # its errors name the file
+    # its errors name the file; arrays beyond twice the VQGAN's fp32 weights are refused
+    budget = 2 * 4 * sum(math.prod(s) for s in parameter_shapes(config).values())
+    params = read_flax_msgpack(flax_path, max_array_bytes=budget)
     try:
         state = from_flax(params, config)
     except ValueError as error:
@@ -365,7 +368,9 @@ def _check_room(
     refuse_without_room(transformer + 2 * vqgan + read, transformer + vqgan, out, dtype)
 
 
-def refuse_without_room(needed: int, written: int, out: Path, dtype: torch.dtype) -> None:
+def refuse_without_room(
+    needed: int, written: int, out: Path, dtype: torch.dtype | None = None
+) -> None:
     """ValueError in one line when converting needs more than ``needed`` bytes of memory than
     are available, or ``out``'s disk has less than ``written`` bytes free (every importer)."""
     from model.device import available_memory
@@ -411,18 +416,19 @@ def import_dalle(
     vq_config = read_vqgan_config(paths["vqgan_config"], expected)
     _check_room(expected, vq_config, DTYPES[dtype], paths, out)
 
-    hashes = {}
-    for path in paths.values():
-        if path is not None:
-            say(f"hashing {path.name} ({_gb(path.stat().st_size)})")
-            hashes[path.name] = sha256(path)
-
+    # the small files first: a hostile one is refused before gigabytes are hashed
     tokenizer = BartTokenizer.from_files(paths["vocab"], paths["merges"], expected.text_len)
     if tokenizer.vocab_size > expected.text_vocab + 1:
         raise ValueError(
             f"{paths['vocab']}: {tokenizer.vocab_size} ids for an encoder of "
             f"{expected.text_vocab} rows: not {model.title}'s vocabulary"
         )
+
+    hashes = {}
+    for path in paths.values():
+        if path is not None:
+            say(f"hashing {path.name} ({_gb(path.stat().st_size)})")
+            hashes[path.name] = sha256(path)
 
     say(f"reading {paths['encoder'].name} and {paths['decoder'].name}")
     states = {half: read_pt(paths[half], half) for half in ("encoder", "decoder")}  # mapped

@@ -14,7 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
+from model.config import DVAEConfig
+from model.importers.dalle_mega import refuse_without_room
+from model.importers.limits import check_tensors, declared_bytes
 from model.importers.safe_pickle import Stub, UnsafePickle, load_modules, state_dict
 
 # every class a torch.save of dall_e.Encoder / dall_e.Decoder names (pickletools on both)
@@ -50,7 +54,9 @@ def sha256(path: Path, chunk: int = 8 * 2**20) -> str:
 
 def read_half(path: Path, role: str) -> dict[str, torch.Tensor]:
     """The state dict of ``encoder.pkl`` or ``decoder.pkl`` (``role``), or of a state-dict save
-    of either; ValueError naming the file for anything else."""
+    of either, as the file stores it (nothing widened or copied: views of the file's storages,
+    none declaring more values than its storage holds); ValueError naming the file for anything
+    else."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
@@ -67,12 +73,49 @@ def read_half(path: Path, role: str) -> dict[str, torch.Tensor]:
                 else ""
             )
             raise ValueError(f"{path} holds a {obj.qualified_name}, not the {role}{hint}")
-        tensors = state_dict(obj)
+        try:
+            tensors = state_dict(obj)
+        except UnsafePickle as error:
+            raise ValueError(f"{path}: refused: {error}") from None
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         tensors = dict(obj)  # someone saved the state dict alone
     else:
         raise ValueError(f"{path} does not hold a dall_e {role} or its state dict")
-    return {name: tensor.detach().float().contiguous() for name, tensor in tensors.items()}
+    check_tensors(path, tensors, f"a dall_e {role}")
+    return tensors
+
+
+def _check_layout(
+    halves: dict[str, dict[str, torch.Tensor]], paths: dict[str, Path], image_size: int
+) -> DVAEConfig:
+    """The config the halves' names and shapes say, and every tensor's name and shape against
+    the model built from it on the meta device: nothing read, widened or allocated."""
+    from model.dvae import DVAE, config_from_openai
+
+    where = f"{paths['encoder'].name}/{paths['decoder'].name}"
+    try:
+        config = config_from_openai(halves["encoder"], halves["decoder"], image_size)
+        with torch.device("meta"):
+            model = DVAE(config)
+    except (ValueError, TypeError, IndexError, RuntimeError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{where}: not OpenAI's dVAE layout: {detail}") from None
+    for role, module in (("encoder", model.encoder), ("decoder", model.decoder)):
+        expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+        found = {name: tuple(t.shape) for name, t in halves[role].items()}
+        unexpected = sorted(found.keys() - expected.keys())
+        missing = sorted(expected.keys() - found.keys())
+        if unexpected or missing:
+            name = (unexpected or missing)[0]
+            word = "unexpected" if unexpected else "missing"
+            raise ValueError(f"{paths[role]}: not OpenAI's dVAE layout: {word} {name!r}")
+        for name, shape in found.items():
+            if shape != expected[name]:
+                raise ValueError(
+                    f"{paths[role]}: not OpenAI's dVAE layout: {name} has shape {shape}, "
+                    f"expected {expected[name]}"
+                )
+    return config
 
 
 def import_openai_dvae(
@@ -89,14 +132,23 @@ def import_openai_dvae(
 
     say = progress or (lambda message: None)
     encoder, decoder, out = Path(encoder), Path(decoder), Path(out)
+    paths = {"encoder": encoder, "decoder": decoder}
     halves = {}
     hashes = {}
-    for role, path in (("encoder", encoder), ("decoder", decoder)):
+    for role, path in paths.items():
         if path.is_file():
             say(f"reading {path.name} ({path.stat().st_size / 2**20:,.0f} MB)")
         halves[role] = read_half(path, role)
         hashes[path.name] = sha256(path)
+    _check_layout(halves, paths, image_size)
+    # fp32, one tensor at a time: the pickles' storages and the widened copies, then the file
+    weights = sum(declared_bytes(half, torch.float32) for half in halves.values())
+    stored = sum(path.stat().st_size for path in paths.values())
+    refuse_without_room(stored + 2 * weights, weights, out)
     say("converting")
+    for half in halves.values():
+        for name in list(half):
+            half[name] = half[name].detach().float().contiguous()
     try:
         vae = DVAE.load_openai(halves["encoder"], halves["decoder"], image_size)
     except (ValueError, RuntimeError) as error:
@@ -120,5 +172,10 @@ def import_openai_dvae(
         "parameters": sum(p.numel() for p in vae.parameters()),
     }
     say(f"writing {out}")
-    save_vae(vae, out, card)
+    try:
+        save_vae(vae, out, card)  # atomic: a failed write leaves nothing
+    except (OSError, SafetensorError) as error:  # safetensors' own error for a full disk
+        raise ValueError(
+            f"{out}: cannot save: {getattr(error, 'strerror', None) or error}"
+        ) from None
     return out

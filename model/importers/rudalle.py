@@ -33,7 +33,7 @@ grid's edges. The three mask buffers are otherwise ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -113,14 +113,19 @@ def v3_conv_mask(text_positions: int, grid: int) -> torch.Tensor:
 
 
 def transformer_from_rudalle(
-    state_dict: Mapping[str, torch.Tensor], heads: int = HEADS, version: str = "v3"
+    state_dict: Mapping[str, torch.Tensor],
+    heads: int = HEADS,
+    version: str = "v3",
+    check_config: Callable[[TransformerConfig], None] | None = None,
 ) -> tuple[TransformerConfig, dict[str, torch.Tensor]]:
     """ruDALL-E v3's flat state dict -> (our ``layout="rudalle"`` config, our state dict).
 
     ``heads``: the attention head count (not in any shape; 16 for Malevich and Surrealist XL).
     The tensors keep their dtype; most are the input's own tensors or views of them. Raises
     ValueError with one line naming the first problem: a v2 checkpoint, a missing or unexpected
-    name, a shape that disagrees with the sizes read off the embeddings.
+    name, a shape that disagrees with the sizes read off the embeddings. ``check_config`` sees
+    the config read off the shapes before anything is built from it (the conv mask compared,
+    a tensor sliced): the importer's budget for the attention tables it asks for.
     """
     if version != "v3":
         raise ValueError(
@@ -162,8 +167,6 @@ def transformer_from_rudalle(
             )
         if not tensor.is_floating_point():
             raise ValueError(f"{name} holds {tensor.dtype}, expected floating-point weights")
-    _check_conv_mask(state_dict, text_positions, grid)
-
     config = TransformerConfig(
         text_vocab=text_ids - text_positions,
         text_len=text_positions - 1,  # ruDALL-E's last text position is our slot 0
@@ -179,6 +182,9 @@ def transformer_from_rudalle(
         head_norm=True,
         head_bias=True,
     )
+    if check_config is not None:
+        check_config(config)
+    _check_conv_mask(state_dict, text_positions, grid)
     return config, _convert(state_dict, config, text_positions, sandwich)
 
 

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
-from model.config import BundleConfig, VQGANConfig, YttmTextConfig
+from model.config import BundleConfig, TransformerConfig, VQGANConfig, YttmTextConfig
 from model.importers.dalle_mega import DTYPES, _gb, read_pt, refuse_without_room, sha256
+from model.importers.limits import check_table_budget
 from model.yttm_text import RudallePrompt, RudalleTokenizer
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,23 @@ def import_rudalle(
     bpe = RudalleTokenizer.from_yttm(paths["bpe"])
 
     say(f"reading {paths['transformer'].name}")
-    state = read_pt(paths["transformer"], "ruDALL-E transformer")
+    state = read_pt(paths["transformer"], "ruDALL-E transformer")  # mapped; strides checked
+
+    def affordable(config: TransformerConfig) -> None:
+        """The tables and weights the file's shapes ask for, against the budget the bundle
+        will be loaded with and the machine's memory, before anything is built."""
+        with torch.device("meta"):
+            weights = Transformer(config).num_parameters() * DTYPES[dtype].itemsize
+        tables = check_table_budget(config, weights)
+        vqgan_bytes = paths["vqgan"].stat().st_size
+        refuse_without_room(
+            weights + tables + 2 * vqgan_bytes, weights + vqgan_bytes, out, DTYPES[dtype]
+        )
+
     try:
-        tf_config, tf_state = transformer_from_rudalle(state, heads=heads, version=version)
+        tf_config, tf_state = transformer_from_rudalle(
+            state, heads=heads, version=version, check_config=affordable
+        )
     except ValueError as error:
         raise ValueError(f"{paths['transformer']}: {error}") from None
     del state

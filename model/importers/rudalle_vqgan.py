@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from model.config import VQGANConfig
+from model.importers.limits import check_tensors
 from model.importers.safe_pickle import UnsafePickle, load_modules, plain_defaultdict
 
 log = logging.getLogger(__name__)
@@ -188,10 +189,13 @@ def _indices(state: Mapping[str, torch.Tensor], prefix: str) -> int:
     return count
 
 
-def _shape(state: Mapping[str, torch.Tensor], name: str) -> tuple[int, ...]:
+def _shape(state: Mapping[str, torch.Tensor], name: str, rank: int = 4) -> tuple[int, ...]:
     if name not in state:
         raise ValueError(f"lacks {name!r}")
-    return tuple(state[name].shape)
+    shape = tuple(state[name].shape)
+    if len(shape) != rank:
+        raise ValueError(f"{name} has shape {shape}, expected rank {rank}")
+    return shape
 
 
 def infer_config(state: Mapping[str, torch.Tensor], resolution: int) -> VQGANConfig:
@@ -206,7 +210,7 @@ def infer_config(state: Mapping[str, torch.Tensor], resolution: int) -> VQGANCon
     if any(width % ch for width in widths):
         raise ValueError(f"level widths {widths} are not multiples of conv_in's {ch} channels")
     attention = [i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state]
-    n_embed, embed_dim = _shape(state, "quantize.embed.weight")
+    n_embed, embed_dim = _shape(state, "quantize.embed.weight", rank=2)
     values = dict(
         resolution=resolution,
         in_channels=in_channels,
@@ -243,6 +247,7 @@ def vqgan_from_lightning(
 
     path = Path(path)
     state = state_dict_of(read_checkpoint(path), path)
+    check_tensors(path, state, "a VQGAN's weights")  # strides: nothing copied yet
     resolution = (expected or SBER_GUMBEL_F8).resolution
     try:
         config = infer_config(state, resolution)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -163,6 +164,12 @@ class _Unpickler(pickle.Unpickler):
             last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
             if last >= storage.numel():
                 raise UnsafePickle("a tensor that reaches past its storage")
+            numel = math.prod(size)
+            if numel > storage.numel():  # stride 0 or overlapping: it multiplies when copied
+                raise UnsafePickle(
+                    f"a tensor of shape {size} declares {numel:,} values over a storage of "
+                    f"{storage.numel():,} (a stride-0 or overlapping view)"
+                )
         return torch.as_strided(storage, size, stride, offset)
 
     @staticmethod
@@ -186,6 +193,14 @@ def _load_zip(path: Path, classes: dict[str, type], functions: Mapping | None = 
         if len(pickles) != 1:
             raise UnsafePickle("not a torch.save archive (no single data.pkl)")
         root = pickles[0][: -len("data.pkl")]
+        # torch.save stores every entry uncompressed: a deflated one (a few KB of zip that
+        # declares gigabytes) is refused before it is inflated
+        packed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+        if packed:
+            raise UnsafePickle(
+                f"{packed[0][:60]} is compressed ({len(packed)} entries): torch.save stores "
+                "its entries as they are"
+            )
         info = archive.getinfo(pickles[0])
         if info.file_size > MAX_PICKLE_BYTES:
             raise UnsafePickle(f"its object graph is {info.file_size / 2**20:.0f} MB")
@@ -198,7 +213,11 @@ def _load_zip(path: Path, classes: dict[str, type], functions: Mapping | None = 
             size = torch.empty((), dtype=dtype).element_size() * numel
             if archive.getinfo(name).file_size != size:
                 raise UnsafePickle(f"storage {key[:20]} has the wrong size")
-            return _bytes_to_tensor(archive.read(name), dtype, numel, f"storage {key[:20]}")
+            data = bytearray(size)  # read into its one copy
+            with archive.open(name) as entry:
+                if entry.readinto(data) != size:
+                    raise UnsafePickle(f"storage {key[:20]} is cut short")
+            return torch.frombuffer(data, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
 
         return _Unpickler(io.BytesIO(data), classes, {}, read_storage, functions).load()
 
@@ -280,17 +299,39 @@ def load_modules(
         raise UnsafePickle(f"not a readable torch file ({detail})") from None
 
 
-def state_dict(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+MAX_MODULE_DEPTH = 64  # dall_e's modules nest 4 deep; a Lightning model a dozen or so
+MAX_MODULES = 100_000  # visits, shared children once per place: dall_e's encoder has ~60
+
+
+def state_dict(obj: Any) -> dict[str, torch.Tensor]:
     """A module stub's parameters and buffers by their dotted names, as ``state_dict()`` has
-    them."""
+    them. Walked without recursion: a module that holds itself, modules nested more than
+    ``MAX_MODULE_DEPTH`` deep or more than ``MAX_MODULES`` in all are refused (UnsafePickle)."""
     if not isinstance(obj, Stub):
         raise UnsafePickle("the file does not hold a module")
     found: dict[str, torch.Tensor] = {}
-    for attribute in ("_parameters", "_buffers"):
-        for name, tensor in (obj.__dict__.get(attribute) or {}).items():
-            if tensor is not None:
-                found[prefix + name] = tensor
-    for name, child in (obj.__dict__.get("_modules") or {}).items():
-        if child is not None:
-            found.update(state_dict(child, f"{prefix}{name}."))
+    stack = [(obj, "", ())]  # (module, prefix, ids of the modules above it)
+    visits = 0
+    while stack:
+        module, prefix, above = stack.pop()
+        visits += 1
+        if visits > MAX_MODULES:
+            raise UnsafePickle(f"more than {MAX_MODULES:,} modules")
+        if id(module) in above:
+            raise UnsafePickle(f"module {prefix.rstrip('.')[:80]!r} holds itself")
+        if len(above) >= MAX_MODULE_DEPTH:
+            raise UnsafePickle(f"modules nested more than {MAX_MODULE_DEPTH} deep")
+        state = module.__dict__
+        for attribute in ("_parameters", "_buffers", "_modules"):
+            if not isinstance(state.get(attribute) or {}, Mapping):
+                raise UnsafePickle(f"module {prefix.rstrip('.')[:80]!r} has an odd {attribute}")
+        for attribute in ("_parameters", "_buffers"):
+            for name, tensor in (state.get(attribute) or {}).items():
+                if tensor is not None:
+                    found[f"{prefix}{name}"] = tensor
+        children = [(n, c) for n, c in (state.get("_modules") or {}).items() if c is not None]
+        for name, child in reversed(children):  # popped in their order
+            if not isinstance(child, Stub):
+                raise UnsafePickle(f"module {prefix}{name} is a {type(child).__name__}")
+            stack.append((child, f"{prefix}{name}.", (*above, id(module))))
     return found

@@ -6,9 +6,10 @@ its views to their signals and calls their methods. Errors are shown without blo
 and never touch the image.
 
 No lost work: a modified document (``Document.modified``) is autosaved every minute into the
-app-data folder, and the autosave stays until the work is saved or the user discards it (the
-close dialog's Discard, replacing the document with Discard, or declining recovery). Closing,
-opening another file, pasting or dropping over modified work asks first.
+app-data folder and every change to its history is journaled as it happens (``studio.autosave``);
+the autosave stays until the work is saved or the user discards it (the close dialog's Discard,
+replacing the document with Discard, or declining recovery). Closing, opening another file,
+pasting or dropping over modified work asks first.
 
 Undo keys: Ctrl+Z, Ctrl+Shift+Z and Ctrl+Y act on the image's history wherever focus is. The one
 exception is the caption box while the user is typing in it: it keeps the keys as long as it has
@@ -40,6 +41,7 @@ from PySide6.QtWidgets import (
 
 from model.files import ImageError
 from studio import project, scene_canvas, template
+from studio.autosave import Autosaver
 from studio.document import Document
 from studio.engine import IMAGE_SUFFIXES, WORLD, default_bundle_path, load_image, one_line
 from studio.familiarity_hint import FAR_BADGE, FamiliarityHint
@@ -103,9 +105,7 @@ class MainWindow(QMainWindow):
         self.autosave_folder = autosave_folder
         self.ask_before_close = True
         self.errors: list[str] = []  # every message shown, for tests and the selftest
-        self._autosaved: tuple[int, int] | None = None  # (id of the document, its revision)
-        # an autosave left by a crash is never overwritten before the user answered about it
-        self._recovery_pending = project.pending_recovery(autosave_folder) is not None
+        self.autosaver = Autosaver(autosave_folder)  # the autosave, its journal, recovery
         self._keep_autosave = False  # set when the app ends without the user (terminate)
         self._bound: Document | None = None  # the document the views are bound to
         # (device, bundle) of the model in use while Settings loads another: the settings go
@@ -263,7 +263,7 @@ class MainWindow(QMainWindow):
         self.undo_group.setActiveStack(document.undo_stack)
         for signal, slot in self._document_bindings(document):
             signal.connect(slot)
-        self._autosaved = None
+        self.autosaver.watch(document)
         self.canvas.set_document(document)
         self.strip.set_document(document)
         self.history.set_document(document)
@@ -429,8 +429,8 @@ class MainWindow(QMainWindow):
                 return self.save_project()
             if answer != QMessageBox.StandardButton.Discard:
                 return False
-        if not self._recovery_pending and not self._keep_autosave:
-            project.clear_autosave(self.autosave_folder)
+        if not self.autosaver.pending and not self._keep_autosave:
+            self.autosaver.clear()
         return True
 
     def replace_document(self, document: Document) -> bool:
@@ -533,8 +533,8 @@ class MainWindow(QMainWindow):
             return False
         self.document.path = path
         self.document.mark_saved()
-        if not self._recovery_pending:
-            project.clear_autosave(self.autosave_folder)  # the work is in the project now
+        if not self.autosaver.pending:
+            self.autosaver.clear()  # the work is in the project now
         self._add_recent(path)
         self._update_title()
         return True
@@ -673,54 +673,46 @@ class MainWindow(QMainWindow):
 
     def autosave(self) -> None:
         """Write the modified document's work to the autosave (timer; also safe to call)."""
-        document = self.document
-        if self._recovery_pending or not document.modified or document.generating:
-            return
-        stamp = (id(document), document.revision)
-        if stamp == self._autosaved:
-            return
-        try:
-            project.autosave(document, self.autosave_folder)
-            self._autosaved = stamp
-        except OSError as error:
-            log.warning("autosave failed: %s", error)
+        self.autosaver.save(self.document)
 
     def offer_recovery(self) -> None:
         """Called once at start: a leftover autosave means the last session did not end
         cleanly. An unreadable one is set aside (kept, renamed) and said once."""
-        if project.pending_recovery(self.autosave_folder) is None:
-            self._recovery_pending = False
-            return
+        autosaver = self.autosaver
         try:
-            recovered = project.recover(self.autosave_folder)
+            recovered = autosaver.recover()
         except project.ProjectError as error:
-            self._recovery_pending = False
+            autosaver.pending = False
             try:
-                aside = project.set_aside_autosave(self.autosave_folder)
+                aside = autosaver.set_aside()
             except OSError as move_error:
                 self.show_error(f"{error} (and it could not be moved aside: {move_error})")
                 return
             self.show_error(f"{error}; it was kept as {aside.name} and the app goes on")
             return
+        if recovered is None:
+            autosaver.pending = False
+            return
+        document, info = recovered
         answer = QMessageBox.question(
             self,
             "Recover work",
             "DALL·E Studio did not exit cleanly last time. Recover the autosaved work? "
-            "(No discards it.)",
+            f"{info.describe()}. (No discards it.)",
         )
-        self._recovery_pending = False
+        autosaver.pending = False
         if answer == QMessageBox.StandardButton.Yes:
-            self.session.set_document(recovered)  # modified; its autosave stays until saved
+            self.session.set_document(document)  # modified; its autosave stays until saved
             self.autosave()
         else:
-            project.clear_autosave(self.autosave_folder)
+            autosaver.clear()
 
     def terminate(self) -> None:
         """The session ends without the user (SIGTERM: a logout, a shutdown, a `kill`): modified
         work goes to the autosave, which the next start offers back, and the window closes
         without asking. An autosave still awaiting the recovery answer is kept as it is."""
         self.session.drop_job()
-        self._keep_autosave = self.document.modified or self._recovery_pending
+        self._keep_autosave = self.document.modified or self.autosaver.pending
         self.autosave()
         self.ask_before_close = False
         self.close()

@@ -364,3 +364,14 @@ def test_dalle_import_realesrgan_refuses_in_one_line(tmp_path, capsys, pair, sou
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and re.search(message, error), error
     assert not list(tmp_path.glob("*.upscaler.safetensors"))
+
+
+def test_dalle_import_realesrgan_never_writes_over_its_sources(tmp_path, capsys, pair):
+    param, weights = pair
+    out = tmp_path / "link.upscaler.safetensors"
+    out.symlink_to(weights)  # the output's name leads to the .bin a lone .param reads
+    before = weights.read_bytes()
+    assert main(["import", "realesrgan", "--from", str(param), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"is the same file as --from {weights}" in error and len(error.splitlines()) == 1
+    assert weights.read_bytes() == before

@@ -280,13 +280,25 @@ def test_dalle_upscale_refuses_in_one_line_and_leaves_the_picture(tmp_path, caps
     assert main(args) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1, error
+    same = "is the same file as --image"
     message = {
-        "same": "is the --image itself",
-        "dotted": "is the --image itself",
-        "symlink": "is the --image itself",
+        "same": same,
+        "dotted": same,
+        "symlink": same,
         "not-png": "name a .png file",
         "too-large": "2000x1600 upscaled x4 would be 51 megapixels",
         "bundle": "model.dalle.safetensors",
     }[case]
     assert message in error[0]
     assert image.read_bytes() == before and not (tmp_path / "out.png").exists()
+
+
+def test_dalle_upscale_overwrite_replaces_the_picture_when_asked(tmp_path):
+    from model.cli import main
+
+    image = tmp_path / "in.png"
+    Image.fromarray(picture(9, 11)).save(image)
+    path = _upscaler_file(tmp_path)
+    args = ["upscale", "--image", str(image), "--out", str(image), "--upscaler", str(path)]
+    assert main([*args, "--overwrite"]) == 0
+    assert Image.open(image).size == (44, 36)

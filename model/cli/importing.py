@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model.cli.common import CLIError, check_can_create, output_folder, shown
-from model.cli.overwrite import check_import
+from model.cli.overwrite import check_import, refuse_overwrite
 
 
 def add_import_args(sub) -> None:
@@ -92,7 +92,7 @@ def add_import_args(sub) -> None:
         "realesr-animevideov3.pth, or an ncnn conversion (realesrgan-x4plus.param and .bin).",
     )
     p.add_argument(
-        "--from", dest="source", metavar="FILE", nargs="+", required=True,
+        "--from", dest="files", metavar="FILE", nargs="+", required=True,
         help="one .pth, or a .param (its .bin beside it) or both",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="the file to write (.upscaler.safetensors)")
@@ -168,11 +168,10 @@ def cmd_import(args) -> int:
         from model.importers.realesrgan import import_realesrgan
 
         out = output_file(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            import_realesrgan(args.source, out, progress)
-        except ValueError as error:
-            raise CLIError(str(error)) from None
+        sources = [Path(f) for f in args.files]  # and the .bin a lone .param reads beside it
+        sources += [f.with_suffix(".bin") for f in sources if f.suffix.lower() == ".param"]
+        refuse_overwrite([out], [("--from", f) for f in sources], args.overwrite)
+        convert(out, lambda: import_realesrgan(args.files, out, progress))
         print(shown(out))
         return 0
     raise CLIError(f"unknown model family {args.family}")

@@ -3,11 +3,11 @@ in tiles, so that memory stays bounded whatever the picture's size."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from model.cli.common import CLIError, check_can_create, shown
+from model.cli.overwrite import OVERWRITE_HELP, refuse_overwrite
 from model.files import MAX_PIXELS, ImageError, open_image, probe_image, save_png
 
 
@@ -19,7 +19,7 @@ def add_upscale_args(sub) -> None:
         "realesr-animevideov3) into a PNG, tile by tile.",
     )
     p.add_argument("--image", required=True, help="the picture (PNG, JPEG, WebP, BMP)")
-    p.add_argument("--out", required=True, help="the PNG to write (never the picture itself)")
+    p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument(
         "--upscaler",
         default=None,
@@ -32,14 +32,8 @@ def add_upscale_args(sub) -> None:
         help="tile side in input pixels (default: the largest within 512 MB of working memory)",
     )
     p.add_argument("--overlap", type=int, default=20, help="context around each tile (px)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_upscale)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
 
 
 def cmd_upscale(args) -> int:
@@ -49,8 +43,8 @@ def cmd_upscale(args) -> int:
     image, out = Path(args.image), Path(args.out)
     if out.suffix.lower() != ".png":
         raise CLIError(f"--out {shown(out)}: name a .png file")
-    if _same_file(image, out):
-        raise CLIError(f"--out {shown(out)} is the --image itself; name another file")
+    # (model/cli/overwrite.py: the same path, through .. or a symlink, or the same inode)
+    refuse_overwrite([out], [("--image", image)], args.overwrite)
     if out.is_dir():
         raise CLIError(f"--out {shown(out)} is a folder; name a .png file")
     if (args.tile is not None and not 8 <= args.tile <= 4096) or not 0 <= args.overlap <= 512:

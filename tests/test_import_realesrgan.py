@@ -322,6 +322,12 @@ def test_a_pth_of_another_net_or_with_code_is_refused(tmp_path):
     ):
         read_pth(path)
 
+    torch.save({"params_ema": {3: torch.zeros(1)}}, path)  # a name that is not a name
+    with pytest.raises(
+        ValueError, match="a.pth: holds Tensor '3', not only tensors by name: not a Real-ESRGAN"
+    ):
+        read_pth(path)
+
     class Exploit:
         def __reduce__(self):
             return (os.system, ("echo pwned",))

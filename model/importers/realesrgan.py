@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from model.importers.limits import check_tensors
 from model.importers.ncnn import NcnnError, read_ncnn
 from model.importers.openai_dvae import sha256
 from model.importers.safe_pickle import UnsafePickle, load_modules
@@ -118,7 +119,8 @@ def read_pth(path: Path) -> tuple[Upscaler, dict[str, torch.dtype]]:
         isinstance(obj, dict) and obj and all(isinstance(t, torch.Tensor) for t in obj.values())
     ):
         raise ValueError(f"{path}: holds no params_ema, params or state dict of tensors")
-    state = {str(name).removeprefix("module."): tensor for name, tensor in obj.items()}
+    check_tensors(path, obj, "a Real-ESRGAN state dict")  # no view that multiplies when copied
+    state = {name.removeprefix("module."): tensor for name, tensor in obj.items()}
     config = _infer_pth_config(path, state)
     with torch.device("meta"):
         shapes = build_upscaler(config).net.state_dict()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from model.upscaler_files import SHIPPED_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,6 +42,7 @@ def frozen_app(tmp_path_factory) -> Path:
 def test_frozen_app_carries_the_model_and_icon(frozen_app):
     internal = frozen_app.parent / "_internal"
     assert (internal / "resources" / "models" / "default.dalle.safetensors").is_file()
+    assert (internal / "resources" / "models" / SHIPPED_NAME).is_file()  # the upscaler
     assert (internal / "resources" / "icons" / "dalle-studio.png").is_file()
     # excluded bindings and Qt modules stay out
     for name in ("PyQt5", "PyQt6", "PySide2"):

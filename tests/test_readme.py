@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # the importers' peers, whose own code the parity tests run: installed without their dependencies
 # (they pin torchvision and pytorch-lightning, which would replace the CPU build of torch)
-PEERS = "taming-transformers==0.0.1 DALL-E==0.1 rudalle==1.1.3"
+PEERS = "taming-transformers==0.0.1 DALL-E==0.1 rudalle==1.1.3 basicsr==1.4.2"
 
 
 def quick_start_commands() -> list[str]:

@@ -35,6 +35,7 @@ from model.cli.overwrite import OVERWRITE_HELP
 from model.cli.sample import cmd_complete, cmd_generate
 from model.cli.serve import add_serve_args, cmd_serve
 from model.cli.training import cmd_bundle, cmd_data, cmd_train
+from model.cli.upscaling import add_upscale_args
 from model.config import SamplingOptions
 from model.files import write_text
 
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     for family in families.choices.values():
         family.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_import)
+
+    add_upscale_args(sub)
 
     p = sub.add_parser(
         "serve",

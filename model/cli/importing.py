@@ -2,7 +2,8 @@
 
 ``openai-dvae``: OpenAI's dVAE as a dVAE file; ``mega`` / ``mini``: DALL·E Mega or Mini (min-dalle's
 files and dalle-mini's VQGAN) as a model bundle (``model/importers/dalle_mega.py``); ``rudalle``:
-ruDALL-E Malevich v3 or Surrealist XL with the Sber VQGAN (``model/importers/rudalle_import.py``).
+ruDALL-E Malevich v3 or Surrealist XL with the Sber VQGAN (``model/importers/rudalle_import.py``);
+``realesrgan``: a Real-ESRGAN upscaler, ``.pth`` or ncnn (``model/importers/realesrgan.py``).
 
 The product never reads a pickle at run time: each importer reads its sources here (an
 allow-list unpickler, ``weights_only`` or msgpack), checks every name and shape, and writes one
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model.cli.common import CLIError, check_can_create, output_folder, shown
-from model.cli.overwrite import check_import
+from model.cli.overwrite import check_import, refuse_overwrite
 
 
 def add_import_args(sub) -> None:
@@ -84,6 +85,18 @@ def add_import_args(sub) -> None:
         help="the checkpoint's layout (v3: Malevich v3, Surrealist XL; v2 is not supported yet)",
     )
 
+    p = sub.add_parser(
+        "realesrgan",
+        help="a Real-ESRGAN upscaler (.pth, or ncnn .param + .bin) -> an .upscaler.safetensors",
+        description="Convert Real-ESRGAN weights: the official RealESRGAN_x4plus.pth or "
+        "realesr-animevideov3.pth, or an ncnn conversion (realesrgan-x4plus.param and .bin).",
+    )
+    p.add_argument(
+        "--from", dest="files", metavar="FILE", nargs="+", required=True,
+        help="one .pth, or a .param (its .bin beside it) or both",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, help="the file to write (.upscaler.safetensors)")
+
 
 def progress(message: str) -> None:
     print(f"dalle import: {message}", file=sys.stderr, flush=True)
@@ -149,6 +162,16 @@ def cmd_import(args) -> int:
             out,
             lambda: import_rudalle(args.source, out, args.dtype, args.version, progress=progress),
         )
+        print(shown(out))
+        return 0
+    if args.family == "realesrgan":
+        from model.importers.realesrgan import import_realesrgan
+
+        out = output_file(args.out)
+        sources = [Path(f) for f in args.files]  # and the .bin a lone .param reads beside it
+        sources += [f.with_suffix(".bin") for f in sources if f.suffix.lower() == ".param"]
+        refuse_overwrite([out], [("--from", f) for f in sources], args.overwrite)
+        convert(out, lambda: import_realesrgan(args.files, out, progress))
         print(shown(out))
         return 0
     raise CLIError(f"unknown model family {args.family}")

@@ -287,7 +287,7 @@ class Engine(QObject):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-torch")
         self._bundle = None
         self._ids = itertools.count(1)
-        self._current: Job | None = None
+        self._live: list[Job] = []  # submitted and not finished: the running one first
         self._lock = threading.Lock()
         self.geometry_size = PAPER_SIZE
         self.geometry_factor = PAPER_FACTOR
@@ -405,21 +405,24 @@ class Engine(QObject):
         """Queue ``job`` on the worker; messages follow on ``message``. Returns the job (its id)."""
         job.id = next(self._ids)
         with self._lock:
-            self._current = job  # so that a cancel before the worker starts it is not lost
+            self._live.append(job)  # so that a cancel before the worker starts it is not lost
         self._executor.submit(self.run_job_blocking, job, self.message.emit)
         return job
 
-    def cancel(self) -> None:
+    def cancel(self, job: Job | None = None) -> None:
+        """Flag ``job`` to stop, or with None every job not finished: the one running and any
+        queued behind it (a later submit must not take the running one's cancel)."""
         with self._lock:
-            if self._current is not None:
-                self._current.cancel.set()
+            for live in self._live if job is None else [job]:
+                live.cancel.set()
 
     def run_job_blocking(self, job: Job, emit: Callable[[Message], None]) -> Message:
         """Run ``job`` on the calling thread, passing each message to ``emit``; return the last."""
         if not job.id:
             job.id = next(self._ids)
         with self._lock:
-            self._current = job
+            if not any(live is job for live in self._live):  # identity: Jobs hold arrays
+                self._live.append(job)
         try:
             result = self._run(job, emit)
         except (ValueError, RuntimeError, OSError, MemoryError) as error:
@@ -430,8 +433,7 @@ class Engine(QObject):
             result = Failed(job.id, f"internal error: {one_line(error)}")
         finally:
             with self._lock:
-                if self._current is job:
-                    self._current = None
+                self._live = [live for live in self._live if live is not job]
         emit(result)
         return result
 

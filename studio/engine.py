@@ -31,6 +31,7 @@ from PIL import Image
 from PySide6.QtCore import QObject, Signal
 
 from model import bundle as bundle_io
+from model import card as card_schema
 from model import device as model_device
 from model import familiarity, files, sampling
 from model import images as model_images
@@ -315,7 +316,7 @@ class Engine(QObject):
         self._stored_precision = getattr(bundle.transformer, "precision", "fp32")
         self.geometry_size = bundle.config.vae.image_size
         self.geometry_factor = bundle.config.vae.factor
-        self.knows_scenes = familiarity.knows_scenes(bundle.card)
+        self.knows_scenes = familiarity.knows_scenes(card_schema.check(bundle.card)[0])
         self._reference_db = None
 
     def sampling_precision(self, device: str | torch.device) -> str:
@@ -353,11 +354,12 @@ class Engine(QObject):
             self._make_room(path, target)
             bundle = bundle_io.load(path, target)
             self.set_bundle(bundle)
+            card = card_schema.clean(bundle.card, str(path))  # as read_card gives it
             result: Message = Loaded(
                 path=str(path),
                 device=str(target),
-                name=str(bundle.card.get("name") or Path(path).name),
-                card=dict(bundle.card),
+                name=card.get("name") or Path(path).name,
+                card=card,
                 size=self.geometry_size,
                 factor=self.geometry_factor,
                 precision=self.sampling_precision(target),

@@ -19,6 +19,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
+from model import card as card_schema
 from studio import engine as messages
 from studio.document import Document
 from studio.engine import Engine, Job, SamplingOptions
@@ -256,14 +257,19 @@ class Session(QObject):
             self.speed_changed.emit(0.0)
 
     def _loaded(self, message: messages.Loaded) -> None:
+        # what the card offers first, then the state: an odd card (``model.card``) changes
+        # nothing half-way
+        card = card_schema.clean(message.card, message.path)
+        examples = card.get("example_captions", [])
+        glosses = messages.example_glosses(card)
         self._forget_speed()
         self.model_state = "loaded"
         self.load_error = ""
         self.model_name = message.name
         self.model_path = message.path
         self.device = message.device
-        self.examples = [str(caption) for caption in message.card.get("example_captions", [])]
-        self.glosses = messages.example_glosses(message.card)
+        self.examples = examples
+        self.glosses = glosses
         self.tokenizer = message.tokenizer
         self.document.set_model_geometry(message.size, message.factor)
         self.model_changed.emit()

@@ -29,8 +29,11 @@ def picture(width=48, height=40, seed=0):
 
 
 def run(engine: Engine, job: Job):
+    """The job's messages, its phases left out (tests/test_engine_phases.py reads those)."""
     messages = []
-    engine.run_job_blocking(job, messages.append)
+    engine.run_job_blocking(
+        job, lambda m: None if isinstance(m, studio_engine.Phase) else messages.append(m)
+    )
     return messages
 
 
@@ -169,8 +172,10 @@ def test_submit_streams_through_the_signal(qtbot, bundle):
             engine.submit(
                 Job(image=picture(), cell=(2, 2), caption="x", options=SamplingOptions(n=3))
             )
-        kinds = [type(m).__name__ for m in received]
-        assert kinds == ["RowDecoded", "RowDecoded", "Finished"]
+        kinds = [getattr(m, "phase", type(m).__name__) for m in received]
+        assert kinds == ["reading", "encoding", "RowDecoded", "RowDecoded", "decoding"] + [
+            "pasting"
+        ] * 3 + ["Finished"]
         assert len(received[-1].candidates) == 3
     finally:
         engine.shutdown()

@@ -24,7 +24,7 @@ from studio.widgets.settings import _figure as figure_text
 DISTRIBUTION = "dalle-studio"  # pyproject.toml's name
 LICENCES = (
     ("DALL·E Studio", "MIT"),
-    ("the embedded model (trained by this project on generated scenes)", "MIT"),
+    ("the embedded model (trained here on generated scenes)", "MIT"),
     ("Qt and PySide6", "LGPL-3.0"),
     ("PyTorch", "BSD-3-Clause"),
 )

@@ -497,7 +497,9 @@ class MainWindow(QMainWindow):
 
     def _export(self, image: np.ndarray, name: str) -> None:
         """Ask where to write ``image``, suggesting ``name`` in the last folder used."""
-        suggested = str(Path(self._last_folder() or ".") / name)
+        source = self.document.source_path
+        folder = self._last_folder() or (str(Path(source).parent) if source else "")
+        suggested = str(Path(folder) / name) if folder else name
         path, _ = QFileDialog.getSaveFileName(self, "Export PNG", suggested, "PNG (*.png)")
         if not path:
             return

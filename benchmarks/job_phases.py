@@ -63,7 +63,7 @@ def main() -> int:
 
     def emit(message) -> None:
         now = time.perf_counter() - started
-        if isinstance(message, messages.Phase):
+        if isinstance(message, getattr(messages, "Phase", ())):  # () before issue 28
             step = f" {message.step + 1}/{message.steps}" if message.steps else ""
             seen.append((now, f"{message.phase}{step}", message.eta_s))
         elif isinstance(message, messages.RowDecoded):

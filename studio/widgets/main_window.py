@@ -186,8 +186,6 @@ class MainWindow(QMainWindow):
         """The session's document (the window keeps none of its own)."""
         return self.session.document
 
-    # -- status bar and actions ----------------------------------------------------------
-
     # -- document -----------------------------------------------------------------------
 
     def _document_changed(self, document: Document) -> None:

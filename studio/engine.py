@@ -112,6 +112,11 @@ def read_card(path: str | Path) -> dict[str, Any]:
     return bundle_io.read_card(path)
 
 
+def clean_card(card: Any, source: str) -> dict[str, Any]:
+    """``card`` as far as it is valid (``model.card``): what the studio reads of a model's card."""
+    return card_schema.clean(card, source)
+
+
 def example_glosses(card: dict[str, Any]) -> dict[str, str]:
     """Each example caption's English gloss, where the card gives one per caption (ruDALL-E's
     Russian examples); {} for a card without them or with a list that does not line up."""

@@ -20,7 +20,6 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from model import card as card_schema
 from studio import engine as messages
 from studio.document import Document
 from studio.engine import Engine, Job, SamplingOptions
@@ -282,7 +281,7 @@ class Session(QObject):
     def _loaded(self, message: messages.Loaded) -> None:
         # what the card offers first, then the state: an odd card (``model.card``) changes
         # nothing half-way
-        card = card_schema.clean(message.card, message.path)
+        card = messages.clean_card(message.card, message.path)
         examples = card.get("example_captions", [])
         glosses = messages.example_glosses(card)
         self._forget_speed()

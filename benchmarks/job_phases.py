@@ -7,6 +7,16 @@ of that many megapixels (a noise-free gradient: reading cost is size, not conten
 on its last ``--rows`` cell rows, and prints every message as it comes: the phase (reading,
 encoding, sampling row r/R, decoding, pasting i/n), the ETA it carried and the seconds that were
 really left. An honest ETA is near the last column once the first row is in.
+
+Measured (issue 28; 8000x6000, one cell row, 4 candidates, the embedded model, int8 on 2 shared
+CPU cores; ``python benchmarks/job_phases.py --megapixels 48``), seconds:
+
+    engine           first message   total   ETA at the last row / really left
+    before issue 28  23.9 (row 1/1)   89.3    88.8 / 65.4  (0 % until then, then 100 %)
+    now              0.0 (reading)    14.6    14.7 / 9.4, then pasting 2/4: 6.6 / 7.1
+
+Most of the gain is ``model.images.paste_back`` blending only the rectangle in 8 bits (a 48 MP
+paste: 13-19 s before, 1.5-2.5 s now, the same pixels).
 """
 
 from __future__ import annotations

@@ -93,4 +93,4 @@ def test_sibling_rows_differ_at_their_start():
     assert len({row[:width] for row in rows}) == len(rows)
     first = generated[0]
     clock = time.strftime("%H:%M:%S", time.localtime(first.time))
-    assert rows[0].startswith(f"seed {first.seed} · #1 · {clock}")
+    assert rows[0].startswith(f"{clock} · #1 · seed {first.seed} — a very long caption")

@@ -25,16 +25,18 @@ def clock(seconds: float, layout: str = "%Y-%m-%d %H:%M:%S") -> str:
 
 
 def label(entry: HistoryEntry) -> str:
-    """A row: what tells sibling entries apart first (seed, candidate, time), then the caption,
-    which a narrow panel cuts at its end."""
+    """A row: what tells entries apart first (the run's time, the candidate, the seed), then the
+    caption, which a narrow panel cuts at its end. Time and candidate come first: they tell
+    every entry apart even in the fixed-seed mode, where the seed repeats."""
     star = "★ " if entry.starred else ""
     if entry.is_original:
         return f"{star}Original"
-    parts = [f"seed {entry.seed}"] if entry.seed is not None else []
+    parts = [clock(entry.time, "%H:%M:%S")]
     candidate = entry.options.get("candidate")
     if isinstance(candidate, int) and not isinstance(candidate, bool):
         parts.append(f"#{candidate + 1}")
-    parts.append(clock(entry.time, "%H:%M:%S"))
+    if entry.seed is not None:
+        parts.append(f"seed {entry.seed}")
     return f"{star}{' · '.join(parts)} — {entry.caption or '(no caption)'}"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QSettings, QUrl
+from PySide6.QtCore import QSettings, Qt, QUrl
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QFileDialog
 
@@ -48,7 +48,11 @@ def test_generate_is_off_with_a_reason_until_a_rectangle_is_drawn(window, qtbot)
     assert not action.isEnabled() and not button.isEnabled()
     assert "drag on the image" in action.toolTip() and action.toolTip() == button.toolTip()
     action.trigger()  # Ctrl+Enter on a disabled action: nothing, and above all no dialog
+    window._show_hint("a hint holding the status line")
+    window.caption.caption.setFocus()
+    qtbot.keyClick(window.caption.caption, Qt.Key.Key_Return)  # Enter says why, in the line
     assert window.errors == []
+    assert window.progress_label.isVisible() and "drag on the image" in window.progress_label.text()
     document.set_cell((1, 1))
     assert action.isEnabled() and button.isEnabled()
     assert "drag" not in button.toolTip()

@@ -146,7 +146,7 @@ class MainWindow(QMainWindow):
         session.document_changed.connect(self._document_changed)
         session.model_changed.connect(self._model_changed)
         session.running_changed.connect(self._update_generate)
-        self.caption.generate_refused.connect(self.progress_label.setText)
+        self.caption.generate_refused.connect(self._say)
         session.speed_changed.connect(self._speed_changed)
         session.status_changed.connect(self.progress_label.setText)
         session.phase_changed.connect(self._phase)
@@ -266,6 +266,11 @@ class MainWindow(QMainWindow):
 
     def _update_generate(self, *_) -> None:
         menus.update_generate(self)
+
+    def _say(self, text: str) -> None:
+        """A line on the status bar, in place of the far-from-training hint (its badge stays)."""
+        self._hint_to_badge()
+        self.progress_label.setText(text)
 
     def show_about(self) -> None:
         """Help › About (``studio.widgets.about``); deleted when closed, like Settings."""

@@ -61,6 +61,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
+from model import card as card_schema
 from model.bart_text import BartTokenizer
 from model.config import (
     DEFAULT_TEXT_KIND,
@@ -471,7 +472,7 @@ def _parse_card(path: Path, metadata: Mapping[str, str]) -> dict[str, Any]:
     card = parse_json(path, metadata["card"], "invalid card metadata: the card")
     if not isinstance(card, dict):
         raise BundleError(path, "invalid card metadata: not a JSON object")
-    return card
+    return card_schema.clean(card, str(path))  # an odd field is left out, never raised on
 
 
 def read_card(path: str | os.PathLike) -> dict[str, Any]:

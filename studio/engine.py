@@ -16,7 +16,6 @@ import functools
 import gc
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from PIL import Image
 from PySide6.QtCore import QObject, Signal
 
 from model import bundle as bundle_io
+from model import card as card_schema
 from model import device as model_device
 from model import familiarity, files, sampling
 from model import images as model_images
@@ -38,6 +38,22 @@ from model.config import SamplingOptions
 from model.device import pick_device
 from model.geometry import PAPER_FACTOR, PAPER_SIZE, Geometry
 from model.transformer import PRECISIONS, resolve_precision
+
+# the messages, re-exported: the studio reads them as ``engine.Loaded`` and so on
+from studio.messages import (
+    Cancelled,
+    Compiling,
+    Converting,
+    Failed,
+    Familiar,
+    Finished,
+    Loaded,
+    LoadFailed,
+    Message,
+    Phase,
+    RowDecoded,
+)
+from studio.pace import Pace
 
 log = logging.getLogger(__name__)
 
@@ -53,100 +69,6 @@ PREVIEW_ALWAYS_S = 0.25
 PREVIEW_EVERY = 3.0
 
 
-# -- messages -------------------------------------------------------------------------------
-
-
-@dataclass
-class Loaded:
-    path: str
-    device: str
-    name: str
-    card: dict[str, Any]
-    size: int
-    factor: int
-    precision: str = "fp32"  # what sampling runs in on this device ("auto" resolved)
-    # the bundle's caption tokenizer (ours, or an imported model's BartTokenizer): the caption
-    # box counts tokens with its length, kept and text_len
-    tokenizer: Any = None
-
-
-@dataclass
-class LoadFailed:
-    message: str
-
-
-@dataclass
-class RowDecoded:
-    job: int
-    # (H, W, 3) uint8 at the user's resolution, original outside the rectangle; None for a row
-    # whose preview was skipped because decoding costs too much (``PREVIEW_EVERY``)
-    preview: np.ndarray | None
-    rows_done: int
-    rows_total: int
-    tokens_per_s: float
-    eta_s: float
-
-
-@dataclass
-class Compiling:
-    job: int
-    batch: int  # rows the model runs at once: candidates, doubled with guidance
-
-
-@dataclass
-class Converting:
-    job: int
-    precision: str  # what an imported model is turned into, in place, before its first row
-
-
-@dataclass
-class Finished:
-    job: int
-    candidates: list[np.ndarray]  # (H, W, 3) uint8 each, pasted back, best first
-    seed: int
-    seconds: float
-    tokens_per_s: float
-    previewed: int = 0  # the candidate the live rows showed (sampled first; reranking moves it)
-    # what the user waited (``seconds`` is the sampling alone): encoding the picture, the live
-    # previews and decoding the candidates included; 0: not measured
-    wall_seconds: float = 0.0
-    seconds_per_cell: float = 0.0  # wall_seconds per sampled cell: the next rectangle's ETA
-
-
-@dataclass
-class Failed:
-    job: int
-    message: str
-
-
-@dataclass
-class Cancelled:
-    job: int
-
-
-@dataclass
-class Familiar:
-    """How far a picture lies from the loaded model's training data
-    (``model.familiarity``: typical-cell reconstruction PSNR, dB)."""
-
-    request: int  # the caller's number for the picture it asked about
-    typical_db: float
-    reference_db: float  # the model's own, on scenes of its world
-    far_below_db: float  # the margin: far when typical_db < reference_db - far_below_db
-    far: bool
-
-
-Message = (
-    Loaded
-    | LoadFailed
-    | RowDecoded
-    | Converting
-    | Compiling
-    | Finished
-    | Failed
-    | Cancelled
-    | Familiar
-)
 WORLD = familiarity.WORLD  # what a scenes model was trained on, in the user's words
 
 
@@ -190,6 +112,11 @@ def read_card(path: str | Path) -> dict[str, Any]:
     return bundle_io.read_card(path)
 
 
+def clean_card(card: Any, source: str) -> dict[str, Any]:
+    """``card`` as far as it is valid (``model.card``): what the studio reads of a model's card."""
+    return card_schema.clean(card, source)
+
+
 def example_glosses(card: dict[str, Any]) -> dict[str, str]:
     """Each example caption's English gloss, where the card gives one per caption (ruDALL-E's
     Russian examples); {} for a card without them or with a list that does not line up."""
@@ -208,14 +135,6 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def image_from_pil(image: Image.Image) -> np.ndarray:
     return np.array(model_images.to_rgb(image), dtype=np.uint8)
-
-
-def eta_seconds(elapsed: float, cells_done: int, cells_total: int, decode_s: float = 0.0) -> float:
-    """Seconds left: the cells still to sample at the wall-clock pace so far (previews
-    included), then ``decode_s`` for decoding the candidates."""
-    if cells_done <= 0 or elapsed <= 0:
-        return math.inf
-    return elapsed / cells_done * (cells_total - cells_done) + decode_s
 
 
 def bytes_held(bundle, device_type: str) -> int:
@@ -287,7 +206,7 @@ class Engine(QObject):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-torch")
         self._bundle = None
         self._ids = itertools.count(1)
-        self._current: Job | None = None
+        self._live: list[Job] = []  # submitted and not finished: the running one first
         self._lock = threading.Lock()
         self.geometry_size = PAPER_SIZE
         self.geometry_factor = PAPER_FACTOR
@@ -315,7 +234,7 @@ class Engine(QObject):
         self._stored_precision = getattr(bundle.transformer, "precision", "fp32")
         self.geometry_size = bundle.config.vae.image_size
         self.geometry_factor = bundle.config.vae.factor
-        self.knows_scenes = familiarity.knows_scenes(bundle.card)
+        self.knows_scenes = familiarity.knows_scenes(card_schema.check(bundle.card)[0])
         self._reference_db = None
 
     def sampling_precision(self, device: str | torch.device) -> str:
@@ -353,11 +272,12 @@ class Engine(QObject):
             self._make_room(path, target)
             bundle = bundle_io.load(path, target)
             self.set_bundle(bundle)
+            card = card_schema.clean(bundle.card, str(path))  # as read_card gives it
             result: Message = Loaded(
                 path=str(path),
                 device=str(target),
-                name=str(bundle.card.get("name") or Path(path).name),
-                card=dict(bundle.card),
+                name=card.get("name") or Path(path).name,
+                card=card,
                 size=self.geometry_size,
                 factor=self.geometry_factor,
                 precision=self.sampling_precision(target),
@@ -405,21 +325,24 @@ class Engine(QObject):
         """Queue ``job`` on the worker; messages follow on ``message``. Returns the job (its id)."""
         job.id = next(self._ids)
         with self._lock:
-            self._current = job  # so that a cancel before the worker starts it is not lost
+            self._live.append(job)  # so that a cancel before the worker starts it is not lost
         self._executor.submit(self.run_job_blocking, job, self.message.emit)
         return job
 
-    def cancel(self) -> None:
+    def cancel(self, job: Job | None = None) -> None:
+        """Flag ``job`` to stop, or with None every job not finished: the one running and any
+        queued behind it (a later submit must not take the running one's cancel)."""
         with self._lock:
-            if self._current is not None:
-                self._current.cancel.set()
+            for live in self._live if job is None else [job]:
+                live.cancel.set()
 
     def run_job_blocking(self, job: Job, emit: Callable[[Message], None]) -> Message:
         """Run ``job`` on the calling thread, passing each message to ``emit``; return the last."""
         if not job.id:
             job.id = next(self._ids)
         with self._lock:
-            self._current = job
+            if not any(live is job for live in self._live):  # identity: Jobs hold arrays
+                self._live.append(job)
         try:
             result = self._run(job, emit)
         except (ValueError, RuntimeError, OSError, MemoryError) as error:
@@ -430,8 +353,7 @@ class Engine(QObject):
             result = Failed(job.id, f"internal error: {one_line(error)}")
         finally:
             with self._lock:
-                if self._current is job:
-                    self._current = None
+                self._live = [live for live in self._live if live is not job]
         emit(result)
         return result
 
@@ -441,22 +363,17 @@ class Engine(QObject):
             return Failed(job.id, "no model is loaded: open a model bundle in Settings")
         if job.cancel.is_set():
             return Cancelled(job.id)
+        options = job.options
+        pace = Pace(options.n)
+        emit(Phase(job.id, "reading"))
         image = Image.fromarray(job.image, "RGB")
         size = bundle.config.vae.image_size
         factor = bundle.config.vae.factor
         geometry = Geometry(image.width, image.height, size, factor)
         tensor = model_images.to_model(image, geometry)
-        options = job.options
-        transformer = bundle.transformer
-        if getattr(transformer, "converts_in_place", False):  # say why the first row waits
-            wanted = self.sampling_precision(sampling.model_device(transformer))
-            if wanted != transformer.precision:
-                emit(Converting(job.id, wanted))
-        if self.compile:  # say why the first run at a new batch size waits
-            batch = sampling.batch_rows(options)
-            step = sampling.prepared(bundle.transformer, self.precision, True).decode_step
-            if step.will_compile(batch):
-                emit(Compiling(job.id, batch))
+        pace.read()
+        emit(Phase(job.id, "encoding"))  # the sampler encodes before its first row
+        pace.once_only = self._say_once_only_waits(job, emit)
         messages = self._sampler(
             bundle,
             tensor,
@@ -468,19 +385,17 @@ class Engine(QObject):
             compile=self.compile,
             visible=geometry.visible_grid,  # the padding below or beside is not sampled
         )
-        started = time.perf_counter()
-        decode_s = 0.0  # the last preview's decode
-        previewed_at = started  # when the last preview was ready
+        previewed_at = pace.started  # when the last preview was ready
         for message in messages:
             if isinstance(message, sampling.Progress):
+                pace.row(message.cells_done)
                 now = time.perf_counter()
                 preview = None
-                if decode_s < PREVIEW_ALWAYS_S or now - previewed_at >= PREVIEW_EVERY * decode_s:
-                    preview = self._preview(bundle, message, image, geometry, job.cell)
+                spent = pace.decode_s + pace.paste_s  # the last preview's
+                if spent < PREVIEW_ALWAYS_S or now - previewed_at >= PREVIEW_EVERY * spent:
+                    preview = self._preview(bundle, message, image, geometry, job.cell, pace)
                     previewed_at = time.perf_counter()
-                    decode_s = previewed_at - now
                 self.last_tokens_per_s = message.tokens_per_s
-                elapsed = time.perf_counter() - started
                 emit(
                     RowDecoded(
                         job=job.id,
@@ -488,48 +403,74 @@ class Engine(QObject):
                         rows_done=message.rows_done,
                         rows_total=message.rows_total,
                         tokens_per_s=message.tokens_per_s,
-                        # the candidates are decoded at the end, about a preview's time each
-                        eta_s=eta_seconds(
-                            elapsed, message.cells_done, message.cells_total, options.n * decode_s
-                        ),
+                        eta_s=pace.eta_sampling(message.cells_done, message.cells_total),
                     )
                 )
+                if message.rows_done == message.rows_total:  # the sampler decodes them now
+                    pace.decoding()
+                    emit(Phase(job.id, "decoding", eta_s=pace.eta_decoding()))
             elif isinstance(message, sampling.Cancelled):
                 return Cancelled(job.id)
             elif isinstance(message, sampling.Done):
-                candidates = [
-                    np.asarray(
-                        model_images.paste_back(image, decoded, geometry, job.cell),
-                        dtype=np.uint8,
-                    )
-                    for decoded in message.images
-                ]
-                self.last_tokens_per_s = message.tokens_per_s
-                previewed = message.order.index(0) if 0 in message.order else 0
-                wall = time.perf_counter() - started
-                return Finished(
-                    job.id,
-                    candidates,
-                    message.seed,
-                    message.seconds,
-                    message.tokens_per_s,
-                    previewed,
-                    wall_seconds=wall,
-                    seconds_per_cell=wall / max(geometry.masked_count(job.cell), 1),
-                )
+                return self._finish(job, message, image, geometry, pace, emit)
         if job.cancel.is_set():
             return Cancelled(job.id)
         return Failed(job.id, "sampling ended without a result")
 
+    def _say_once_only_waits(self, job: Job, emit: Callable[[Message], None]) -> bool:
+        """Say why the first row waits (a conversion in place, a compile); True when it does."""
+        bundle, said = self._bundle, False
+        transformer = bundle.transformer
+        if getattr(transformer, "converts_in_place", False):
+            wanted = self.sampling_precision(sampling.model_device(transformer))
+            if wanted != transformer.precision:
+                emit(Converting(job.id, wanted))
+                said = True
+        if self.compile:  # the first run at a new batch size compiles
+            batch = sampling.batch_rows(job.options)
+            step = sampling.prepared(bundle.transformer, self.precision, True).decode_step
+            if step.will_compile(batch):
+                emit(Compiling(job.id, batch))
+                said = True
+        return said
+
+    def _finish(self, job, done: sampling.Done, image, geometry, pace: Pace, emit) -> Finished:
+        """Paste each decoded candidate back into the user's picture, saying which and how
+        long the rest takes."""
+        pace.pasting()
+        candidates = []
+        for index, decoded in enumerate(done.images):
+            emit(Phase(job.id, "pasting", index, len(done.images), pace.eta_pasting()))
+            began = time.perf_counter()
+            pasted = model_images.paste_back(image, decoded, geometry, job.cell)
+            candidates.append(np.asarray(pasted, dtype=np.uint8))
+            pace.candidate_pasted(time.perf_counter() - began)
+        self.last_tokens_per_s = done.tokens_per_s
+        previewed = done.order.index(0) if 0 in done.order else 0
+        return Finished(
+            job.id,
+            candidates,
+            done.seed,
+            done.seconds,
+            done.tokens_per_s,
+            previewed,
+            wall_seconds=time.perf_counter() - pace.started,
+            seconds_per_cell=pace.seconds_per_cell,
+            overhead_s=pace.overhead_s(),
+        )
+
     @staticmethod
-    def _preview(bundle, progress: sampling.Progress, image, geometry, cell) -> np.ndarray:
+    def _preview(bundle, progress: sampling.Progress, image, geometry, cell, pace) -> np.ndarray:
         """The current grid of the first sampled candidate, decoded and pasted back: one decode
         of the whole grid (the first sampled candidate only; Finished.previewed says where
-        reranking put it)."""
+        reranking put it). ``pace`` learns what decoding and pasting a candidate cost."""
+        began = time.perf_counter()
         with torch.inference_mode():
-            decoded = bundle.vae.decode(progress.tokens[:1].to(bundle.device))[0]
-        pasted = model_images.paste_back(image, decoded.float().cpu(), geometry, cell)
-        return np.asarray(pasted, dtype=np.uint8)
+            decoded = bundle.vae.decode(progress.tokens[:1].to(bundle.device))[0].float().cpu()
+        decoded_at = time.perf_counter()
+        pasted = np.asarray(model_images.paste_back(image, decoded, geometry, cell), np.uint8)
+        pace.previewed(decoded_at - began, time.perf_counter() - decoded_at)
+        return pasted
 
     # -- the model's world ----------------------------------------------------------------
 

@@ -5,6 +5,11 @@ on the engine's worker (``Engine.measure_familiarity``: the tokenizer's reconstr
 against the model's own scenes, ``model.familiarity``), so the Qt thread never waits. A model
 that does not know scenes (an imported DALL·E Mega, ruDALL-E) is not measured at all.
 
+What is measured is the picture's content: the image without its blank white margins
+(``content``). A template's canvas (File › New from template) is mostly white paper around the
+user's photo, and measured whole its typical cell was a flat white one: a photo there got no
+warning (issue 28: 43 dB against a 47 dB reference, the photo alone 20 dB).
+
 ``FamiliarityHint`` is state, no widgets: ``changed`` carries the hint line ("" for none) and
 ``detail`` the figures behind it; the window shows them. An answer about a picture the session
 has since left is dropped.
@@ -12,10 +17,12 @@ has since left is dropped.
 
 from __future__ import annotations
 
+import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from studio import engine as messages
 from studio.document import Document
+from studio.template import FILL
 
 # the line fits the status bar of a 1280 px window beside the longest shipped model's name
 FAR_HINT = (
@@ -28,6 +35,16 @@ FAR_EXPLAINED = (
     "knows; for photos, import real weights (README: Real weights)."
 )
 FAR_BADGE = "⚠ far from this model's world"  # what stays once the user works on the picture
+
+
+def content(image: np.ndarray) -> np.ndarray:
+    """``image`` (H, W, 3) without its blank margins: the smallest box holding every pixel that
+    is not the paper's white (``template.FILL``); a blank image is measured whole."""
+    inked = (image != FILL).any(axis=2)
+    if not inked.any():
+        return image
+    rows, cols = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
+    return np.ascontiguousarray(image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
 
 
 class FamiliarityHint(QObject):
@@ -57,7 +74,7 @@ class FamiliarityHint(QObject):
         if not (engine.loaded and engine.knows_scenes):
             self._set("", "")
             return
-        engine.measure_familiarity(self.session.document.image, self._request)
+        engine.measure_familiarity(content(self.session.document.image), self._request)
 
     def _received(self, message) -> None:
         if not isinstance(message, messages.Familiar) or message.request != self._request:

@@ -64,6 +64,9 @@ MAX_PATH = 4096
 MAX_GRID = 4096  # token cells along a side
 MAX_ID = 2**53  # ids stay exact in any JSON reader
 MAX_SEED = 2**64
+# Seconds since 1970 of an entry's time or the save's: up to the year 3000, the latest any
+# platform's time.localtime reads (Windows' limit), so every clock the history shows can be told
+MAX_TIME = 32_503_680_000
 # the keys of an entry's options that are sampling options (the others: seconds, candidate)
 SAMPLING_KEYS = frozenset(field.name for field in dataclasses.fields(SamplingOptions))
 
@@ -266,6 +269,12 @@ class _Schema:
             self.fail(where, value, "a finite number")
         return value
 
+    def seconds(self, value: Any, where: str) -> float:
+        """A time in seconds since 1970 that a clock can show (0 to ``MAX_TIME``)."""
+        if not 0 <= self.number(value, where) <= MAX_TIME:
+            self.fail(where, value, f"a time from 0 to {MAX_TIME} (the year 3000)")
+        return value
+
     def text(self, value: Any, where: str, limit: int = MAX_TEXT, optional: bool = False) -> Any:
         if value is None and optional:
             return value
@@ -316,7 +325,7 @@ class _Schema:
         self.mapping(manifest, "the manifest", ("image", "history", "current_entry"))
         self.member(manifest["image"], "image")
         if "saved" in manifest:
-            self.number(manifest["saved"], "saved")
+            self.seconds(manifest["saved"], "saved")
         if manifest.get("size") is not None:
             size = manifest["size"]
             if not isinstance(size, list) or len(size) != 2:
@@ -360,7 +369,7 @@ class _Schema:
             self.cell(item.get("cell"), f"{where} cell", MAX_GRID)
             if item.get("seed") is not None:
                 self.integer(item["seed"], f"{where} seed", 0, MAX_SEED)
-            self.number(item.get("time", 0.0), f"{where} time")
+            self.seconds(item.get("time", 0.0), f"{where} time")
             self.text(item.get("model", ""), f"{where} model")
             self.boolean(item.get("starred", False), f"{where} starred")
             self.boolean(item.get("accepted", False), f"{where} accepted")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,12 @@ class Session(QObject):
     options_changed = Signal(object)  # the new SamplingOptions
     seed_mode_changed = Signal(str)
     running_changed = Signal(bool)  # a job is (no longer) running
-    model_changed = Signal()  # model_state, model_name, model_path, device, precision, examples
+    model_changed = Signal()  # model_state, model_name, model_path, device, precision, card
     speed_changed = Signal(float)  # tokens/s of the last finished run
     status_changed = Signal(str)  # one line on what the generation is doing or did
+    # a job's phase besides sampling rows ("reading", "encoding", "decoding", "pasting"), its
+    # step and steps (pasting candidate 2 of 4; 0 and 0 when it cannot be counted)
+    phase_changed = Signal(str, int, int)
     finished = Signal()  # a job's candidates are staged and its history entries added
     error = Signal(str)  # one line a user can act on; the image is never touched
 
@@ -61,15 +65,17 @@ class Session(QObject):
         self.model_name = ""
         self.model_path = ""
         self.device = ""
+        self.card: dict[str, Any] = {}  # the model's card as far as it is valid (model.card)
         self.examples: list[str] = []
         self.glosses: dict[str, str] = {}  # an example caption's English gloss (ruDALL-E's card)
         # the bundle's caption tokenizer (ours or an imported model's BartTokenizer): the caption
         # box counts tokens with it
         self.tokenizer: Any = None
         self.load_error = ""  # why the last load failed ("" after a load that worked)
-        # speed of the last finished run: the canvas's ETA is masked cells * seconds_per_cell
+        # speed of the last finished run: the canvas's ETA (``estimate_seconds``)
         self.tokens_per_s = 0.0
-        self.seconds_per_cell = 0.0
+        self.seconds_per_cell = 0.0  # sampling's steady pace (``studio.pace``)
+        self.overhead_s = 0.0  # reading, encoding, decoding and pasting
         engine.message.connect(self.handle)
 
     # -- state ----------------------------------------------------------------------------
@@ -115,16 +121,30 @@ class Session(QObject):
             return random.randint(0, MAX_SEED)
         return self.options.seed
 
-    def record_speed(self, tokens_per_s: float, n: int, seconds_per_cell: float = 0.0) -> None:
-        """A run of ``n`` candidates sampled ``tokens_per_s`` and took ``seconds_per_cell`` of
-        wall-clock time a cell (decoding included; 0: unknown, then the sampling speed alone
-        says): the next run's ETA follows."""
+    def record_speed(
+        self,
+        tokens_per_s: float,
+        n: int,
+        seconds_per_cell: float = 0.0,
+        overhead_s: float = 0.0,
+    ) -> None:
+        """A run of ``n`` candidates sampled ``tokens_per_s``, a cell in ``seconds_per_cell``
+        at its steady pace (0: unknown, then the sampling speed alone says) and spent
+        ``overhead_s`` besides (reading, encoding, decoding, pasting): the next run's ETA
+        follows, and the rectangle's label with it."""
         self.tokens_per_s = tokens_per_s
         if seconds_per_cell > 0:
             self.seconds_per_cell = seconds_per_cell
         elif tokens_per_s > 0:
             self.seconds_per_cell = n / tokens_per_s
+        self.overhead_s = max(0.0, overhead_s)
         self.speed_changed.emit(tokens_per_s)
+
+    def estimate_seconds(self, cells: int) -> float:
+        """What a run on ``cells`` masked cells should take, from the last run; 0: unknown."""
+        if self.seconds_per_cell <= 0:
+            return 0.0
+        return self.overhead_s + cells * self.seconds_per_cell
 
     def _set_status(self, text: str) -> None:
         self.status = text
@@ -213,6 +233,9 @@ class Session(QObject):
                 message.tokens_per_s,
                 message.eta_s,
             )
+        elif isinstance(message, messages.Phase):
+            self._set_status(phase_text(message))
+            self.phase_changed.emit(message.phase, message.step, message.steps)
         elif isinstance(message, messages.Converting):
             self._set_status(
                 f"converting the model to {message.precision} for sampling "
@@ -252,18 +275,24 @@ class Session(QObject):
         """Another model, device or precision: the last run's speed says nothing of the next
         (the ETA waits for a run rather than promise another model's pace)."""
         if self.tokens_per_s or self.seconds_per_cell:
-            self.tokens_per_s = self.seconds_per_cell = 0.0
+            self.tokens_per_s = self.seconds_per_cell = self.overhead_s = 0.0
             self.speed_changed.emit(0.0)
 
     def _loaded(self, message: messages.Loaded) -> None:
+        # what the card offers first, then the state: an odd card (``model.card``) changes
+        # nothing half-way
+        card = messages.clean_card(message.card, message.path)
+        examples = card.get("example_captions", [])
+        glosses = messages.example_glosses(card)
         self._forget_speed()
         self.model_state = "loaded"
         self.load_error = ""
         self.model_name = message.name
         self.model_path = message.path
         self.device = message.device
-        self.examples = [str(caption) for caption in message.card.get("example_captions", [])]
-        self.glosses = messages.example_glosses(message.card)
+        self.card = card
+        self.examples = examples
+        self.glosses = glosses
         self.tokenizer = message.tokenizer
         self.document.set_model_geometry(message.size, message.factor)
         self.model_changed.emit()
@@ -282,7 +311,9 @@ class Session(QObject):
         )
         shown = (message.seed + 1) % MAX_SEED if self.seed_mode == "increment" else message.seed
         self.set_options(seed=shown)  # the seed field shows the one used, or the next one
-        self.record_speed(message.tokens_per_s, job.options.n, message.seconds_per_cell)
+        self.record_speed(
+            message.tokens_per_s, job.options.n, message.seconds_per_cell, message.overhead_s
+        )
         waited = message.wall_seconds or message.seconds  # what the ETA promised
         count = len(message.candidates)
         self._set_status(
@@ -298,3 +329,20 @@ def history_options(options: SamplingOptions, seconds: float) -> dict[str, Any]:
     values = options.to_dict()
     del values["seed"]
     return dict(values, seconds=round(seconds, 2))
+
+
+PHASES = {
+    "reading": "Reading the picture…",
+    "encoding": "Encoding the picture…",
+    "decoding": "Decoding the candidates…",
+    "pasting": "Pasting candidate {step} of {steps} into the picture…",
+}
+
+
+def phase_text(message: messages.Phase) -> str:
+    """The status line for a job's phase, with its ETA once one is known."""
+    text = PHASES.get(message.phase, f"{message.phase}…")
+    text = text.format(step=message.step + 1, steps=message.steps)
+    if math.isfinite(message.eta_s) and message.eta_s >= 0.5:
+        text += f" · ETA {message.eta_s:.0f} s"
+    return text

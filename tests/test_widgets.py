@@ -314,8 +314,12 @@ def test_caption_box_shows_a_long_caption_whole_and_enter_generates(window, qtbo
     mime.setText("a red circle\non the left\n")
     edit.insertFromMimeData(mime)
     assert edit.text() == "a red circle on the left"  # a caption is one line
+    with qtbot.waitSignal(window.caption.generate_refused, timeout=1000):  # no rectangle yet
+        qtbot.keyClick(edit, Qt.Key.Key_Return)
+    window.document.set_cell((1, 1))
     with qtbot.waitSignal(window.caption.generate_requested, timeout=1000):
         qtbot.keyClick(edit, Qt.Key.Key_Return)
+    window.session.cancel()
     assert edit.text() == "a red circle on the left"
 
 

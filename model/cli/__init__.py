@@ -100,8 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("complete", help="regenerate a bottom-right rectangle of an image")
     p.add_argument("--image")
-    p.add_argument("--from", dest="from_cell", help="top-left cell of the rectangle: ROW,COL")
-    p.add_argument("--from-px", help="top-left pixel of the rectangle: X,Y (snapped to its cell)")
+    p.add_argument(
+        "--from",
+        dest="from_cell",
+        metavar="ROW,COL",
+        help="top-left cell of the rectangle: ROW,COL (cells)",
+    )
+    p.add_argument(
+        "--from-px",
+        metavar="X,Y",
+        help="top-left pixel of the rectangle: X,Y (pixels; snapped to its cell)",
+    )
     p.add_argument("--caption")
     p.add_argument("--batch", help="CSV with image,caption,row,col per line")
     p.add_argument(

@@ -59,14 +59,15 @@ class ProgressBar:
             self.stream.flush()
 
 
-def parse_pair(text: str, what: str) -> tuple[int, int]:
+def parse_pair(text: str, what: str, shape: str = "A,B") -> tuple[int, int]:
+    """Two integers "A,B"; ``shape`` names them in the error ("ROW,COL (cells)")."""
     parts = text.replace(" ", "").split(",")
     if len(parts) != 2:
-        raise CLIError(f"{what} must be two integers 'A,B', got {text!r}")
+        raise CLIError(f"{what} must be two integers {shape}, got {text!r}")
     try:
         a, b = int(parts[0]), int(parts[1])
     except ValueError:
-        raise CLIError(f"{what} must be two integers 'A,B', got {text!r}") from None
+        raise CLIError(f"{what} must be two integers {shape}, got {text!r}") from None
     if a < 0 or b < 0:
         raise CLIError(f"{what} must not be negative, got {text!r}")
     return a, b

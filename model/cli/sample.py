@@ -37,6 +37,8 @@ from model.files import ImageError, open_image, probe_image
 log = logging.getLogger("dalle")
 
 MAX_BATCH_BYTES = 64 * 2**20  # a batch CSV is read whole: about a million jobs
+CELLS = "ROW,COL (cells)"  # how --from and --from-px name their numbers in an error
+PIXELS = "X,Y (pixels)"
 
 
 def cmd_generate(args) -> int:
@@ -215,7 +217,8 @@ def read_jobs(path: Path) -> list[Job]:
 def _job_from_row(path: Path, number: int, row: list[str]) -> Job:
     where = f"{path} line {number}: "
     if len(row) != 4:
-        raise CLIError(f"{where}expected image,caption,row,col, got {len(row)} fields")
+        quote = ' (a caption with commas goes in double quotes: "a, b")' if len(row) > 4 else ""
+        raise CLIError(f"{where}expected image,caption,row,col, got {len(row)} fields{quote}")
     image, caption, r, c = (x.strip() for x in row)
     if "\x00" in image or "\x00" in caption:
         raise CLIError(f"{where}a NUL byte in the image name or caption")
@@ -257,15 +260,15 @@ def cmd_complete(args) -> int:
         if args.caption is None:
             raise CLIError("complete needs --caption")
         if (args.from_cell is None) == (args.from_px is None):
-            raise CLIError("give exactly one of --from ROW,COL (cells) or --from-px X,Y")
+            raise CLIError(f"give exactly one of --from {CELLS} or --from-px {PIXELS}")
     output = Output.parse(args.out)
     if args.batch and output.is_file:
         raise CLIError(f"--out {shown(output.path)}: a batch writes several files; name a folder")
     if args.batch:
         jobs = read_jobs(Path(args.batch))
     else:
-        cell = parse_pair(args.from_cell, "--from") if args.from_cell else None
-        pixel = parse_pair(args.from_px, "--from-px") if args.from_px else None
+        cell = parse_pair(args.from_cell, "--from", CELLS) if args.from_cell else None
+        pixel = parse_pair(args.from_px, "--from-px", PIXELS) if args.from_px else None
         check_caption(args.caption)
         jobs = [Job(Path(args.image), args.caption, cell=cell, pixel=pixel)]
     if args.feather < 0:

@@ -292,7 +292,7 @@ class Canvas(QGraphicsView):
         document = self.document
         cells = document.masked_cells
         text = f"{cells} cells"
-        if self.session.seconds_per_cell > 0:
-            seconds = cells * self.session.seconds_per_cell
+        seconds = self.session.estimate_seconds(cells)  # 0: no run measured yet
+        if seconds > 0:
             text += " · ETA <1 s" if seconds < 1 else f" · ETA ~{seconds:.0f} s"
         return text

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from studio.engine import SamplingOptions
 from studio.session import MAX_SEED, SEED_MODES, Session
 
+GENERATE_TIP = "Generate the rectangle from the caption (Enter in the caption, Ctrl+Enter)"
 TOP_P_STEP = 0.05
 
 
@@ -140,13 +141,15 @@ class CaptionPanel(QWidget):
     """Caption, examples, options, Generate and Cancel, bound to a Session."""
 
     generate_requested = Signal()
+    generate_refused = Signal(str)  # Enter while Generate is off: why (for the status line)
     cancel_requested = Signal()
 
     def __init__(self, session: Session, parent=None):
         super().__init__(parent)
         self.session = session
+        self.blocked = ""  # why Generate is off besides a running job ("" when it is not)
         self.caption = CaptionEdit()
-        self.caption.submitted.connect(self.generate_requested)
+        self.caption.submitted.connect(self._submitted)
         self.caption.textChanged.connect(self._caption_edited)
         self.tokens = QLabel()  # "9 / 32 tokens"; says what is cut when the caption is too long
         self.tokens.setWordWrap(True)
@@ -155,7 +158,7 @@ class CaptionPanel(QWidget):
         self.examples.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.examples.setMenu(QMenu(self.examples))
         self.generate = QPushButton("Generate")
-        self.generate.setToolTip("Generate (Enter in the caption, Ctrl+Enter)")
+        self.generate.setToolTip(GENERATE_TIP)
         self.generate.clicked.connect(self.generate_requested)
         self.cancel = QPushButton("Cancel")
         self.cancel.setToolTip("Cancel (Esc)")
@@ -302,8 +305,20 @@ class CaptionPanel(QWidget):
         menu.setToolTipsVisible(bool(glosses))
         self.examples.setEnabled(bool(captions))
 
+    def _submitted(self) -> None:
+        if self.blocked:
+            self.generate_refused.emit(self.blocked)
+        else:
+            self.generate_requested.emit()
+
+    def set_generate_blocked(self, reason: str) -> None:
+        """Generate is off while ``reason`` holds ("" : on), the reason as its tooltip."""
+        self.blocked = reason
+        self.generate.setEnabled(not reason and not self.session.running)
+        self.generate.setToolTip(reason or GENERATE_TIP)
+
     def set_running(self, running: bool) -> None:
-        self.generate.setEnabled(not running)
+        self.generate.setEnabled(not running and not self.blocked)
         self.cancel.setEnabled(running)
         if running:
             self.caption.forget_typing()  # generated from: Ctrl+Z is the image's again

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, QSize, Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QMenu, QTreeWidget, QTreeWidgetItem
 
@@ -15,11 +15,36 @@ ICON = 48
 ID_ROLE = Qt.ItemDataRole.UserRole
 
 
+def clock(seconds: float, layout: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """``seconds`` since 1970 as local time, or "unknown time" for one no clock shows (a
+    project's schema bounds it; an entry made otherwise may still hold anything)."""
+    try:
+        return time.strftime(layout, time.localtime(seconds))
+    except (OverflowError, OSError, ValueError, TypeError):
+        return "unknown time"
+
+
+def label(entry: HistoryEntry) -> str:
+    """A row: what tells entries apart first (the run's time, the candidate, the seed), then the
+    caption, which a narrow panel cuts at its end. Time and candidate come first: they tell
+    every entry apart even in the fixed-seed mode, where the seed repeats."""
+    star = "★ " if entry.starred else ""
+    if entry.is_original:
+        return f"{star}Original"
+    parts = [clock(entry.time, "%H:%M:%S")]
+    candidate = entry.options.get("candidate")
+    if isinstance(candidate, int) and not isinstance(candidate, bool):
+        parts.append(f"#{candidate + 1}")
+    if entry.seed is not None:
+        parts.append(f"seed {entry.seed}")
+    return f"{star}{' · '.join(parts)} — {entry.caption or '(no caption)'}"
+
+
 def describe(entry: HistoryEntry) -> str:
     if entry.is_original:
         return "Original image"
     options = ", ".join(f"{k} {v}" for k, v in entry.options.items())
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time))
+    when = clock(entry.time)
     return (
         f"{entry.caption}\ncells from {entry.cell} · seed {entry.seed}\n{options}\n"
         f"{when} · {entry.model}"
@@ -40,28 +65,31 @@ class HistoryPanel(QTreeWidget):
         self.document: Document | None = None
         self.items: dict[int, QTreeWidgetItem] = {}
         self._icons: dict[int, tuple] = {}  # entry id -> (image it was made from, icon)
+        self._shown: tuple[int | None, int] = (None, 0)  # (current entry, entries) last built
 
     def set_document(self, document: Document) -> None:
         if self.document is not None:
             self.document.history_changed.disconnect(self.rebuild)
         self.document = document
         self._icons = {}
+        self._shown = (None, 0)
         document.history_changed.connect(self.rebuild)
         self.rebuild()
 
     def rebuild(self) -> None:
+        """Show the document's history. A star or a delete keeps the scroll position and the
+        selection (the next right-click lands where the user looks); a new current entry or
+        new entries scroll to the current one."""
         document = self.document
+        scrolled = self.verticalScrollBar().value()
+        selected = [item.data(0, ID_ROLE) for item in self.selectedItems()]
+        focused = self.currentItem().data(0, ID_ROLE) if self.currentItem() else None
         self.clear()
         self.items = {}
         pending = sorted(document.history.values(), key=lambda e: e.id)
         for entry in pending:  # ids grow with time, so parents come before children
             parent = self.items.get(entry.parent)
-            label = "Original" if entry.is_original else entry.caption or "(no caption)"
-            if entry.starred:
-                label = "★ " + label
-            if not entry.is_original:
-                label += f"  · seed {entry.seed}"
-            item = QTreeWidgetItem([label])
+            item = QTreeWidgetItem([label(entry)])
             icon = self._icons.get(entry.id)
             if icon is None or icon[0] is not entry.image:
                 icon = self._icons[entry.id] = (entry.image, thumbnail(entry.image, ICON))
@@ -78,9 +106,19 @@ class HistoryPanel(QTreeWidget):
                 parent.addChild(item)
             self.items[entry.id] = item
         self.expandAll()
+        if focused in self.items:
+            self.setCurrentItem(self.items[focused], 0, QItemSelectionModel.SelectionFlag.NoUpdate)
+        for entry_id in selected:
+            if entry_id in self.items:
+                self.items[entry_id].setSelected(True)
+        shown, self._shown = self._shown, (document.current_entry, len(document.history))
         current = self.items.get(document.current_entry)
-        if current is not None:
+        if current is not None and (
+            shown[0] != document.current_entry or shown[1] < len(document.history)
+        ):
             self.scrollToItem(current)
+        else:
+            self.verticalScrollBar().setValue(scrolled)
 
     def _clicked(self, item: QTreeWidgetItem) -> None:
         self.document.peek_entry(item.data(0, ID_ROLE))

@@ -24,42 +24,41 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer
-from PySide6.QtGui import QAction, QGuiApplication, QImage, QKeySequence, QUndoGroup
+from PySide6.QtGui import QGuiApplication, QImage, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QDockWidget,
     QFileDialog,
-    QLabel,
     QLineEdit,
     QMainWindow,
     QMessageBox,
-    QProgressBar,
-    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
 from model.files import ImageError
-from studio import project, scene_canvas, template
+from studio import naming, project, scene_canvas, template
 from studio.autosave import Autosaver
 from studio.document import Document
 from studio.engine import IMAGE_SUFFIXES, WORLD, default_bundle_path, load_image, one_line
-from studio.familiarity_hint import FAR_BADGE, FamiliarityHint
+from studio.familiarity_hint import FamiliarityHint
 from studio.session import Session
+from studio.widgets import about, menus, status
 from studio.widgets.candidates import CandidateStrip
 from studio.widgets.canvas import Canvas, qimage_to_array
 from studio.widgets.caption import CaptionPanel
 from studio.widgets.history import HistoryPanel
+from studio.widgets.menus import REDO_KEYS, UNDO_KEYS
 from studio.widgets.settings import SettingsDialog
 
 log = logging.getLogger(__name__)
 
 AUTOSAVE_MS = 60_000
 MAX_RECENT = 10
+FIRST_SIZE = (1280, 820)  # the window's size at a first start, on a screen that holds it
+TITLE_BAR = 40  # pixels kept free above the window for the window manager's frame
 IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")"
 PROJECT_FILTER = f"DALL·E Studio projects (*{project.SUFFIX})"
-UNDO_KEYS = (QKeySequence("Ctrl+Z"),)
-REDO_KEYS = (QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y"))
 
 
 def _matches(event, keys: tuple[QKeySequence, ...]) -> bool:
@@ -140,13 +139,17 @@ class MainWindow(QMainWindow):
 
         self.scene_seeds = scene_canvas.seeds()  # File › New scene draws the next one
         self.familiarity = FamiliarityHint(session, self)
-        self._build_status_bar()
-        self._build_actions()
+        status.build(self)
+        menus.build(self)
+        self._update_recent_menu()
         self.familiarity.changed.connect(self._show_hint)
         session.document_changed.connect(self._document_changed)
         session.model_changed.connect(self._model_changed)
+        session.running_changed.connect(self._update_generate)
+        self.caption.generate_refused.connect(self._say)
         session.speed_changed.connect(self._speed_changed)
         session.status_changed.connect(self.progress_label.setText)
+        session.phase_changed.connect(self._phase)
         session.error.connect(self.show_error)
         self.autosave_timer = QTimer(self)
         self.autosave_timer.timeout.connect(self.autosave)
@@ -160,95 +163,28 @@ class MainWindow(QMainWindow):
             fields += self.caption.findChildren(kind)
         for field in fields:
             field.installEventFilter(self.undo_keys)
-        self.resize(1280, 820)
+        self._fit_screen()
         geometry = self.settings.value("geometry")
         if geometry:
             self.restoreGeometry(geometry)
+
+    def _fit_screen(self) -> None:
+        """The first size: 1280x820 where the screen holds it, else what it holds with room
+        for the title bar, centred on the screen's available area (no panel or dock covered)."""
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is None:
+            self.resize(*FIRST_SIZE)
+            return
+        area = screen.availableGeometry()
+        width = min(FIRST_SIZE[0], area.width())
+        height = min(FIRST_SIZE[1], area.height() - TITLE_BAR)
+        self.resize(width, height)
+        self.move(area.x() + (area.width() - width) // 2, area.y() + (area.height() - height) // 2)
 
     @property
     def document(self) -> Document:
         """The session's document (the window keeps none of its own)."""
         return self.session.document
-
-    # -- status bar and actions ----------------------------------------------------------
-
-    def _build_status_bar(self) -> None:
-        self.progress = QProgressBar()
-        self.progress.setMaximumWidth(220)
-        self.progress.setVisible(False)
-        self.progress_label = QLabel()
-        self.device_label = QLabel("device: —")
-        self.model_label = QLabel()
-        self.speed_label = QLabel("")
-        # a picture far from the model's world: the whole line says so until the user marks a
-        # rectangle or generates, then the badge keeps saying it (studio.familiarity_hint)
-        self.hint_label = QLabel()
-        self.hint_label.setStyleSheet("color: #b35900")
-        self.hint_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.hint_label.setVisible(False)
-        self.far_badge = QLabel(FAR_BADGE)
-        self.far_badge.setStyleSheet("color: #b35900")
-        self.far_badge.setVisible(False)
-        status = self.statusBar()
-        status.addWidget(self.hint_label, 1)  # never widens the window: it gets what is left
-        status.addWidget(self.progress_label)
-        status.addWidget(self.progress)
-        for label in (self.far_badge, self.speed_label, self.model_label, self.device_label):
-            status.addPermanentWidget(label)
-
-    def _action(self, menu, text, slot, *shortcuts) -> QAction:
-        action = QAction(text, self)
-        if shortcuts:
-            action.setShortcuts([QKeySequence(s) for s in shortcuts])
-        action.triggered.connect(slot)
-        menu.addAction(action)
-        self.addAction(action)  # shortcuts work while the menu bar is hidden too
-        return action
-
-    def _build_actions(self) -> None:
-        bar = self.menuBar()
-        files = bar.addMenu("&File")
-        files.setToolTipsVisible(True)  # New scene's says why it is off for some models
-        self.new_scene_action = self._action(files, "New &scene", self.new_scene, "Ctrl+N")
-        self._action(files, "&Open image…", self.open_image_dialog, QKeySequence.StandardKey.Open)
-        self._action(files, "Open &project…", self.open_project_dialog, "Ctrl+Shift+O")
-        templates = files.addMenu("&New from template")
-        self.image_to_image_action = self._action(
-            templates, "&Image-to-image (top → bottom)…", self.image_to_image_dialog, "Ctrl+Shift+N"
-        )
-        self.recent_menu = files.addMenu("Open &recent")
-        self._action(files, "&Save project", self.save_project, QKeySequence.StandardKey.Save)
-        self._action(files, "Save project &as…", self.save_project_as, "Ctrl+Shift+S")
-        self._action(files, "&Export PNG…", self.export_png, "Ctrl+Shift+E")
-        self._action(files, "&Paste image", self.paste_image, QKeySequence.StandardKey.Paste)
-        files.addSeparator()
-        self._action(files, "Se&ttings…", self.open_settings, "Ctrl+,")
-        self._action(files, "&Quit", self.close, QKeySequence.StandardKey.Quit)
-        edit = bar.addMenu("&Edit")
-        # Undo and Redo follow the document's undo stack: off with nothing to do, and named
-        # after the step ("Undo Accept candidate"). A reopened project starts with none: its
-        # history entries are kept, not its undo steps.
-        self.undo_group = QUndoGroup(self)
-        self.undo_action = self.undo_group.createUndoAction(self, "&Undo")
-        self.redo_action = self.undo_group.createRedoAction(self, "&Redo")
-        for action, shortcuts in ((self.undo_action, UNDO_KEYS), (self.redo_action, REDO_KEYS)):
-            action.setShortcuts(list(shortcuts))
-            edit.addAction(action)
-            self.addAction(action)  # shortcuts work while the menu bar is hidden too
-        view = bar.addMenu("&View")
-        self._action(view, "&Fit", self.canvas.fit, "Ctrl+0")
-        self._action(view, "&100 %", self.canvas.actual_size, "Ctrl+1")
-        self._action(view, "Zoom &in", self.canvas.zoom_in, "Ctrl++", "Ctrl+=")
-        self._action(view, "Zoom &out", self.canvas.zoom_out, "Ctrl+-")
-        self.grid_action = self._action(view, "Token &grid", self.canvas.set_show_grid, "Ctrl+G")
-        self.grid_action.setCheckable(True)
-        run = bar.addMenu("&Generate")
-        self.generate_action = self._action(
-            run, "&Generate", self.session.generate, "Ctrl+Return", "Ctrl+Enter"
-        )
-        self._action(run, "&Cancel / discard", self.escape, "Esc")
-        self._action(run, "&Accept candidate", self.accept_candidate, "Ctrl+Shift+Return")
-        self._update_recent_menu()
 
     # -- document -----------------------------------------------------------------------
 
@@ -269,12 +205,15 @@ class MainWindow(QMainWindow):
         self.history.set_document(document)
         self._update_title()
         self._rectangle_changed()
+        self._update_generate()
 
     def _document_bindings(self, document: Document) -> list:
         return [
             (document.generating_changed, self._generating_changed),
+            (document.generating_changed, self._update_generate),
             (document.progress_changed, self._progress),
             (document.rectangle_changed, self._rectangle_changed),
+            (document.rectangle_changed, self._update_generate),
             (document.modified_changed, self._update_title),
             (document.candidates_changed, self._candidates_changed),
         ]
@@ -323,6 +262,21 @@ class MainWindow(QMainWindow):
             compiled = " · compiled" if session.engine.compile else ""
             self.device_label.setText(f"device: {session.device} · {session.precision}{compiled}")
         self._update_new_scene()
+        self._update_generate()
+
+    def _update_generate(self, *_) -> None:
+        menus.update_generate(self)
+
+    def _say(self, text: str) -> None:
+        """A line on the status bar, in place of the far-from-training hint (its badge stays)."""
+        self._hint_to_badge()
+        self.progress_label.setText(text)
+
+    def show_about(self) -> None:
+        """Help › About (``studio.widgets.about``); deleted when closed, like Settings."""
+        dialog = about.AboutDialog(self.session, about.logs_folder(self.autosave_folder), self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
 
     def _update_new_scene(self) -> None:
         """New scene is offered only for a model trained on scenes (its card says so)."""
@@ -361,15 +315,13 @@ class MainWindow(QMainWindow):
     def _generating_changed(self, running: bool) -> None:
         self._hint_to_badge()
         self.progress.setVisible(running)
-        self.progress.setValue(0)
+        self.progress.setRange(0, 0)  # busy until the first row: reading, encoding
 
     def _progress(self, rows_done: int, rows_total: int, speed: float, eta: float) -> None:
-        self.progress.setMaximum(rows_total)
-        self.progress.setValue(rows_done)
-        self.progress_label.setText(
-            f"row {rows_done}/{rows_total} · {speed:.0f} tokens/s · ETA {eta:.0f} s"
-        )
-        self.speed_label.setText(f"{speed:.0f} tokens/s")
+        status.show_row(self, rows_done, rows_total, speed, eta)
+
+    def _phase(self, phase: str, step: int, steps: int) -> None:
+        status.show_phase(self, phase, step, steps)
 
     def show_error(self, text: str) -> None:
         """Show ``text`` without blocking the event loop (and keep it for the log)."""
@@ -540,15 +492,18 @@ class MainWindow(QMainWindow):
         return True
 
     def export_png(self) -> None:
-        self._export(self.document.image)
+        self._export(self.document.image, naming.export_name(self.document))
 
     def export_entry(self, entry_id: int) -> None:
-        self._export(self.document.history[entry_id].image)
+        name = naming.export_name(self.document, entry_id)
+        self._export(self.document.history[entry_id].image, name)
 
-    def _export(self, image: np.ndarray) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export PNG", self._last_folder(), "PNG (*.png)"
-        )
+    def _export(self, image: np.ndarray, name: str) -> None:
+        """Ask where to write ``image``, suggesting ``name`` in the last folder used."""
+        source = self.document.source_path
+        folder = self._last_folder() or (str(Path(source).parent) if source else "")
+        suggested = str(Path(folder) / name) if folder else name
+        path, _ = QFileDialog.getSaveFileName(self, "Export PNG", suggested, "PNG (*.png)")
         if not path:
             return
         if not path.lower().endswith(".png"):

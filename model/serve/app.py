@@ -176,8 +176,9 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
             raise APIError(
                 400,
                 f"n={image_request.options.n} images of {size[0]}x{size[1]} make "
-                f"{pixels / 1e6:.1f} megapixels; this server answers at most "
-                f"{settings.max_pixels / 1e6:g} megapixels a request: ask for fewer or smaller",
+                f"{pixels / 1e6:.3g} megapixels; this server answers at most "
+                f"{settings.max_pixels / 1e6:g} megapixels a request: ask for fewer or smaller "
+                "images",
                 "n",
                 "answer_too_large",
             )
@@ -329,7 +330,9 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
         return JSONResponse(service.describe())
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": service.id, **worker.status()})
+        return JSONResponse(
+            {"status": "ok", "model": service.id, **worker.status(), "url_store_bytes": store.size}
+        )
 
     async def image_file(request: Request) -> Response:
         png = store.get(request.path_params["name"])

@@ -8,8 +8,9 @@
   and within ``body_timeout`` seconds (408). A JSON body is at most ``MAX_JSON_BYTES``; an edit's
   files stream to disk past 1 MiB each (Starlette's spooled files).
 - **Unread bodies**: an answer sent before its request's body was read to the end says
-  ``Connection: close``; the server then stops reading it: it shuts its side, drops what still
-  comes for up to ``LINGER_S`` seconds (so the client can read the answer), then closes.
+  ``Connection: close``, and the server stops reading it: it shuts its side once the answer is
+  sent and closes ``LINGER_S`` later (a client still sending then sees a reset, and reads the
+  answer from its socket as Linux keeps it).
 
 ``worst_case_memory`` is the bound these give, as a formula of the options (README, server
 section); tests/test_hostile_server.py measures the peak RSS against it.
@@ -30,7 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from model.serve.protocol import MAX_IMAGES, APIError
 
 MAX_JSON_BYTES = 2**20  # a generation's JSON: a prompt of 1,000 characters needs under 7 KB
-LINGER_S = 2.0  # after an answer to an unread body: time for the client to read the answer
+LINGER_S = 1.0  # after an answer to an unread body: time for the client to read the answer
 
 # Memory per unit, for worst_case_memory (each from what the code holds; the test measures)
 CONNECTION_BYTES = 512 * 2**10  # uvicorn pauses reading at 64 KiB buffered; one socket read
@@ -178,6 +179,10 @@ class _LingeringTransport:
     def is_closing(self) -> bool:
         return self._protocol.lingering or self._transport.is_closing()
 
+    def resume_reading(self) -> None:
+        if not self._protocol.lingering:  # uvicorn resumes after an answer; a lingering close
+            self._transport.resume_reading()  # reads nothing more
+
 
 class GuardedProtocol(H11Protocol):
     """uvicorn's h11 protocol with a cap on connections, a deadline for each request's head,
@@ -284,8 +289,8 @@ class GuardedProtocol(H11Protocol):
         self.linger()
 
     def linger(self) -> None:
-        """Stop answering and reading: shut our side once the answer is sent, drop what the
-        client still sends, and close after ``LINGER_S`` (at once when it closes first)."""
+        """Stop answering and reading: shut our side once the answer is sent, read nothing
+        more, and close after ``LINGER_S``."""
         if self.lingering:
             return
         self.lingering = True
@@ -294,7 +299,7 @@ class GuardedProtocol(H11Protocol):
         raw = self.transport._transport
         if raw.can_write_eof():
             raw.write_eof()
-        raw.resume_reading()
+        raw.pause_reading()
         self.loop.call_later(LINGER_S, self._end_linger, raw)
 
     @staticmethod
@@ -303,11 +308,6 @@ class GuardedProtocol(H11Protocol):
             raw.abort()  # the client read nothing of its answer in LINGER_S: drop it
         else:
             raw.close()
-
-    def eof_received(self) -> bool | None:
-        if self.lingering:
-            self.transport._transport.close()
-        return super().eof_received()
 
 
 def protocol_class(max_connections: int, header_timeout: float) -> type[GuardedProtocol]:

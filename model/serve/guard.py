@@ -28,7 +28,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from model.serve.protocol import MAX_IMAGES, APIError
+from model.serve.protocol import APIError
 
 MAX_JSON_BYTES = 2**20  # a generation's JSON: a prompt of 1,000 characters needs under 7 KB
 LINGER_S = 1.0  # after an answer to an unread body: time for the client to read the answer
@@ -37,13 +37,12 @@ LINGER_S = 1.0  # after an answer to an unread body: time for the client to read
 CONNECTION_BYTES = 512 * 2**10  # uvicorn pauses reading at 64 KiB buffered; one socket read
 # is at most 256 KiB; h11 holds at most 16 KiB of an unfinished head; the objects around them
 SPOOL_BYTES = 2**20  # Starlette keeps an uploaded file's first 1 MiB in memory, then disk
-HELD_BYTES_PER_PIXEL = 5  # a queued edit: its image as RGBA (4) and the marked pixels (1)
-DECODE_BYTES_PER_PIXEL = 14  # decoding an edit (one at a time): Pillow's decode, the RGBA
-# copy and the mask's, the marked pixels
-RUN_BYTES_PER_PIXEL = 24  # the running edit: RGB copy, pasted-back and kept-pixel arrays
-ANSWER_BYTES_PER_PIXEL = 4 * (1 + 4 / 3 + 4 / 3)  # one image of an answer: PNG (at most
-# 4 bytes a pixel, RGBA stored), its base64 and the JSON text holding the base64
-FIXED_BYTES = 32 * 2**20  # per-request Python objects, the thread pool's stacks, allocator slack
+HELD_BYTES_PER_PIXEL = 11  # an admitted edit: its image as RGBA (4), the marked pixels (1),
+# and its answer waiting to be taken (the PNGs' base64 in JSON: 4 * 4/3, at most, < 6)
+ONCE_BYTES_PER_PIXEL = 58  # one at a time: decoding an upload (14: Pillow's decode, the RGBA
+# copies of image and mask), running the edit (24: RGB copy, pasted-back and kept-pixel arrays)
+# and rendering an answer (20: PNGs, their base64, the JSON text and its bytes)
+FIXED_BYTES = 32 * 2**20  # requests' Python objects, the thread pool's stacks, allocator slack
 
 
 def too_large(limit: int, what: str = "the request") -> APIError:
@@ -274,6 +273,12 @@ class GuardedProtocol(H11Protocol):
             )
         )
 
+    def send_400_response(self, msg: str) -> None:
+        """h11 could not parse the request (a bad line, a head over 16 KiB, a bad length)."""
+        self.answer_and_close(
+            APIError(400, f"not a valid HTTP request: {msg.rstrip('.')}", None, "invalid_http")
+        )
+
     def answer_and_close(self, error: APIError) -> None:
         """Write ``error`` as a whole HTTP answer outside h11's cycle, then linger and close."""
         body = json.dumps(error.body()).encode()
@@ -320,23 +325,23 @@ def protocol_class(max_connections: int, header_timeout: float) -> type[GuardedP
 
 def worst_case_memory(settings, idle_rss: int) -> int:
     """Bytes of RSS the server can reach, at most, under any load: ``idle_rss`` (the process
-    with its model loaded, after one answer) plus what its options let clients hold.
+    with its model loaded, after one answer) plus what its options let clients hold:
 
-        idle + C*conn + (Q+1)*(U + 2*spool + 5P) + 14P + 24P + 2*n*P*4*(1+4/3+4/3) + S + fixed
+        idle + C * 0.5 MiB + (Q + 1) * (U + 2 MiB + 11 P) + 58 P + S + 32 MiB
 
-    C connections, Q queue places, U upload bytes, P pixels of an upload, n at most 10 images
-    an answer, S the url store's bytes. The model's own working memory for sampling is in the
-    idle RSS (one job runs at a time; the first answer has sized it)."""
-    pixels = settings.max_pixels
-    held = settings.max_upload + 2 * SPOOL_BYTES + HELD_BYTES_PER_PIXEL * pixels
-    held = max(held, MAX_JSON_BYTES)
+    C = max_connections, Q = queue_size (Q + 1 requests hold a place: read, queued, run or
+    answered), U = max_upload bytes, P = max_pixels (of an upload, and of an answer's images
+    together), S = url_store_bytes. The model's own working memory for sampling is in the idle
+    RSS: one job runs at a time, and the first answer has sized it."""
+    held = max(
+        settings.max_upload + 2 * SPOOL_BYTES + HELD_BYTES_PER_PIXEL * settings.max_pixels,
+        MAX_JSON_BYTES,
+    )
     return int(
         idle_rss
         + settings.max_connections * CONNECTION_BYTES
         + (settings.queue_size + 1) * held
-        + DECODE_BYTES_PER_PIXEL * pixels
-        + RUN_BYTES_PER_PIXEL * pixels
-        + 2 * MAX_IMAGES * ANSWER_BYTES_PER_PIXEL * pixels  # one answer built, one being sent
+        + ONCE_BYTES_PER_PIXEL * settings.max_pixels
         + settings.url_store_bytes
         + FIXED_BYTES
     )

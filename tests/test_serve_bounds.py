@@ -21,6 +21,7 @@ pytest.importorskip("uvicorn")
 
 from model.serve.app import ImageStore  # noqa: E402
 from model.serve.guard import LINGER_S  # noqa: E402
+from model.serve.service import Result  # noqa: E402
 from tests.test_serve import (  # noqa: E402
     WaitingService,
     health,
@@ -334,3 +335,38 @@ def test_an_option_out_of_range_is_one_line_before_the_model_loads(option, value
     assert f"{option} must be" in done.stderr
     assert done.stdout == ""  # it never served, nor loaded the model
     assert time.monotonic() - started < 30
+
+
+class LargeAnswerService(WaitingService):
+    """Answers at once with n PNGs of incompressible pixels (about 0.75 MB each)."""
+
+    def run(self, request, cancel):
+        import numpy as np
+        from PIL import Image
+
+        pixels = np.random.default_rng(0).integers(0, 256, (500, 500, 3), np.uint8)
+        return Result([png(Image.fromarray(pixels))] * request.options.n, 1, 0.1, 10.0, "")
+
+
+def test_a_place_is_held_until_the_answer_is_taken_and_a_client_that_never_reads_is_dropped():
+    service = LargeAnswerService()
+    with in_process(service, queue_size=1, body_timeout=2.0, max_pixels=10**7) as (base, _, _):
+        sock = connect(base)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        body = json.dumps({"prompt": "a", "n": 10, "response_format": "b64_json"}).encode()
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        sock.sendall(head("POST", GEN, headers) + body)  # and never reads its 10 MB answer
+        assert wait_until(lambda: health(base)["done"] == 1)
+        time.sleep(0.5)
+        assert health(base)["admitted"] == 1  # its answer still waits: its place is held
+        assert wait_until(lambda: health(base)["admitted"] == 0, 2.0 + 3)  # then dropped
+        received = 0
+        try:  # what the socket had taken, then the end: the rest of the answer was dropped
+            while chunk := sock.recv(65536):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert received < 10 * 2**20
+        taken = httpx.post(f"{base}{GEN}", json={"prompt": "b", "n": 2}, timeout=10)
+        assert taken.status_code == 200
+        assert wait_until(lambda: health(base)["admitted"] == 0)

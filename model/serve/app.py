@@ -294,23 +294,25 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
         except HTTPException as error:
             raise APIError(400, f"the form cannot be read: {error.detail}") from None
         fields: dict[str, Any] = {}
-        files: dict[str, bytes] = {}
+        uploads: dict[str, Any] = {}  # spooled files: past 1 MiB on disk until decoded
         try:
             for name, value in form.multi_items():
-                if name in fields or name in files:
+                if name in fields or name in uploads:
                     raise APIError(400, f"'{name[:40]}' is sent more than once", name[:40])
                 if isinstance(value, str):
                     fields[name] = value
                 else:
-                    files[name] = await value.read()
+                    uploads[name] = value
+            # one upload read into memory and decoded at a time, off the event loop
+            async with decoding:
+                files = {name: await upload.read() for name, upload in uploads.items()}
+                image_request = await asyncio.to_thread(
+                    parse_edit, fields, files, service.size, service.id, settings.max_pixels
+                )
+                del files  # the encoded upload: only its pixels wait in the queue
         finally:
             await form.close()
-        # decoding a large upload takes a while: off the event loop, one at a time
-        async with decoding:
-            image_request = await asyncio.to_thread(
-                parse_edit, fields, files, service.size, service.id, settings.max_pixels
-            )
-        del files, form  # the encoded upload: only its pixels wait in the queue
+        del form, uploads
         return await run_job(request, image_request, "edit")
 
     async def models(request: Request) -> Response:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -225,7 +227,7 @@ class GuardedProtocol(H11Protocol):
         try:
             await asyncio.wait_for(self.flow.drain(), timeout)
         except TimeoutError:
-            self.transport._transport.abort()
+            reset(self.transport._transport)
 
     def connection_lost(self, exc) -> None:
         self.lost = True
@@ -310,9 +312,21 @@ class GuardedProtocol(H11Protocol):
     @staticmethod
     def _end_linger(raw: asyncio.Transport) -> None:
         if raw.get_write_buffer_size():
-            raw.abort()  # the client read nothing of its answer in LINGER_S: drop it
+            reset(raw)  # the client read nothing of its answer in LINGER_S: drop it
         else:
             raw.close()
+
+
+def reset(raw: asyncio.Transport) -> None:
+    """Drop the connection now, what the kernel still holds to send included (a reset: a
+    plain close would keep sending it at the pace of a client that does not read)."""
+    sock = raw.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    raw.abort()
 
 
 def protocol_class(max_connections: int, header_timeout: float) -> type[GuardedProtocol]:
@@ -327,20 +341,19 @@ def worst_case_memory(settings, idle_rss: int) -> int:
     """Bytes of RSS the server can reach, at most, under any load: ``idle_rss`` (the process
     with its model loaded, after one answer) plus what its options let clients hold:
 
-        idle + C * 0.5 MiB + (Q + 1) * (U + 2 MiB + 11 P) + 58 P + S + 32 MiB
+        idle + C * 0.5 MiB + (Q + 1) * (2 MiB + 11 P) + U + 58 P + S + 32 MiB
 
     C = max_connections, Q = queue_size (Q + 1 requests hold a place: read, queued, run or
-    answered), U = max_upload bytes, P = max_pixels (of an upload, and of an answer's images
-    together), S = url_store_bytes. The model's own working memory for sampling is in the idle
+    answered), U = max_upload bytes (one upload is in memory at a time, for its decoding; the
+    others wait on disk), P = max_pixels (of an upload, and of an answer's images together),
+    S = url_store_bytes. The model's own working memory for sampling is in the idle
     RSS: one job runs at a time, and the first answer has sized it."""
-    held = max(
-        settings.max_upload + 2 * SPOOL_BYTES + HELD_BYTES_PER_PIXEL * settings.max_pixels,
-        MAX_JSON_BYTES,
-    )
+    held = max(2 * SPOOL_BYTES + HELD_BYTES_PER_PIXEL * settings.max_pixels, MAX_JSON_BYTES)
     return int(
         idle_rss
         + settings.max_connections * CONNECTION_BYTES
         + (settings.queue_size + 1) * held
+        + settings.max_upload
         + ONCE_BYTES_PER_PIXEL * settings.max_pixels
         + settings.url_store_bytes
         + FIXED_BYTES

@@ -261,18 +261,25 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
                 "url_store_full",
                 kind="server_error",
             )
-        data = []
-        for png in result.pngs:
+        # the JSON written straight into one buffer: each PNG's base64 is its only other copy
+        answer = bytearray(b'{"created":%d,"data":[' % int(time.time()))
+        for number, png in enumerate(result.pngs):
+            answer += b"," if number else b""
             if image_request.response_format == "b64_json":
-                data.append({"b64_json": base64.b64encode(png).decode("ascii")})
+                answer += b'{"b64_json":"'
+                answer += base64.b64encode(png)
+                answer += b'"}'
             else:
-                data.append({"url": str(request.url_for("image_file", name=store.put(png)))})
-        body = {"created": int(time.time()), "data": data, "model": service.id, "seed": result.seed}
+                url = str(request.url_for("image_file", name=store.put(png)))
+                answer += json.dumps({"url": url}).encode()
+        rest: dict[str, Any] = {"model": service.id, "seed": result.seed}
         headers = {"X-Seed": str(result.seed)}
         if result.note:
-            body["note"] = result.note
+            rest["note"] = result.note
             headers["X-DALLE-Studio-Note"] = header_safe(result.note)
-        return JSONResponse(body, headers=headers)
+        answer += b"]," + json.dumps(rest, separators=(",", ":")).encode()[1:]
+        del result
+        return Response(memoryview(answer), media_type="application/json", headers=headers)
 
     async def generations(request: Request) -> Response:
         authorize(request)

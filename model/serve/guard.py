@@ -41,9 +41,10 @@ CONNECTION_BYTES = 512 * 2**10  # uvicorn pauses reading at 64 KiB buffered; one
 SPOOL_BYTES = 2**20  # Starlette keeps an uploaded file's first 1 MiB in memory, then disk
 HELD_BYTES_PER_PIXEL = 11  # an admitted edit: its image as RGBA (4), the marked pixels (1),
 # and its answer waiting to be taken (the PNGs' base64 in JSON: 4 * 4/3, at most, < 6)
-ONCE_BYTES_PER_PIXEL = 58  # one at a time: decoding an upload (14: Pillow's decode, the RGBA
-# copies of image and mask), running the edit (24: RGB copy, pasted-back and kept-pixel arrays)
-# and rendering an answer (20: PNGs, their base64, the JSON text and its bytes)
+ONCE_BYTES_PER_PIXEL = 58  # one at a time: decoding an upload (16: the encoded bytes,
+# Pillow's decode, its RGBA copies), running the edit (24: an RGB copy, the pasted-back
+# candidates, the kept pixels, the PNGs) and writing an answer (18: the PNGs, one base64, the
+# JSON buffer)
 FIXED_BYTES = 32 * 2**20  # requests' Python objects, the thread pool's stacks, allocator slack
 
 
@@ -228,6 +229,12 @@ class GuardedProtocol(H11Protocol):
             await asyncio.wait_for(self.flow.drain(), timeout)
         except TimeoutError:
             reset(self.transport._transport)
+
+    def shutdown(self) -> None:
+        if self.lingering or self.conn.our_state is h11.ERROR:
+            self.transport._transport.close()  # answered outside h11's cycle: nothing to end
+            return
+        super().shutdown()
 
     def connection_lost(self, exc) -> None:
         self.lost = True

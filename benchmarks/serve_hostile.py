@@ -195,14 +195,16 @@ def measure(process: subprocess.Popen, scenario, port: int, args) -> dict:
         idle_mb=round(idle / MB), peak_mb=round(peak / MB), growth_mb=round((peak - idle) / MB)
     )
     figures["after_mb"] = round(now / MB)
-    if not args.serve_args:  # the defaults: the bound README states, where the code has one
-        try:
-            from model.serve.app import Settings
-            from model.serve.guard import worst_case_memory
+    try:  # the bound README states, for the server's options, where the code has one
+        from model.cli.serve import add_serve_args, settings_of
+        from model.serve.guard import worst_case_memory
 
-            figures["bound_mb"] = round(worst_case_memory(Settings(), idle) / MB)
-        except ImportError:
-            pass
+        options = argparse.ArgumentParser()
+        add_serve_args(options)
+        settings = settings_of(options.parse_known_args(args.serve_args)[0], None)
+        figures["bound_mb"] = round(worst_case_memory(settings, idle) / MB)
+    except ImportError:
+        pass
     return figures
 
 

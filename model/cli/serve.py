@@ -36,7 +36,12 @@ def add_serve_args(p) -> None:
     p.add_argument("--queue-size", type=int, default=8, help="requests waiting, besides one")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="bytes of one request")
-    p.add_argument("--max-megapixels", type=float, default=16.0, help="of an uploaded image")
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=16.0,
+        help="of an uploaded image, and of one answer's images together",
+    )
     p.add_argument("--url-ttl", type=float, default=600.0, help="seconds a url answer is kept")
     p.add_argument(
         "--url-store-mb", type=float, default=128.0, help="PNGs kept for url answers, in all"
@@ -191,7 +196,7 @@ def cmd_serve(args) -> int:
         import uvicorn  # noqa: F401
 
         from model.serve.app import create_app
-        from model.serve.guard import server_config
+        from model.serve.guard import server_config, unmap_large_frees
         from model.serve.service import ModelService
     except ModuleNotFoundError as error:
         raise CLIError(
@@ -200,6 +205,7 @@ def cmd_serve(args) -> int:
         ) from None
     key = check_args(args)
     settings = settings_of(args, key)
+    unmap_large_frees()  # a freed upload goes back to the system, not to a fragmented heap
     check_device(args.device)
     configure_logging(args.json_logs)
     sock = bind(args.host, args.port)

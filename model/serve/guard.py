@@ -45,6 +45,8 @@ ONCE_BYTES_PER_PIXEL = 58  # one at a time: decoding an upload (16: the encoded 
 # Pillow's decode, its RGBA copies), running the edit (24: an RGB copy, the pasted-back
 # candidates, the kept pixels, the PNGs) and writing an answer (18: the PNGs, one base64, the
 # JSON buffer)
+LARGE_BYTES = 8 * 2**20  # unmap_large_frees: above torch's per-token temporaries
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 FIXED_BYTES = 32 * 2**20  # requests' Python objects, the thread pool's stacks, allocator slack
 
 
@@ -365,6 +367,19 @@ def worst_case_memory(settings, idle_rss: int) -> int:
         + settings.url_store_bytes
         + FIXED_BYTES
     )
+
+
+def unmap_large_frees(threshold: int = LARGE_BYTES) -> bool:
+    """glibc: blocks of ``threshold`` bytes or more are mapped for themselves and given back to
+    the system when freed. glibc's own threshold grows to 32 MB after the first such free, and a
+    freed 14 MB upload then stays in the heap, fragmented: 240 MB more RSS after 32 large edits
+    (benchmarks/serve_hostile.py). False where the C library has no ``mallopt``."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
 
 
 def server_config(app, settings, **options):

@@ -266,7 +266,10 @@ def _checked(opened: Path | BinaryIO, label: str, limit: int = MAX_PIXELS) -> It
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         if isinstance(error, ImageError):
             raise
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, UnidentifiedImageError):  # its text names the file object
+            detail = "not a PNG, JPEG, WebP or BMP file"
+        else:
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageError(f"{label}: not a readable image ({detail})") from None
 
 

@@ -29,6 +29,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from model.cli.serve import bind  # noqa: E402
 from model.serve.app import Settings, create_app  # noqa: E402
+from model.serve.guard import server_config  # noqa: E402
 from model.serve.service import Result, png_bytes  # noqa: E402
 from model.serve.worker import JobCancelled  # noqa: E402
 
@@ -99,7 +100,7 @@ def post(url: str, body: bytes, headers: dict[str, str], key: str | None = KEY):
         return error.code, error.headers, json.loads(error.read())
 
 
-def declared_too_large(url: str, length: int):
+def declared_too_large(url: str, length: int, kind: str = "application/json"):
     """A POST that declares ``length`` bytes and sends none: refused from the header alone."""
     import http.client
     from urllib.parse import urlsplit
@@ -107,7 +108,7 @@ def declared_too_large(url: str, length: int):
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     connection.putrequest("POST", parts.path)
-    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Type", kind)
     connection.putheader("Content-Length", str(length))
     connection.putheader("Authorization", f"Bearer {KEY}")
     connection.endheaders()
@@ -308,7 +309,18 @@ def test_every_bad_request_is_an_openai_error_and_the_server_survives(server):
         (post_json(gen, {"prompt": "a", "model": "dall-e-3"}), 404, "model", "dall-e-3"),
         (post_json(gen, {"prompt": "a"}, key=None), 401, None, "API key"),
         (post_json(gen, {"prompt": "a"}, key="wrong"), 401, None, "Incorrect API key"),
-        (declared_too_large(gen, 3 * 2**20), 413, None, "limit of 2 MB"),
+        (
+            declared_too_large(gen, 3 * 2**20),
+            413,
+            None,
+            "JSON body is larger than this server's limit of 1 MB",
+        ),
+        (
+            declared_too_large(edit, 3 * 2**20, "multipart/form-data; boundary=x"),
+            413,
+            None,
+            "limit of 2 MB",
+        ),
         (post(edit, *multipart({"prompt": "a"}, {"image": big})), 413, "image", "megapixels"),
         (
             post(edit, *multipart({"prompt": "a"}, {"image": b"not a png"})),
@@ -442,8 +454,10 @@ class WaitingService:
 def in_process(service, **settings):
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(service, Settings(**settings)),
+    settings = Settings(**settings)
+    config = server_config(
+        create_app(service, settings),
+        settings,
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=5,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -35,8 +36,28 @@ def add_serve_args(p) -> None:
     p.add_argument("--queue-size", type=int, default=8, help="requests waiting, besides one")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="bytes of one request")
-    p.add_argument("--max-megapixels", type=float, default=16.0, help="of an uploaded image")
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=16.0,
+        help="of an uploaded image, and of one answer's images together",
+    )
     p.add_argument("--url-ttl", type=float, default=600.0, help="seconds a url answer is kept")
+    p.add_argument(
+        "--url-store-mb", type=float, default=128.0, help="PNGs kept for url answers, in all"
+    )
+    p.add_argument(
+        "--max-connections", type=int, default=64, help="open at once; the next gets 503"
+    )
+    p.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds for a request's headers"
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds for a request's body to arrive, and for its answer to be taken",
+    )
     p.add_argument("--grace", type=float, default=30.0, help="seconds to finish jobs on shutdown")
     p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
 
@@ -105,17 +126,54 @@ def check_args(args) -> str | None:
             f"--host {args.host} can be reached from other machines: give --api-key KEY (or "
             f"${API_KEY_VARIABLE}), or bind to 127.0.0.1"
         )
-    if not 0 <= args.port <= 65535:
-        raise CLIError(f"--port must be from 0 to 65535, got {args.port}")
-    for name in ("queue_size",):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("timeout", "max_upload_mb", "max_megapixels", "url_ttl"):
+    if key is not None and "\n" in key:
+        raise CLIError("--api-key must be one line")
+    for name, (low, high) in RANGES.items():
+        value = getattr(args, name)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise CLIError(
+                f"--{name.replace('_', '-')} must be from {low:g} to {high:g}, got {value!r}"
+            )
+    for name in ("timeout", "max_upload_mb", "max_megapixels", "url_ttl", "url_store_mb"):
         if not getattr(args, name) > 0:
-            raise CLIError(f"--{name.replace('_', '-')} must be positive")
-    if args.grace < 0:
-        raise CLIError("--grace must not be negative")
+            raise CLIError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)!r}"
+            )
     return key.strip() if key is not None else None
+
+
+# every numeric option's range, checked (finite, in range) before the model loads
+RANGES = {
+    "port": (0, 65535),
+    "queue_size": (1, 1000),
+    "timeout": (0, 7 * 86400),
+    "max_upload_mb": (0, 4096),
+    "max_megapixels": (0, 1000),  # model.files.MAX_PIXELS is 178 MP; a sane ceiling above it
+    "url_ttl": (0, 30 * 86400),
+    "url_store_mb": (0, 65536),
+    "max_connections": (1, 100_000),
+    "header_timeout": (0.1, 3600),
+    "body_timeout": (0.1, 86400),
+    "grace": (0, 3600),
+}
+
+
+def settings_of(args, key: str | None):
+    """The server's Settings from checked ``args``."""
+    from model.serve.app import Settings
+
+    return Settings(
+        api_key=key,
+        queue_size=args.queue_size,
+        timeout=args.timeout,
+        max_upload=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+        url_ttl=args.url_ttl,
+        url_store_bytes=int(args.url_store_mb * 2**20),
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -135,9 +193,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 def cmd_serve(args) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
 
-        from model.serve.app import Settings, create_app
+        from model.serve.app import create_app
+        from model.serve.guard import server_config, unmap_large_frees
         from model.serve.service import ModelService
     except ModuleNotFoundError as error:
         raise CLIError(
@@ -145,19 +204,13 @@ def cmd_serve(args) -> int:
             f"pip install 'dalle-studio[serve]')"
         ) from None
     key = check_args(args)
+    settings = settings_of(args, key)
+    unmap_large_frees()  # a freed upload goes back to the system, not to a fragmented heap
     check_device(args.device)
     configure_logging(args.json_logs)
     sock = bind(args.host, args.port)
     bundle = load_bundle(args.bundle, args.device)
     service = ModelService(bundle, model_id(bundle, args.bundle, args.model_name), args.precision)
-    settings = Settings(
-        api_key=key,
-        queue_size=args.queue_size,
-        timeout=args.timeout,
-        max_upload=int(args.max_upload_mb * 2**20),
-        max_pixels=int(args.max_megapixels * 1e6),
-        url_ttl=args.url_ttl,
-    )
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     print(f"serving {service.id} on http://{shown_host}:{port}/v1", flush=True)
@@ -171,8 +224,9 @@ def cmd_serve(args) -> int:
         settings.queue_size,
         settings.timeout,
     )
-    config = uvicorn.Config(
+    config = server_config(
         create_app(service, settings),
+        settings,
         log_config=None,
         access_log=True,
         timeout_graceful_shutdown=args.grace,

@@ -2,9 +2,11 @@
 
 ``POST /v1/images/generations`` (JSON), ``POST /v1/images/edits`` (multipart), ``GET /v1/models``
 (and ``/v1/models/{id}``), ``GET /health``, and ``GET /v1/files/{name}.png`` for ``url`` answers,
-kept for ``url_ttl`` seconds. Every request body is counted before it is parsed and refused past
-``max_upload`` bytes; every failure is OpenAI's error JSON. A job runs on the worker thread; the
-request that queued it waits for it, cancels it when the client disconnects or the timeout passes.
+kept for ``url_ttl`` seconds. A request takes its place in the queue before its body is read (a
+full queue is 429 at once); its body is counted as it arrives, refused past ``max_upload`` bytes
+or ``body_timeout`` seconds; every failure is OpenAI's error JSON. A job runs on the worker thread;
+the request that queued it waits for it, cancels it when the client disconnects or the timeout
+passes. What bounds the server as a whole (connections, heads, bodies) is model/serve/guard.py.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from model.serve import guard
 from model.serve.protocol import APIError, ImageRequest, parse_edit, parse_generation
 from model.serve.worker import Job, JobCancelled, QueueFull, ShuttingDown, Worker
 
@@ -41,24 +45,35 @@ class Settings:
     max_upload: int = 20 * 2**20  # bytes of one request body
     max_pixels: int = 16_000_000  # of an uploaded image, checked from its header
     url_ttl: float = 600.0  # seconds a url answer stays available
-    url_capacity: int = 256  # images kept for url answers, the oldest dropped first
+    url_store_bytes: int = 128 * 2**20  # PNGs kept for url answers, the oldest dropped first
+    max_connections: int = 64  # open at once; the next is answered 503
+    header_timeout: float = 10.0  # seconds for a request's head to arrive
+    body_timeout: float = 60.0  # seconds for its body to arrive, and for its answer to be taken
 
 
 class ImageStore:
-    """PNGs served for ``url`` answers: at most ``capacity``, each for ``ttl`` seconds."""
+    """PNGs served for ``url`` answers: at most ``capacity`` bytes of them, each for ``ttl``
+    seconds, the oldest dropped first to make room."""
 
     def __init__(self, ttl: float, capacity: int):
         self.ttl = ttl
         self.capacity = capacity
+        self.size = 0  # bytes held
         self._items: collections.OrderedDict[str, tuple[float, bytes]] = collections.OrderedDict()
 
     def put(self, png: bytes) -> str:
+        if len(png) > self.capacity:
+            raise ValueError(f"a PNG of {len(png)} bytes is larger than the store")
         self._expire()
+        while self._items and self.size + len(png) > self.capacity:
+            self._drop_oldest()
         name = secrets.token_urlsafe(16)
         self._items[name] = (time.monotonic() + self.ttl, png)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        self.size += len(png)
         return name
+
+    def _drop_oldest(self) -> None:
+        self.size -= len(self._items.popitem(last=False)[1][1])
 
     def get(self, name: str) -> bytes | None:
         self._expire()
@@ -68,41 +83,37 @@ class ImageStore:
     def _expire(self) -> None:
         now = time.monotonic()
         while self._items and next(iter(self._items.values()))[0] <= now:
-            self._items.popitem(last=False)
+            self._drop_oldest()
+
+
+class ASCIIJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: a lone surrogate echoed from a request
+    (``"\\ud800"``) is valid JSON text, where UTF-8 cannot encode it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    return ASCIIJSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def header_safe(text: str) -> str:
     return text.encode("ascii", "replace").decode("ascii")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole request body, refused (413) past ``limit`` bytes before more is read."""
-    declared = request.headers.get("content-length")
-    too_large = APIError(
-        413,
-        f"the request is larger than this server's limit of {limit / 2**20:.0f} MB",
-        None,
-        "request_too_large",
-    )
-    if declared is not None:
-        if not declared.isdigit():
-            raise APIError(400, "invalid Content-Length header", None, "invalid_request")
-        if int(declared) > limit:
-            raise too_large
-    chunks, total = [], 0
+def parse_json(raw: bytes) -> Any:
+    """A request's JSON, or 400 naming what is wrong: not UTF-8, not JSON, nested too deep
+    (RecursionError), a number too long to convert (ValueError past 4,300 digits)."""
     try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise too_large
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise JobCancelled("the client disconnected while sending") from None
-    return b"".join(chunks)
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise APIError(400, f"the request body is not valid JSON ({error})") from None
+    except RecursionError:
+        raise APIError(400, "the request body is JSON nested too deep") from None
+    except ValueError as error:  # "Exceeds the limit (4300 digits) for integer string ..."
+        detail = str(error).split(";")[0]
+        raise APIError(400, f"the request body has a number out of range ({detail})") from None
 
 
 def create_app(service, settings: Settings | None = None) -> Starlette:
@@ -110,7 +121,8 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
     ``id``, ``size``, ``describe()``, ``check_memory(request)`` and ``run(request, cancel)``)."""
     settings = settings or Settings()
     worker = Worker(settings.queue_size)
-    store = ImageStore(settings.url_ttl, settings.url_capacity)
+    store = ImageStore(settings.url_ttl, settings.url_store_bytes)
+    decoding = asyncio.Semaphore(1)  # one upload decoded at a time: bounded, and fair
 
     def authorize(request: Request) -> None:
         if settings.api_key is None:
@@ -128,23 +140,66 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
         if not hmac.compare_digest(key.strip().encode(), settings.api_key.encode()):
             raise APIError(401, "Incorrect API key provided", None, "invalid_api_key")
 
+    def admit(request: Request) -> None:
+        """Take the request's place in the queue (429 when full) before its body is read; the
+        place is given back once its answer is sent (guard.Guard)."""
+        try:
+            request.scope["dalle.slot"] = worker.reserve()
+        except QueueFull as full:
+            raise APIError(
+                429,
+                f"the server is busy: {settings.queue_size} requests are already waiting; "
+                f"retry in about {full.retry_after} s",
+                None,
+                "rate_limit_exceeded",
+                kind="requests",
+                headers={"Retry-After": str(full.retry_after)},
+            ) from None
+        except ShuttingDown:
+            raise APIError(
+                503, "the server is shutting down", None, "shutting_down", kind="server_error"
+            ) from None
+
+    def body_of(request: Request, limit: int, what: str = "the request") -> Request:
+        """``request`` whose body is refused past ``limit`` bytes (413, from Content-Length
+        before a byte is read) or past ``settings.body_timeout`` seconds (408)."""
+        guard.check_declared_length(request.headers, limit, what)
+        deadline = time.monotonic() + settings.body_timeout
+        receive = guard.limited_receive(
+            request.receive, limit, deadline, settings.body_timeout, what
+        )
+        return Request(request.scope, receive)
+
+    def check_answer_size(image_request: ImageRequest, size: tuple[int, int]) -> None:
+        pixels = image_request.options.n * size[0] * size[1]
+        if pixels > settings.max_pixels:
+            raise APIError(
+                400,
+                f"n={image_request.options.n} images of {size[0]}x{size[1]} make "
+                f"{pixels / 1e6:.3g} megapixels; this server answers at most "
+                f"{settings.max_pixels / 1e6:g} megapixels a request: ask for fewer or smaller "
+                "images",
+                "n",
+                "answer_too_large",
+            )
+
     async def run_job(request: Request, image_request: ImageRequest, kind: str) -> Response:
-        service.check_memory(image_request)
         size = image_request.size or (
             image_request.image.size if image_request.is_edit else (service.size,) * 2
         )
+        check_answer_size(image_request, size)
+        service.check_memory(image_request)
         job = Job(
             run=lambda cancel: service.run(image_request, cancel),
             kind=kind,
             detail=f"n={image_request.options.n} size={size[0]}x{size[1]}",
         )
         try:
-            worker.submit(job)
-        except QueueFull as full:
+            worker.submit(job, request.scope.get("dalle.slot"))
+        except QueueFull as full:  # only without a slot (a request that skipped admit)
             raise APIError(
                 429,
-                f"the server is busy: {settings.queue_size} requests are already waiting; "
-                f"retry in about {full.retry_after} s",
+                f"the server is busy; retry in about {full.retry_after} s",
                 None,
                 "rate_limit_exceeded",
                 kind="requests",
@@ -195,58 +250,76 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
                 "shutting_down",
                 kind="server_error",
             ) from None
-        data = []
-        for png in result.pngs:
+        if image_request.response_format == "url" and (
+            sum(len(png) for png in result.pngs) > store.capacity
+        ):
+            raise APIError(
+                507,
+                f"the answer's PNGs are larger than this server keeps for url answers "
+                f"({store.capacity / 2**20:g} MB, --url-store-mb): ask for b64_json",
+                "response_format",
+                "url_store_full",
+                kind="server_error",
+            )
+        # the JSON written straight into one buffer: each PNG's base64 is its only other copy
+        answer = bytearray(b'{"created":%d,"data":[' % int(time.time()))
+        for number, png in enumerate(result.pngs):
+            answer += b"," if number else b""
             if image_request.response_format == "b64_json":
-                data.append({"b64_json": base64.b64encode(png).decode("ascii")})
+                answer += b'{"b64_json":"'
+                answer += base64.b64encode(png)
+                answer += b'"}'
             else:
-                data.append({"url": str(request.url_for("image_file", name=store.put(png)))})
-        body = {"created": int(time.time()), "data": data, "model": service.id, "seed": result.seed}
+                url = str(request.url_for("image_file", name=store.put(png)))
+                answer += json.dumps({"url": url}).encode()
+        rest: dict[str, Any] = {"model": service.id, "seed": result.seed}
         headers = {"X-Seed": str(result.seed)}
         if result.note:
-            body["note"] = result.note
+            rest["note"] = result.note
             headers["X-DALLE-Studio-Note"] = header_safe(result.note)
-        return JSONResponse(body, headers=headers)
+        answer += b"]," + json.dumps(rest, separators=(",", ":")).encode()[1:]
+        del result
+        return Response(memoryview(answer), media_type="application/json", headers=headers)
 
     async def generations(request: Request) -> Response:
         authorize(request)
-        raw = await read_body(request, settings.max_upload)
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise APIError(400, f"the request body is not valid JSON ({error})") from None
+        admit(request)
+        limit = min(settings.max_upload, guard.MAX_JSON_BYTES)
+        raw = await guard.read_limited(body_of(request, limit, "a JSON body").receive)
+        body = parse_json(raw)
+        del raw
         return await run_job(request, parse_generation(body, service.size, service.id), "generate")
 
     async def edits(request: Request) -> Response:
         authorize(request)
-        raw = await read_body(request, settings.max_upload)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise APIError(400, "an edit is sent as multipart/form-data (image, mask, prompt)")
-
-        async def replay() -> dict[str, Any]:
-            return {"type": "http.request", "body": raw, "more_body": False}
-
-        form_request = Request(request.scope, replay)
-        try:
+        admit(request)
+        form_request = body_of(request, settings.max_upload)
+        try:  # files stream to disk past 1 MiB each (Starlette's spooled files)
             form = await form_request.form(max_files=4, max_fields=32, max_part_size=2**20)
         except HTTPException as error:
             raise APIError(400, f"the form cannot be read: {error.detail}") from None
         fields: dict[str, Any] = {}
-        files: dict[str, bytes] = {}
+        uploads: dict[str, Any] = {}  # spooled files: past 1 MiB on disk until decoded
         try:
             for name, value in form.multi_items():
-                if name in fields or name in files:
+                if name in fields or name in uploads:
                     raise APIError(400, f"'{name[:40]}' is sent more than once", name[:40])
                 if isinstance(value, str):
                     fields[name] = value
                 else:
-                    files[name] = await value.read()
+                    uploads[name] = value
+            # one upload read into memory and decoded at a time, off the event loop
+            async with decoding:
+                files = {name: await upload.read() for name, upload in uploads.items()}
+                image_request = await asyncio.to_thread(
+                    parse_edit, fields, files, service.size, service.id, settings.max_pixels
+                )
+                del files  # the encoded upload: only its pixels wait in the queue
         finally:
             await form.close()
-        # decoding a large upload takes a while: off the event loop
-        image_request = await asyncio.to_thread(
-            parse_edit, fields, files, service.size, service.id, settings.max_pixels
-        )
+        del form, uploads
         return await run_job(request, image_request, "edit")
 
     async def models(request: Request) -> Response:
@@ -266,7 +339,9 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
         return JSONResponse(service.describe())
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": service.id, **worker.status()})
+        return JSONResponse(
+            {"status": "ok", "model": service.id, **worker.status(), "url_store_bytes": store.size}
+        )
 
     async def image_file(request: Request) -> Response:
         png = store.get(request.path_params["name"])
@@ -289,7 +364,7 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
         return error_response(APIError(error.status_code, detail, None, code))
 
-    async def cancelled(request: Request, error: JobCancelled) -> Response:
+    async def cancelled(request: Request, error: Exception) -> Response:
         return Response(status_code=499)
 
     async def server_error(request: Request, error: Exception) -> Response:
@@ -315,10 +390,12 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(guard.Guard, drain_timeout=settings.body_timeout)],
         exception_handlers={
             APIError: api_error,
             HTTPException: http_error,
             JobCancelled: cancelled,
+            ClientDisconnect: cancelled,
             Exception: server_error,
         },
     )

@@ -192,6 +192,11 @@ def parse_common(fields: dict[str, Any], allowed: frozenset[str], served: str) -
         )
     if "\x00" in prompt:
         raise bad("'prompt' contains a NUL character", "prompt")
+    lone = next((c for c in prompt if "\ud800" <= c <= "\udfff"), None)
+    if lone is not None:  # JSON's "\\ud800" alone: no character, and not encodable as UTF-8
+        raise bad(
+            f"'prompt' contains a lone surrogate (U+{ord(lone):04X}), not a character", "prompt"
+        )
     if fields.get("model") is not None:
         check_model(fields["model"], served)
     n = _integer(fields.get("n", 1), "n")

@@ -13,7 +13,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from model.files import has_alpha
@@ -144,11 +143,13 @@ class ModelService:
 
 
 def keep_unmarked(original: Image.Image, regenerated: Image.Image, request: ImageRequest):
-    """``regenerated`` on the marked pixels, ``original`` (alpha included) everywhere else."""
-    marked = request.marked[..., None]
+    """``regenerated`` on the marked pixels, ``original`` (alpha included) everywhere else:
+    one copy of the original, the regenerated pixels pasted through the mask."""
+    mask = Image.fromarray(request.marked).convert("L")  # 255 where marked, 0 elsewhere
     if has_alpha(original):
-        source = np.asarray(original.convert("RGBA"))
-        new = np.asarray(regenerated.convert("RGBA"))  # opaque where regenerated
-        return Image.fromarray(np.where(marked, new, source), "RGBA")
-    source = np.asarray(original.convert("RGB"))
-    return Image.fromarray(np.where(marked, np.asarray(regenerated), source), "RGB")
+        kept = original.convert("RGBA")
+        kept.paste(regenerated.convert("RGBA"), (0, 0), mask)  # opaque where regenerated
+        return kept
+    kept = original.convert("RGB")
+    kept.paste(regenerated, (0, 0), mask)
+    return kept

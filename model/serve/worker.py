@@ -66,9 +66,25 @@ class Stats:
     rejected: int = 0  # refused with 429
 
 
+class Slot:
+    """A request's place in the server, held from before its body is read until its answer is
+    sent (admission first: a request that would not fit is refused before its body is read, and
+    no more requests than the queue holds are ever read, queued, run or answered at once)."""
+
+    def __init__(self, worker: Worker):
+        self._worker = worker
+        self.held = True
+
+    def release(self) -> None:
+        """Give the place back; idempotent."""
+        if self.held:
+            self.held = False
+            self._worker._unreserve()
+
+
 class Worker:
     """The worker thread and its bounded queue (``capacity`` jobs waiting, besides the one
-    running)."""
+    running; ``capacity + 1`` requests holding a ``Slot``)."""
 
     def __init__(self, capacity: int = 8):
         if capacity < 1:
@@ -77,6 +93,7 @@ class Worker:
         self._waiting: collections.deque[Job] = collections.deque()
         self._lock = threading.Condition()
         self._running: Job | None = None
+        self._reserved = 0  # Slots held: requests being read, queued, run or answered
         self._stopping = False
         self._seconds_per_job = 1.0  # a running mean, for Retry-After
         self.stats = Stats()
@@ -87,15 +104,34 @@ class Worker:
 
     # -- the web side ---------------------------------------------------------------------------
 
-    def submit(self, job: Job) -> Job:
-        """Queue ``job``; raises ``QueueFull`` (with a Retry-After estimate) or ``ShuttingDown``."""
+    def reserve(self) -> Slot:
+        """A place for a request about to be read (held until its answer is sent); raises
+        ``QueueFull`` or ``ShuttingDown`` at once, before anything of its body is read."""
         with self._lock:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down")
-            if len(self._waiting) >= self.capacity:
-                self.stats.rejected += 1
-                ahead = len(self._waiting) + (self._running is not None)
-                raise QueueFull(max(1, math.ceil(ahead * self._seconds_per_job)))
+            if self._reserved >= self.capacity + 1:
+                self._refuse()
+            self._reserved += 1
+        return Slot(self)
+
+    def _unreserve(self) -> None:
+        with self._lock:
+            self._reserved -= 1
+
+    def _refuse(self) -> None:
+        self.stats.rejected += 1
+        ahead = max(len(self._waiting) + (self._running is not None), self._reserved)
+        raise QueueFull(max(1, math.ceil(ahead * self._seconds_per_job)))
+
+    def submit(self, job: Job, slot: Slot | None = None) -> Job:
+        """Queue ``job``, in its request's ``slot`` (from ``reserve``) or in a free place;
+        raises ``QueueFull`` (with a Retry-After estimate) or ``ShuttingDown``."""
+        with self._lock:
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down")
+            if (slot is None or not slot.held) and len(self._waiting) >= self.capacity:
+                self._refuse()
             self._waiting.append(job)
             self.stats.queued = len(self._waiting)
             depth = len(self._waiting)
@@ -129,6 +165,7 @@ class Worker:
         with self._lock:
             return {
                 "queued": len(self._waiting),
+                "admitted": self._reserved,
                 "queue_capacity": self.capacity,
                 "running": self._running is not None,
                 "done": self.stats.done,

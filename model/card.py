@@ -61,7 +61,9 @@ def seconds(value: Any, where: str, problems: list[str]) -> float:
 
 
 def figure(value: Any, where: str, problems: list[str]) -> Any:
-    """A measured figure: a finite number, or a short text ("n/a")."""
+    """A measured figure: a finite number, a short text ("n/a"), or None (not measured)."""
+    if value is None:
+        return None
     if isinstance(value, str):
         return text(value, where, problems)
     if isinstance(value, bool) or not isinstance(value, int | float):

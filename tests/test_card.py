@@ -98,7 +98,7 @@ def values_are_valid(cleaned: dict) -> None:
     glosses = cleaned.get("example_glosses")
     assert glosses is None or len(glosses) == len(captions)
     headline = cleaned.get("eval", {}).get("headline", {})
-    assert all(isinstance(v, str | int | float) for v in headline.values())
+    assert all(v is None or isinstance(v, str | int | float) for v in headline.values())
 
 
 def test_each_odd_field_is_left_out_with_a_warning_and_the_rest_kept(caplog):
@@ -191,3 +191,13 @@ def test_the_load_handler_takes_an_odd_card_whole_or_not_at_all(qtbot):
         session.handle(message)
         assert session.model_state == "loaded" and session.device == "cpu", name
         assert all(isinstance(caption, str) for caption in session.examples), name
+
+
+def test_a_figure_not_measured_is_kept_and_said_so():
+    """An eval report writes None for a figure it could not measure (no two-object captions in
+    a split): the card keeps it, and Settings and About say "not measured", not "None"."""
+    from studio.widgets.settings import _figure
+
+    card = replaced("eval.headline.psnr_db", None)
+    assert card_schema.check(card) == (card, [])
+    assert _figure("two_objects_relation", None) == "two objects relation not measured"

@@ -74,6 +74,8 @@ def _folder_name(value: Any) -> str:
 
 def _figure(key: str, value: Any) -> str:
     label = FIGURE_NAMES.get(key, key.removesuffix("_db").replace("_", " "))
+    if value is None:  # a report's figure that was not measured (e.g. no two-object captions)
+        return f"{label} not measured"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"{label} {value}"
     if key.endswith("_db"):

@@ -115,7 +115,7 @@ def atomic_path(
         if handle is not None:
             os.close(handle)
     if durable:
-        _fsync_folder(folder)
+        fsync_folder(folder)
 
 
 def sweep_stale_temps(folder: Path, target: str | None = None, force: bool = False) -> list[str]:
@@ -201,7 +201,7 @@ def save_png(image: Image.Image, path: str | os.PathLike, **options) -> Path:
     return Path(path)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     # the rename itself is durable only once the folder is; not possible everywhere (Windows)
     try:
         descriptor = os.open(folder, os.O_RDONLY)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model.files import ImageError, open_image, save_png
+from model.files import ImageError, fsync_folder, open_image, save_png
 from studio import project
 from studio.document import Document, HistoryEntry
 
@@ -245,7 +245,7 @@ class Autosaver:
             handle.flush()
             os.fsync(handle.fileno())
         if new:
-            _fsync_folder(folder)
+            fsync_folder(folder)
         for state in entries:
             self._entries[state["id"]] = {k: v for k, v in state.items() if k != "file"}
         for entry_id in changes["dropped"]:
@@ -424,16 +424,3 @@ def apply_record(document: Document, record: dict[str, Any], folder: Path) -> No
             document.image = image
     elif document.current_entry not in document.history:
         document.current_entry = root
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model import precision as model_precision  # noqa: E402
 from model.config import TransformerConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1] / "model" / "transformer.py"
@@ -46,6 +47,12 @@ def load(path: Path, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def for_inference(module: ModuleType):
+    """A loaded transformer.py's own ``for_inference`` (one from before ``model.precision`` held
+    it), else this tree's."""
+    return getattr(module, "for_inference", model_precision.for_inference)
 
 
 @torch.inference_mode()
@@ -82,7 +89,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for precision in args.precision:
         models = {
-            name: modules[name].for_inference(model, precision) for name, model in built.items()
+            name: for_inference(modules[name])(model, precision) for name, model in built.items()
         }
         for batch in args.batch:
             generator = torch.Generator().manual_seed(batch)

@@ -270,7 +270,7 @@ class BartDalle(nn.Module):
     """
 
     # 2.6B parameters (Mega) cannot be held twice: model.sampling.prepared converts this model
-    # to bf16 or int8 in place (model.transformer.convert_in_place) instead of copying it
+    # to bf16 or int8 in place (model.precision.convert_in_place) instead of copying it
     converts_in_place = True
 
     def __init__(self, config: BartConfig):

@@ -24,8 +24,8 @@ import torch
 
 from model.config import SamplingOptions, TransformerConfig, conv_kernel_for
 from model.geometry import Plan
+from model.precision import model_device
 from model.sampling import prepared, run, sample_tokens
-from model.transformer import model_device
 
 # a model this large warms up on one row, not a whole run (DALL·E Mini has 0.44B parameters)
 LARGE_MODEL = 10**8
@@ -106,7 +106,7 @@ def step_bytes(transformer, batch: int) -> int:
     once (int8 weights and scales up to ``Int8Linear.int8_rows_max`` rows, their bf16 copy
     above), plus each layer's gathered key/value window. Embedding rows and activations are
     left out (under 0.1%). Divided by the step's time this is the bandwidth the step reaches."""
-    from model.transformer import Int8Linear
+    from model.precision import Int8Linear
 
     bart = hasattr(transformer.config, "pad_id")  # BartDalle: a step runs the decoder only
     total = 0
@@ -232,7 +232,7 @@ def random_bart_bundle(
     from model.bart_text import BartTokenizer
     from model.bundle import Bundle, save
     from model.config import BartTextConfig, BundleConfig, VQGANConfig
-    from model.transformer import precision_of
+    from model.precision import precision_of
     from model.vqgan import VQGAN
 
     generator = torch.Generator().manual_seed(seed)

@@ -272,7 +272,7 @@ def save(bundle: Bundle, path: str | os.PathLike) -> Path:
     for prefix, module in bundle.modules().items():
         converted = getattr(module, "precision", "fp32") == "int8"
         if converted or any(type(m).__name__ == "Int8Linear" for m in module.modules()):
-            # model.transformer.for_inference's int8 weights are not the model's parameters
+            # model.precision.for_inference's int8 weights are not the model's parameters
             problems.append(
                 f"the {prefix} was converted to int8 for sampling; load the bundle again to save it"
             )
@@ -817,7 +817,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         del state
         models[prefix] = module.eval()
     if "transformer" in assigned:
-        from model.transformer import precision_of
+        from model.precision import precision_of
 
         models["transformer"].precision = precision_of(models["transformer"])
     bundle = Bundle(

@@ -26,7 +26,7 @@ import torch
 
 from model.config import DEFAULT_TEXT_KIND, SamplingOptions, VQConfig, VQGANConfig
 from model.geometry import Plan
-from model.transformer import (
+from model.precision import (
     convert_in_place,
     for_inference,
     model_device,
@@ -231,10 +231,10 @@ def prepared(transformer, precision: str, compile: bool = False):
     """``transformer`` in ``precision`` for sampling, converted once and kept on the model.
 
     ``fp32`` is the model itself (the reference); ``auto``/``bf16``/``int8`` and ``compile`` see
-    ``model.transformer.for_inference``.
+    ``model.precision.for_inference``.
 
     A model too large to hold twice (``converts_in_place``: DALL·E Mega and Mini, 2.6B and 0.4B
-    parameters) is converted in place instead of copied (``model.transformer.convert_in_place``):
+    parameters) is converted in place instead of copied (``model.precision.convert_in_place``):
     the bundle's transformer itself becomes bf16 or int8, so a 5.2 GB bf16 Mega samples in
     5.2 GB (or 2.8 GB in int8), not twice that. Its ``auto`` never widens it (see
     ``resolve_in_place``). The price: a model turned int8 stays int8 (asking for another precision
@@ -288,7 +288,7 @@ def complete(
     None for a blank start (only valid from cell (0, 0)). Yields Progress per finished row, then
     Done with decoded candidates, reranked best first when the bundle carries a reranker.
     precision: fp32 (default: the exact reference), bf16, int8 or auto (see ``prepared``);
-    compile: run each one-cell step through ``torch.compile`` (``model.transformer.CompiledStep``).
+    compile: run each one-cell step through ``torch.compile`` (``model.precision.CompiledStep``).
     visible: (rows, cols) of cells that hold the image (``Geometry.visible_grid``); the
     rectangle's padding cells beyond them keep the image's own tokens and are not sampled.
     None: the whole grid.

@@ -37,7 +37,7 @@ from model import images as model_images
 from model.config import SamplingOptions
 from model.device import pick_device
 from model.geometry import PAPER_FACTOR, PAPER_SIZE, Geometry
-from model.transformer import PRECISIONS, resolve_precision
+from model.precision import PRECISIONS, resolve_precision
 
 # the messages, re-exported: the studio reads them as ``engine.Loaded`` and so on
 from studio.messages import (
@@ -217,7 +217,7 @@ class Engine(QObject):
         self._reference_db: float | None = None  # its familiarity reference, once measured
 
     def set_speed(self, precision: str, compile: bool) -> None:
-        """How later jobs sample: a precision (see ``model.transformer.for_inference``) and
+        """How later jobs sample: a precision (see ``model.precision.for_inference``) and
         whether the decode step is compiled. Raises ValueError naming an unknown precision."""
         resolve_precision(precision, "cpu")  # validates the name
         self.precision, self.compile = precision, bool(compile)

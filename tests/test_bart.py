@@ -33,8 +33,8 @@ from model.bart import (
 from model.bart_text import BartTokenizer
 from model.config import SamplingOptions
 from model.geometry import Plan
+from model.precision import for_inference
 from model.sampling import run, sample_tokens
-from model.transformer import for_inference
 
 # -- fixtures -------------------------------------------------------------------------------------
 

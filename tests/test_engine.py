@@ -12,7 +12,7 @@ from PIL import Image
 from model import images as model_images
 from model import sampling
 from model.geometry import Geometry
-from model.transformer import resolve_precision
+from model.precision import resolve_precision
 from studio import engine as studio_engine
 from studio.document import Document
 from studio.engine import Engine, Job, SamplingOptions

@@ -34,9 +34,10 @@ from model.config import (
 from model.geometry import Geometry, Plan
 from model.images import paste_back, to_pil
 from model.importers import dalle_mega
+from model.precision import Int8Linear
 from model.sampling import Done, complete, plan_mask, prepared, run, sample_tokens
 from model.text import CaptionTokenizer
-from model.transformer import Int8Linear, Transformer
+from model.transformer import Transformer
 from model.vqgan import VQGAN
 from tests.test_vqgan import _flax_tree, _to_bytes
 

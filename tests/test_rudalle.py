@@ -32,15 +32,14 @@ from torch import nn
 from model.config import SamplingOptions, TransformerConfig
 from model.geometry import Plan
 from model.importers.rudalle import transformer_from_rudalle, v3_conv_mask
+from model.precision import Int8Linear, for_inference
 from model.sampling import Sampled, prepared, sample_tokens
 from model.transformer import (
     COLUMN,
     CONV,
     ROW,
-    Int8Linear,
     RudalleTransformer,
     Transformer,
-    for_inference,
     image_mask,
     layer_kinds,
     stream_mask,

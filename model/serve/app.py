@@ -116,16 +116,38 @@ def parse_json(raw: bytes) -> Any:
         raise APIError(400, f"the request body has a number out of range ({detail})") from None
 
 
-def create_app(service, settings: Settings | None = None) -> Starlette:
-    """The app for ``service`` (a ``model.serve.service.ModelService``, or anything with its
-    ``id``, ``size``, ``describe()``, ``check_memory(request)`` and ``run(request, cancel)``)."""
-    settings = settings or Settings()
-    worker = Worker(settings.queue_size)
-    store = ImageStore(settings.url_ttl, settings.url_store_bytes)
-    decoding = asyncio.Semaphore(1)  # one upload decoded at a time: bounded, and fair
+def busy(full: QueueFull, waiting: int | None = None) -> APIError:
+    """The 429 for a full queue: ``waiting`` requests already queued, when known."""
+    queued = f": {waiting} requests are already waiting" if waiting is not None else ""
+    return APIError(
+        429,
+        f"the server is busy{queued}; retry in about {full.retry_after} s",
+        None,
+        "rate_limit_exceeded",
+        kind="requests",
+        headers={"Retry-After": str(full.retry_after)},
+    )
 
-    def authorize(request: Request) -> None:
-        if settings.api_key is None:
+
+def shutting_down(message: str = "the server is shutting down") -> APIError:
+    return APIError(503, message, None, "shutting_down", kind="server_error")
+
+
+class Routes:
+    """The routes of one app, over its ``service``: requests are authorized, admitted to the
+    queue, their bodies bounded, their jobs run on the worker and their answers written."""
+
+    def __init__(self, service, settings: Settings):
+        self.service = service
+        self.settings = settings
+        self.worker = Worker(settings.queue_size)
+        self.store = ImageStore(settings.url_ttl, settings.url_store_bytes)
+        self.decoding = asyncio.Semaphore(1)  # one upload decoded at a time: bounded, and fair
+
+    # -- admission and bodies
+
+    def authorize(self, request: Request) -> None:
+        if self.settings.api_key is None:
             return
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
@@ -137,95 +159,89 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
                 None,
                 "missing_api_key",
             )
-        if not hmac.compare_digest(key.strip().encode(), settings.api_key.encode()):
+        if not hmac.compare_digest(key.strip().encode(), self.settings.api_key.encode()):
             raise APIError(401, "Incorrect API key provided", None, "invalid_api_key")
 
-    def admit(request: Request) -> None:
+    def admit(self, request: Request) -> None:
         """Take the request's place in the queue (429 when full) before its body is read; the
         place is given back once its answer is sent (guard.Guard)."""
         try:
-            request.scope["dalle.slot"] = worker.reserve()
+            request.scope["dalle.slot"] = self.worker.reserve()
         except QueueFull as full:
-            raise APIError(
-                429,
-                f"the server is busy: {settings.queue_size} requests are already waiting; "
-                f"retry in about {full.retry_after} s",
-                None,
-                "rate_limit_exceeded",
-                kind="requests",
-                headers={"Retry-After": str(full.retry_after)},
-            ) from None
+            raise busy(full, self.settings.queue_size) from None
         except ShuttingDown:
-            raise APIError(
-                503, "the server is shutting down", None, "shutting_down", kind="server_error"
-            ) from None
+            raise shutting_down() from None
 
-    def body_of(request: Request, limit: int, what: str = "the request") -> Request:
+    def body_of(self, request: Request, limit: int, what: str = "the request") -> Request:
         """``request`` whose body is refused past ``limit`` bytes (413, from Content-Length
         before a byte is read) or past ``settings.body_timeout`` seconds (408)."""
         guard.check_declared_length(request.headers, limit, what)
-        deadline = time.monotonic() + settings.body_timeout
-        receive = guard.limited_receive(
-            request.receive, limit, deadline, settings.body_timeout, what
-        )
+        timeout = self.settings.body_timeout
+        deadline = time.monotonic() + timeout
+        receive = guard.limited_receive(request.receive, limit, deadline, timeout, what)
         return Request(request.scope, receive)
 
-    def check_answer_size(image_request: ImageRequest, size: tuple[int, int]) -> None:
+    # -- jobs
+
+    def answer_size(self, image_request: ImageRequest) -> tuple[int, int]:
+        """The size of the answer's images, refused (400) when all of them together are more
+        than ``settings.max_pixels``."""
+        size = image_request.size or (
+            image_request.image.size if image_request.is_edit else (self.service.size,) * 2
+        )
         pixels = image_request.options.n * size[0] * size[1]
-        if pixels > settings.max_pixels:
+        max_pixels = self.settings.max_pixels
+        if pixels > max_pixels:
             raise APIError(
                 400,
                 f"n={image_request.options.n} images of {size[0]}x{size[1]} make "
                 f"{pixels / 1e6:.3g} megapixels; this server answers at most "
-                f"{settings.max_pixels / 1e6:g} megapixels a request: ask for fewer or smaller "
-                "images",
+                f"{max_pixels / 1e6:g} megapixels a request: ask for fewer or smaller images",
                 "n",
                 "answer_too_large",
             )
+        return size
 
-    async def run_job(request: Request, image_request: ImageRequest, kind: str) -> Response:
-        size = image_request.size or (
-            image_request.image.size if image_request.is_edit else (service.size,) * 2
-        )
-        check_answer_size(image_request, size)
-        service.check_memory(image_request)
+    async def run_job(self, request: Request, image_request: ImageRequest, kind: str) -> Response:
+        size = self.answer_size(image_request)
+        self.service.check_memory(image_request)
         job = Job(
-            run=lambda cancel: service.run(image_request, cancel),
+            run=lambda cancel: self.service.run(image_request, cancel),
             kind=kind,
             detail=f"n={image_request.options.n} size={size[0]}x{size[1]}",
         )
         try:
-            worker.submit(job, request.scope.get("dalle.slot"))
+            self.worker.submit(job, request.scope.get("dalle.slot"))
         except QueueFull as full:  # only without a slot (a request that skipped admit)
-            raise APIError(
-                429,
-                f"the server is busy; retry in about {full.retry_after} s",
-                None,
-                "rate_limit_exceeded",
-                kind="requests",
-                headers={"Retry-After": str(full.retry_after)},
-            ) from None
+            raise busy(full) from None
         except ShuttingDown:
-            raise APIError(
-                503, "the server is shutting down", None, "shutting_down", kind="server_error"
-            ) from None
+            raise shutting_down() from None
+        result = await self.wait_for(request, job)
+        if result is None:
+            return Response(status_code=499)  # nobody is listening
+        return self.answer(request, image_request, result)
+
+    async def wait_for(self, request: Request, job: Job):
+        """The job's result, or None when the client disconnected; the job is cancelled when
+        the client disconnects, the timeout passes (504) or the server shuts down."""
         waiting = asyncio.wrap_future(job.future)
 
         def give_up(reason: str) -> None:
             job.cancel_because(reason)
-            worker.withdraw(job)  # a waiting job leaves the queue now; a running one stops soon
+            self.worker.withdraw(job)  # a waiting job leaves the queue now; a running one stops
             waiting.add_done_callback(lambda done: done.cancelled() or done.exception())
 
-        deadline = job.queued_at + settings.timeout
+        timeout = self.settings.timeout
+        deadline = job.queued_at + timeout
         try:
             while not waiting.done():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    give_up(f"timed out after {settings.timeout:g} s")
+                    give_up(f"timed out after {timeout:g} s")
                     raise APIError(
                         504,
-                        f"the request took longer than this server's timeout of "
-                        f"{settings.timeout:g} s and was cancelled",
+                        f"the request took longer than this server's timeout of {timeout:g} s "
+                        "and was cancelled",
                         None,
                         "timeout",
                         kind="server_error",
@@ -233,8 +249,8 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
                 await asyncio.wait({waiting}, timeout=min(0.25, left))
                 if not waiting.done() and await request.is_disconnected():
                     give_up("the client disconnected")
-                    return Response(status_code=499)  # nobody is listening
-            result = waiting.result()
+                    return None
+            return waiting.result()
         except asyncio.CancelledError:  # the server is shutting down past its grace period
             give_up("the server is shutting down")
             raise
@@ -243,59 +259,64 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
                 503, f"the job was cancelled: {job.reason}", None, "cancelled", kind="server_error"
             ) from None
         except ShuttingDown:
-            raise APIError(
-                503,
-                "the server shut down before this job ran",
-                None,
-                "shutting_down",
-                kind="server_error",
-            ) from None
-        if image_request.response_format == "url" and (
-            sum(len(png) for png in result.pngs) > store.capacity
-        ):
+            raise shutting_down("the server shut down before this job ran") from None
+
+    def answer(self, request: Request, image_request: ImageRequest, result) -> Response:
+        """The JSON answer, written straight into one buffer: each PNG's base64 is its only
+        other copy (507 when url answers would not fit the store)."""
+        pngs = result.pngs
+        as_url = image_request.response_format == "url"
+        if as_url and sum(len(png) for png in pngs) > self.store.capacity:
             raise APIError(
                 507,
                 f"the answer's PNGs are larger than this server keeps for url answers "
-                f"({store.capacity / 2**20:g} MB, --url-store-mb): ask for b64_json",
+                f"({self.store.capacity / 2**20:g} MB, --url-store-mb): ask for b64_json",
                 "response_format",
                 "url_store_full",
                 kind="server_error",
             )
-        # the JSON written straight into one buffer: each PNG's base64 is its only other copy
         answer = bytearray(b'{"created":%d,"data":[' % int(time.time()))
-        for number, png in enumerate(result.pngs):
+        for number, png in enumerate(pngs):
             answer += b"," if number else b""
             if image_request.response_format == "b64_json":
                 answer += b'{"b64_json":"'
                 answer += base64.b64encode(png)
                 answer += b'"}'
             else:
-                url = str(request.url_for("image_file", name=store.put(png)))
+                url = str(request.url_for("image_file", name=self.store.put(png)))
                 answer += json.dumps({"url": url}).encode()
-        rest: dict[str, Any] = {"model": service.id, "seed": result.seed}
+        rest: dict[str, Any] = {"model": self.service.id, "seed": result.seed}
         headers = {"X-Seed": str(result.seed)}
         if result.note:
             rest["note"] = result.note
             headers["X-DALLE-Studio-Note"] = header_safe(result.note)
         answer += b"]," + json.dumps(rest, separators=(",", ":")).encode()[1:]
-        del result
         return Response(memoryview(answer), media_type="application/json", headers=headers)
 
-    async def generations(request: Request) -> Response:
-        authorize(request)
-        admit(request)
-        limit = min(settings.max_upload, guard.MAX_JSON_BYTES)
-        raw = await guard.read_limited(body_of(request, limit, "a JSON body").receive)
+    # -- images
+
+    async def generations(self, request: Request) -> Response:
+        self.authorize(request)
+        self.admit(request)
+        limit = min(self.settings.max_upload, guard.MAX_JSON_BYTES)
+        raw = await guard.read_limited(self.body_of(request, limit, "a JSON body").receive)
         body = parse_json(raw)
         del raw
-        return await run_job(request, parse_generation(body, service.size, service.id), "generate")
+        service = self.service
+        return await self.run_job(
+            request, parse_generation(body, service.size, service.id), "generate"
+        )
 
-    async def edits(request: Request) -> Response:
-        authorize(request)
+    async def edits(self, request: Request) -> Response:
+        self.authorize(request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise APIError(400, "an edit is sent as multipart/form-data (image, mask, prompt)")
-        admit(request)
-        form_request = body_of(request, settings.max_upload)
+        self.admit(request)
+        image_request = await self.read_edit(self.body_of(request, self.settings.max_upload))
+        return await self.run_job(request, image_request, "edit")
+
+    async def read_edit(self, form_request: Request) -> ImageRequest:
+        """The edit's form, its uploads decoded one at a time off the event loop."""
         try:  # files stream to disk past 1 MiB each (Starlette's spooled files)
             form = await form_request.form(max_files=4, max_fields=32, max_part_size=2**20)
         except HTTPException as error:
@@ -310,68 +331,83 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
                     fields[name] = value
                 else:
                     uploads[name] = value
-            # one upload read into memory and decoded at a time, off the event loop
-            async with decoding:
+            async with self.decoding:
                 files = {name: await upload.read() for name, upload in uploads.items()}
+                service = self.service
                 image_request = await asyncio.to_thread(
-                    parse_edit, fields, files, service.size, service.id, settings.max_pixels
+                    parse_edit, fields, files, service.size, service.id, self.settings.max_pixels
                 )
                 del files  # the encoded upload: only its pixels wait in the queue
         finally:
             await form.close()
-        del form, uploads
-        return await run_job(request, image_request, "edit")
+        return image_request
 
-    async def models(request: Request) -> Response:
-        authorize(request)
-        return JSONResponse({"object": "list", "data": [service.describe()]})
+    # -- models, health, files
 
-    async def model(request: Request) -> Response:
-        authorize(request)
+    async def models(self, request: Request) -> Response:
+        self.authorize(request)
+        return JSONResponse({"object": "list", "data": [self.service.describe()]})
+
+    async def model(self, request: Request) -> Response:
+        self.authorize(request)
         name = request.path_params["model"]
-        if name != service.id:
+        served = self.service.id
+        if name != served:
             raise APIError(
                 404,
-                f"The model '{name[:80]}' does not exist on this server; it serves '{service.id}'",
+                f"The model '{name[:80]}' does not exist on this server; it serves '{served}'",
                 None,
                 "model_not_found",
             )
-        return JSONResponse(service.describe())
+        return JSONResponse(self.service.describe())
 
-    async def health(request: Request) -> Response:
+    async def health(self, request: Request) -> Response:
+        status = self.worker.status()
         return JSONResponse(
-            {"status": "ok", "model": service.id, **worker.status(), "url_store_bytes": store.size}
+            {"status": "ok", "model": self.service.id, **status, "url_store_bytes": self.store.size}
         )
 
-    async def image_file(request: Request) -> Response:
-        png = store.get(request.path_params["name"])
+    async def image_file(self, request: Request) -> Response:
+        png = self.store.get(request.path_params["name"])
         if png is None:
             raise APIError(
                 404,
-                f"no such image: url answers are kept for {settings.url_ttl:g} s",
+                f"no such image: url answers are kept for {self.settings.url_ttl:g} s",
                 None,
                 "not_found",
             )
         return Response(png, media_type="image/png")
 
-    async def api_error(request: Request, error: APIError) -> Response:
-        return error_response(error)
 
-    async def http_error(request: Request, error: HTTPException) -> Response:
-        detail = error.detail if isinstance(error.detail, str) else str(error.detail)
-        if error.status_code == 404:
-            detail = f"no route {request.method} {request.url.path}"
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
-        return error_response(APIError(error.status_code, detail, None, code))
+async def api_error(request: Request, error: APIError) -> Response:
+    return error_response(error)
 
-    async def cancelled(request: Request, error: Exception) -> Response:
-        return Response(status_code=499)
 
-    async def server_error(request: Request, error: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(
-            APIError(500, f"internal error: {type(error).__name__}", None, None, "server_error")
-        )
+async def http_error(request: Request, error: HTTPException) -> Response:
+    detail = error.detail if isinstance(error.detail, str) else str(error.detail)
+    if error.status_code == 404:
+        detail = f"no route {request.method} {request.url.path}"
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
+    return error_response(APIError(error.status_code, detail, None, code))
+
+
+async def cancelled(request: Request, error: Exception) -> Response:
+    return Response(status_code=499)
+
+
+async def server_error(request: Request, error: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(
+        APIError(500, f"internal error: {type(error).__name__}", None, None, "server_error")
+    )
+
+
+def create_app(service, settings: Settings | None = None) -> Starlette:
+    """The app for ``service`` (a ``model.serve.service.ModelService``, or anything with its
+    ``id``, ``size``, ``describe()``, ``check_memory(request)`` and ``run(request, cancel)``)."""
+    settings = settings or Settings()
+    routes = Routes(service, settings)
+    worker = routes.worker
 
     @asynccontextmanager
     async def lifespan(app):
@@ -379,16 +415,15 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
         yield
         worker.stop()
 
-    routes = [
-        Route("/v1/images/generations", generations, methods=["POST"]),
-        Route("/v1/images/edits", edits, methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/models/{model:path}", model, methods=["GET"]),
-        Route("/v1/files/{name}.png", image_file, methods=["GET"], name="image_file"),
-        Route("/health", health, methods=["GET"]),
-    ]
     app = Starlette(
-        routes=routes,
+        routes=[
+            Route("/v1/images/generations", routes.generations, methods=["POST"]),
+            Route("/v1/images/edits", routes.edits, methods=["POST"]),
+            Route("/v1/models", routes.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", routes.model, methods=["GET"]),
+            Route("/v1/files/{name}.png", routes.image_file, methods=["GET"], name="image_file"),
+            Route("/health", routes.health, methods=["GET"]),
+        ],
         lifespan=lifespan,
         middleware=[Middleware(guard.Guard, drain_timeout=settings.body_timeout)],
         exception_handlers={
@@ -400,5 +435,5 @@ def create_app(service, settings: Settings | None = None) -> Starlette:
         },
     )
     app.state.worker = worker
-    app.state.store = store
+    app.state.store = routes.store
     return app

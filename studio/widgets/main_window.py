@@ -1,4 +1,5 @@
-"""The main window: the views of a Session, their menus, files, settings and the autosave.
+"""The main window: the views of a Session, their menus, settings and the autosave; its file
+actions (dialogs, paste, drop, recent files) are ``studio.widgets.file_actions``.
 
 It owns no generation state: the image, rectangle, candidates and history are the Document's;
 the running job, the sampling options, the model and its speed are the Session's. The window binds
@@ -22,13 +23,11 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 from PySide6.QtCore import QEvent, QObject, QSettings, Qt, QTimer
-from PySide6.QtGui import QGuiApplication, QImage, QKeySequence
+from PySide6.QtGui import QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
     QDockWidget,
-    QFileDialog,
     QLineEdit,
     QMainWindow,
     QMessageBox,
@@ -36,17 +35,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from model.files import ImageError
-from studio import naming, project, scene_canvas, template
+from studio import project, scene_canvas, template
 from studio.autosave import Autosaver
 from studio.document import Document
-from studio.engine import IMAGE_SUFFIXES, WORLD, default_bundle_path, load_image, one_line
+from studio.engine import WORLD, default_bundle_path, load_image, one_line
 from studio.familiarity_hint import FamiliarityHint
 from studio.session import Session
 from studio.widgets import about, menus, status
 from studio.widgets.candidates import CandidateStrip
-from studio.widgets.canvas import Canvas, qimage_to_array
+from studio.widgets.canvas import Canvas
 from studio.widgets.caption import CaptionPanel
+from studio.widgets.file_actions import FileActions
 from studio.widgets.history import HistoryPanel
 from studio.widgets.menus import REDO_KEYS, UNDO_KEYS
 from studio.widgets.settings import SettingsDialog
@@ -54,11 +53,8 @@ from studio.widgets.settings import SettingsDialog
 log = logging.getLogger(__name__)
 
 AUTOSAVE_MS = 60_000
-MAX_RECENT = 10
 FIRST_SIZE = (1280, 820)  # the window's size at a first start, on a screen that holds it
 TITLE_BAR = 40  # pixels kept free above the window for the window manager's frame
-IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")"
-PROJECT_FILTER = f"DALL·E Studio projects (*{project.SUFFIX})"
 
 
 def _matches(event, keys: tuple[QKeySequence, ...]) -> bool:
@@ -88,7 +84,9 @@ class ImageUndoKeys(QObject):
         return True
 
 
-class MainWindow(QMainWindow):
+class MainWindow(FileActions, QMainWindow):
+    describe_error = staticmethod(one_line)  # for the file actions
+
     def __init__(
         self,
         session: Session,
@@ -392,23 +390,6 @@ class MainWindow(QMainWindow):
         self.session.set_document(document)
         return True
 
-    def open_image_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open image", self._last_folder(), f"{IMAGE_FILTER};;{PROJECT_FILTER}"
-        )
-        if path:
-            self.open_path(path)
-
-    def image_to_image_dialog(self) -> None:
-        # the folder of the last picture used so (pictures are not recent files: opening one
-        # from that menu would not remake the template), else the recent files' folder
-        folder = str(self.settings.value("template_folder", "") or self._last_folder())
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Image-to-image: picture for the top half", folder, IMAGE_FILTER
-        )
-        if path and self.open_image_to_image(path):
-            self.settings.setValue("template_folder", str(Path(path).parent))
-
     def open_image_to_image(self, path: str | Path) -> bool:
         """A new untitled canvas (``studio.template``): the picture at ``path`` in the top half,
         the rectangle on the bottom half and the caption's pattern with its subject selected.
@@ -454,115 +435,6 @@ class MainWindow(QMainWindow):
             "to match the caption (edit it to ask for something else)"
         )
         return True
-
-    def open_project_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Open project", self._last_folder(), PROJECT_FILTER
-        )
-        if path:
-            self.open_path(path)
-
-    def save_project(self) -> bool:
-        if not self.document.path:
-            return self.save_project_as()
-        return self._save_to(self.document.path)
-
-    def save_project_as(self) -> bool:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Save project", self._last_folder(), PROJECT_FILTER
-        )
-        if not path:
-            return False
-        if not path.endswith(project.SUFFIX):
-            path += project.SUFFIX
-        return self._save_to(path)
-
-    def _save_to(self, path: str) -> bool:
-        try:
-            project.save(self.document, path)
-        except OSError as error:
-            self.show_error(f"could not save {path}: {one_line(error)}")
-            return False
-        self.document.path = path
-        self.document.mark_saved()
-        if not self.autosaver.pending:
-            self.autosaver.clear()  # the work is in the project now
-        self._add_recent(path)
-        self._update_title()
-        return True
-
-    def export_png(self) -> None:
-        self._export(self.document.image, naming.export_name(self.document))
-
-    def export_entry(self, entry_id: int) -> None:
-        name = naming.export_name(self.document, entry_id)
-        self._export(self.document.history[entry_id].image, name)
-
-    def _export(self, image: np.ndarray, name: str) -> None:
-        """Ask where to write ``image``, suggesting ``name`` in the last folder used."""
-        source = self.document.source_path
-        folder = self._last_folder() or (str(Path(source).parent) if source else "")
-        suggested = str(Path(folder) / name) if folder else name
-        path, _ = QFileDialog.getSaveFileName(self, "Export PNG", suggested, "PNG (*.png)")
-        if not path:
-            return
-        if not path.lower().endswith(".png"):
-            path += ".png"
-        try:
-            project.export_png(image, path)
-        except OSError as error:
-            self.show_error(f"could not export {path}: {one_line(error)}")
-
-    def paste_image(self) -> None:
-        image = QGuiApplication.clipboard().image()
-        if image.isNull():
-            self.show_error("the clipboard holds no image")
-            return
-        self._open_qimage(image, "the clipboard's image")
-
-    def _open_qimage(self, image: QImage, name: str) -> bool:
-        try:
-            pixels = qimage_to_array(image, name)
-        except ImageError as error:
-            self.show_error(str(error))
-            return False
-        return self.replace_document(Document(pixels))
-
-    def dragEnterEvent(self, event):
-        if event.mimeData().hasUrls() or event.mimeData().hasImage():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event):
-        data = event.mimeData()
-        if data.hasUrls():
-            for url in data.urls():
-                if url.isLocalFile():
-                    self.open_path(url.toLocalFile())
-                    break
-        elif data.hasImage():
-            self._open_qimage(QImage(data.imageData()), "the dropped image")
-        event.acceptProposedAction()
-
-    def _last_folder(self) -> str:
-        recent = self._recent()
-        return str(Path(recent[0]).parent) if recent else ""
-
-    def _recent(self) -> list[str]:
-        value = self.settings.value("recent_files", [])
-        if isinstance(value, str):
-            value = [value]
-        return [str(v) for v in (value or [])]
-
-    def _add_recent(self, path: str) -> None:
-        recent = [p for p in self._recent() if p != path]
-        self.settings.setValue("recent_files", [path, *recent][:MAX_RECENT])
-        self._update_recent_menu()
-
-    def _update_recent_menu(self) -> None:
-        self.recent_menu.clear()
-        for path in self._recent():
-            self.recent_menu.addAction(path, lambda p=path: self.open_path(p))
-        self.recent_menu.setEnabled(bool(self._recent()))
 
     # -- settings, autosave, close ------------------------------------------------------
 

@@ -4,15 +4,14 @@ assignment (built on the meta device, taking the file's tensors in their stored 
 it costs in memory beyond its weights. Adding a kind is one entry here (and its config class in
 ``model.config``'s ``*_KINDS``, which names the kinds a file may store).
 
-The model classes are imported when a kind is built, not when this module is imported: the
-imported families' networks (``model.bart``, ``model.vqgan``) are large modules a bundle of the
-product's own kinds never needs.
+The networks are imported when a kind is built, not when this module is imported: the imported
+families' (``model.bart``, ``model.vqgan``) are large modules a bundle of the product's own kinds
+never needs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +29,13 @@ from model.yttm_text import RudallePrompt
 
 @dataclass(frozen=True)
 class ModelKind:
-    """A kind of image tokenizer or transformer: ``module.cls`` built from its config section."""
+    """A kind of image tokenizer or transformer: ``build`` makes one from its config section."""
 
-    module: str
-    cls: str
+    build: Callable[[Any], nn.Module]
     # loaded by assignment (the imported kinds, whose size makes a second copy unaffordable)
     assigned: Callable[[Any], bool] = lambda section: False
     # attention tables built with it (not weights, so not in the file): our transformer's
     tables: bool = False
-
-    def build(self, section: Any) -> nn.Module:
-        return getattr(importlib.import_module(self.module), self.cls)(section)
 
     def table_bytes(self, section: Any) -> int:
         """Bytes of the attention tables it builds for ``section``; 0 for a kind without."""
@@ -66,20 +61,52 @@ def _parse_bart(text: str, config: BundleConfig) -> BartTokenizer:
     return tokenizer
 
 
+# Each builder imports its network when called: a bundle of the product's own kinds never loads
+# the imported families' modules. The imports are written out (not names in strings) so that
+# PyInstaller's analysis of build.spec sees them.
+
+
+def _dvae(section: Any) -> nn.Module:
+    from model.dvae import DVAE
+
+    return DVAE(section)
+
+
+def _vq(section: Any) -> nn.Module:
+    from model.vq import VQVAE
+
+    return VQVAE(section)
+
+
+def _vqgan(section: Any) -> nn.Module:
+    from model.vqgan import VQGAN
+
+    return VQGAN(section)
+
+
+def _transformer(section: Any) -> nn.Module:
+    from model.transformer import Transformer
+
+    return Transformer(section)
+
+
+def _bart(section: Any) -> nn.Module:
+    from model.bart import BartDalle
+
+    return BartDalle(section)
+
+
 VAE_BUILDERS: dict[str, ModelKind] = {
-    "dvae": ModelKind("model.dvae", "DVAE"),
-    "vq": ModelKind("model.vq", "VQVAE"),
-    "vqgan": ModelKind("model.vqgan", "VQGAN", assigned=lambda section: True),
+    "dvae": ModelKind(_dvae),
+    "vq": ModelKind(_vq),
+    "vqgan": ModelKind(_vqgan, assigned=lambda section: True),
 }
 TRANSFORMER_BUILDERS: dict[str, ModelKind] = {
     # ruDALL-E's transformer (layout "rudalle") is imported, so loaded by assignment
     "dalle": ModelKind(
-        "model.transformer",
-        "Transformer",
-        assigned=lambda section: section.layout == "rudalle",
-        tables=True,
+        _transformer, assigned=lambda section: section.layout == "rudalle", tables=True
     ),
-    "bart": ModelKind("model.bart", "BartDalle", assigned=lambda section: True),
+    "bart": ModelKind(_bart, assigned=lambda section: True),
 }
 TEXT_READERS: dict[str, TextKind] = {
     "bpe": TextKind(

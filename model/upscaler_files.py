@@ -1,6 +1,6 @@
 """Upscaler files (``NAME.upscaler.safetensors``): one net of ``model.upscaler`` and its card.
 
-Like a bundle (``model/bundle.py``) and the image tokenizer files: the net's state dict under the
+Like a bundle (``model/bundle/``) and the image tokenizer files: the net's state dict under the
 released checkpoints' own names (``body.0.weight``, ``conv_first.weight``, ...), stored in the
 precision it came in (the ncnn conversions' fp16 weights stay fp16: half the size, nothing
 lost), and as metadata its ``format``, its config as JSON (``"arch"`` says which net) and its card

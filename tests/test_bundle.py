@@ -137,8 +137,8 @@ def test_header_only_readers_touch_no_weights(original, saved, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("read weights or built models")
 
-    monkeypatch.setattr(bundle_module, "read_tensors", boom)
-    monkeypatch.setattr(bundle_module, "build_models", boom)
+    monkeypatch.setattr("model.bundle.io.read_tensors", boom)
+    monkeypatch.setattr("model.bundle.io.build_models", boom)
     assert read_card(saved) == CARD
     assert read_config(saved) == original.config
 
@@ -373,7 +373,7 @@ def test_a_save_that_fails_midway_leaves_nothing(original, tmp_path, monkeypatch
         Path(filename).write_bytes(b"partial")
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(bundle_module, "save_file", half_written)
+    monkeypatch.setattr("model.bundle.io.save_file", half_written)
     with pytest.raises(RuntimeError, match="disk on fire"):
         save(original, tmp_path / "m.dalle.safetensors")
     assert list(tmp_path.iterdir()) == []
@@ -385,7 +385,7 @@ def test_a_failed_save_keeps_the_previous_file(original, saved, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bundle_module, "save_file", interrupted)
+    monkeypatch.setattr("model.bundle.io.save_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save(original, saved)
     assert saved.read_bytes() == before

@@ -501,7 +501,7 @@ def dvae_sources(folder: Path) -> tuple[Path, Path]:
 def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing(
     tmp_path, monkeypatch, capsys, family, kind
 ):
-    import model.bundle
+    import model.bundle.io
     import model.tokenizer_files
     from model.cli import main
     from model.importers import dalle_mega
@@ -518,7 +518,7 @@ def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing(
         monkeypatch.setitem(dalle_mega.PRESETS, "mini", tiny_mini_preset(*bpe))
         target = out / "m.dalle.safetensors"
         args = ["mini", "--from", str(source)]
-        monkeypatch.setattr(model.bundle, "save_file", disk_full(kind))
+        monkeypatch.setattr(model.bundle.io, "save_file", disk_full(kind))
     assert main(["import", *args, "--out", str(target)]) == 2
     errors = [
         line

@@ -556,8 +556,8 @@ def test_hostile_bart_bundles_are_one_line_errors(tmp_path, bpe_files, config, t
 def test_load_refuses_what_memory_cannot_hold(tmp_path, bpe_files, monkeypatch):
     path = save(bart_bundle(bpe_files), tmp_path / "b.dalle.safetensors")
     read = []
-    monkeypatch.setattr(bundle_module, "read_tensors", lambda p: read.append(p))
-    monkeypatch.setattr(bundle_module, "available_memory", lambda device: 3 * 10**6)
+    monkeypatch.setattr("model.bundle.io.read_tensors", lambda p: read.append(p))
+    monkeypatch.setattr("model.bundle.checks.available_memory", lambda device: 3 * 10**6)
     with pytest.raises(BundleError) as caught:
         load(path)
     message = str(caught.value)
@@ -588,7 +588,8 @@ def test_imported_models_are_assigned_not_copied(tmp_path, bpe_files, monkeypatc
         devices.append(str(device))
         return real_build(config, prefix, device)
 
-    monkeypatch.setattr(bundle_module, "build_model", build_model)
+    monkeypatch.setattr("model.bundle.kinds.build_model", build_model)  # the shape check's
+    monkeypatch.setattr("model.bundle.io.build_model", build_model)  # for real
     loaded = load(path)
     assert devices == ["meta", "meta"]  # the shape check's builds; none for real
     assert all(p.dtype == torch.bfloat16 for p in loaded.transformer.parameters())

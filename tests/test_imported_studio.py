@@ -266,7 +266,7 @@ def test_a_slow_decoder_previews_fewer_rows_but_every_row_moves_the_progress(
 def refuse_memory(monkeypatch, free: int) -> None:
     """The machine has ``free`` bytes of memory: for ``model.bundle.load``'s check and the
     studio's."""
-    monkeypatch.setattr(bundle_module, "available_memory", lambda device: free)
+    monkeypatch.setattr("model.bundle.checks.available_memory", lambda device: free)
     monkeypatch.setattr(device_module, "available_memory", lambda device: free)
 
 
@@ -356,7 +356,7 @@ def test_a_model_that_only_fits_in_place_of_the_one_in_use_replaces_it(
     def free(device):  # what the model in use occupies comes back when it goes
         return needed - 1 + (0 if engine.loaded else held)
 
-    monkeypatch.setattr(bundle_module, "available_memory", free)
+    monkeypatch.setattr("model.bundle.checks.available_memory", free)
     monkeypatch.setattr(device_module, "available_memory", free)
     before = engine._bundle
     load(session, qtbot, imported)

@@ -5,6 +5,7 @@ argument type (an injected call fails, naming the line, the argument and the typ
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_mypy_reports_a_wrong_argument_type(tmp_path):
         "geometry = Geometry(width=512, height=512, size=256, factor=8)\n"
         'geometry.cell_at("10", 20.0)\n'
     )
-    result = mypy(str(snippet))
+    result = mypy("--cache-dir", os.devnull, str(snippet))  # checked afresh, no cached answer
     assert result.returncode == 1, result.stdout + result.stderr
     assert (
         f'{snippet}:4: error: Argument 1 to "cell_at" of "Geometry" has incompatible type "str"; '

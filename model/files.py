@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -66,7 +66,7 @@ _swept: dict[str, float] = {}  # folder -> when this process last swept it
 try:
     import fcntl
 except ImportError:  # Windows: an open file cannot be deleted there, which protects a writer
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 
 def _umask() -> int:
@@ -130,7 +130,7 @@ def sweep_stale_temps(folder: Path, target: str | None = None, force: bool = Fal
     if not force and now - _swept.get(key, -STALE_TEMP_S) < STALE_TEMP_S:
         return []
     _swept[key] = now
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(folder)
     except OSError:
@@ -194,7 +194,7 @@ def write_text(path: str | os.PathLike, text: str, private: bool = False) -> Pat
     return write_bytes(path, text.encode("utf-8"), private)
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, **options) -> Path:
+def save_png(image: Image.Image, path: str | os.PathLike, **options: Any) -> Path:
     """``image`` as a PNG at ``path``, atomically."""
     with atomic_write(path) as handle:
         image.save(handle, format="PNG", **options)
@@ -286,6 +286,7 @@ def open_image(
     ``keep_alpha``: an image with transparency comes back RGBA, its alpha as the file has it
     (an API's mask), instead of composited on white.
     """
+    opened: Path | BinaryIO
     if isinstance(source, bytes):
         label = name or "image"
         opened = io.BytesIO(source)

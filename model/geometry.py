@@ -36,7 +36,7 @@ class Plan:
     visible_rows: int | None = None
     visible_cols: int | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not (0 <= self.row < self.grid and 0 <= self.col < self.grid):
             raise ValueError(
                 f"cell ({self.row}, {self.col}) is outside the {self.grid}x{self.grid} token grid"
@@ -57,21 +57,24 @@ class Plan:
             )
 
     @property
+    def _visible(self) -> tuple[int, int]:
+        """The visible rows and columns (``__post_init__`` has replaced None with the grid)."""
+        rows, cols = self.visible_rows, self.visible_cols
+        return (self.grid if rows is None else rows, self.grid if cols is None else cols)
+
+    @property
     def masked_cells(self) -> list[int]:
         """Raster indices of the sampled cells, in sampling order."""
-        return [
-            r * self.grid + c
-            for r in range(self.row, self.visible_rows)
-            for c in range(self.col, self.visible_cols)
-        ]
+        rows, cols = self._visible
+        return [r * self.grid + c for r in range(self.row, rows) for c in range(self.col, cols)]
 
     @property
     def rows(self) -> int:
-        return self.visible_rows - self.row
+        return self._visible[0] - self.row
 
     @property
     def cells(self) -> int:
-        return self.rows * (self.visible_cols - self.col)
+        return self.rows * (self._visible[1] - self.col)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class Geometry:
     size: int
     factor: int
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.width < 1 or self.height < 1:
             raise ValueError(f"an image must be at least 1x1 pixel, got {self.width}x{self.height}")
         if self.factor < 1 or self.size < self.factor or self.size % self.factor:

@@ -172,17 +172,12 @@ def sample_tokens(
     seed = resolve_seed(options.seed)
     generator = torch.Generator(device=device).manual_seed(seed)
 
-    texts = text.to(device).expand(n, -1)
-    if use_guidance:
-        texts = torch.cat([texts, empty_text.to(device).expand(n, -1)])
     grid_tokens = image_tokens.to(device).reshape(1, -1).repeat(n, 1)  # (n, N)
     T = cfg.text_len
     masked = plan.masked_cells
     started = time.perf_counter()
     cache = transformer.new_cache(batch) if use_cache else None
-    stream = torch.empty(batch, cfg.seq_len, dtype=torch.long, device=device)
-    stream[:, :T] = texts
-    stream[:, T] = transformer.start_of_image
+    stream = _prompt_stream(transformer, text, empty_text if use_guidance else None, n, device)
     calls = 0
     fed = 0  # stream positions [0, fed) are in the cache
     rows_done = 0
@@ -225,6 +220,25 @@ def sample_tokens(
         tokens_per_s=n * plan.cells / max(seconds, 1e-9),
         model_calls=calls,
     )
+
+
+def _prompt_stream(
+    transformer,
+    text: torch.Tensor,
+    empty_text: torch.Tensor | None,
+    n: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """The token stream the sampler fills: ``n`` rows of the caption (then ``n`` of the empty
+    caption when guided) and the start of the image; the image's slots are written as it goes."""
+    cfg = transformer.config
+    texts = text.to(device).expand(n, -1)
+    if empty_text is not None:
+        texts = torch.cat([texts, empty_text.to(device).expand(n, -1)])
+    stream = torch.empty(texts.shape[0], cfg.seq_len, dtype=torch.long, device=device)
+    stream[:, : cfg.text_len] = texts
+    stream[:, cfg.text_len] = transformer.start_of_image
+    return stream
 
 
 def prepared(transformer, precision: str, compile: bool = False):

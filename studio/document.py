@@ -134,7 +134,7 @@ class Document(QObject):
         if not was:
             self.modified_changed.emit(True)
 
-    def _touched(self, *_) -> None:
+    def _touched(self, *_: object) -> None:
         self.revision += 1
 
     def _clean_changed(self, clean: bool) -> None:
@@ -383,15 +383,16 @@ class Document(QObject):
         self._changed()
         self.history_changed.emit()
 
-    def children(self, entry_id: int | None) -> list[HistoryEntry]:
+    def children(self, entry_id: int | None) -> list[HistoryEntry]:  # type: ignore[override]
         return [entry for entry in self.history.values() if entry.parent == entry_id]
 
     def lineage(self, entry_id: int) -> list[int]:
         """Ids from the original down to ``entry_id``."""
         line = []
-        while entry_id is not None:
-            line.append(entry_id)
-            entry_id = self.history[entry_id].parent
+        current: int | None = entry_id
+        while current is not None:
+            line.append(current)
+            current = self.history[current].parent
         return line[::-1]
 
     # -- captions -----------------------------------------------------------------------

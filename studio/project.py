@@ -432,7 +432,7 @@ def _decode_images(
                 f"{label}: is {width}x{height}; expected the project's {size[0]}x{size[1]}"
             )
     declared = manifest.get("size")
-    if declared is not None and tuple(declared) != size:
+    if declared is not None and size is not None and tuple(declared) != size:
         raise ProjectError(f"{path}: size is {declared}; the image is {size[0]}x{size[1]}")
     images = {}
     for name in names:

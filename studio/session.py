@@ -299,6 +299,8 @@ class Session(QObject):
 
     def _finished(self, message: messages.Finished) -> None:
         job = self._end_job()
+        if job is None:  # not reached: handle() passes only the running job's messages
+            return
         options = history_options(job.options, message.seconds)
         self.document.finish_generation(
             message.candidates,

@@ -402,7 +402,6 @@ def import_dalle(
     the files' sizes must match (tests: tiny files). Raises ValueError with one line naming the
     file and the problem; writes nothing unless everything converted."""
     from model import bundle as bundle_io
-    from model.vqgan import VQGAN, describe
 
     if which not in MODELS:
         raise ValueError(f"unknown model {which!r}; expected mega or mini")
@@ -438,25 +437,57 @@ def import_dalle(
     say(f"converting {model.title} to {dtype}")
     transformer = convert_transformer(states, expected, DTYPES[dtype], where)
 
-    vq_state, vqgan_note = convert_vqgan(paths, vq_config, say)
-    vqgan = VQGAN.load(vq_config, vq_state).eval()
-    for name, tensor in vqgan.state_dict().items():
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"{paths['vqgan']}: {name} holds NaN or infinity")
+    vqgan, vqgan_note = _load_vqgan(paths, vq_config, say)
 
     config_ = BundleConfig(
         vae=vq_config,
         text=BartTextConfig(vocab_size=tokenizer.vocab_size, text_len=tokenizer.text_len),
         transformer=expected,
     )
-    card = {
+    card = _card(model, transformer.num_parameters(), hashes, dtype, vq_config, vqgan_note)
+    bundle = bundle_io.Bundle(
+        config=config_, vae=vqgan, transformer=transformer, tokenizer=tokenizer, card=card
+    )
+    say(f"writing {out}")
+    try:
+        bundle_io.save(bundle, out)
+    except bundle_io.BundleError as error:
+        raise ValueError(str(error)) from None
+    return out
+
+
+def _load_vqgan(paths: Mapping[str, Path | None], vq_config: VQGANConfig, say: Progress):
+    """The VQGAN (fp32) from ``paths["vqgan"]`` and the note on its decoder; a weight holding
+    NaN or infinity is refused."""
+    from model.vqgan import VQGAN
+
+    vq_state, vqgan_note = convert_vqgan(paths, vq_config, say)
+    vqgan = VQGAN.load(vq_config, vq_state).eval()
+    for name, tensor in vqgan.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{paths['vqgan']}: {name} holds NaN or infinity")
+    return vqgan, vqgan_note
+
+
+def _card(
+    model: Model,
+    parameters: int,
+    hashes: dict[str, str],
+    dtype: str,
+    vq_config: VQGANConfig,
+    vqgan_note: str,
+) -> dict:
+    """The imported bundle's card: title, sources, licence and the files' hashes."""
+    from model.vqgan import describe
+
+    return {
         "stage": "imported",
         "name": f"{model.title} (imported)",
         "description": (
             f"{model.title} (dalle-mini) converted from min-dalle's files, with dalle-mini's "
             "VQGAN f16-16384: 256 px, 16x16 tokens. English captions."
         ),
-        "parameters": transformer.num_parameters(),
+        "parameters": parameters,
         "imported": {
             "from": f"dalle import {model.key}",
             "sources": {
@@ -476,12 +507,3 @@ def import_dalle(
         },
         "example_captions": EXAMPLE_CAPTIONS,
     }
-    bundle = bundle_io.Bundle(
-        config=config_, vae=vqgan, transformer=transformer, tokenizer=tokenizer, card=card
-    )
-    say(f"writing {out}")
-    try:
-        bundle_io.save(bundle, out)
-    except bundle_io.BundleError as error:
-        raise ValueError(str(error)) from None
-    return out

@@ -134,10 +134,6 @@ def import_rudalle(
     Malevich's 16 and the Sber gumbel-f8; tests pass tiny ones). Raises ValueError with one line
     naming the file and the problem; writes nothing unless everything converted."""
     from model import bundle as bundle_io
-    from model.importers.rudalle import transformer_from_rudalle
-    from model.importers.rudalle_vqgan import SBER_GUMBEL_F8, vqgan_from_lightning
-    from model.transformer import Transformer
-    from model.vqgan import VQGAN, describe
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
@@ -152,6 +148,40 @@ def import_rudalle(
         hashes[path.name] = sha256(path)
 
     bpe = RudalleTokenizer.from_yttm(paths["bpe"])
+    transformer, tokenizer = _convert_transformer(paths, bpe, out, dtype, version, heads, say)
+    tf_config = transformer.config
+    vq_config, vqgan_model = _load_vqgan(paths, vqgan, tf_config, say)
+
+    config = BundleConfig(
+        vae=vq_config,
+        text=YttmTextConfig(vocab_size=tokenizer.vocab_size, text_len=tokenizer.text_len),
+        transformer=tf_config,
+    )
+    card = _card(paths, hashes, transformer, vq_config, version, dtype)
+    bundle = bundle_io.Bundle(
+        config=config, vae=vqgan_model, transformer=transformer, tokenizer=tokenizer, card=card
+    )
+    say(f"writing {out}")
+    try:
+        bundle_io.save(bundle, out)
+    except bundle_io.BundleError as error:
+        raise ValueError(str(error)) from None
+    return out
+
+
+def _convert_transformer(
+    paths: dict[str, Path],
+    bpe: RudalleTokenizer,
+    out: Path,
+    dtype: str,
+    version: str,
+    heads: int,
+    say: Progress,
+):
+    """The transformer from ``paths["transformer"]`` in ``dtype``, its size checked against
+    memory before it is built, and the caption tokenizer it reads (its vocabulary checked)."""
+    from model.importers.rudalle import transformer_from_rudalle
+    from model.transformer import Transformer
 
     say(f"reading {paths['transformer'].name}")
     state = read_pt(paths["transformer"], "ruDALL-E transformer")  # mapped; strides checked
@@ -186,6 +216,18 @@ def import_rudalle(
     tf_state = {name: tensor.to(DTYPES[dtype]) for name, tensor in tf_state.items()}
     transformer.load_state_dict(tf_state, assign=True, strict=True)
     transformer.eval()
+    return transformer, tokenizer
+
+
+def _load_vqgan(
+    paths: dict[str, Path],
+    vqgan: VQGANConfig | None,
+    tf_config: TransformerConfig,
+    say: Progress,
+):
+    """The VQGAN from ``paths["vqgan"]`` (fp32), checked to be the one the transformer reads."""
+    from model.importers.rudalle_vqgan import SBER_GUMBEL_F8, vqgan_from_lightning
+    from model.vqgan import VQGAN
 
     say(f"reading {paths['vqgan'].name}")
     vq_config, vq_state = vqgan_from_lightning(paths["vqgan"], vqgan or SBER_GUMBEL_F8)
@@ -195,19 +237,27 @@ def import_rudalle(
             f"{vq_config.grid} grid, but the transformer reads {tf_config.image_vocab} codes on "
             f"{tf_config.grid}x{tf_config.grid}: not this model's image tokenizer"
         )
-    vqgan = VQGAN.load(vq_config, vq_state).eval()
+    return vq_config, VQGAN.load(vq_config, vq_state).eval()
 
-    config = BundleConfig(
-        vae=vq_config,
-        text=YttmTextConfig(vocab_size=tokenizer.vocab_size, text_len=tokenizer.text_len),
-        transformer=tf_config,
-    )
+
+def _card(
+    paths: dict[str, Path],
+    hashes: dict[str, str],
+    transformer: torch.nn.Module,
+    vq_config: VQGANConfig,
+    version: str,
+    dtype: str,
+) -> dict:
+    """The imported bundle's card: its title, sources, licence and the files' hashes."""
+    from model.vqgan import describe
+
+    tf_config = transformer.config
     title = (
         "ruDALL-E Surrealist XL"
         if paths["transformer"].name == "pytorch_model.bin"
         else ("ruDALL-E Malevich (v3)")
     )
-    card = {
+    return {
         "stage": "imported",
         "name": f"{title} (imported)",
         "description": (
@@ -230,12 +280,3 @@ def import_rudalle(
         "example_glosses": EXAMPLE_GLOSSES,
         "suggested_sampling": {"guidance": 1.0, "top_k": 2048, "top_p": 0.995},  # ruDALL-E's
     }
-    bundle = bundle_io.Bundle(
-        config=config, vae=vqgan, transformer=transformer, tokenizer=tokenizer, card=card
-    )
-    say(f"writing {out}")
-    try:
-        bundle_io.save(bundle, out)
-    except bundle_io.BundleError as error:
-        raise ValueError(str(error)) from None
-    return out

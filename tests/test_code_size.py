@@ -22,19 +22,6 @@ FUNCTION_EXCEPTIONS: dict[tuple[str, str], str] = {
     ),
 }
 
-# TEMPORARY allow-list (issue 29): these are being split in parallel branches; the lead removes
-# each entry when merging the branch that splits it. Nothing may be added here.
-TEMPORARY_FILES: dict[str, str] = {
-    "model/config.py": "split in branch cfg",
-    "model/bundle.py": "split in branch bnd",
-    "model/transformer.py": "split in branch tr",
-    "studio/widgets/main_window.py": "split in branch win",
-}
-TEMPORARY_FUNCTIONS: dict[tuple[str, str], str] = {
-    ("model/serve/app.py", "create_app"): "split in branch win",
-    ("model/serve/app.py", "create_app.run_job"): "split in branch win",
-}
-
 
 def function_sizes(tree: ast.AST, prefix: str = "") -> dict[str, int]:
     """Each function's length in ``tree``, named with its classes and enclosing functions
@@ -91,8 +78,8 @@ def oversized(
 def test_no_product_file_or_function_is_over_its_limit():
     problems = oversized(
         ROOT,
-        {**FILE_EXCEPTIONS, **TEMPORARY_FILES},
-        {**FUNCTION_EXCEPTIONS, **TEMPORARY_FUNCTIONS},
+        FILE_EXCEPTIONS,
+        FUNCTION_EXCEPTIONS,
     )
     assert not problems, "\n".join(problems)
 
@@ -103,12 +90,12 @@ def test_every_exception_is_still_needed():
     files, functions = measure(ROOT)
     stale = [
         f"{rel}: excepted but {files.get(rel, 'absent')} lines"
-        for rel in {**FILE_EXCEPTIONS, **TEMPORARY_FILES}
+        for rel in FILE_EXCEPTIONS
         if files.get(rel, 0) <= MAX_FILE_LINES
     ]
     stale += [
         f"{rel}: function {name} excepted but {functions.get((rel, name), 'absent')} lines"
-        for rel, name in {**FUNCTION_EXCEPTIONS, **TEMPORARY_FUNCTIONS}
+        for rel, name in FUNCTION_EXCEPTIONS
         if functions.get((rel, name), 0) <= MAX_FUNCTION_LINES
     ]
     assert not stale, "\n".join(stale)

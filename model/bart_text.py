@@ -246,7 +246,7 @@ class BartTokenizer:
 
 
 def _read_vocab(path: Path) -> dict[str, int]:
-    from model.importers.limits import read_json
+    from model.files import read_json
 
     data: Any = read_json(path, "vocab file")  # size, nesting and digits bounded
     if not isinstance(data, dict):
@@ -255,7 +255,7 @@ def _read_vocab(path: Path) -> dict[str, int]:
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
-    from model.importers.limits import read_text
+    from model.files import read_text
 
     lines = read_text(path, "merges file").split("\n")  # refused over its size cap unread
     merges = []

@@ -22,6 +22,7 @@ Stdlib, numpy and Pillow only: the studio's document and project code use it wit
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import stat
@@ -342,3 +343,93 @@ def to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+# -- small text and JSON files (configs, vocabularies, merges) -----------------------------
+
+# min-dalle's vocab.json is about 1 MB, merges.txt 0.5 MB, dalle-mini's config.json 1 KB. A
+# vocab or merges file of short unique entries becomes about 16 times its size in Python objects
+# (measured: 8 MB of each, 270 MB), so the cap is what keeps a hostile one small.
+MAX_TEXT_BYTES = 4 * 2**20
+# dalle-mini's config.json and min-dalle's vocabularies are flat: one or two levels
+MAX_JSON_DEPTH = 32
+MAX_INT_DIGITS = 30  # a size or an id; 10**30 is already far past anything real
+
+
+def megabytes(count: int) -> str:
+    return f"{count / 2**20:,.{0 if count >= 100 * 2**20 else 1}f} MB"
+
+
+def read_text(path: Path, what: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """``path`` as UTF-8 text, refused before reading when it is over ``max_bytes``."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ValueError(
+                f"{path}: {megabytes(size)} is more than the {megabytes(max_bytes)} a {what} may be"
+            )
+        with open(path, "rb") as file:
+            data = file.read(max_bytes + 1)  # the file may have grown since stat
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such {what}") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"{path}: more than the {megabytes(max_bytes)} a {what} may be")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a text {what} ({error.reason}: not UTF-8)") from None
+
+
+def _integer(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise _TooLong(f"an integer of {digits:,} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+class _TooLong(ValueError):
+    pass
+
+
+def _depth(value: Any, limit: int) -> int:
+    """The nesting depth of parsed JSON, walked without recursion; stops past ``limit``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+        stack.extend(
+            (child, depth + 1) for child in (node.values() if isinstance(node, dict) else node)
+        )
+    return deepest
+
+
+def read_json(
+    path: Path,
+    what: str,
+    max_bytes: int = MAX_TEXT_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
+) -> Any:
+    """``path``'s JSON under a size cap (checked before reading), a nesting limit and an
+    integer-digit limit; any failure is one ValueError naming the file."""
+    text = read_text(path, what, max_bytes)
+    try:
+        value = json.loads(text, parse_int=_integer)
+    except _TooLong as error:
+        raise ValueError(f"{path}: the {what} holds {error}") from None
+    except RecursionError:
+        raise ValueError(
+            f"{path}: the {what} is nested too deeply (more than {max_depth} levels)"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a JSON {what} ({error})") from None
+    except ValueError as error:  # Python's own integer-digit limit, on a float's exponent...
+        raise ValueError(f"{path}: not a JSON {what} ({str(error)[:120]})") from None
+    if _depth(value, max_depth) > max_depth:
+        raise ValueError(f"{path}: the {what} is nested too deeply (more than {max_depth} levels)")
+    return value

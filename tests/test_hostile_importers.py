@@ -296,7 +296,7 @@ def make_inputs(root: Path) -> dict[str, Case]:
     mini_case("deep-vocab", "vocab_mini.json", text(deep_json()), ["nested"])
     mini_case("huge-vocab", "vocab_mini.json", sparse_file, ["600 MB"])
     mini_case("huge-merges", "merges_mini.txt", sparse_file, ["600 MB"])
-    from model.importers.limits import MAX_TEXT_BYTES
+    from model.files import MAX_TEXT_BYTES
 
     many = lambda path: vocab_of_short_entries(path, MAX_TEXT_BYTES)  # noqa: E731
     mini_case("vocab-under-the-cap", "vocab_mini.json", many, ["vocab and merges disagree"])
@@ -534,7 +534,7 @@ def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing(
 
 
 def test_json_nested_past_the_limit_is_refused_before_python_recursion_would(tmp_path):
-    from model.importers.limits import MAX_JSON_DEPTH, read_json
+    from model.files import MAX_JSON_DEPTH, read_json
 
     path = tmp_path / "config.json"
     path.write_text(deep_json(MAX_JSON_DEPTH))

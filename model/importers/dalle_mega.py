@@ -44,7 +44,8 @@ import torch
 from model.bart import MEGA, MINI, BartConfig, BartDalle
 from model.bart_text import BartTokenizer
 from model.config import BartTextConfig, BundleConfig, VQGANConfig
-from model.importers.limits import check_tensors, read_json
+from model.files import read_json
+from model.importers.limits import check_tensors
 
 log = logging.getLogger(__name__)
 

@@ -115,7 +115,8 @@ class RecoveryInfo:
         )
         if self.journaled is not None:
             last = time.strftime("%H:%M:%S", time.localtime(self.journaled))
-            text += f", with {self.changes} later changes up to {last}"
+            changes = "1 later change" if self.changes == 1 else f"{self.changes} later changes"
+            text += f", with {changes} up to {last}"
         return text
 
 

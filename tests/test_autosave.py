@@ -12,7 +12,7 @@ import pytest
 from PySide6.QtCore import QSettings
 
 from studio import autosave, project
-from studio.autosave import Autosaver, encode_line, read_journal
+from studio.autosave import Autosaver, RecoveryInfo, encode_line, read_journal
 from studio.document import Document
 from studio.engine import Engine
 from studio.session import Session
@@ -106,6 +106,11 @@ def test_a_kill_between_autosaves_loses_no_decision(window_in, tmp_path, monkeyp
     (text,) = asked  # what is recovered, and from when
     assert "“harbour.png”: 3 history entries, 2 starred, 1 accepted; autosaved at " in text
     assert "later changes up to " in text
+
+
+def test_recovery_says_one_change_in_the_singular():
+    info = RecoveryInfo("a.png", 4, 0, 1, autosaved=0.0, journaled=60.0, changes=1)
+    assert ", with 1 later change up to " in info.describe()
 
 
 def test_no_change_rewrites_the_whole_project(qapp, tmp_path, monkeypatch):

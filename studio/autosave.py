@@ -408,13 +408,7 @@ def apply_record(document: Document, record: dict[str, Any], folder: Path) -> No
         if pixels is not None:
             entry.image = pixels
     for entry_id in dropped:
-        entry = document.history.get(entry_id)
-        if entry is None or entry.is_original:
-            continue
-        for child in document.history.values():
-            if child.parent == entry_id:
-                child.parent = entry.parent
-        del document.history[entry_id]
+        document.drop_entry(entry_id)
     for entry in document.history.values():  # a parent a later line drops or an older base lacks
         if entry.parent is not None and entry.parent not in document.history:
             entry.parent = root

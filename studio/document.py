@@ -364,17 +364,26 @@ class Document(QObject):
 
     def delete_entry(self, entry_id: int) -> None:
         """Remove an entry; its children are re-attached to its parent. The original stays."""
-        entry = self.history.get(entry_id)
-        if entry is None or entry.is_original:
+        entry = self.drop_entry(entry_id)
+        if entry is None:
             return
-        for child in self.history.values():
-            if child.parent == entry_id:
-                child.parent = entry.parent
-        del self.history[entry_id]
         if self.current_entry == entry_id:
             self.current_entry = entry.parent
         self._changed()
         self.history_changed.emit()
+
+    def drop_entry(self, entry_id: int) -> HistoryEntry | None:
+        """Take an entry out of the history, its children re-attached to its parent; no signal
+        (``delete_entry`` for the user's delete, the autosave's replay as it is). None for the
+        original or an entry that is not there."""
+        entry = self.history.get(entry_id)
+        if entry is None or entry.is_original:
+            return None
+        for child in self.history.values():
+            if child.parent == entry_id:
+                child.parent = entry.parent
+        del self.history[entry_id]
+        return entry
 
     def set_starred(self, entry_id: int, starred: bool) -> None:
         if self.history[entry_id].starred == starred:

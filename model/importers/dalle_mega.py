@@ -37,7 +37,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -46,6 +46,9 @@ from model.bart_text import BartTokenizer
 from model.config import BartTextConfig, BundleConfig, VQGANConfig
 from model.files import read_json
 from model.importers.limits import check_tensors
+
+if TYPE_CHECKING:  # for the annotation; the functions import model.bundle where they use it
+    from model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -449,6 +452,13 @@ def import_dalle(
     bundle = bundle_io.Bundle(
         config=config_, vae=vqgan, transformer=transformer, tokenizer=tokenizer, card=card
     )
+    return write_bundle(bundle, out, say)
+
+
+def write_bundle(bundle: Bundle, out: Path, say: Progress) -> Path:
+    """Save an imported ``bundle`` to ``out`` (atomically); a refusal is one ValueError."""
+    from model import bundle as bundle_io
+
     say(f"writing {out}")
     try:
         bundle_io.save(bundle, out)

@@ -34,7 +34,14 @@ from pathlib import Path
 import torch
 
 from model.config import BundleConfig, TransformerConfig, VQGANConfig, YttmTextConfig
-from model.importers.dalle_mega import DTYPES, _gb, read_pt, refuse_without_room, sha256
+from model.importers.dalle_mega import (
+    DTYPES,
+    _gb,
+    read_pt,
+    refuse_without_room,
+    sha256,
+    write_bundle,
+)
 from model.importers.limits import check_table_budget
 from model.yttm_text import RudallePrompt, RudalleTokenizer
 
@@ -161,12 +168,7 @@ def import_rudalle(
     bundle = bundle_io.Bundle(
         config=config, vae=vqgan_model, transformer=transformer, tokenizer=tokenizer, card=card
     )
-    say(f"writing {out}")
-    try:
-        bundle_io.save(bundle, out)
-    except bundle_io.BundleError as error:
-        raise ValueError(str(error)) from None
-    return out
+    return write_bundle(bundle, out, say)
 
 
 def _convert_transformer(

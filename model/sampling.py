@@ -287,34 +287,37 @@ def resolve_in_place(transformer, precision: str, device: torch.device) -> str:
 def complete(
     bundle,
     image: torch.Tensor | None,
-    from_cell: tuple[int, int],
+    plan: Plan | tuple[int, int],
     caption: str,
     options: SamplingOptions | None = None,
     cancel: threading.Event | None = None,
     use_cache: bool = True,
     precision: str = "fp32",
     compile: bool = False,
-    visible: tuple[int, int] | None = None,
 ) -> Iterator[Message]:
-    """Regenerate the rectangle from ``from_cell`` to the bottom-right corner under ``caption``.
+    """Regenerate the cells ``plan`` names (its rectangle to the bottom-right corner, less the
+    padding beside the picture: ``Geometry.plan``) under ``caption``. A (row, col) cell instead
+    of a plan: the rectangle from it over the whole grid (a square picture).
 
     image: (3, S, S) in [0, 1] at the bundle's resolution (see ``model.images.to_model``), or
     None for a blank start (only valid from cell (0, 0)). Yields Progress per finished row, then
     Done with decoded candidates, reranked best first when the bundle carries a reranker.
     precision: fp32 (default: the exact reference), bf16, int8 or auto (see ``prepared``);
     compile: run each one-cell step through ``torch.compile`` (``model.precision.CompiledStep``).
-    visible: (rows, cols) of cells that hold the image (``Geometry.visible_grid``); the
-    rectangle's padding cells beyond them keep the image's own tokens and are not sampled.
-    None: the whole grid.
+    The rectangle's padding cells keep the image's own tokens and are not sampled.
+    ``model.completion`` runs this for a user's picture, at its own size.
     """
     options = options or SamplingOptions()
     options.validate()
     cfg = bundle.config
     grid = cfg.transformer.grid
-    plan = Plan(grid, *from_cell, *(visible or (None, None)))
+    if not isinstance(plan, Plan):
+        plan = Plan(grid, *plan)
+    elif plan.grid != grid:
+        raise ValueError(f"a plan for a {plan.grid}x{plan.grid} grid, but the model's is {grid}")
     device = bundle.device
     if image is None:
-        if from_cell != (0, 0):
+        if (plan.row, plan.col) != (0, 0):
             raise ValueError("completing from a cell other than (0, 0) needs an image")
         image_tokens = torch.zeros(grid, grid, dtype=torch.long)
     else:

@@ -31,12 +31,14 @@ from PySide6.QtCore import QObject, Signal
 
 from model import bundle as bundle_io
 from model import card as card_schema
+from model import completion as completion_events
 from model import device as model_device
 from model import familiarity, files, sampling
 from model import images as model_images
+from model.completion import Completion
 from model.config import SamplingOptions
 from model.device import pick_device
-from model.geometry import PAPER_FACTOR, PAPER_SIZE, Geometry
+from model.geometry import PAPER_FACTOR, PAPER_SIZE
 from model.precision import PRECISIONS, resolve_precision
 
 # the messages, re-exported: the studio reads them as ``engine.Loaded`` and so on
@@ -358,64 +360,73 @@ class Engine(QObject):
         return result
 
     def _run(self, job: Job, emit: Callable[[Message], None]) -> Message:
+        """One job through ``model.completion``: its events become the studio's messages."""
         bundle = self._bundle
         if bundle is None:
             return Failed(job.id, "no model is loaded: open a model bundle in Settings")
         if job.cancel.is_set():
             return Cancelled(job.id)
-        options = job.options
-        pace = Pace(options.n)
-        emit(Phase(job.id, "reading"))
-        image = Image.fromarray(job.image, "RGB")
-        size = bundle.config.vae.image_size
-        factor = bundle.config.vae.factor
-        geometry = Geometry(image.width, image.height, size, factor)
-        tensor = model_images.to_model(image, geometry)
-        pace.read()
-        emit(Phase(job.id, "encoding"))  # the sampler encodes before its first row
-        pace.once_only = self._say_once_only_waits(job, emit)
-        messages = self._sampler(
+        completion = Completion(
             bundle,
-            tensor,
+            Image.fromarray(job.image, "RGB"),
             job.cell,
             job.caption,
-            options,
-            job.cancel,
+            job.options,
             precision=self.precision,
             compile=self.compile,
-            visible=geometry.visible_grid,  # the padding below or beside is not sampled
+            sampler=self._sampler,
         )
-        previewed_at = pace.started  # when the last preview was ready
-        for message in messages:
-            if isinstance(message, sampling.Progress):
-                pace.row(message.cells_done)
-                now = time.perf_counter()
-                preview = None
+        pace = Pace(job.options.n)
+        previewed_at = paste_began = pace.started  # when the last preview was ready
+        candidates: list[np.ndarray] = []
+        for event in completion.run(job.cancel):
+            if isinstance(event, completion_events.Phase):
+                self._enter(job, event, pace, emit)
+                paste_began = time.perf_counter()
+            elif isinstance(event, sampling.Progress):
+                pace.row(event.cells_done)
                 spent = pace.decode_s + pace.paste_s  # the last preview's
-                if spent < PREVIEW_ALWAYS_S or now - previewed_at >= PREVIEW_EVERY * spent:
-                    preview = self._preview(bundle, message, image, geometry, job.cell, pace)
+                preview = None
+                if spent < PREVIEW_ALWAYS_S or time.perf_counter() - previewed_at >= (
+                    PREVIEW_EVERY * spent
+                ):
+                    preview = self._preview(completion, event, pace)
                     previewed_at = time.perf_counter()
-                self.last_tokens_per_s = message.tokens_per_s
+                self.last_tokens_per_s = event.tokens_per_s
                 emit(
                     RowDecoded(
                         job=job.id,
                         preview=preview,
-                        rows_done=message.rows_done,
-                        rows_total=message.rows_total,
-                        tokens_per_s=message.tokens_per_s,
-                        eta_s=pace.eta_sampling(message.cells_done, message.cells_total),
+                        rows_done=event.rows_done,
+                        rows_total=event.rows_total,
+                        tokens_per_s=event.tokens_per_s,
+                        eta_s=pace.eta_sampling(event.cells_done, event.cells_total),
                     )
                 )
-                if message.rows_done == message.rows_total:  # the sampler decodes them now
-                    pace.decoding()
-                    emit(Phase(job.id, "decoding", eta_s=pace.eta_decoding()))
-            elif isinstance(message, sampling.Cancelled):
+            elif isinstance(event, completion_events.Pasted):
+                candidates.append(np.asarray(event.image, dtype=np.uint8))
+                pace.candidate_pasted(time.perf_counter() - paste_began)
+            elif isinstance(event, completion_events.Finished):
+                return self._finish(job, event.done, candidates, pace)
+            elif isinstance(event, sampling.Cancelled):
                 return Cancelled(job.id)
-            elif isinstance(message, sampling.Done):
-                return self._finish(job, message, image, geometry, pace, emit)
-        if job.cancel.is_set():
-            return Cancelled(job.id)
         return Failed(job.id, "sampling ended without a result")
+
+    def _enter(self, job: Job, phase, pace: Pace, emit: Callable[[Message], None]) -> None:
+        """Say that ``job`` entered ``phase`` (a ``model.completion.Phase``), with its ETA."""
+        if phase.name == "reading":
+            emit(Phase(job.id, "reading"))
+        elif phase.name == "encoding":
+            pace.read()
+            emit(Phase(job.id, "encoding"))
+            pace.once_only = self._say_once_only_waits(job, emit)
+        elif phase.name == "decoding":
+            pace.decoding()
+            emit(Phase(job.id, "decoding", eta_s=pace.eta_decoding()))
+        elif phase.name == "pasting":
+            if phase.index == 0:
+                pace.pasting()
+            emit(Phase(job.id, "pasting", phase.index, phase.count, pace.eta_pasting()))
 
     def _say_once_only_waits(self, job: Job, emit: Callable[[Message], None]) -> bool:
         """Say why the first row waits (a conversion in place, a compile); True when it does."""
@@ -434,17 +445,8 @@ class Engine(QObject):
                 said = True
         return said
 
-    def _finish(self, job, done: sampling.Done, image, geometry, pace: Pace, emit) -> Finished:
-        """Paste each decoded candidate back into the user's picture, saying which and how
-        long the rest takes."""
-        pace.pasting()
-        candidates = []
-        for index, decoded in enumerate(done.images):
-            emit(Phase(job.id, "pasting", index, len(done.images), pace.eta_pasting()))
-            began = time.perf_counter()
-            pasted = model_images.paste_back(image, decoded, geometry, job.cell)
-            candidates.append(np.asarray(pasted, dtype=np.uint8))
-            pace.candidate_pasted(time.perf_counter() - began)
+    def _finish(self, job, done: sampling.Done, candidates, pace: Pace) -> Finished:
+        """The job's result: its pasted candidates, best first, and how long it took."""
         self.last_tokens_per_s = done.tokens_per_s
         previewed = done.order.index(0) if 0 in done.order else 0
         return Finished(
@@ -460,15 +462,13 @@ class Engine(QObject):
         )
 
     @staticmethod
-    def _preview(bundle, progress: sampling.Progress, image, geometry, cell, pace) -> np.ndarray:
-        """The current grid of the first sampled candidate, decoded and pasted back: one decode
-        of the whole grid (the first sampled candidate only; Finished.previewed says where
-        reranking put it). ``pace`` learns what decoding and pasting a candidate cost."""
+    def _preview(completion: Completion, progress: sampling.Progress, pace: Pace) -> np.ndarray:
+        """The first sampled candidate's grid so far, decoded and pasted back (Finished.previewed
+        says where reranking put it); ``pace`` learns what the decode and paste cost."""
         began = time.perf_counter()
-        with torch.inference_mode():
-            decoded = bundle.vae.decode(progress.tokens[:1].to(bundle.device))[0].float().cpu()
+        decoded = completion.decode_first(progress)
         decoded_at = time.perf_counter()
-        pasted = np.asarray(model_images.paste_back(image, decoded, geometry, cell), np.uint8)
+        pasted = np.asarray(completion.paste(decoded), np.uint8)
         pace.previewed(decoded_at - began, time.perf_counter() - decoded_at)
         return pasted
 

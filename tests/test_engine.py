@@ -71,7 +71,7 @@ def fake_sampler(rows=3, block: threading.Event | None = None):
     """A sampler that yields instantly (or waits on ``block``) and honours cancel."""
 
     def sample(
-        bundle, image, cell, caption, options, cancel, precision="fp32", compile=False, visible=None
+        bundle, image, plan, caption, options, cancel, precision="fp32", compile=False
     ):
         grid = bundle.config.transformer.grid
         tokens = torch.zeros(options.n, grid, grid, dtype=torch.long)
@@ -204,9 +204,9 @@ def test_cancel_through_the_engine_before_and_during_a_job(qtbot, bundle):
 def test_jobs_sample_in_the_chosen_precision(bundle):
     seen = []
 
-    def recording(bundle, image, cell, caption, options, cancel, precision, compile, visible):
+    def recording(bundle, image, plan, caption, options, cancel, precision, compile):
         seen.append((precision, compile))
-        yield from fake_sampler(rows=1)(bundle, image, cell, caption, options, cancel)
+        yield from fake_sampler(rows=1)(bundle, image, plan, caption, options, cancel)
 
     engine = Engine(sampler=recording)
     engine.set_bundle(bundle)
@@ -280,7 +280,7 @@ def test_finished_names_the_candidate_the_live_preview_showed(bundle):
     """The live rows decode the first sampled candidate; a reranker may put it anywhere. The
     finished view must select it, so the canvas does not jump to another image."""
 
-    def reranked(bundle, image, cell, caption, options, cancel, precision, compile, visible):
+    def reranked(bundle, image, plan, caption, options, cancel, precision, compile):
         grid = bundle.config.transformer.grid
         tokens = torch.arange(options.n).view(-1, 1, 1).expand(-1, grid, grid).contiguous()
         yield sampling.Progress(tokens, grid - 1, 1, 1, 1, 1, 100.0)
@@ -306,9 +306,9 @@ def test_finished_names_the_candidate_the_live_preview_showed(bundle):
 def test_jobs_sample_only_the_cells_that_hold_image(bundle):
     seen = []
 
-    def recording(bundle, image, cell, caption, options, cancel, precision, compile, visible):
-        seen.append(visible)
-        yield from fake_sampler(rows=1)(bundle, image, cell, caption, options, cancel)
+    def recording(bundle, image, plan, caption, options, cancel, precision, compile):
+        seen.append((plan.visible_rows, plan.visible_cols))
+        yield from fake_sampler(rows=1)(bundle, image, plan, caption, options, cancel)
 
     engine = Engine(sampler=recording)
     engine.set_bundle(bundle)

@@ -106,7 +106,7 @@ def slow_first_row(first_s: float, rows: int = 4):
     """A sampler of a 4x4 grid whose first row waits ``first_s`` (a compile), the others
     10 ms; it honours cancel like ``fake_sampler``."""
 
-    def sample(bundle, image, cell, caption, options, cancel, **kwargs):
+    def sample(bundle, image, plan, caption, options, cancel, **kwargs):
         grid = bundle.config.transformer.grid
         tokens = torch.zeros(options.n, grid, grid, dtype=torch.long)
         for row in range(rows):

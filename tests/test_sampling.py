@@ -294,14 +294,15 @@ def test_complete_skips_the_padding_of_a_wide_image(kind):
     assert visible[0] < grid and visible[1] == grid
     own = bundle.vae.encode(tensor.unsqueeze(0))[0]
     options = SamplingOptions(n=2, seed=3)
-    messages = list(complete(bundle, tensor, (1, 0), "a red circle", options, visible=visible))
+    plan = geometry.plan((1, 0))
+    messages = list(complete(bundle, tensor, plan, "a red circle", options))
     done = messages[-1]
     assert isinstance(done, Done)
     assert done.model_calls == (visible[0] - 1) * grid
     assert all(torch.equal(t[visible[0] :], own[visible[0] :]) for t in done.tokens)
     assert messages[0].rows_total == visible[0] - 1
     whole = run(complete(bundle, tensor, (1, 0), "a red circle", SamplingOptions(seed=3)))
-    assert whole.model_calls == (grid - 1) * grid  # visible=None: the whole grid, as before
+    assert whole.model_calls == (grid - 1) * grid  # a cell, not a plan: the whole grid
 
 
 def test_extreme_but_valid_options_sample():

@@ -40,13 +40,13 @@ def row_by_row(block: threading.Event | None = None, fail: str | None = None):
     job's own seed; ``fail`` raises that error instead."""
 
     def sample(
-        bundle, image, cell, caption, options, cancel, precision="fp32", compile=False, visible=None
+        bundle, image, plan, caption, options, cancel, precision="fp32", compile=False
     ):
         if fail:
             raise RuntimeError(fail)
         grid = bundle.config.transformer.grid
         tokens = torch.zeros(options.n, grid, grid, dtype=torch.long)
-        rows = range(cell[0], grid)
+        rows = range(plan.row, grid)
         for done, row in enumerate(rows, 1):
             if block is not None:
                 block.wait(5)

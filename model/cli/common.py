@@ -160,17 +160,18 @@ def check_device(name: str) -> None:
 
 
 def check_memory(bundle, options, pixels: int = 0) -> None:
-    """Refuse a run whose keys, values and images would not fit, before allocating them."""
-    from model.device import available_memory
-    from model.sampling import memory_needed
+    """Refuse a run whose keys, values and images would not fit, before allocating them
+    (``model.completion``'s one rule; ``pixels``: the largest picture of the run)."""
+    from model.completion import NotEnoughMemory
+    from model.completion import check_memory as check
 
-    needed = memory_needed(bundle.config, options, bundle.device.type) + 40 * pixels
-    free = available_memory(bundle.device)
-    if free is not None and needed > free:
+    try:
+        check(bundle, options, pixels)
+    except NotEnoughMemory as error:
         raise CLIError(
-            f"--n {options.n} needs about {needed / 2**20:,.0f} MB for its keys, values and "
-            f"images, but {bundle.device} has {free / 2**20:,.0f} MB free: ask for fewer"
-        )
+            f"--n {options.n} needs about {error.needed / 2**20:,.0f} MB for its keys, values "
+            f"and images, but {error.device} has {error.free / 2**20:,.0f} MB free: ask for fewer"
+        ) from None
 
 
 def check_caption(caption: str, where: str = "") -> str:
@@ -186,22 +187,37 @@ def check_caption(caption: str, where: str = "") -> str:
     return caption.strip()
 
 
-def run_with_progress(messages, label: str, quiet: bool):
-    from model.sampling import Cancelled, Done, Progress
+def with_progress(messages, label: str, quiet: bool):
+    """Pass ``messages`` (a sampler's or a completion's) on, drawing a bar of their rows on
+    stderr until the last row; a cancel is a CLIError."""
+    from model.sampling import Cancelled, Progress
 
     bar = None
-    for message in messages:
-        if isinstance(message, Progress):
-            if bar is None and not quiet:
-                bar = ProgressBar(message.rows_total, label, "rows")
-            if bar is not None:
-                bar.update(message.rows_done, f"{message.tokens_per_s:.0f} tok/s")
-        elif isinstance(message, Done):
-            if bar is not None:
-                bar.close()
+    try:
+        for message in messages:
+            if isinstance(message, Progress):
+                if bar is None and not quiet:
+                    bar = ProgressBar(message.rows_total, label, "rows")
+                if bar is not None:
+                    bar.update(message.rows_done, f"{message.tokens_per_s:.0f} tok/s")
+                    if message.rows_done >= message.rows_total:  # decoding and saving follow
+                        bar.close()
+                        bar = None
+            elif isinstance(message, Cancelled):
+                raise CLIError("sampling was cancelled")
+            yield message
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_with_progress(messages, label: str, quiet: bool):
+    """Drain a sampler's ``messages`` under a progress bar; its ``Done``."""
+    from model.sampling import Done
+
+    for message in with_progress(messages, label, quiet):
+        if isinstance(message, Done):
             return message
-        elif isinstance(message, Cancelled):
-            raise CLIError("sampling was cancelled")
     raise CLIError("sampling ended without a result")
 
 

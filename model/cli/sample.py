@@ -30,6 +30,7 @@ from model.cli.common import (
     save_result,
     shown,
     slug,
+    with_progress,
 )
 from model.cli.overwrite import given, refuse_overwrite
 from model.files import ImageError, open_image, probe_image
@@ -94,7 +95,7 @@ class CheckedJob:
 
 def check_job(job: Job, bundle) -> CheckedJob:
     """Validate a job from its image's header alone (format, pixel limit, cell, padding)."""
-    from model.geometry import Geometry
+    from model.completion import geometry_for
 
     where = job.where
     caption = check_caption(job.caption, where)
@@ -102,10 +103,8 @@ def check_job(job: Job, bundle) -> CheckedJob:
         width, height = probe_image(job.image)
     except ImageError as error:
         raise CLIError(f"{where}{error}") from None
-    size = bundle.config.vae.image_size
-    factor = bundle.config.vae.factor
     grid = bundle.config.transformer.grid
-    geometry = Geometry(width, height, size, factor)
+    geometry = geometry_for(bundle, width, height)
     if job.pixel is not None:
         x, y = job.pixel
         if x >= width or y >= height:
@@ -137,10 +136,9 @@ def run_job(
     precision: str = "auto",
     compile: bool = False,
 ):
-    """Decode the job's image (only now: a batch holds one image at a time), sample, save."""
-    from model import sampling
-    from model.geometry import Geometry
-    from model.images import paste_back, to_model
+    """Decode the job's image (only now: a batch holds one image at a time), complete it
+    (``model.completion``) and save each candidate as it is pasted."""
+    from model.completion import Completion, Finished, Pasted
 
     job = checked.job
     try:
@@ -152,28 +150,25 @@ def run_job(
             f"{job.where}{job.image} changed while the batch ran: it was "
             f"{checked.size[0]}x{checked.size[1]}, now {original.width}x{original.height}"
         )
-    vae = bundle.config.vae
-    geometry = Geometry(original.width, original.height, vae.image_size, vae.factor)
-    tensor = to_model(original, geometry)
-    visible = geometry.visible_grid  # padding cells of the rectangle are not sampled
-    done = run_with_progress(
-        sampling.complete(
-            bundle,
-            tensor,
-            checked.cell,
-            checked.caption,
-            options,
-            precision=precision,
-            compile=compile,
-            visible=visible,
-        ),
-        job.image.name,
-        quiet,
+    completion = Completion(
+        bundle,
+        original,
+        checked.cell,
+        checked.caption,
+        options,
+        feather=feather,
+        precision=precision,
+        compile=compile,
     )
-    for image, path in zip(done.images, files, strict=True):
-        result = paste_back(original, image, geometry, checked.cell, feather)
-        save_result(result, path)
-        print(shown(path))
+    done = None
+    for event in with_progress(completion.run(), job.image.name, quiet):
+        if isinstance(event, Pasted):
+            save_result(event.image, files[event.index])
+            print(shown(files[event.index]))
+        elif isinstance(event, Finished):
+            done = event.done
+    if done is None:
+        raise CLIError("sampling ended without a result")
     return done
 
 

@@ -16,7 +16,6 @@ from typing import Any
 from PIL import Image
 
 from model.files import has_alpha
-from model.geometry import Geometry
 from model.serve.protocol import APIError, ImageRequest, covering_corner
 from model.serve.worker import JobCancelled
 
@@ -68,47 +67,67 @@ class ModelService:
         }
 
     def check_memory(self, request: ImageRequest) -> None:
-        from model.device import available_memory
-        from model.sampling import memory_needed
+        """Refuse with 507, before anything is queued or allocated, a request that would not
+        fit (``model.completion``'s rule, the picture's pixels for an edit)."""
+        from model.completion import NotEnoughMemory, check_memory
 
         pixels = request.image.width * request.image.height if request.is_edit else 0
-        needed = memory_needed(self.bundle.config, request.options, self.bundle.device.type)
-        needed += 40 * pixels
-        free = available_memory(self.bundle.device)
-        if free is not None and needed > free:
+        try:
+            check_memory(self.bundle, request.options, pixels)
+        except NotEnoughMemory as error:
             raise APIError(
                 507,
-                f"n={request.options.n} needs about {needed / 2**20:,.0f} MB, but "
-                f"{self.bundle.device} has {free / 2**20:,.0f} MB free: ask for fewer images",
+                f"n={request.options.n} needs about {error.needed / 2**20:,.0f} MB, but "
+                f"{error.device} has {error.free / 2**20:,.0f} MB free: ask for fewer images",
                 "n",
                 "insufficient_memory",
                 kind="server_error",
-            )
+            ) from None
 
     def run(self, request: ImageRequest, cancel: threading.Event) -> Result:
-        from model import sampling
-        from model.images import paste_back, to_model, to_pil
-
         if request.is_edit:
-            image = request.image
-            geometry = Geometry(image.width, image.height, self.size, self.factor)
-            x, y = covering_corner(request.marked)
-            cell = geometry.cell_at(x, y)
-            rgb = image.convert("RGB")
-            messages = sampling.complete(
-                self.bundle,
-                to_model(rgb, geometry),
-                cell,
-                request.prompt,
-                request.options,
-                cancel,
-                precision=self.precision,
-                visible=geometry.visible_grid,
-            )
-        else:
-            messages = sampling.generate(
-                self.bundle, request.prompt, request.options, cancel, precision=self.precision
-            )
+            return self._edit(request, cancel)
+        return self._generate(request, cancel)
+
+    def _edit(self, request: ImageRequest, cancel: threading.Event) -> Result:
+        """Regenerate the smallest rectangle reaching the bottom-right corner that covers the
+        mask (``model.completion``), then keep every unmarked pixel, alpha included."""
+        from model.completion import Completion, complete_all, geometry_for
+
+        image = request.image
+        geometry = geometry_for(self.bundle, image.width, image.height)
+        cell = geometry.cell_at(*covering_corner(request.marked))
+        completion = Completion(
+            self.bundle,
+            image.convert("RGB"),
+            cell,
+            request.prompt,
+            request.options,
+            precision=self.precision,
+        )
+        try:
+            pasted, done = complete_all(completion, cancel)
+        except RuntimeError as error:
+            if cancel.is_set():
+                raise JobCancelled("cancelled while sampling") from error
+            raise
+        pngs = [png_bytes(keep_unmarked(image, result, request)) for result in pasted]
+        x0, y0 = geometry.pixel_of(cell)
+        note = (
+            f"regenerated the rectangle from pixel ({x0}, {y0}) to the bottom-right corner, "
+            f"the smallest on the model's {geometry.grid}x{geometry.grid} grid that covers the "
+            f"mask's {int(request.marked.sum())} pixels; every other pixel is the image's own"
+        )
+        return Result(pngs, done.seed, done.seconds, done.tokens_per_s, note)
+
+    def _generate(self, request: ImageRequest, cancel: threading.Event) -> Result:
+        """A whole picture at the model's size, resized to the asked size."""
+        from model import sampling
+        from model.images import to_pil
+
+        messages = sampling.generate(
+            self.bundle, request.prompt, request.options, cancel, precision=self.precision
+        )
         done = None
         for message in messages:
             if isinstance(message, sampling.Cancelled):
@@ -117,28 +136,15 @@ class ModelService:
                 done = message
         if done is None:
             raise RuntimeError("sampling ended without a result")
-        if request.is_edit:
-            pngs = [
-                png_bytes(keep_unmarked(image, paste_back(rgb, decoded, geometry, cell), request))
-                for decoded in done.images
-            ]
-            x0, y0 = geometry.pixel_of(cell)
+        images = [to_pil(decoded) for decoded in done.images]
+        note = ""
+        if request.size is not None:
+            width, height = request.size
+            images = [im.resize(request.size, Image.Resampling.LANCZOS) for im in images]
             note = (
-                f"regenerated the rectangle from pixel ({x0}, {y0}) to the bottom-right corner, "
-                f"the smallest on the model's {geometry.grid}x{geometry.grid} grid that covers the "
-                f"mask's {int(request.marked.sum())} pixels; every other pixel is the image's own"
+                f"generated at the model's {self.size}x{self.size} and resized to {width}x{height}"
             )
-        else:
-            images = [to_pil(decoded) for decoded in done.images]
-            note = ""
-            if request.size is not None:
-                width, height = request.size
-                images = [im.resize(request.size, Image.Resampling.LANCZOS) for im in images]
-                note = (
-                    f"generated at the model's {self.size}x{self.size} and resized to "
-                    f"{width}x{height}"
-                )
-            pngs = [png_bytes(im) for im in images]
+        pngs = [png_bytes(im) for im in images]
         return Result(pngs, done.seed, done.seconds, done.tokens_per_s, note)
 
 

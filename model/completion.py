@@ -1,0 +1,218 @@
+"""The one "complete this picture" use case: the studio, ``dalle complete`` and the server's edits
+all run it, and each is a thin adapter over it.
+
+A ``Completion`` takes the user's picture at its own size, the rectangle's top-left cell on the
+model's grid, a caption and sampling options. It plans the cells (``Geometry.plan``: padding
+beside the picture is not sampled), checks the memory the job needs before allocating it, brings
+the picture to the model (``model.images.to_model``), samples row by row (cancellable, one
+``sampling.Progress`` per row) and pastes each candidate back at the picture's resolution, every
+pixel outside the rectangle the picture's own, bit for bit.
+
+``run`` yields what happens, in order: ``Phase("reading")``, ``Phase("encoding")``, a
+``sampling.Progress`` per row, ``Phase("decoding")`` once the last row is sampled, then for each
+candidate (best first) ``Phase("pasting", index, count)`` and ``Pasted``, and last ``Finished``
+(or ``sampling.Cancelled``). One pasted candidate is alive at a time unless the caller keeps it,
+so a batch of large pictures holds one picture's worth of results. ``preview`` decodes the first
+candidate's grid so far and pastes it, for a live view (``decode_first`` and ``paste``
+apart, for a caller that times them); when to call it is the caller's choice.
+
+Adapters turn the events into their own progress (a terminal bar, Qt messages, nothing) and the
+results into their outputs (files, history entries, PNG bodies).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from model import device as model_device
+from model import sampling
+from model.config import SamplingOptions
+from model.geometry import Cell, Geometry, Plan
+from model.images import paste_back, to_model
+
+# Bytes per picture pixel a completion holds beside the model: the decoded picture, its resized
+# model view, the pasted candidate and paste_back's working copies (measured on a 48 MP picture,
+# issue 28; the studio keeps its candidates as well, which the history's own budget covers).
+BYTES_PER_PICTURE_PIXEL = 40
+
+
+def geometry_for(bundle: Any, width: int, height: int) -> Geometry:
+    """Where a ``width`` x ``height`` picture lies on ``bundle``'s grid of cells."""
+    vae = bundle.config.vae
+    return Geometry(width, height, vae.image_size, vae.factor)
+
+
+def memory_needed(bundle: Any, options: SamplingOptions, pixels: int = 0) -> int:
+    """Bytes a completion of a ``pixels``-pixel picture (0: a generation) needs on the bundle's
+    device: the sampler's keys, values and images, and the picture's working copies."""
+    needed = sampling.memory_needed(bundle.config, options, bundle.device.type)
+    return needed + BYTES_PER_PICTURE_PIXEL * pixels
+
+
+class NotEnoughMemory(ValueError):
+    """A job that would not fit; ``needed`` and ``free`` in bytes, for an adapter's own words."""
+
+    def __init__(self, needed: int, free: int, device: str, n: int):
+        self.needed, self.free, self.device, self.n = needed, free, device, n
+        super().__init__(
+            f"{n} candidate{'s' if n != 1 else ''} need about {needed / 2**20:,.0f} MB for the "
+            f"keys, values and images, but {device} has {free / 2**20:,.0f} MB free: "
+            "ask for fewer"
+        )
+
+
+def check_memory(bundle: Any, options: SamplingOptions, pixels: int = 0) -> None:
+    """Raise NotEnoughMemory before anything is allocated when the job would not fit."""
+    needed = memory_needed(bundle, options, pixels)
+    free = model_device.available_memory(bundle.device)
+    if free is not None and needed > free:
+        raise NotEnoughMemory(needed, free, str(bundle.device), options.n)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The job entered a phase: reading, encoding, decoding, or pasting candidate ``index`` of
+    ``count``."""
+
+    name: str
+    index: int = 0
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class Pasted:
+    """Candidate ``index`` of ``count`` (best first), pasted into the picture."""
+
+    index: int
+    count: int
+    image: Image.Image
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The sampler's result (tokens, seed, timings; its decoded images at the model's size)."""
+
+    done: sampling.Done
+
+
+Event = Phase | sampling.Progress | Pasted | Finished | sampling.Cancelled
+Sampler = Callable[..., Iterator[Any]]
+
+
+class Completion:
+    """Regenerate the rectangle from ``cell`` to the bottom-right corner of ``picture``.
+
+    Raises ValueError when the cell lies outside the grid or only in the padding beside the
+    picture. ``feather`` blends the result in over that many pixels inside the rectangle's top
+    and left edges; ``precision`` and ``compile`` are the sampler's (``sampling.complete``).
+    """
+
+    def __init__(
+        self,
+        bundle: Any,
+        picture: Image.Image,
+        cell: Cell,
+        caption: str,
+        options: SamplingOptions | None = None,
+        *,
+        feather: int = 0,
+        precision: str = "fp32",
+        compile: bool = False,
+        sampler: Sampler | None = None,
+    ):
+        self.bundle = bundle
+        self.picture = picture if picture.mode == "RGB" else picture.convert("RGB")
+        self.cell = cell
+        self.caption = caption
+        self.options = options or SamplingOptions()
+        self.feather = feather
+        self.precision, self.compile = precision, compile
+        self.sampler = sampler or sampling.complete
+        self.geometry = geometry_for(bundle, self.picture.width, self.picture.height)
+        self.plan: Plan = self.geometry.plan(cell)
+
+    @property
+    def pixels(self) -> int:
+        return self.picture.width * self.picture.height
+
+    def check_memory(self) -> None:
+        check_memory(self.bundle, self.options, self.pixels)
+
+    def run(self, cancel: threading.Event | None = None) -> Iterator[Event]:
+        """The job's events, in order (see the module's docstring); raises NotEnoughMemory
+        before anything is allocated, ValueError for a bad option."""
+        self.check_memory()
+        yield Phase("reading")
+        tensor = to_model(self.picture, self.geometry)
+        yield Phase("encoding")  # the sampler encodes before its first row
+        messages = self.sampler(
+            self.bundle,
+            tensor,
+            self.plan,
+            self.caption,
+            self.options,
+            cancel,
+            precision=self.precision,
+            compile=self.compile,
+        )
+        for message in messages:
+            if isinstance(message, sampling.Progress):
+                yield message
+                if message.rows_done == message.rows_total:  # the sampler decodes them now
+                    yield Phase("decoding")
+            elif isinstance(message, sampling.Cancelled):
+                yield message
+                return
+            elif isinstance(message, sampling.Done):
+                yield from self._paste_all(message)
+                return
+        if cancel is not None and cancel.is_set():
+            yield sampling.Cancelled(tokens=torch.empty(0, dtype=torch.long), cells_done=0)
+            return
+        raise RuntimeError("sampling ended without a result")
+
+    def _paste_all(self, done: sampling.Done) -> Iterator[Event]:
+        count = len(done.images)
+        for index, decoded in enumerate(done.images):
+            yield Phase("pasting", index, count)
+            yield Pasted(index, count, self.paste(decoded))
+        yield Finished(done)
+
+    def paste(self, decoded: torch.Tensor) -> Image.Image:
+        """``decoded`` (3, H, W) at the model's size, pasted into the picture."""
+        return paste_back(self.picture, decoded, self.geometry, self.cell, self.feather)
+
+    def decode_first(self, progress: sampling.Progress) -> torch.Tensor:
+        """The first sampled candidate's grid so far, decoded: (3, H, W) in [0, 1]."""
+        bundle = self.bundle
+        with torch.inference_mode():
+            return bundle.vae.decode(progress.tokens[:1].to(bundle.device))[0].float().cpu()
+
+    def preview(self, progress: sampling.Progress) -> Image.Image:
+        """The first sampled candidate's grid so far, decoded and pasted into the picture."""
+        return self.paste(self.decode_first(progress))
+
+
+def complete_all(
+    completion: Completion, cancel: threading.Event | None = None
+) -> tuple[list[Image.Image], sampling.Done]:
+    """Run ``completion`` to the end: its pasted candidates, best first, and the sampler's
+    result; raises RuntimeError when it was cancelled."""
+    images: list[Image.Image] = []
+    done = None
+    for event in completion.run(cancel):
+        if isinstance(event, Pasted):
+            images.append(event.image)
+        elif isinstance(event, Finished):
+            done = event.done
+        elif isinstance(event, sampling.Cancelled):
+            raise RuntimeError("sampling was cancelled")
+    if done is None:
+        raise RuntimeError("sampling ended without a result")
+    return images, done

@@ -1,0 +1,216 @@
+"""model/completion.py: the one "complete this picture" use case, and the three adapters over it
+(the studio's engine, ``dalle complete``, the server's edits) giving the same pixels."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import completion as use_case
+from model import sampling
+from model.bundle import load
+from model.completion import Completion, Finished, NotEnoughMemory, Pasted, Phase, complete_all
+from model.config import SamplingOptions
+from model.images import paste_back
+from tests.helpers import tiny_bundle, tiny_bundle_file
+
+
+@pytest.fixture(scope="module")
+def bundle_path(tmp_path_factory):
+    return tiny_bundle_file(tmp_path_factory.mktemp("completion"))
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_path):
+    return load(bundle_path, "cpu")
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def events_of(completion: Completion, cancel=None) -> list:
+    return list(completion.run(cancel))
+
+
+def test_a_job_says_its_phases_in_order(bundle):
+    completion = Completion(bundle, photo(40, 40), (1, 2), "a red circle", SamplingOptions(n=2))
+    events = events_of(completion)
+    names = [
+        (e.name, e.index) if isinstance(e, Phase) else type(e).__name__
+        for e in events
+        if not isinstance(e, sampling.Progress)
+    ]
+    assert names == [
+        ("reading", 0),
+        ("encoding", 0),
+        ("decoding", 0),
+        ("pasting", 0),
+        "Pasted",
+        ("pasting", 1),
+        "Pasted",
+        "Finished",
+    ]
+    rows = [e for e in events if isinstance(e, sampling.Progress)]
+    assert [r.rows_done for r in rows] == [1, 2, 3]  # rows 1..3 of the 4x4 grid
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.index("Phase", kinds.index("Progress")) == len(rows) + 2  # right after the last
+
+
+@pytest.mark.parametrize(
+    ("size", "cell", "feather"),
+    [((40, 40), (1, 1), 0), ((57, 23), (0, 2), 0), ((23, 57), (2, 0), 3), ((131, 97), (2, 3), 5)],
+)
+def test_every_pixel_outside_the_rectangle_is_the_pictures_own(bundle, size, cell, feather):
+    picture = photo(*size, seed=sum(size))
+    completion = Completion(
+        bundle, picture, cell, "a blue square", SamplingOptions(n=2, seed=4), feather=feather
+    )
+    pasted, done = complete_all(completion)
+    x0, y0 = completion.geometry.pixel_of(cell)
+    outside = np.ones((size[1], size[0]), dtype=bool)
+    outside[y0:, x0:] = False
+    original = np.asarray(picture)
+    assert len(pasted) == len(done.images) == 2
+    for image in pasted:
+        result = np.asarray(image)
+        assert result.shape == original.shape
+        assert np.array_equal(result[outside], original[outside])
+    # and the rectangle is the decoded candidate's, as paste_back puts it
+    expected = paste_back(picture, done.images[0], completion.geometry, cell, feather)
+    assert np.array_equal(np.asarray(pasted[0]), np.asarray(expected))
+
+
+def test_only_the_cells_that_hold_the_picture_are_sampled(bundle):
+    wide = Completion(bundle, photo(48, 20), (0, 1), "x", SamplingOptions(seed=1))
+    assert (wide.plan.visible_rows, wide.plan.visible_cols) == (2, 4)  # 32x13 in the square
+    _, done = complete_all(wide)
+    assert done.model_calls == wide.plan.cells == 2 * 3
+
+
+def test_a_rectangle_in_the_padding_is_refused_in_one_line(bundle):
+    with pytest.raises(ValueError, match="lies in the padding beside the image"):
+        Completion(bundle, photo(48, 20), (3, 0), "x")
+
+
+def test_too_little_memory_is_refused_before_the_sampler_runs(bundle, monkeypatch):
+    called = []
+
+    def sampler(*args, **kwargs):
+        called.append(args)
+        yield from ()
+
+    monkeypatch.setattr(use_case.model_device, "available_memory", lambda device: 1000)
+    completion = Completion(bundle, photo(40, 40), (1, 1), "x", SamplingOptions(n=8))
+    completion.sampler = sampler
+    with pytest.raises(NotEnoughMemory) as refused:
+        events_of(completion)
+    assert called == []
+    needed = sampling.memory_needed(bundle.config, completion.options, "cpu") + 40 * 40 * 40
+    assert refused.value.needed == needed and refused.value.free == 1000
+    assert "8 candidates need about" in str(refused.value) and "ask for fewer" in str(refused.value)
+
+
+def test_cancel_ends_the_job_without_results(bundle):
+    cancel = threading.Event()
+    cancel.set()
+    events = events_of(Completion(bundle, photo(40, 40), (1, 1), "x"), cancel)
+    assert isinstance(events[-1], sampling.Cancelled)
+    assert not any(isinstance(e, Pasted | Finished) for e in events)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        complete_all(Completion(bundle, photo(40, 40), (1, 1), "x"), cancel)
+
+
+def test_the_preview_is_the_first_candidates_grid_pasted(bundle):
+    completion = Completion(bundle, photo(40, 30), (1, 1), "x", SamplingOptions(n=2, seed=2))
+    progress = next(e for e in completion.run() if isinstance(e, sampling.Progress))
+    with torch.inference_mode():
+        decoded = bundle.vae.decode(progress.tokens[:1])[0].float()
+    expected = paste_back(completion.picture, decoded, completion.geometry, (1, 1))
+    assert np.array_equal(np.asarray(completion.preview(progress)), np.asarray(expected))
+
+
+# -- the three adapters ------------------------------------------------------------------------
+
+
+def use_case_result(bundle, picture, cell, caption, seed, n=2):
+    completion = Completion(bundle, picture, cell, caption, SamplingOptions(n=n, seed=seed))
+    pasted, _ = complete_all(completion)
+    return [np.asarray(image) for image in pasted], completion.geometry
+
+
+def test_the_cli_saves_what_the_use_case_makes(bundle, bundle_path, tmp_path):
+    from model.cli import main
+
+    picture = photo(57, 41, seed=7)
+    picture.save(tmp_path / "photo.png")
+    expected, _ = use_case_result(bundle, picture, (1, 2), "a red circle", seed=11)
+    code = main(["complete", "--bundle", str(bundle_path), "--image", str(tmp_path / "photo.png"),
+                 "--caption", "a red circle", "--from", "1,2", "--n", "2", "--seed", "11",
+                 "--precision", "fp32", "--out", str(tmp_path / "out"), "--quiet"])  # fmt: skip
+    assert code == 0
+    saved = sorted((tmp_path / "out").iterdir())
+    assert len(saved) == 2
+    for path, pixels in zip(saved, expected, strict=True):
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), pixels)
+
+
+def test_the_studio_engine_shows_what_the_use_case_makes(bundle):
+    from studio.engine import Engine, Job
+
+    picture = photo(57, 41, seed=8)
+    expected, _ = use_case_result(bundle, picture, (2, 1), "a blue square", seed=12)
+    engine = Engine()
+    try:
+        engine.set_bundle(bundle)
+        engine.set_speed("fp32", False)
+        job = Job(np.asarray(picture), (2, 1), "a blue square", SamplingOptions(n=2, seed=12))
+        finished = engine.run_job_blocking(job, lambda message: None)
+    finally:
+        engine.shutdown()
+    assert len(finished.candidates) == 2
+    for candidate, pixels in zip(finished.candidates, expected, strict=True):
+        assert np.array_equal(candidate, pixels)
+
+
+def test_the_servers_edit_is_the_use_case_inside_its_mask(bundle):
+    from model.serve.protocol import ImageRequest
+    from model.serve.service import ModelService
+
+    picture = photo(57, 41, seed=9)
+    service = ModelService(bundle, "tiny", precision="fp32")
+    geometry = use_case.geometry_for(bundle, 57, 41)
+    x0, y0 = geometry.pixel_of((1, 1))
+    marked = np.zeros((41, 57), dtype=bool)
+    marked[y0:, x0:] = True  # the whole rectangle from cell (1, 1)
+    request = ImageRequest("a red circle", SamplingOptions(n=2, seed=13), "b64_json", None,
+                           picture, marked)  # fmt: skip
+    result = service.run(request, threading.Event())
+    expected, _ = use_case_result(bundle, picture, (1, 1), "a red circle", seed=13)
+    import io
+
+    for png, pixels in zip(result.pngs, expected, strict=True):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), pixels)
+
+
+def test_no_adapter_keeps_its_own_memory_rule():
+    """The per-pixel working memory is written once, in model/completion.py."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for path in ["model/cli/common.py", "model/serve/service.py", "studio/engine.py"]:
+        text = (root / path).read_text(encoding="utf-8")
+        assert "40 * pixels" not in text and "memory_needed(" not in text, path
+
+
+def test_a_plan_for_another_grid_is_refused():
+    bundle = tiny_bundle()
+    from model.geometry import Plan
+
+    with pytest.raises(ValueError, match="a plan for a 8x8 grid, but the model's is 4"):
+        sampling.run(sampling.complete(bundle, torch.rand(3, 32, 32), Plan(8, 1, 1), "x"))

@@ -70,9 +70,7 @@ def test_job_streams_rows_then_candidates_pasted_back(kind):
 def fake_sampler(rows=3, block: threading.Event | None = None):
     """A sampler that yields instantly (or waits on ``block``) and honours cancel."""
 
-    def sample(
-        bundle, image, plan, caption, options, cancel, precision="fp32", compile=False
-    ):
+    def sample(bundle, image, plan, caption, options, cancel, precision="fp32", compile=False):
         grid = bundle.config.transformer.grid
         tokens = torch.zeros(options.n, grid, grid, dtype=torch.long)
         for row in range(rows):

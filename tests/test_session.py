@@ -39,9 +39,7 @@ def row_by_row(block: threading.Event | None = None, fail: str | None = None):
     from the one before), waits on ``block`` before each row, honours cancel, and ends with the
     job's own seed; ``fail`` raises that error instead."""
 
-    def sample(
-        bundle, image, plan, caption, options, cancel, precision="fp32", compile=False
-    ):
+    def sample(bundle, image, plan, caption, options, cancel, precision="fp32", compile=False):
         if fail:
             raise RuntimeError(fail)
         grid = bundle.config.transformer.grid

@@ -33,7 +33,7 @@ from PIL import Image
 from model import device as model_device
 from model import sampling
 from model.config import SamplingOptions
-from model.geometry import Cell, Geometry, Plan
+from model.geometry import Area, Cell, Geometry, Plan, working_area
 from model.images import paste_back, to_model
 
 # Bytes per picture pixel a completion holds beside the model: the decoded picture, its resized
@@ -108,6 +108,8 @@ Sampler = Callable[..., Iterator[Any]]
 class Completion:
     """Regenerate the rectangle from ``cell`` to the bottom-right corner of ``picture``.
 
+    The model sees the working ``area`` of the picture (default: the whole picture), and
+    ``cell`` is on the area's grid; ``Completion.at_pixel`` finds both from a pixel corner.
     Raises ValueError when the cell lies outside the grid or only in the padding beside the
     picture. ``feather`` blends the result in over that many pixels inside the rectangle's top
     and left edges; ``precision`` and ``compile`` are the sampler's (``sampling.complete``).
@@ -125,17 +127,52 @@ class Completion:
         precision: str = "fp32",
         compile: bool = False,
         sampler: Sampler | None = None,
+        area: Area | None = None,
     ):
         self.bundle = bundle
         self.picture = picture if picture.mode == "RGB" else picture.convert("RGB")
+        self.area = area or Area(self.picture.size)
+        if self.area.picture != self.picture.size:
+            raise ValueError(
+                f"a working area of a {self.area.picture[0]}x{self.area.picture[1]} picture, "
+                f"but the picture is {self.picture.width}x{self.picture.height}"
+            )
+        # what the model sees: the picture itself, or the area's crop of it
+        self.view = self.picture if self.area.is_whole else self.picture.crop(self.area.box)
         self.cell = cell
         self.caption = caption
         self.options = options or SamplingOptions()
         self.feather = feather
         self.precision, self.compile = precision, compile
         self.sampler = sampler or sampling.complete
-        self.geometry = geometry_for(bundle, self.picture.width, self.picture.height)
+        self.geometry = geometry_for(bundle, self.view.width, self.view.height)
         self.plan: Plan = self.geometry.plan(cell)
+
+    @classmethod
+    def at_pixel(
+        cls,
+        bundle: Any,
+        picture: Image.Image,
+        corner: tuple[int, int],
+        caption: str,
+        options: SamplingOptions | None = None,
+        area: str | int = "whole",
+        **settings: Any,
+    ) -> Completion:
+        """The completion of the rectangle from picture pixel ``corner`` (snapped to the
+        cell that holds it) in the working area ``area`` chooses (``geometry.working_area``:
+        whole, auto or a side in pixels)."""
+        size = bundle.config.vae.image_size
+        chosen = working_area(picture.size, corner, size, area)
+        geometry = geometry_for(bundle, chosen.width, chosen.height)
+        cell = geometry.cell_at(corner[0] - chosen.left, corner[1] - chosen.top, clamp=False)
+        return cls(bundle, picture, cell, caption, options, area=chosen, **settings)
+
+    @property
+    def corner(self) -> tuple[int, int]:
+        """The picture pixel where the regenerated rectangle starts."""
+        x, y = self.geometry.pixel_of(self.cell)
+        return self.area.left + x, self.area.top + y
 
     @property
     def pixels(self) -> int:
@@ -149,7 +186,7 @@ class Completion:
         before anything is allocated, ValueError for a bad option."""
         self.check_memory()
         yield Phase("reading")
-        tensor = to_model(self.picture, self.geometry)
+        tensor = to_model(self.view, self.geometry)
         yield Phase("encoding")  # the sampler encodes before its first row
         messages = self.sampler(
             self.bundle,
@@ -185,8 +222,14 @@ class Completion:
         yield Finished(done)
 
     def paste(self, decoded: torch.Tensor) -> Image.Image:
-        """``decoded`` (3, H, W) at the model's size, pasted into the picture."""
-        return paste_back(self.picture, decoded, self.geometry, self.cell, self.feather)
+        """``decoded`` (3, H, W) at the model's size, pasted into the picture: only the
+        rectangle changes, every other pixel is the picture's own."""
+        pasted = paste_back(self.view, decoded, self.geometry, self.cell, self.feather)
+        if self.area.is_whole:
+            return pasted
+        whole = self.picture.copy()
+        whole.paste(pasted, self.area.box[:2])
+        return whole
 
     def decode_first(self, progress: sampling.Progress) -> torch.Tensor:
         """The first sampled candidate's grid so far, decoded: (3, H, W) in [0, 1]."""

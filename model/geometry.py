@@ -165,3 +165,84 @@ class Geometry:
         """The sampler's plan for the rectangle from ``cell`` (ValueError when it lies outside
         the grid or only in the padding)."""
         return Plan(self.grid, *cell, *self.visible_grid)
+
+
+# -- the working area: the part of the picture the model sees -----------------------------------
+
+AREA_CHOICES = ("whole", "auto")
+# auto: the rectangle's longer side takes at most this share of the area's side, so the model
+# sees at least as much context above and to the left as it regenerates
+AUTO_CONTEXT = 2.0
+
+
+@dataclass(frozen=True)
+class Area:
+    """The part of a ``picture`` (width, height) the model sees: the box from (left, top) to
+    the picture's bottom-right corner, which every rectangle reaches. Whole: (0, 0)."""
+
+    picture: tuple[int, int]
+    left: int = 0
+    top: int = 0
+
+    def __post_init__(self) -> None:
+        width, height = self.picture
+        if not (0 <= self.left < width and 0 <= self.top < height):
+            raise ValueError(
+                f"the working area from pixel ({self.left}, {self.top}) is outside the "
+                f"{width}x{height} picture"
+            )
+
+    @property
+    def width(self) -> int:
+        return self.picture[0] - self.left
+
+    @property
+    def height(self) -> int:
+        return self.picture[1] - self.top
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) in picture pixels, as Pillow's ``crop`` takes it."""
+        return self.left, self.top, *self.picture
+
+    @property
+    def is_whole(self) -> bool:
+        return self.left == 0 and self.top == 0
+
+    def geometry(self, size: int, factor: int) -> Geometry:
+        """The area as the model sees it."""
+        return Geometry(self.width, self.height, size, factor)
+
+    def pixels_per_model_pixel(self, size: int) -> float:
+        """Picture pixels per model pixel: 1 / Geometry.scale."""
+        return max(self.width, self.height) / size
+
+
+def working_area(
+    picture: tuple[int, int], corner: tuple[int, int], size: int, choice: str | int = "whole"
+) -> Area:
+    """The area the model sees to regenerate the rectangle from picture pixel ``corner`` to the
+    bottom-right corner. ``choice``: "whole" (the whole picture), "auto" (a square whose side
+    is ``AUTO_CONTEXT`` times the rectangle's longer side, never smaller than the model's
+    ``size`` so the picture is never scaled up into the model) or a side in pixels. A square
+    side longer than the picture is clipped to it (that side is whole). Raises ValueError for a
+    side that does not hold the rectangle or an unknown choice."""
+    width, height = picture
+    x, y = corner
+    if not (0 <= x < width and 0 <= y < height):
+        raise ValueError(f"pixel ({x}, {y}) is outside the {width}x{height} picture")
+    longer = max(width - x, height - y)  # the rectangle's longer side
+    if choice == "whole":
+        return Area(picture)
+    if choice == "auto":
+        side = max(math.ceil(AUTO_CONTEXT * longer), size)
+    elif isinstance(choice, int) and not isinstance(choice, bool):
+        side = choice
+        if side < longer:
+            raise ValueError(
+                f"a working area of {side} px does not hold the {width - x}x{height - y} px "
+                f"rectangle: give at least {longer} px, auto or whole"
+            )
+    else:
+        raise ValueError(f"the working area is auto, whole or a side in pixels, got {choice!r}")
+    return Area(picture, max(0, width - side), max(0, height - side))

@@ -214,3 +214,75 @@ def test_a_plan_for_another_grid_is_refused():
 
     with pytest.raises(ValueError, match="a plan for a 8x8 grid, but the model's is 4"):
         sampling.run(sampling.complete(bundle, torch.rand(3, 32, 32), Plan(8, 1, 1), "x"))
+
+
+# -- the working area ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "corner", "area"),
+    [
+        ((301, 203), (250, 170), "auto"),
+        ((203, 301), (150, 290), 97),
+        ((300, 200), (10, 20), "auto"),
+    ],
+)
+def test_an_area_keeps_every_pixel_outside_the_rectangle(bundle, size, corner, area):
+    picture = photo(*size, seed=size[0])
+    completion = Completion.at_pixel(
+        bundle, picture, corner, "a red circle", SamplingOptions(n=2, seed=5), area=area, feather=2
+    )
+    x0, y0 = completion.corner
+    assert x0 <= corner[0] and y0 <= corner[1]  # the cell that holds the corner
+    outside = np.ones((size[1], size[0]), dtype=bool)
+    outside[y0:, x0:] = False
+    original = np.asarray(picture)
+    pasted, done = complete_all(completion)
+    for image in pasted:
+        result = np.asarray(image)
+        assert np.array_equal(result[outside], original[outside])
+        assert not np.array_equal(result[y0:, x0:], original[y0:, x0:])
+
+
+def test_an_area_shows_the_model_more_pixels_of_the_rectangle(bundle):
+    picture = photo(320, 240)
+    whole = Completion.at_pixel(bundle, picture, (300, 220), "x", area="whole")
+    auto = Completion.at_pixel(bundle, picture, (300, 220), "x", area="auto")
+    assert whole.area.pixels_per_model_pixel(32) == 10.0
+    assert auto.area.pixels_per_model_pixel(32) == 1.25  # 40 px: twice the 20 px rectangle
+    assert auto.view.size == (40, 40) and auto.area.box == (280, 200, 320, 240)
+
+
+def test_the_whole_area_at_a_pixel_is_todays_completion(bundle):
+    picture = photo(57, 41, seed=3)
+    at_pixel = Completion.at_pixel(bundle, picture, (30, 20), "x", SamplingOptions(seed=1))
+    cell = use_case.geometry_for(bundle, 57, 41).cell_at(30, 20)
+    by_cell = Completion(bundle, picture, cell, "x", SamplingOptions(seed=1))
+    assert at_pixel.cell == cell and at_pixel.area.is_whole
+    assert np.array_equal(
+        np.asarray(complete_all(at_pixel)[0][0]), np.asarray(complete_all(by_cell)[0][0])
+    )
+
+
+def test_the_cli_completes_in_the_area_it_is_given(bundle, bundle_path, tmp_path, capsys):
+    from model.cli import main
+
+    picture = photo(300, 200, seed=21)
+    picture.save(tmp_path / "photo.png")
+    expected = Completion.at_pixel(
+        bundle, picture, (260, 170), "a red circle", SamplingOptions(seed=2), area="auto"
+    )
+    args = ["complete", "--bundle", str(bundle_path), "--image", str(tmp_path / "photo.png"),
+            "--caption", "a red circle", "--from-px", "260,170", "--seed", "2", "--precision",
+            "fp32", "--quiet"]  # fmt: skip
+    assert main([*args, "--area", "auto", "--out", str(tmp_path / "a.png")]) == 0
+    saved = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))
+    assert np.array_equal(saved, np.asarray(complete_all(expected)[0][0]))
+    capsys.readouterr()
+    assert main([*args, "--area", "30", "--out", str(tmp_path / "b.png")]) == 2
+    assert "--area: a working area of 30 px does not hold the 40x30 px rectangle" in (
+        capsys.readouterr().err
+    )
+    assert main([*args, "--area", "half", "--out", str(tmp_path / "c.png")]) == 2
+    assert "--area is whole, auto or a side in pixels, got 'half'" in capsys.readouterr().err
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "c.png").exists()

@@ -115,3 +115,41 @@ def test_the_pixel_where_a_cell_starts_is_in_that_cell_at_every_size():
                     if geometry.cell_at(*geometry.pixel_of(cell)) != cell:
                         wrong.append((width, height, size, factor, cell))
     assert wrong == []
+
+
+# -- the working area -----------------------------------------------------------------------------
+
+
+def test_the_whole_area_is_the_picture():
+    from model.geometry import working_area
+
+    area = working_area((2400, 1600), (1400, 900), 256, "whole")
+    assert area.box == (0, 0, 2400, 1600) and area.is_whole
+    assert area.pixels_per_model_pixel(256) == 2400 / 256
+
+
+def test_auto_takes_twice_the_rectangle_and_never_less_than_the_model():
+    from model.geometry import AUTO_CONTEXT, working_area
+
+    area = working_area((2400, 1600), (1400, 900), 256, "auto")  # a 1000x700 rectangle
+    assert AUTO_CONTEXT == 2.0
+    assert area.box == (400, 0, 2400, 1600)  # a 2000 px square, clipped at the top
+    assert (area.width, area.height) == (2000, 1600)
+    small = working_area((2400, 1600), (2350, 1580), 256, "auto")  # 50x20: the model's 256
+    assert small.box == (2144, 1344, 2400, 1600)
+    assert small.pixels_per_model_pixel(256) == 1.0  # never scaled up into the model
+    tiny = working_area((100, 60), (90, 50), 256, "auto")  # smaller than the model: whole
+    assert tiny.is_whole
+
+
+def test_an_area_in_pixels_must_hold_the_rectangle():
+    from model.geometry import working_area
+
+    area = working_area((2400, 1600), (1400, 900), 256, 1200)
+    assert area.box == (1200, 400, 2400, 1600)
+    with pytest.raises(ValueError, match="does not hold the 1000x700 px rectangle"):
+        working_area((2400, 1600), (1400, 900), 256, 900)
+    with pytest.raises(ValueError, match="auto, whole or a side in pixels"):
+        working_area((2400, 1600), (1400, 900), 256, "half")
+    with pytest.raises(ValueError, match=r"pixel \(2400, 0\) is outside the 2400x1600 picture"):
+        working_area((2400, 1600), (2400, 0), 256, "auto")

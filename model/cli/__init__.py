@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a folder, or for one image a .png file (numbered -0, -1, ... when --n > 1)",
     )
     p.add_argument("--feather", type=int, default=0, help="blend pixels at the seam")
+    p.add_argument(
+        "--area",
+        default="whole",
+        metavar="whole|auto|PIXELS",
+        help="what the model sees: the whole picture (default), auto (a square twice the "
+        "rectangle's longer side, at least the model's size) or a square side in pixels, "
+        "reaching the bottom-right corner",
+    )
     add_sampling_args(p)
     add_common_args(p)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

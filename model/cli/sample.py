@@ -34,6 +34,7 @@ from model.cli.common import (
 )
 from model.cli.overwrite import given, refuse_overwrite
 from model.files import ImageError, open_image, probe_image
+from model.geometry import AREA_CHOICES, Area, working_area
 
 log = logging.getLogger("dalle")
 
@@ -90,11 +91,13 @@ class CheckedJob:
     job: Job
     caption: str
     size: tuple[int, int]  # (width, height) as open_image will return it
-    cell: tuple[int, int]
+    cell: tuple[int, int]  # on the working area's grid
+    area: Area | None = None  # None: the whole picture
 
 
-def check_job(job: Job, bundle) -> CheckedJob:
-    """Validate a job from its image's header alone (format, pixel limit, cell, padding)."""
+def check_job(job: Job, bundle, area: str | int = "whole") -> CheckedJob:
+    """Validate a job from its image's header alone (format, pixel limit, cell, padding) and
+    find its working ``area`` (``model.geometry.working_area``)."""
     from model.completion import geometry_for
 
     where = job.where
@@ -123,7 +126,16 @@ def check_job(job: Job, bundle) -> CheckedJob:
             f"{where}the rectangle from cell {cell[0]},{cell[1]} lies in the padding beside"
             f" {job.image}, not on the image"
         )
-    return CheckedJob(job, caption, (width, height), cell)
+    if area == "whole":
+        return CheckedJob(job, caption, (width, height), cell)
+    corner = job.pixel if job.pixel is not None else geometry.pixel_of(cell)
+    try:
+        chosen = working_area((width, height), corner, bundle.config.vae.image_size, area)
+    except ValueError as error:
+        raise CLIError(f"{where}--area: {error}") from None
+    in_area = geometry_for(bundle, chosen.width, chosen.height)
+    cell = in_area.cell_at(corner[0] - chosen.left, corner[1] - chosen.top, clamp=False)
+    return CheckedJob(job, caption, (width, height), cell, chosen)
 
 
 def run_job(
@@ -159,6 +171,7 @@ def run_job(
         feather=feather,
         precision=precision,
         compile=compile,
+        area=checked.area,
     )
     done = None
     for event in with_progress(completion.run(), job.image.name, quiet):
@@ -234,6 +247,19 @@ def job_stem(job: Job) -> str:
     return f"{prefix}{job.image.stem}"
 
 
+def parse_area(text: str) -> str | int:
+    """``--area``: whole, auto or a side in pixels."""
+    if text in AREA_CHOICES:
+        return text
+    try:
+        side = int(text)
+    except ValueError:
+        side = 0
+    if side < 1:
+        raise CLIError(f"--area is whole, auto or a side in pixels, got {text!r:.40}")
+    return side
+
+
 def bundle_input(args) -> list[tuple[str, Path]]:
     """The bundle a sampling run reads, as an input no output may replace."""
     if args.bundle:
@@ -281,7 +307,8 @@ def cmd_complete(args) -> int:
     check_device(args.device)
     check_can_create(output.folder)
     bundle = load_bundle(args.bundle, args.device)
-    checked = [check_job(job, bundle) for job in jobs]  # every header before any decoding
+    area = parse_area(args.area)
+    checked = [check_job(job, bundle, area) for job in jobs]  # every header before decoding
     largest = max(width * height for width, height in (c.size for c in checked))
     check_memory(bundle, options, largest)
     plans = [(item, outputs[id(item.job)]) for item in checked]

@@ -22,11 +22,13 @@ results into their outputs (files, history entries, PNG bodies).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -34,12 +36,18 @@ from model import device as model_device
 from model import sampling
 from model.config import SamplingOptions
 from model.geometry import Area, Cell, Geometry, Plan, working_area
-from model.images import paste_back, to_model
+from model.images import blend_into, model_view, paste_back, to_model
+from model.upscaler import UpscaleCancelled, Upscaler, upscale
 
 # Bytes per picture pixel a completion holds beside the model: the decoded picture, its resized
 # model view, the pasted candidate and paste_back's working copies (measured on a 48 MP picture,
 # issue 28; the studio keeps its candidates as well, which the history's own budget covers).
 BYTES_PER_PICTURE_PIXEL = 40
+# An upscaler draws the result when the picture has more than this many pixels per decoded
+# pixel (below it, Lanczos alone is as sharp); it reads this many decoded pixels of context
+# above and to the left of the rectangle, so its edge is not drawn from the zero padding.
+UPSCALE_ABOVE = 1.25
+UPSCALE_MARGIN = 8
 
 
 def geometry_for(bundle: Any, width: int, height: int) -> Geometry:
@@ -128,6 +136,7 @@ class Completion:
         compile: bool = False,
         sampler: Sampler | None = None,
         area: Area | None = None,
+        upscaler: Upscaler | None = None,
     ):
         self.bundle = bundle
         self.picture = picture if picture.mode == "RGB" else picture.convert("RGB")
@@ -145,6 +154,7 @@ class Completion:
         self.feather = feather
         self.precision, self.compile = precision, compile
         self.sampler = sampler or sampling.complete
+        self.upscaler = upscaler
         self.geometry = geometry_for(bundle, self.view.width, self.view.height)
         self.plan: Plan = self.geometry.plan(cell)
 
@@ -207,24 +217,47 @@ class Completion:
                 yield message
                 return
             elif isinstance(message, sampling.Done):
-                yield from self._paste_all(message)
+                yield from self._paste_all(message, cancel)
                 return
         if cancel is not None and cancel.is_set():
             yield sampling.Cancelled(tokens=torch.empty(0, dtype=torch.long), cells_done=0)
             return
         raise RuntimeError("sampling ended without a result")
 
-    def _paste_all(self, done: sampling.Done) -> Iterator[Event]:
+    def _paste_all(self, done: sampling.Done, cancel: threading.Event | None) -> Iterator[Event]:
         count = len(done.images)
         for index, decoded in enumerate(done.images):
-            yield Phase("pasting", index, count)
-            yield Pasted(index, count, self.paste(decoded))
+            phase = "upscaling" if self.upscales(decoded) else "pasting"
+            yield Phase(phase, index, count)
+            try:
+                pasted = self.paste(decoded, cancel)
+            except UpscaleCancelled:
+                yield sampling.Cancelled(tokens=done.tokens, cells_done=self.plan.cells)
+                return
+            yield Pasted(index, count, pasted)
         yield Finished(done)
 
-    def paste(self, decoded: torch.Tensor) -> Image.Image:
+    def upscales(self, decoded: torch.Tensor) -> bool:
+        """True when the upscaler draws ``decoded``'s rectangle: the view has more than
+        ``UPSCALE_ABOVE`` picture pixels per decoded pixel."""
+        if self.upscaler is None:
+            return False
+        return max(self.view.size) / decoded.shape[-1] > UPSCALE_ABOVE
+
+    def paste(
+        self, decoded: torch.Tensor, cancel: threading.Event | None = None, upscale: bool = True
+    ) -> Image.Image:
         """``decoded`` (3, H, W) at the model's size, pasted into the picture: only the
-        rectangle changes, every other pixel is the picture's own."""
-        pasted = paste_back(self.view, decoded, self.geometry, self.cell, self.feather)
+        rectangle changes, every other pixel is the picture's own. The upscaler draws the
+        rectangle where ``upscales`` says so (and ``upscale``); cancel stops it between tiles
+        (UpscaleCancelled)."""
+        if upscale and self.upscaler is not None and self.upscales(decoded):
+            region = upscaled_region(decoded, self.geometry, self.cell, self.upscaler, cancel)
+            out = np.array(self.view, dtype=np.uint8)
+            blend_into(out, region, self.geometry.pixel_of(self.cell), self.feather)
+            pasted = Image.fromarray(out, "RGB")
+        else:
+            pasted = paste_back(self.view, decoded, self.geometry, self.cell, self.feather)
         if self.area.is_whole:
             return pasted
         whole = self.picture.copy()
@@ -238,8 +271,35 @@ class Completion:
             return bundle.vae.decode(progress.tokens[:1].to(bundle.device))[0].float().cpu()
 
     def preview(self, progress: sampling.Progress) -> Image.Image:
-        """The first sampled candidate's grid so far, decoded and pasted into the picture."""
-        return self.paste(self.decode_first(progress))
+        """The first sampled candidate's grid so far, decoded and pasted into the picture (at
+        the model's resolution: the upscaler only draws the final candidates)."""
+        return self.paste(self.decode_first(progress), upscale=False)
+
+
+def upscaled_region(
+    decoded: torch.Tensor,
+    geometry: Geometry,
+    cell: Cell,
+    upscaler: Upscaler,
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
+    """The rectangle from ``cell`` at the picture's resolution, drawn by ``upscaler`` from the
+    decoded pixels: (height - y0, width - x0, 3) uint8.
+
+    The upscaler reads the decoded rectangle and ``UPSCALE_MARGIN`` pixels above and left of
+    it (tiled, ``model.upscaler.upscale``); the result is resized exactly onto the rectangle's
+    pixels, over the same span of the decoded view as ``paste_back``'s Lanczos path maps."""
+    view = model_view(decoded, geometry)
+    w, h = view.size
+    sx, sy = w / geometry.width, h / geometry.height  # decoded pixels per picture pixel
+    x0, y0 = geometry.pixel_of(cell)
+    left = max(0, math.floor(x0 * sx) - UPSCALE_MARGIN)
+    top = max(0, math.floor(y0 * sy) - UPSCALE_MARGIN)
+    drawn = Image.fromarray(upscale(view.crop((left, top, w, h)), upscaler, cancel=cancel))
+    s = upscaler.scale
+    box = ((x0 * sx - left) * s, (y0 * sy - top) * s, (w - left) * s, (h - top) * s)
+    size = (geometry.width - x0, geometry.height - y0)
+    return np.asarray(drawn.resize(size, Image.Resampling.LANCZOS, box=box))
 
 
 def complete_all(

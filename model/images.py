@@ -88,23 +88,36 @@ def paste_back(
     rectangle is copied or blended, in 8 bits: pasting into a 48 MP picture no longer makes
     three float copies of it (issue 28: 19 s and gigabytes, now about 2 s).
     """
-    zoom = decoded.shape[-1] / geometry.size  # a decoder may draw finer than it reads
-    w, h = (max(1, round(side * zoom)) for side in geometry.content)
-    model_view = to_pil(decoded).crop((0, 0, w, h))
     x0, y0 = geometry.pixel_of(cell)
     out = np.array(original.convert("RGB"), dtype=np.uint8)  # (H, W, 3), a copy
     if x0 >= geometry.width or y0 >= geometry.height:
         return Image.fromarray(out, "RGB")
-    resized = model_view.resize((geometry.width, geometry.height), Image.Resampling.LANCZOS)
-    regenerated = np.asarray(resized)[y0:, x0:]  # (height, width, 3): the rectangle
+    resized = model_view(decoded, geometry).resize(
+        (geometry.width, geometry.height), Image.Resampling.LANCZOS
+    )
+    blend_into(out, np.asarray(resized)[y0:, x0:], (x0, y0), feather)
+    return Image.fromarray(out, "RGB")
+
+
+def model_view(decoded: torch.Tensor, geometry: Geometry) -> Image.Image:
+    """The decoded square without its padding: the picture as the model drew it (a decoder may
+    draw finer than it reads: ``zoom`` times the geometry's size)."""
+    zoom = decoded.shape[-1] / geometry.size
+    w, h = (max(1, round(side * zoom)) for side in geometry.content)
+    return to_pil(decoded).crop((0, 0, w, h))
+
+
+def blend_into(out: np.ndarray, region: np.ndarray, at: tuple[int, int], feather: int) -> None:
+    """Write ``region`` into ``out`` (H, W, 3 uint8) from pixel ``at`` to the bottom-right
+    corner, blended in over ``feather`` pixels inside its top and left edges."""
+    x0, y0 = at
     if feather <= 0:
-        out[y0:, x0:] = regenerated
-        return Image.fromarray(out, "RGB")
-    height, width = regenerated.shape[:2]
+        out[y0:, x0:] = region
+        return
+    height, width = region.shape[:2]
     ramp_x = np.clip((np.arange(width) + 1) / (feather + 1), 0, 1).astype(np.float32)
     ramp_y = np.clip((np.arange(height) + 1) / (feather + 1), 0, 1).astype(np.float32)
     weight = np.minimum(ramp_y[:, None], ramp_x[None, :])[..., None]  # (height, width, 1)
     kept = out[y0:, x0:].astype(np.float32)
-    blended = kept * (1 - weight) + regenerated.astype(np.float32) * weight
+    blended = kept * (1 - weight) + region.astype(np.float32) * weight
     out[y0:, x0:] = np.round(blended).astype(np.uint8)
-    return Image.fromarray(out, "RGB")

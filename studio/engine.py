@@ -423,10 +423,10 @@ class Engine(QObject):
         elif phase.name == "decoding":
             pace.decoding()
             emit(Phase(job.id, "decoding", eta_s=pace.eta_decoding()))
-        elif phase.name == "pasting":
+        elif phase.name in ("upscaling", "pasting"):  # each candidate, upscaled or not
             if phase.index == 0:
                 pace.pasting()
-            emit(Phase(job.id, "pasting", phase.index, phase.count, pace.eta_pasting()))
+            emit(Phase(job.id, phase.name, phase.index, phase.count, pace.eta_pasting()))
 
     def _say_once_only_waits(self, job: Job, emit: Callable[[Message], None]) -> bool:
         """Say why the first row waits (a conversion in place, a compile); True when it does."""

@@ -338,6 +338,7 @@ PHASES = {
     "encoding": "Encoding the picture…",
     "decoding": "Decoding the candidates…",
     "pasting": "Pasting candidate {step} of {steps} into the picture…",
+    "upscaling": "Upscaling candidate {step} of {steps} to the picture's resolution…",
 }
 
 

@@ -138,18 +138,20 @@ def test_the_preview_is_the_first_candidates_grid_pasted(bundle):
 # -- the three adapters ------------------------------------------------------------------------
 
 
-def use_case_result(bundle, picture, cell, caption, seed, n=2):
-    completion = Completion(bundle, picture, cell, caption, SamplingOptions(n=n, seed=seed))
+def use_case_result(bundle, picture, cell, caption, seed, n=2, upscaler=None):
+    options = SamplingOptions(n=n, seed=seed)
+    completion = Completion(bundle, picture, cell, caption, options, upscaler=upscaler)
     pasted, _ = complete_all(completion)
     return [np.asarray(image) for image in pasted], completion.geometry
 
 
-def test_the_cli_saves_what_the_use_case_makes(bundle, bundle_path, tmp_path):
+def test_the_cli_saves_what_the_use_case_makes(bundle, bundle_path, tmp_path, upscaler):
     from model.cli import main
 
     picture = photo(57, 41, seed=7)
     picture.save(tmp_path / "photo.png")
-    expected, _ = use_case_result(bundle, picture, (1, 2), "a red circle", seed=11)
+    # --upscaler auto (the default): 1.8 picture pixels per model pixel, the shipped net draws
+    expected, _ = use_case_result(bundle, picture, (1, 2), "a red circle", 11, upscaler=upscaler)
     code = main(["complete", "--bundle", str(bundle_path), "--image", str(tmp_path / "photo.png"),
                  "--caption", "a red circle", "--from", "1,2", "--n", "2", "--seed", "11",
                  "--precision", "fp32", "--out", str(tmp_path / "out"), "--quiet"])  # fmt: skip
@@ -274,7 +276,7 @@ def test_the_cli_completes_in_the_area_it_is_given(bundle, bundle_path, tmp_path
     )
     args = ["complete", "--bundle", str(bundle_path), "--image", str(tmp_path / "photo.png"),
             "--caption", "a red circle", "--from-px", "260,170", "--seed", "2", "--precision",
-            "fp32", "--quiet"]  # fmt: skip
+            "fp32", "--upscaler", "off", "--quiet"]  # fmt: skip
     assert main([*args, "--area", "auto", "--out", str(tmp_path / "a.png")]) == 0
     saved = np.asarray(Image.open(tmp_path / "a.png").convert("RGB"))
     assert np.array_equal(saved, np.asarray(complete_all(expected)[0][0]))
@@ -286,3 +288,106 @@ def test_the_cli_completes_in_the_area_it_is_given(bundle, bundle_path, tmp_path
     assert main([*args, "--area", "half", "--out", str(tmp_path / "c.png")]) == 2
     assert "--area is whole, auto or a side in pixels, got 'half'" in capsys.readouterr().err
     assert not (tmp_path / "b.png").exists() and not (tmp_path / "c.png").exists()
+
+
+# -- the upscaler ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upscaler():
+    from model.upscaler_files import load_upscaler
+
+    return load_upscaler()[0]  # the shipped realesr-animevideov3 x4
+
+
+def test_a_scaled_down_picture_is_upscaled_and_keeps_its_pixels(bundle, upscaler):
+    picture = photo(200, 150, seed=31)  # 6.25 picture pixels per model pixel
+    options = SamplingOptions(n=2, seed=6)
+    upscaled = Completion(bundle, picture, (2, 1), "x", options, upscaler=upscaler, feather=3)
+    plain = Completion(bundle, picture, (2, 1), "x", options, feather=3)
+    events = events_of(upscaled)
+    phases = [e.name for e in events if isinstance(e, Phase)]
+    assert phases[-2:] == ["upscaling", "upscaling"]
+    pasted = [np.asarray(e.image) for e in events if isinstance(e, Pasted)]
+    lanczos = [np.asarray(image) for image in complete_all(plain)[0]]
+    x0, y0 = upscaled.corner
+    outside = np.ones((150, 200), dtype=bool)
+    outside[y0:, x0:] = False
+    for result, other in zip(pasted, lanczos, strict=True):
+        assert np.array_equal(result[outside], np.asarray(picture)[outside])
+        assert not np.array_equal(result[y0:, x0:], other[y0:, x0:])  # drawn by the net
+
+
+def test_the_upscaled_region_lies_where_lanczos_puts_it(upscaler):
+    """The net's region and Lanczos' agree best unshifted: the upscaled crop is mapped onto the
+    same pixels (here a model pixel is 8 picture pixels; shifts of half of one do worse)."""
+    from skimage import data
+
+    from model.completion import upscaled_region
+    from model.geometry import Geometry
+
+    small = Image.fromarray(data.astronaut()).resize((32, 32), Image.Resampling.LANCZOS)
+    decoded = torch.from_numpy(np.array(small)).permute(2, 0, 1).float() / 255
+    for width, height, cell in [(256, 200, (1, 1)), (200, 256, (1, 2))]:
+        geometry = Geometry(width, height, 32, 8)
+        region = upscaled_region(decoded, geometry, cell, upscaler).astype(int)
+        x0, y0 = geometry.pixel_of(cell)
+        blank = Image.new("RGB", (width, height))
+        lanczos = np.asarray(paste_back(blank, decoded, geometry, cell))[y0:, x0:].astype(int)
+        assert region.shape == lanczos.shape == (height - y0, width - x0, 3)
+
+        unshifted = shifted_difference(region, lanczos, 0, 0)
+        assert unshifted < 20
+        for dx, dy in [(-4, 0), (4, 0), (0, -4), (0, 4)]:
+            assert unshifted < shifted_difference(region, lanczos, dx, dy)
+
+
+def shifted_difference(region: np.ndarray, reference: np.ndarray, dx: int, dy: int) -> float:
+    """Mean absolute difference of ``region`` moved by (dx, dy) against ``reference``, inside
+    a 10 px border."""
+    h, w = region.shape[:2]
+    moved = region[10 + dy : h - 10 + dy, 10 + dx : w - 10 + dx]
+    return float(np.abs(moved - reference[10:-10, 10:-10]).mean())
+
+
+def test_a_picture_near_the_models_size_is_not_upscaled(bundle, upscaler):
+    picture = photo(40, 40)  # 1.25 picture pixels per model pixel: Lanczos alone
+    options = SamplingOptions(seed=7)
+    with_net = Completion(bundle, picture, (1, 1), "x", options, upscaler=upscaler)
+    without = Completion(bundle, picture, (1, 1), "x", options)
+    events = events_of(with_net)
+    assert "upscaling" not in [e.name for e in events if isinstance(e, Phase)]
+    assert np.array_equal(
+        np.asarray(next(e.image for e in events if isinstance(e, Pasted))),
+        np.asarray(complete_all(without)[0][0]),
+    )
+
+
+def test_cancel_while_upscaling_ends_the_job_without_results(bundle, upscaler):
+    cancel = threading.Event()
+    completion = Completion(bundle, photo(300, 300), (1, 1), "x", upscaler=upscaler)
+    events = []
+    for event in completion.run(cancel):
+        events.append(event)
+        if isinstance(event, Phase) and event.name == "upscaling":
+            cancel.set()
+    assert isinstance(events[-1], sampling.Cancelled)
+    assert not any(isinstance(e, Pasted) for e in events)
+
+
+def test_an_upscaler_that_cannot_be_read_is_one_line(bundle_path, tmp_path, capsys):
+    from model.cli import main
+
+    photo(60, 50).save(tmp_path / "photo.png")
+    (tmp_path / "fake.upscaler.safetensors").write_bytes(b"not a safetensors file")
+    for given, said in [
+        (tmp_path / "missing.upscaler.safetensors", "no such upscaler file"),
+        (tmp_path / "fake.upscaler.safetensors", "fake.upscaler.safetensors"),
+    ]:
+        code = main(["complete", "--bundle", str(bundle_path), "--image",
+                     str(tmp_path / "photo.png"), "--caption", "x", "--from", "1,1",
+                     "--upscaler", str(given), "--out", str(tmp_path / "out.png")])  # fmt: skip
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1
+        assert err[0].startswith("dalle complete: error: --upscaler: ") and said in err[0]
+    assert not (tmp_path / "out.png").exists()

@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         "rectangle's longer side, at least the model's size) or a square side in pixels, "
         "reaching the bottom-right corner",
     )
+    p.add_argument(
+        "--upscaler",
+        default="auto",
+        metavar="auto|off|FILE",
+        help="what draws a result the model made smaller than the picture: auto (the shipped "
+        "Real-ESRGAN, when the picture has over 1.25 pixels per model pixel), off (Lanczos) or "
+        "an imported *.upscaler.safetensors",
+    )
     add_sampling_args(p)
     add_common_args(p)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

@@ -138,6 +138,19 @@ def load_bundle(path: str | None, device: str = "auto"):
         raise CLIError(str(error)) from None
 
 
+def load_upscaler_choice(choice: str, device):
+    """``--upscaler``: None for off, the shipped upscaler for auto, else the file named."""
+    from model.upscaler_files import load_upscaler
+
+    if choice == "off":
+        return None
+    try:
+        upscaler, _ = load_upscaler(None if choice == "auto" else choice, device)
+    except (ValueError, OSError) as error:
+        raise CLIError(f"--upscaler: {error}") from None
+    return upscaler
+
+
 def sampling_options(args):
     """``SamplingOptions.add_arguments``' flags as options, at most ``MAX_CANDIDATES`` of them."""
     from model.config import SamplingOptions

@@ -23,6 +23,7 @@ from model.cli.common import (
     check_device,
     check_memory,
     load_bundle,
+    load_upscaler_choice,
     output_folder,
     parse_pair,
     run_with_progress,
@@ -147,9 +148,11 @@ def run_job(
     quiet: bool,
     precision: str = "auto",
     compile: bool = False,
+    upscaler=None,
 ):
     """Decode the job's image (only now: a batch holds one image at a time), complete it
-    (``model.completion``) and save each candidate as it is pasted."""
+    (``model.completion``, the upscaler drawing a scaled-down result) and save each candidate
+    as it is pasted."""
     from model.completion import Completion, Finished, Pasted
 
     job = checked.job
@@ -172,6 +175,7 @@ def run_job(
         precision=precision,
         compile=compile,
         area=checked.area,
+        upscaler=upscaler,
     )
     done = None
     for event in with_progress(completion.run(), job.image.name, quiet):
@@ -299,6 +303,8 @@ def cmd_complete(args) -> int:
     # work: one job's result must not replace another job's picture either
     outputs = {id(job): output.files(job_stem(job), options.n) for job in jobs}
     inputs = bundle_input(args) + given(("--batch", args.batch))
+    if args.upscaler not in ("off", "auto"):
+        inputs += given(("--upscaler", args.upscaler))
     inputs += [
         (f"the image of {shown(job.batch)} line {job.line}" if job.batch else "--image", job.image)
         for job in jobs
@@ -307,6 +313,7 @@ def cmd_complete(args) -> int:
     check_device(args.device)
     check_can_create(output.folder)
     bundle = load_bundle(args.bundle, args.device)
+    upscaler = load_upscaler_choice(args.upscaler, bundle.device)
     area = parse_area(args.area)
     checked = [check_job(job, bundle, area) for job in jobs]  # every header before decoding
     largest = max(width * height for width, height in (c.size for c in checked))
@@ -325,6 +332,7 @@ def cmd_complete(args) -> int:
                 args.quiet,
                 args.precision,
                 args.compile,
+                upscaler,
             )
             log.info("%s: seed %d, %.2fs", item.job.image, done.seed, done.seconds)
     return 0

@@ -394,6 +394,55 @@ def test_decoder_only_needs_init(scenes, tmp_path):
         train_vae(scenes, tmp_path / "x", TINY_VAE, tiny_train_config(), decoder_only=True)
 
 
+@pytest.mark.parametrize(
+    "stage, init, decoder_only, decoder_sets, refusal",
+    [
+        ("vae", None, False, None, None),
+        ("vae", "v.safetensors", False, None, None),  # a whole dVAE fine-tuned from a file
+        ("vae", "v.safetensors", True, {"dec_n_hid": 8}, None),
+        ("vae", None, True, None, "--decoder-only needs --init PATH"),
+        ("vae", "v.safetensors", False, {"dec_n_hid": 8}, "need --decoder-only"),
+        ("vq", None, False, None, None),
+        ("vq", "q.safetensors", True, {"pool": 2}, None),
+        ("vq", "q.safetensors", False, None, "--init PATH and --decoder-only together"),
+        ("vq", None, True, None, "--init PATH and --decoder-only together"),
+    ],
+)
+def test_check_start_is_the_one_rule_for_init_and_decoder_only(
+    stage, init, decoder_only, decoder_sets, refusal
+):
+    """The recipes and the command line refuse by the same function: its verdict per case."""
+    from model.train import check_start
+
+    if refusal is None:
+        check_start(stage, init, decoder_only, decoder_sets)
+    else:
+        with pytest.raises(ValueError, match=refusal):
+            check_start(stage, init, decoder_only, decoder_sets)
+
+
+def test_the_command_line_refuses_decoder_only_without_init_before_any_work(
+    scenes, tmp_path, capsys
+):
+    from model import cli
+
+    out = tmp_path / "run"
+    argv = ["train", "vae", "--preset", "tiny", "--data", str(scenes), "--out", str(out)]
+    assert cli.main([*argv, "--decoder-only"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--decoder-only needs --init PATH" in err
+    assert not out.exists()
+
+
+def test_freezing_a_dvae_s_tokens_leaves_only_its_decoder_to_train():
+    from model.dvae import DVAE
+
+    vae = DVAE(TINY_VAE)
+    vae.freeze_tokens()
+    assert not any(p.requires_grad for p in vae.encoder.parameters())
+    assert all(p.requires_grad for p in vae.decoder.parameters())
+
+
 def test_decoder_only_can_grow_the_decoder(scenes, tmp_path, capsys):
     """--set dec_n_hid / dec_n_blk_per_group with --decoder-only: a bigger, fresh decoder on the
     same encoder; the tokens stay and the bundle takes it. Other --set keys are refused."""

@@ -134,11 +134,10 @@ def check_stage_flags(args, sets: dict[str, str]) -> None:
     """Flags that do not fit the stage, refused before any work."""
     if args.reconstructed and args.stage != "reranker":
         raise ValueError("--reconstructed is for train reranker only")
-    if args.stage == "vq" and bool(args.init) != bool(args.decoder_only):
-        raise ValueError(
-            "train vq takes --init PATH and --decoder-only together (a new decoder on that "
-            "tokenizer's frozen codes), or neither"
-        )
+    if args.stage in ("vae", "vq"):
+        from model.train import check_start
+
+        check_start(args.stage, args.init or None, args.decoder_only)
     if args.init:
         # the model's config comes from --init's file: a --set that would be ignored is refused
         decoder_keys = DECODER_KEYS.get(args.stage, set())
@@ -170,39 +169,21 @@ def train_stage(args, chosen: dict, config, sets: dict[str, str], callbacks) -> 
     )
 
     common = dict(resume=args.resume, callbacks=callbacks)
-    if args.stage == "vae" and args.init:
-        decoder_sets = set_values(DVAEConfig, sets)
-        return train.train_vae(
+    if args.stage in ("vae", "vq"):  # an image tokenizer: from the preset, or from --init's file
+        kind, recipe = {"vae": (DVAEConfig, train.train_vae), "vq": (VQConfig, train.train_vq)}[
+            args.stage
+        ]
+        # with --init, its file's config with the decoder's --set (check_stage_flags allowed them)
+        return recipe(
             args.data,
             args.out,
-            None,
+            None if args.init else apply_sets(kind(**chosen[args.stage]), sets),
             config,
-            init=args.init,
+            init=args.init or None,
             decoder_only=args.decoder_only,
-            decoder_sets=decoder_sets,
+            decoder_sets=set_values(kind, sets) if args.init else None,
             **common,
         )
-    if args.stage == "vq" and args.init:
-        return train.train_vq(
-            args.data,
-            args.out,
-            None,
-            config,
-            init=args.init,
-            decoder_only=args.decoder_only,
-            decoder_sets=set_values(VQConfig, sets),
-            **common,
-        )
-    if args.stage == "vq":
-        vq_config = apply_sets(VQConfig(**chosen["vq"]), sets)
-        return train.train_vq(args.data, args.out, vq_config, config, **common)
-    if args.stage == "vae":
-        if args.decoder_only:
-            raise ValueError(
-                "--decoder-only needs --init PATH (the dVAE whose decoder to fine-tune)"
-            )
-        vae_config = apply_sets(DVAEConfig(**chosen["vae"]), sets)
-        return train.train_vae(args.data, args.out, vae_config, config, **common)
     if args.stage == "transformer":
         if not args.vae:
             raise ValueError(

@@ -73,6 +73,7 @@ from model.config.sampling import (
     MAX_SEED,
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
+    OptionError,
     SamplingOptions,
 )
 
@@ -102,6 +103,7 @@ __all__ = [
     "MAX_TEXT_LEN",
     "MAX_VOCAB",
     "MIN_TEMPERATURE",
+    "OptionError",
     "NORM_GROUPS",
     "PRESETS",
     "RerankerConfig",

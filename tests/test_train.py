@@ -642,3 +642,80 @@ def test_training_writers_do_not_follow_planted_symlinks(scenes, tmp_path):
     train_vae(scenes, out, TINY_VAE, tiny_train_config(steps=3, checkpoint_every=1), resume=True)
     assert victim.read_text() == "keep me"
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def tiny_trainer(out, **config):
+    """A Trainer of one linear layer (no data to read): for what the loop writes."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+
+    def step_fn(model, indices, step, generator):
+        return {"loss": (model(torch.ones(1, 2)) ** 2).sum()}
+
+    values = {"steps": 4, "checkpoint_every": 1, "warmup": 0, "ema": 0.0, **config}
+    return Trainer(model, step_fn, 8, tiny_train_config(**values), out)
+
+
+def test_metrics_lines_are_appended_to_the_one_file_opened_for_the_run(tmp_path):
+    from model.trainer import METRICS
+
+    trainer = tiny_trainer(tmp_path / "run")
+    seen = []  # (inode, lines) after each record: a rewrite would give a new inode each time
+    trainer.add_callback(
+        "on_step",
+        lambda t, metrics: seen.append(
+            (os.stat(t.out_dir / METRICS).st_ino, len(read_metrics(t.out_dir)))
+        ),
+    )
+    trainer.run()
+    assert [lines for _, lines in seen] == [1, 2, 3, 4]
+    assert len({inode for inode, _ in seen}) == 1
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+def test_a_resumed_run_appends_after_the_lines_it_continues(tmp_path):
+    from model.trainer import METRICS
+
+    out = tmp_path / "run"
+    tiny_trainer(out, steps=2).run()
+    before = (out / METRICS).read_text()
+    with open(out / METRICS, "a") as torn:  # a later run killed mid-line, after the checkpoint
+        torn.write('{"step": 3, "lo')
+    tiny_trainer(out, steps=4).run(resume=True)
+    text = (out / METRICS).read_text()
+    assert text.startswith(before) and text.endswith("\n")
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+
+
+def test_a_symlink_at_the_metrics_path_is_refused_and_never_written_through(tmp_path):
+    from model.trainer import METRICS
+
+    out = tmp_path / "run"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (out / METRICS).symlink_to(victim)
+    with pytest.raises(ValueError, match="a symbolic link; refusing to write through it"):
+        tiny_trainer(out).run()
+    tiny_trainer(tmp_path / "fine", steps=2).run()  # a checkpoint to resume from, moved in
+    shutil.copy(tmp_path / "fine" / "checkpoint.pt", out / "checkpoint.pt")
+    with pytest.raises(ValueError, match="a symbolic link; refusing to write through it"):
+        tiny_trainer(out).run(resume=True)
+    assert victim.read_text() == "keep me\n"
+    assert (out / METRICS).is_symlink()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_open_append_refuses_what_is_not_a_regular_file(tmp_path):
+    from model.files import open_append
+
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="not a regular file"):
+        open_append(tmp_path / "pipe")  # nobody reads it: without the refusal, a hang
+    with pytest.raises(ValueError, match="not a regular file"):
+        open_append(tmp_path)  # a folder
+    with open_append(tmp_path / "log.jsonl") as log:
+        log.write("one\n")
+    with open_append(tmp_path / "log.jsonl") as log:
+        log.write("two\n")
+    assert (tmp_path / "log.jsonl").read_text() == "one\ntwo\n"

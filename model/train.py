@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from model.config import DVAE_TRAINING, TEXT_TRAINING
 from model.device import pick_device
 from model.files import write_text
 from model.tokenizer_files import load_image_tokenizer, load_vae, load_vq, save_vae, save_vq
@@ -46,7 +47,7 @@ def check_start(stage: str, init, decoder_only: bool, decoder_sets=None) -> None
         )
     if decoder_only and init is None:
         raise ValueError("--decoder-only needs --init PATH (the dVAE whose decoder to fine-tune)")
-    if decoder_sets and not decoder_only:
+    if set(decoder_sets or ()) - set(DVAE_TRAINING) and not decoder_only:
         raise ValueError("dec_n_hid / dec_n_blk_per_group with --init need --decoder-only")
 
 
@@ -67,8 +68,10 @@ def train_vae(
     ``decoder_only`` (needs ``init``) freezes the encoder and fine-tunes the decoder on its hard
     codes (``DVAE.decoder_loss``): every image keeps its tokens, so a transformer trained on the
     old dVAE works unchanged with the new one. Its images are not augmented: the tokens a
-    transformer learns are those of uncropped images. ``decoder_sets`` (``dec_n_hid``,
-    ``dec_n_blk_per_group``) gives the decoder a new size; it then starts from scratch.
+    transformer learns are those of uncropped images. ``decoder_sets`` changes ``init``'s config:
+    its training-only fields (``DVAE_TRAINING``: beta's and tau's schedules, the code-usage
+    term), and with ``decoder_only`` the decoder's size (``dec_n_hid``,
+    ``dec_n_blk_per_group``; a new size starts the decoder from scratch).
     """
     from model.dvae import DVAE, beta_at, tau_at
 
@@ -78,17 +81,19 @@ def train_vae(
     if init is not None:
         vae, init_card = load_vae(init)
         vae_config = dataclasses.replace(vae.config, **(decoder_sets or {}))
-        if vae_config != vae.config:  # a new decoder size: same encoder, fresh decoder
-            encoder = vae.encoder.state_dict()
+        if vae_config.architecture() != vae.config.architecture():  # a new decoder size
+            encoder = vae.encoder.state_dict()  # same encoder, fresh decoder
             vae = DVAE(vae_config)
             vae.encoder.load_state_dict(encoder)
+        vae.config = vae_config  # this run's training-only fields, written with it
     else:
         vae = DVAE(vae_config)
 
     def loss(model, images, step):
-        beta = beta_at(step, config.steps, config.kl_weight, config.kl_warmup)
-        tau = tau_at(step, config.steps, config.tau_start, config.tau_end)
-        return model(images, tau, beta, config.code_usage)
+        recipe = vae_config  # its training-only fields
+        beta = beta_at(step, config.steps, recipe.kl_weight, recipe.kl_warmup)
+        tau = tau_at(step, config.steps, recipe.tau_start, recipe.tau_end)
+        return model(images, tau, beta, recipe.code_usage)
 
     run = TokenizerRun("vae", init, init_card, decoder_only, augment=not decoder_only)
     return run.train(vae, loss, data_dir, Path(out_dir), config, resume, callbacks)
@@ -230,6 +235,13 @@ def fine_tuning_start(init, vae, tokenizer_file=None):
     return start
 
 
+def started_configs(start, text_config):
+    """The caption and transformer configs of a run from the bundle ``start``: its own, with the
+    run's training-only caption fields (``TEXT_TRAINING``) taken from ``text_config``."""
+    training = {name: getattr(text_config, name) for name in TEXT_TRAINING}
+    return dataclasses.replace(start.config.text, **training), start.config.transformer
+
+
 def caption_tokenizer(out_dir: Path, dataset, text_config, start, resume, tokenizer_file):
     """The run's caption tokenizer, written to ``out_dir/tokenizer.json``: the fine-tuned bundle's,
     the resumed run's, the given file's, or one trained on the folder's captions."""
@@ -292,7 +304,7 @@ def train_transformer(
     captions = caption_picker(dataset)
     start = None if init is None else fine_tuning_start(init, vae, tokenizer_file)
     if start is not None:
-        tf_config, text_config = start.config.transformer, start.config.text
+        text_config, tf_config = started_configs(start, text_config)
     tokenizer = caption_tokenizer(out_dir, dataset, text_config, start, resume, tokenizer_file)
     tf_config = dataclasses.replace(
         tf_config,
@@ -307,10 +319,10 @@ def train_transformer(
     def step_fn(model, indices, step, generator):
         text = tokenizer.encode(
             [captions(i, generator) for i in indices],
-            dropout=config.bpe_dropout,
+            dropout=text_config.bpe_dropout,
             generator=generator,
         )
-        drop = torch.rand(len(indices), generator=generator) < config.caption_dropout
+        drop = torch.rand(len(indices), generator=generator) < text_config.caption_dropout
         text[drop] = empty
         return model(text.to(trainer.device), grids[indices].to(trainer.device))
 

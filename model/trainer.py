@@ -56,13 +56,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA; CPU runs stay fp32 (bf16 is slower there)
-    caption_dropout: float = 0.1  # transformer: empty caption this often, for guidance
-    bpe_dropout: float = 0.1  # transformer: the paper's BPE dropout
-    kl_warmup: float = 5_000 / 150_000  # dVAE: beta's warm-up as a fraction of steps (paper's)
-    code_usage: float = 0.0  # dVAE: weight of the batch code-usage term (DVAE.loss); 0 = paper
-    kl_weight: float = 6.6  # dVAE: beta's final value (paper's)
-    tau_start: float = 1.0  # dVAE: gumbel-softmax temperature, cosine from start to end
-    tau_end: float = 1 / 16
+    # what only one stage's training reads lives in that stage's config (DVAEConfig's beta and
+    # tau schedules, TextConfig's dropouts; model.config.recipes.MOVED_TRAIN_FIELDS)
 
 
 def seed_everything(seed: int) -> None:

@@ -224,10 +224,53 @@ def test_two_process_gloo_data_parallel_takes_two_steps(scenes, tmp_path):
 def test_set_reaches_training_fields_and_names_unknown_ones():
     from model.config import apply_sets
 
-    config = apply_sets(TrainConfig(steps=5), {"code_usage": "1.5", "kl_warmup": "0.25"})
-    assert (config.steps, config.code_usage, config.kl_warmup) == (5, 1.5, 0.25)
+    config = apply_sets(TrainConfig(steps=5), {"lr": "0.5", "warmup": "7"})
+    assert (config.steps, config.lr, config.warmup) == (5, 0.5, 7)
+    vae = apply_sets(TINY_VAE, {"code_usage": "1.5", "kl_warmup": "0.25"})  # the dVAE's own
+    assert (vae.code_usage, vae.kl_warmup, vae.n_hid) == (1.5, 0.25, TINY_VAE.n_hid)
     with pytest.raises(ValueError, match="unknown TrainConfig field 'code_usge'"):
         apply_sets(TrainConfig(), {"code_usge": "1"})
+
+
+def test_recipe_fields_named_the_old_way_reach_their_stage_configs():
+    """TrainConfig's dVAE and caption fields moved to DVAEConfig and TextConfig: a recipe with
+    them in its "train" section, and --set train.KEY, still reach them (another stage's are
+    dropped, as TrainConfig took and ignored them)."""
+    from model.config import moved_sets, moved_to_stages, preset
+
+    old = {"vae": {"n_hid": 32}, "train": {"steps": 9, "kl_warmup": 0.5, "bpe_dropout": 0.2}}
+    assert moved_to_stages(old) == {
+        "vae": {"n_hid": 32, "kl_warmup": 0.5},
+        "text": {"bpe_dropout": 0.2},
+        "train": {"steps": 9},
+    }
+    assert old["train"] == {"steps": 9, "kl_warmup": 0.5, "bpe_dropout": 0.2}  # not changed
+    assert preset("default")["vae"]["kl_warmup"] == 0.5 and preset("default")["train"] == {}
+    sets = {"lr": "1", "code_usage": "0.1", "caption_dropout": "0.3"}
+    assert moved_sets(sets, "vae") == ({"lr": "1"}, {"code_usage": "0.1"})
+    assert moved_sets(sets, "transformer") == ({"lr": "1"}, {"text.caption_dropout": "0.3"})
+    assert moved_sets(sets, "reranker") == ({"lr": "1"}, {})
+
+
+def test_old_set_train_names_train_the_dvae_and_are_written_in_its_file(scenes, tmp_path):
+    from model import cli
+    from model.tokenizer_files import load_vae
+
+    out = tmp_path / "run"
+    argv = ["train", "vae", "--preset", "tiny", "--data", str(scenes), "--out", str(out)]
+    argv += ["--steps", "2", "--device", "cpu", "--quiet", "--set", "train.code_usage=0.5"]
+    assert cli.main([*argv, "--set", "kl_weight=2", "--set", "train.warmup=1"]) == 0
+    vae, card = load_vae(out / "vae.safetensors")
+    assert (vae.config.code_usage, vae.config.kl_weight) == (0.5, 2.0)
+    assert card["train"]["warmup"] == 1 and "code_usage" not in card["train"]
+    again = tmp_path / "again"  # --init: the file's fields, the preset's and --set's on top
+    argv = ["train", "vae", "--preset", "default", "--data", str(scenes), "--out", str(again)]
+    argv += ["--init", str(out / "vae.safetensors"), "--steps", "1", "--device", "cpu"]
+    assert cli.main([*argv, "--quiet", "--set", "train.tau_end=0.5"]) == 0
+    tuned, _ = load_vae(again / "vae.safetensors")
+    assert (tuned.config.kl_warmup, tuned.config.code_usage) == (0.5, 1.0)  # default preset's
+    assert (tuned.config.tau_end, tuned.config.kl_weight) == (0.5, 2.0)
+    assert tuned.config.architecture() == vae.config.architecture()
 
 
 def test_set_values_take_their_fields_types():

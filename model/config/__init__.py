@@ -50,7 +50,10 @@ from model.config.limits import (
     MAX_VOCAB,
 )
 from model.config.ours import (
+    DVAE_TRAINING,
+    TEXT_TRAINING,
     TRANSFORMER_LAYOUTS,
+    VQ_TRAINING,
     DVAEConfig,
     RerankerConfig,
     TextConfig,
@@ -60,9 +63,12 @@ from model.config.ours import (
 )
 from model.config.ranges import FIELD_RANGES, MAX_ITEMS, config_from_dict
 from model.config.recipes import (
+    MOVED_TRAIN_FIELDS,
     PRESETS,
     VQ_TRAIN,
     apply_sets,
+    moved_sets,
+    moved_to_stages,
     parse_sets,
     preset,
     set_values,
@@ -78,6 +84,12 @@ from model.config.sampling import (
 )
 
 __all__ = [
+    "DVAE_TRAINING",
+    "MOVED_TRAIN_FIELDS",
+    "TEXT_TRAINING",
+    "VQ_TRAINING",
+    "moved_sets",
+    "moved_to_stages",
     "BartConfig",
     "BartTextConfig",
     "BundleConfig",

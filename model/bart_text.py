@@ -23,7 +23,6 @@ fits).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -32,6 +31,8 @@ from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from model.bpe_json import bpe_from_json, bpe_to_json, first_line
 
 try:  # optional: min-dalle names emoji; without the package they are dropped (see above)
     from emoji import demojize as _demojize
@@ -70,10 +71,6 @@ def _name_emoji(caption: str) -> str:
     return caption if _demojize is None else _demojize(caption, delimiters=("", ""))
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 class BartTokenizer:
     """BART byte-level BPE ids of captions, ``<s> … </s>``, padded with id 1 to ``text_len``."""
 
@@ -102,7 +99,7 @@ class BartTokenizer:
         try:
             bpe = models.BPE(vocab=dict(vocab), merges=merges, unk_token=UNK)
         except Exception as error:  # tokenizers raises a bare Exception
-            raise ValueError(f"vocab and merges disagree: {_first_line(error)}") from None
+            raise ValueError(f"vocab and merges disagree: {first_line(error)}") from None
         tokenizer = Tokenizer(bpe)
         tokenizer.normalizer = _NORMALIZER
         tokenizer.pre_tokenizer = _PRE_TOKENIZER
@@ -139,26 +136,12 @@ class BartTokenizer:
     def to_json(self) -> str:
         """The vocab, merges and text length as one JSON string (a bundle's metadata): the app
         never needs the original files."""
-        data = {
-            "format": JSON_FORMAT,
-            "text_len": self._text_len,
-            "vocab": self._vocab,
-            "merges": [list(pair) for pair in self._merges],
-        }
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return bpe_to_json(JSON_FORMAT, self._text_len, self._vocab, self._merges)
 
     @classmethod
     def from_json(cls, text: str) -> BartTokenizer:
-        try:
-            data = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as error:
-            raise ValueError(f"not a BART tokenizer JSON: {_first_line(error)}") from None
-        if not isinstance(data, dict) or data.get("format") != JSON_FORMAT:
-            raise ValueError(f"not a BART tokenizer JSON: expected format {JSON_FORMAT!r}")
-        merges = data.get("merges")
-        if not isinstance(merges, list):
-            raise ValueError("not a BART tokenizer JSON: merges must be a list of pairs")
-        return cls(data.get("vocab"), merges, data.get("text_len"))
+        vocab, merges, text_len = bpe_from_json(text, JSON_FORMAT, "BART tokenizer")
+        return cls(vocab, merges, text_len)
 
     # -- sizes --------------------------------------------------------------------------------
 

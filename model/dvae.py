@@ -410,6 +410,11 @@ class DVAE(nn.Module):
         mu = stats[:, : self.config.channels]  # (B, C, S, S), logit space
         return unmap_pixels(torch.sigmoid(mu), self.config.logit_laplace_eps)
 
+    def freeze_tokens(self) -> None:
+        """No gradient for the part that chooses the tokens (the encoder): decoder-only training,
+        as ``VQVAE.freeze_tokens``."""
+        self.encoder.requires_grad_(False)
+
     def decoder_loss(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Decoder fine-tuning on the encoder's own hard codes: NLL of ``images`` (B, C, S, S) in
         [0, 1] given ``decode``'s input, the argmax tokens.

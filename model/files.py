@@ -5,7 +5,9 @@ Every file the product writes (images, projects, bundles, checkpoints, reports) 
 an unpredictable name) in the target's own folder, flushed and fsynced, given the permissions a
 normal file gets under the user's umask, then renamed over the target. A crash, an exception, a
 full disk or a signal turned into an exception leaves the target as it was and no temporary file
-behind; a symlink planted at the temporary name cannot redirect the write.
+behind; a symlink planted at the temporary name cannot redirect the write. The one exception is
+a log that grows a line at a time (a training run's metrics): :func:`open_append` opens it once,
+refusing a symlink at its name.
 
 Every image the product reads (command line, batch files, the studio, images inside projects)
 goes through :func:`open_image`, which reads the header only, refuses more than ``MAX_PIXELS``
@@ -21,6 +23,7 @@ Stdlib, numpy and Pillow only: the studio's document and project code use it wit
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -32,7 +35,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -193,6 +196,38 @@ def write_bytes(
 
 def write_text(path: str | os.PathLike, text: str, private: bool = False) -> Path:
     return write_bytes(path, text.encode("utf-8"), private)
+
+
+def symlink_refused(path: str | os.PathLike) -> ValueError:
+    """The one-line refusal of a symbolic link found where the product writes a file."""
+    return ValueError(f"{path}: a symbolic link; refusing to write through it")
+
+
+def open_append(path: str | os.PathLike) -> TextIO:
+    """``path`` opened once for appending lines of text (made if missing), for a log that grows a
+    line at a time (a training run's metrics): rewriting it whole through the atomic writer for
+    every line would cost its whole length and an fsync each time. A line is written by one
+    ``write`` on an ``O_APPEND`` file, so a crash can cut only the last one short. A symbolic link
+    at ``path`` is refused, never followed (``O_NOFOLLOW``), and so is anything but a regular
+    file (a FIFO would block the writer): one ValueError naming ``path``."""
+    path = Path(path)
+    refusal = symlink_refused(path)
+    no_follow = getattr(os, "O_NOFOLLOW", 0)
+    if not no_follow and path.is_symlink():  # Windows: no O_NOFOLLOW; links need privileges
+        raise refusal
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | no_follow | getattr(os, "O_NONBLOCK", 0)
+    try:
+        descriptor = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EMLINK):  # EMLINK: the BSDs' O_NOFOLLOW answer
+            raise refusal from None
+        if error.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO nobody reads, a folder
+            raise ValueError(f"{path}: not a regular file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise ValueError(f"{path}: not a regular file")
+    return os.fdopen(descriptor, "a", encoding="utf-8")
 
 
 def save_png(image: Image.Image, path: str | os.PathLike, **options: Any) -> Path:

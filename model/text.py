@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from model.bpe_json import first_line
+
 logger = logging.getLogger(__name__)
 
 # NFKC first so that compatibility forms ("ＲＥＤ", "ﬁ") become plain letters before lowercasing;
@@ -117,8 +119,7 @@ class CaptionTokenizer:
         try:
             tokenizer = Tokenizer.from_str(data)
         except Exception as error:  # tokenizers raises a bare Exception
-            detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise ValueError(f"not a valid tokenizers JSON: {detail}") from None
+            raise ValueError(f"not a valid tokenizers JSON: {first_line(error)}") from None
         return cls(tokenizer, text_len)
 
     # -- sizes --------------------------------------------------------------------------------

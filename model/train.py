@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from model.config import DVAE_TRAINING, TEXT_TRAINING
 from model.device import pick_device
 from model.files import write_text
 from model.tokenizer_files import load_image_tokenizer, load_vae, load_vq, save_vae, save_vq
@@ -33,6 +34,21 @@ from model.trainer import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def check_start(stage: str, init, decoder_only: bool, decoder_sets=None) -> None:
+    """Refuse what an image tokenizer's stage (``vae``, ``vq``) cannot start from: a dVAE trains
+    from scratch or from ``init`` (its decoder alone with ``decoder_only``, which may resize it
+    with ``decoder_sets``); a VQ tokenizer from scratch, or its decoder alone from ``init``."""
+    if stage == "vq" and (init is None) == bool(decoder_only):
+        raise ValueError(
+            "train vq takes --init PATH and --decoder-only together (a new decoder on that "
+            "tokenizer's frozen codes), or neither"
+        )
+    if decoder_only and init is None:
+        raise ValueError("--decoder-only needs --init PATH (the dVAE whose decoder to fine-tune)")
+    if set(decoder_sets or ()) - set(DVAE_TRAINING) and not decoder_only:
+        raise ValueError("dec_n_hid / dec_n_blk_per_group with --init need --decoder-only")
 
 
 def train_vae(
@@ -52,61 +68,35 @@ def train_vae(
     ``decoder_only`` (needs ``init``) freezes the encoder and fine-tunes the decoder on its hard
     codes (``DVAE.decoder_loss``): every image keeps its tokens, so a transformer trained on the
     old dVAE works unchanged with the new one. Its images are not augmented: the tokens a
-    transformer learns are those of uncropped images. ``decoder_sets`` (``dec_n_hid``,
-    ``dec_n_blk_per_group``) gives the decoder a new size; it then starts from scratch.
+    transformer learns are those of uncropped images. ``decoder_sets`` changes ``init``'s config:
+    its training-only fields (``DVAE_TRAINING``: beta's and tau's schedules, the code-usage
+    term), and with ``decoder_only`` the decoder's size (``dec_n_hid``,
+    ``dec_n_blk_per_group``; a new size starts the decoder from scratch).
     """
-    from model.data.folder import CaptionFolder
     from model.dvae import DVAE, beta_at, tau_at
 
-    out_dir = Path(out_dir)
-    if decoder_only and init is None:
-        raise ValueError("--decoder-only needs --init PATH (the dVAE whose decoder to fine-tune)")
+    check_start("vae", init, decoder_only, decoder_sets)
     seed_everything(config.seed)  # the same initial weights for the same seed
-    if decoder_sets and not decoder_only:
-        raise ValueError("dec_n_hid / dec_n_blk_per_group with --init need --decoder-only")
+    init_card = None
     if init is not None:
         vae, init_card = load_vae(init)
         vae_config = dataclasses.replace(vae.config, **(decoder_sets or {}))
-        if vae_config != vae.config:  # a new decoder size: same encoder, fresh decoder
-            encoder = vae.encoder.state_dict()
+        if vae_config.architecture() != vae.config.architecture():  # a new decoder size
+            encoder = vae.encoder.state_dict()  # same encoder, fresh decoder
             vae = DVAE(vae_config)
             vae.encoder.load_state_dict(encoder)
+        vae.config = vae_config  # this run's training-only fields, written with it
     else:
         vae = DVAE(vae_config)
-    dataset = CaptionFolder(data_dir, vae_config.image_size, augment=not decoder_only)
 
-    if decoder_only:
-        vae.encoder.requires_grad_(False)
+    def loss(model, images, step):
+        recipe = vae_config  # its training-only fields
+        beta = beta_at(step, config.steps, recipe.kl_weight, recipe.kl_warmup)
+        tau = tau_at(step, config.steps, recipe.tau_start, recipe.tau_end)
+        return model(images, tau, beta, recipe.code_usage)
 
-        def step_fn(model, indices, step, generator):
-            images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
-            metrics = model(images)
-            mse = metrics["mse"].detach().clamp_min(1e-10)
-            return {**metrics, "psnr": -10 * torch.log10(mse)}
-
-        objective = Objective(vae, "decoder_loss")
-    else:
-
-        def step_fn(model, indices, step, generator):
-            images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
-            beta = beta_at(step, config.steps, config.kl_weight, config.kl_warmup)
-            tau = tau_at(step, config.steps, config.tau_start, config.tau_end)
-            metrics = model(images, tau, beta, config.code_usage)
-            mse = metrics["mse"].detach().clamp_min(1e-10)
-            return {**metrics, "psnr": -10 * torch.log10(mse)}
-
-        objective = Objective(vae)
-
-    trainer = Trainer(objective, step_fn, len(dataset), config, out_dir)
-    data = {"folder": str(data_dir), "images": len(dataset)}
-    final, card = run_stage(trainer, "vae", data, callbacks, resume)
-    if init is not None:
-        card["init"] = {"path": str(init), "card": init_card}
-        card["decoder_only"] = decoder_only
-    path = out_dir / "vae.safetensors"
-    if trainer.dist.main:
-        save_vae(final.cpu(), path, card)
-    return path
+    run = TokenizerRun("vae", init, init_card, decoder_only, augment=not decoder_only)
+    return run.train(vae, loss, data_dir, Path(out_dir), config, resume, callbacks)
 
 
 def train_vq(
@@ -132,53 +122,70 @@ def train_vq(
     on them works unchanged. ``decoder_sets`` may change ``pool`` with ``image_size`` (issue 17:
     pool 2, image_size 128 draws the 64 px codes at 128 px; the decoder starts as the old one
     upscaled nearest-neighbour, ``vq.pooled_from``) and the training-only fields."""
-    from model.data.folder import CaptionFolder
     from model.vq import VQVAE, pooled_from
 
-    out_dir = Path(out_dir)
-    if init is not None and not decoder_only:
-        raise ValueError("train vq --init needs --decoder-only (only the decoder can be retrained)")
-    if decoder_only and init is None:
-        raise ValueError(
-            "--decoder-only needs --init PATH (the vq.safetensors whose codes to keep)"
-        )
+    check_start("vq", init, decoder_only)
     seed_everything(config.seed)  # the same initial weights for the same seed
     init_card = None
     if init is not None:
         start, init_card = load_vq(init)
-        vq_config = dataclasses.replace(start.config, **(decoder_sets or {}))
-        vq = pooled_from(start, vq_config)
-        vq.freeze_tokens()
+        vq = pooled_from(start, dataclasses.replace(start.config, **(decoder_sets or {})))
     else:
         vq = VQVAE(vq_config)
-    dataset = CaptionFolder(data_dir, vq_config.image_size, augment=False)
 
-    def step_fn(model, indices, step, generator):
-        images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
-        if decoder_only:
-            metrics = model(images)
-        else:  # step 0 included: the random codebook moves onto the first batch's outputs
-            metrics = model(images, restart=step % vq_config.restart_every == 0)
-        mse = metrics["mse"].detach().clamp_min(1e-10)
-        return {**metrics, "psnr": -10 * torch.log10(mse)}
+    def loss(model, images, step):
+        # step 0 included: the random codebook moves onto the first batch's outputs
+        return model(images, restart=step % vq.config.restart_every == 0)
 
-    objective = Objective(vq, "decoder_loss" if decoder_only else "loss")
-    trainer = Trainer(objective, step_fn, len(dataset), config, out_dir)
-    data = {"folder": str(data_dir), "images": len(dataset)}
-    final, card = run_stage(trainer, "vq", data, callbacks, resume)
-    card.update(
-        kind="vq",
-        config=asdict(vq_config),
-        parameters=vq.num_parameters(),
-        wall_seconds_total=wall_seconds_total(read_metrics(out_dir)),
-    )
-    if init is not None:
-        card["init"] = {"path": str(init), "card": init_card}
-        card["decoder_only"] = True
-    path = out_dir / "vq.safetensors"
-    if trainer.dist.main:
-        save_vq(final.cpu(), path, card)
-    return path
+    run = TokenizerRun("vq", init, init_card, decoder_only, augment=False)
+    return run.train(vq, loss, data_dir, Path(out_dir), config, resume, callbacks)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerRun:
+    """What the dVAE's and the VQ tokenizer's runs share: the caption folder's images, the
+    reconstruction metrics, decoder-only training (the token-choosing part frozen, the decoder
+    trained on its hard codes), the card naming the file started from, and the file written."""
+
+    stage: str  # "vae" or "vq": the file's name and the card's stage
+    init: object  # the file started from, or None
+    init_card: dict | None
+    decoder_only: bool
+    augment: bool
+
+    def train(self, model, loss, data_dir, out_dir: Path, config, resume, callbacks) -> Path:
+        """Train ``model`` by ``loss(model, images, step)`` (its decoder alone by
+        ``decoder_loss`` when decoder-only) and write ``out_dir/<stage>.safetensors``."""
+        from model.data.folder import CaptionFolder
+
+        dataset = CaptionFolder(data_dir, model.config.image_size, augment=self.augment)
+        if self.decoder_only:
+            model.freeze_tokens()
+
+        def step_fn(objective, indices, step, generator):
+            images = torch.stack([dataset[i][0] for i in indices]).to(trainer.device)
+            metrics = objective(images) if self.decoder_only else loss(objective, images, step)
+            mse = metrics["mse"].detach().clamp_min(1e-10)
+            return {**metrics, "psnr": -10 * torch.log10(mse)}
+
+        objective = Objective(model, "decoder_loss" if self.decoder_only else "loss")
+        trainer = Trainer(objective, step_fn, len(dataset), config, out_dir)
+        data = {"folder": str(data_dir), "images": len(dataset)}
+        final, card = run_stage(trainer, self.stage, data, callbacks, resume)
+        if self.stage == "vq":
+            card.update(
+                kind="vq",
+                config=asdict(model.config),
+                parameters=model.num_parameters(),
+                wall_seconds_total=wall_seconds_total(read_metrics(out_dir)),
+            )
+        if self.init is not None:
+            card["init"] = {"path": str(self.init), "card": self.init_card}
+            card["decoder_only"] = self.decoder_only
+        path = out_dir / f"{self.stage}.safetensors"
+        if trainer.dist.main:
+            (save_vq if self.stage == "vq" else save_vae)(final.cpu(), path, card)
+        return path
 
 
 def caption_picker(dataset):
@@ -226,6 +233,13 @@ def fine_tuning_start(init, vae, tokenizer_file=None):
     if tokenizer_file is not None:
         raise ValueError("--init brings its own tokenizer; leave out --tokenizer")
     return start
+
+
+def started_configs(start, text_config):
+    """The caption and transformer configs of a run from the bundle ``start``: its own, with the
+    run's training-only caption fields (``TEXT_TRAINING``) taken from ``text_config``."""
+    training = {name: getattr(text_config, name) for name in TEXT_TRAINING}
+    return dataclasses.replace(start.config.text, **training), start.config.transformer
 
 
 def caption_tokenizer(out_dir: Path, dataset, text_config, start, resume, tokenizer_file):
@@ -290,7 +304,7 @@ def train_transformer(
     captions = caption_picker(dataset)
     start = None if init is None else fine_tuning_start(init, vae, tokenizer_file)
     if start is not None:
-        tf_config, text_config = start.config.transformer, start.config.text
+        text_config, tf_config = started_configs(start, text_config)
     tokenizer = caption_tokenizer(out_dir, dataset, text_config, start, resume, tokenizer_file)
     tf_config = dataclasses.replace(
         tf_config,
@@ -305,10 +319,10 @@ def train_transformer(
     def step_fn(model, indices, step, generator):
         text = tokenizer.encode(
             [captions(i, generator) for i in indices],
-            dropout=config.bpe_dropout,
+            dropout=text_config.bpe_dropout,
             generator=generator,
         )
-        drop = torch.rand(len(indices), generator=generator) < config.caption_dropout
+        drop = torch.rand(len(indices), generator=generator) < text_config.caption_dropout
         text[drop] = empty
         return model(text.to(trainer.device), grids[indices].to(trainer.device))
 

@@ -25,13 +25,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 from torch import nn
 
 from model.device import device_name, pick_device
-from model.files import atomic_write, write_text
+from model.files import atomic_write, open_append, symlink_refused, write_text
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA; CPU runs stay fp32 (bf16 is slower there)
-    caption_dropout: float = 0.1  # transformer: empty caption this often, for guidance
-    bpe_dropout: float = 0.1  # transformer: the paper's BPE dropout
-    kl_warmup: float = 5_000 / 150_000  # dVAE: beta's warm-up as a fraction of steps (paper's)
-    code_usage: float = 0.0  # dVAE: weight of the batch code-usage term (DVAE.loss); 0 = paper
-    kl_weight: float = 6.6  # dVAE: beta's final value (paper's)
-    tau_start: float = 1.0  # dVAE: gumbel-softmax temperature, cosine from start to end
-    tau_end: float = 1 / 16
+    # what only one stage's training reads lives in that stage's config (DVAEConfig's beta and
+    # tau schedules, TextConfig's dropouts; model.config.recipes.MOVED_TRAIN_FIELDS)
 
 
 def seed_everything(seed: int) -> None:
@@ -164,6 +160,7 @@ class Trainer:
         self.step_fn = step_fn
         self.dataset_size = dataset_size
         self.extra_state = extra_state or {}
+        self._metrics: TextIO | None = None  # metrics.jsonl, opened at the first record
         self.step = 0
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
         decay, no_decay = [], []
@@ -242,23 +239,37 @@ class Trainer:
             self.ema.model.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
-        metrics = self.out_dir / METRICS
-        if self.dist.main and metrics.exists():  # drop records of steps the resume will redo
-            kept = [
-                line
-                for line in metrics.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= self.step
-            ]
-            write_text(metrics, "".join(line + "\n" for line in kept))
+        if self.dist.main:
+            self._keep_metrics_until(self.step)
         log.info("resumed %s at step %d", path, self.step)
 
-    def _append_metrics(self, record: dict) -> None:
-        """One more line of metrics.jsonl, through the atomic writer like every file: the file is
-        rewritten whole (a few KB per thousand steps) rather than opened for appending, which
-        would follow a symlink planted at its name."""
+    def _keep_metrics_until(self, step: int) -> None:
+        """Drop the records of steps a resume will redo (and a line a killed run cut short), so
+        that the resumed run appends after the records it continues."""
         path = self.out_dir / METRICS
-        before = path.read_text() if path.is_file() else ""
-        write_text(path, before + json.dumps(record) + "\n")
+        if path.is_symlink():
+            raise symlink_refused(path)
+        if not path.exists():
+            return
+        text = path.read_text()
+        lines = text.splitlines()
+        if not text.endswith("\n"):  # a line a killed run cut short (or none at all)
+            lines = lines[:-1]
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        write_text(path, "".join(line + "\n" for line in kept))
+
+    def _append_metrics(self, record: dict) -> None:
+        """One more line of metrics.jsonl, appended: the file is opened once per run (refused if
+        a symlink stands at its name, see ``open_append``) and each line flushed, not fsynced."""
+        if self._metrics is None:
+            self._metrics = open_append(self.out_dir / METRICS)
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+
+    def _close_metrics(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -268,8 +279,19 @@ class Trainer:
             self.load_checkpoint()
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        use_amp = cfg.amp and self.device.type == "cuda"
         self.model.train()
+        try:
+            self._train_steps(use_amp=cfg.amp and self.device.type == "cuda")
+        finally:
+            self._close_metrics()
+        self.model.eval()
+        self._emit("on_end")
+        return self.final_model
+
+    def _train_steps(self, use_amp: bool) -> None:
+        """The steps from ``self.step`` to ``config.steps``: metrics every ``log_every`` and at
+        the end, a checkpoint every ``checkpoint_every`` and at the end."""
+        cfg = self.config
         started = time.perf_counter()
         first_step = self.step
         while self.step < cfg.steps:
@@ -307,9 +329,6 @@ class Trainer:
                 self._emit("on_step", metrics=record)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
-        self.model.eval()
-        self._emit("on_end")
-        return self.final_model
 
 
 def read_metrics(out_dir: str | Path) -> list[dict]:

@@ -30,7 +30,6 @@ it never is (the C and UTF-8 locales agree with this). BPE dropout (ruDALL-E sam
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
+from model.bpe_json import bpe_from_json, bpe_to_json, first_line
 from model.config import MAX_TEXT_LEN, MAX_VOCAB
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,6 @@ def normalize(caption: str) -> str:
     return caption.lower().strip()
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 class RudalleTokenizer:
     """ruDALL-E's caption ids: BOS, youtokentome BPE ids, EOS, zeros up to ``text_len``."""
 
@@ -110,7 +106,7 @@ class RudalleTokenizer:
             # fuse_unk: youtokentome makes one unk of a whole run of unknown characters
             bpe = models.BPE(vocab=dict(vocab), merges=merges, unk_token=UNK, fuse_unk=True)
         except Exception as error:  # tokenizers raises a bare Exception
-            raise ValueError(f"vocab and merges disagree: {_first_line(error)}") from None
+            raise ValueError(f"vocab and merges disagree: {first_line(error)}") from None
         tokenizer = Tokenizer(bpe)
         tokenizer.pre_tokenizer = _PRE_TOKENIZER
         tokenizer.decoder = _DECODER
@@ -135,26 +131,12 @@ class RudalleTokenizer:
 
     def to_json(self) -> str:
         """The vocab, merges and text length as one JSON string (a bundle's metadata)."""
-        data = {
-            "format": JSON_FORMAT,
-            "text_len": self._text_len,
-            "vocab": self._vocab,
-            "merges": [list(pair) for pair in self._merges],
-        }
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return bpe_to_json(JSON_FORMAT, self._text_len, self._vocab, self._merges)
 
     @classmethod
     def from_json(cls, text: str) -> RudalleTokenizer:
-        try:
-            data = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as error:
-            raise ValueError(f"not a ruDALL-E tokenizer JSON: {_first_line(error)}") from None
-        if not isinstance(data, dict) or data.get("format") != JSON_FORMAT:
-            raise ValueError(f"not a ruDALL-E tokenizer JSON: expected format {JSON_FORMAT!r}")
-        merges = data.get("merges")
-        if not isinstance(merges, list):
-            raise ValueError("not a ruDALL-E tokenizer JSON: merges must be a list of pairs")
-        return cls(data.get("vocab"), merges, data.get("text_len"))
+        vocab, merges, text_len = bpe_from_json(text, JSON_FORMAT, "ruDALL-E tokenizer")
+        return cls(vocab, merges, text_len)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -321,7 +303,7 @@ def _read_integers(path: Path) -> list[int]:
     except IsADirectoryError:
         raise ValueError("is a folder, not a youtokentome model file") from None
     except OSError as error:
-        raise ValueError(f"cannot be read ({_first_line(error)})") from None
+        raise ValueError(f"cannot be read ({first_line(error)})") from None
     if len(data) > MAX_FILE_BYTES:  # it grew since fstat
         raise ValueError(f"more than {MAX_FILE_BYTES} bytes; a youtokentome model is smaller")
     try:

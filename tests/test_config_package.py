@@ -69,3 +69,35 @@ def test_a_bundle_config_round_trips_through_every_kind():
     assert data["vae"]["kind"] == "vqgan" and data["text"]["kind"] == "yttm"
     assert "kind" not in data["transformer"] and data["transformer"]["layout"] == "rudalle"
     assert model.config.BundleConfig.from_dict(data) == config
+
+
+def test_files_from_before_the_training_fields_moved_still_load_and_write_as_before():
+    """DVAEConfig and TextConfig took TrainConfig's dVAE and caption fields: a bundle (or a
+    vae.safetensors) written before has none of them and loads with the old defaults, and one
+    at those defaults is written without them, byte for byte as before; other values travel."""
+    from model.config import DVAE_TRAINING, BundleConfig, DVAEConfig, TextConfig, config_from_dict
+    from model.config.ranges import FIELD_RANGES
+
+    old = {
+        "vae": {"image_size": 64, "n_groups": 3, "n_hid": 32, "vocab_size": 512},
+        "text": {"vocab_size": 512, "text_len": 32, "bpe_dropout": 0.1},
+        "transformer": {"dim": 64, "depth": 2, "heads": 4},
+    }
+    config = BundleConfig.from_dict(old)
+    assert (config.vae.kl_weight, config.vae.kl_warmup, config.vae.code_usage) == (
+        6.6,
+        5_000 / 150_000,
+        0.0,
+    )
+    assert (config.text.bpe_dropout, config.text.caption_dropout) == (0.1, 0.1)
+    written = config.to_dict()
+    assert not set(written["vae"]) & set(DVAE_TRAINING)
+    assert "caption_dropout" not in written["text"]
+    trained = BundleConfig(
+        vae=DVAEConfig(kl_warmup=0.5, code_usage=1.0), text=TextConfig(caption_dropout=0.2)
+    )
+    again = BundleConfig.from_dict(json.loads(json.dumps(trained.to_dict())))
+    assert again == trained and again.vae.architecture() == DVAEConfig()
+    assert config_from_dict(DVAEConfig, {"n_hid": 32}, "vae") == DVAEConfig(n_hid=32)
+    for name in DVAE_TRAINING:  # a file's value is bounded like any other field's
+        assert name in FIELD_RANGES[DVAEConfig]

@@ -42,3 +42,49 @@ def test_shutting_down_is_a_503_server_error():
         "code": "shutting_down",
     }
     assert shutting_down().message == "the server is shutting down"
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("temperature", 0, "temperature must be from"),
+        ("temperature", 101, "temperature must be from"),
+        ("top_k", -1, "top-k must be 0"),
+        ("top_p", 0, "top-p must be in"),
+        ("top_p", 1.5, "top-p must be in"),
+        ("guidance", -0.5, "guidance scale must be from"),
+        ("guidance", 1000, "guidance scale must be from"),
+        ("seed", -1, "seed must be from"),
+        ("seed", 2**64, "seed must be from"),
+    ],
+)
+def test_each_sampling_option_out_of_range_names_its_own_field(field, value, words):
+    """The option that fails says which it is (no guess from the message's first words): the
+    API error's param is that field's name."""
+    from model.serve.protocol import GENERATION_FIELDS, APIError, parse_common
+
+    with pytest.raises(APIError) as caught:
+        parse_common({"prompt": "a fox", field: value}, GENERATION_FIELDS, "dalle-studio")
+    error = caught.value.body()["error"]
+    assert caught.value.status == 400
+    assert error["param"] == field and error["message"].startswith(words), error
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"n": 0}, "n"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": -3}, "top_k"),
+        ({"top_p": -1.0}, "top_p"),
+        ({"guidance": 101.0}, "guidance"),
+        ({"seed": -5}, "seed"),
+    ],
+)
+def test_sampling_options_validate_raises_an_error_carrying_the_field(changes, field):
+    from model.config import OptionError, SamplingOptions
+
+    with pytest.raises(OptionError) as caught:
+        SamplingOptions(**changes).validate()
+    assert caught.value.field == field
+    assert isinstance(caught.value, ValueError)  # callers catching ValueError still do

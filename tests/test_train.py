@@ -224,10 +224,53 @@ def test_two_process_gloo_data_parallel_takes_two_steps(scenes, tmp_path):
 def test_set_reaches_training_fields_and_names_unknown_ones():
     from model.config import apply_sets
 
-    config = apply_sets(TrainConfig(steps=5), {"code_usage": "1.5", "kl_warmup": "0.25"})
-    assert (config.steps, config.code_usage, config.kl_warmup) == (5, 1.5, 0.25)
+    config = apply_sets(TrainConfig(steps=5), {"lr": "0.5", "warmup": "7"})
+    assert (config.steps, config.lr, config.warmup) == (5, 0.5, 7)
+    vae = apply_sets(TINY_VAE, {"code_usage": "1.5", "kl_warmup": "0.25"})  # the dVAE's own
+    assert (vae.code_usage, vae.kl_warmup, vae.n_hid) == (1.5, 0.25, TINY_VAE.n_hid)
     with pytest.raises(ValueError, match="unknown TrainConfig field 'code_usge'"):
         apply_sets(TrainConfig(), {"code_usge": "1"})
+
+
+def test_recipe_fields_named_the_old_way_reach_their_stage_configs():
+    """TrainConfig's dVAE and caption fields moved to DVAEConfig and TextConfig: a recipe with
+    them in its "train" section, and --set train.KEY, still reach them (another stage's are
+    dropped, as TrainConfig took and ignored them)."""
+    from model.config import moved_sets, moved_to_stages, preset
+
+    old = {"vae": {"n_hid": 32}, "train": {"steps": 9, "kl_warmup": 0.5, "bpe_dropout": 0.2}}
+    assert moved_to_stages(old) == {
+        "vae": {"n_hid": 32, "kl_warmup": 0.5},
+        "text": {"bpe_dropout": 0.2},
+        "train": {"steps": 9},
+    }
+    assert old["train"] == {"steps": 9, "kl_warmup": 0.5, "bpe_dropout": 0.2}  # not changed
+    assert preset("default")["vae"]["kl_warmup"] == 0.5 and preset("default")["train"] == {}
+    sets = {"lr": "1", "code_usage": "0.1", "caption_dropout": "0.3"}
+    assert moved_sets(sets, "vae") == ({"lr": "1"}, {"code_usage": "0.1"})
+    assert moved_sets(sets, "transformer") == ({"lr": "1"}, {"text.caption_dropout": "0.3"})
+    assert moved_sets(sets, "reranker") == ({"lr": "1"}, {})
+
+
+def test_old_set_train_names_train_the_dvae_and_are_written_in_its_file(scenes, tmp_path):
+    from model import cli
+    from model.tokenizer_files import load_vae
+
+    out = tmp_path / "run"
+    argv = ["train", "vae", "--preset", "tiny", "--data", str(scenes), "--out", str(out)]
+    argv += ["--steps", "2", "--device", "cpu", "--quiet", "--set", "train.code_usage=0.5"]
+    assert cli.main([*argv, "--set", "kl_weight=2", "--set", "train.warmup=1"]) == 0
+    vae, card = load_vae(out / "vae.safetensors")
+    assert (vae.config.code_usage, vae.config.kl_weight) == (0.5, 2.0)
+    assert card["train"]["warmup"] == 1 and "code_usage" not in card["train"]
+    again = tmp_path / "again"  # --init: the file's fields, the preset's and --set's on top
+    argv = ["train", "vae", "--preset", "default", "--data", str(scenes), "--out", str(again)]
+    argv += ["--init", str(out / "vae.safetensors"), "--steps", "1", "--device", "cpu"]
+    assert cli.main([*argv, "--quiet", "--set", "train.tau_end=0.5"]) == 0
+    tuned, _ = load_vae(again / "vae.safetensors")
+    assert (tuned.config.kl_warmup, tuned.config.code_usage) == (0.5, 1.0)  # default preset's
+    assert (tuned.config.tau_end, tuned.config.kl_weight) == (0.5, 2.0)
+    assert tuned.config.architecture() == vae.config.architecture()
 
 
 def test_set_values_take_their_fields_types():
@@ -392,6 +435,55 @@ def test_decoder_only_keeps_every_token_and_joins_the_bundle(scenes, tmp_path, c
 def test_decoder_only_needs_init(scenes, tmp_path):
     with pytest.raises(ValueError, match="--decoder-only needs --init"):
         train_vae(scenes, tmp_path / "x", TINY_VAE, tiny_train_config(), decoder_only=True)
+
+
+@pytest.mark.parametrize(
+    "stage, init, decoder_only, decoder_sets, refusal",
+    [
+        ("vae", None, False, None, None),
+        ("vae", "v.safetensors", False, None, None),  # a whole dVAE fine-tuned from a file
+        ("vae", "v.safetensors", True, {"dec_n_hid": 8}, None),
+        ("vae", None, True, None, "--decoder-only needs --init PATH"),
+        ("vae", "v.safetensors", False, {"dec_n_hid": 8}, "need --decoder-only"),
+        ("vq", None, False, None, None),
+        ("vq", "q.safetensors", True, {"pool": 2}, None),
+        ("vq", "q.safetensors", False, None, "--init PATH and --decoder-only together"),
+        ("vq", None, True, None, "--init PATH and --decoder-only together"),
+    ],
+)
+def test_check_start_is_the_one_rule_for_init_and_decoder_only(
+    stage, init, decoder_only, decoder_sets, refusal
+):
+    """The recipes and the command line refuse by the same function: its verdict per case."""
+    from model.train import check_start
+
+    if refusal is None:
+        check_start(stage, init, decoder_only, decoder_sets)
+    else:
+        with pytest.raises(ValueError, match=refusal):
+            check_start(stage, init, decoder_only, decoder_sets)
+
+
+def test_the_command_line_refuses_decoder_only_without_init_before_any_work(
+    scenes, tmp_path, capsys
+):
+    from model import cli
+
+    out = tmp_path / "run"
+    argv = ["train", "vae", "--preset", "tiny", "--data", str(scenes), "--out", str(out)]
+    assert cli.main([*argv, "--decoder-only"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--decoder-only needs --init PATH" in err
+    assert not out.exists()
+
+
+def test_freezing_a_dvae_s_tokens_leaves_only_its_decoder_to_train():
+    from model.dvae import DVAE
+
+    vae = DVAE(TINY_VAE)
+    vae.freeze_tokens()
+    assert not any(p.requires_grad for p in vae.encoder.parameters())
+    assert all(p.requires_grad for p in vae.decoder.parameters())
 
 
 def test_decoder_only_can_grow_the_decoder(scenes, tmp_path, capsys):
@@ -593,3 +685,80 @@ def test_training_writers_do_not_follow_planted_symlinks(scenes, tmp_path):
     train_vae(scenes, out, TINY_VAE, tiny_train_config(steps=3, checkpoint_every=1), resume=True)
     assert victim.read_text() == "keep me"
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def tiny_trainer(out, **config):
+    """A Trainer of one linear layer (no data to read): for what the loop writes."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+
+    def step_fn(model, indices, step, generator):
+        return {"loss": (model(torch.ones(1, 2)) ** 2).sum()}
+
+    values = {"steps": 4, "checkpoint_every": 1, "warmup": 0, "ema": 0.0, **config}
+    return Trainer(model, step_fn, 8, tiny_train_config(**values), out)
+
+
+def test_metrics_lines_are_appended_to_the_one_file_opened_for_the_run(tmp_path):
+    from model.trainer import METRICS
+
+    trainer = tiny_trainer(tmp_path / "run")
+    seen = []  # (inode, lines) after each record: a rewrite would give a new inode each time
+    trainer.add_callback(
+        "on_step",
+        lambda t, metrics: seen.append(
+            (os.stat(t.out_dir / METRICS).st_ino, len(read_metrics(t.out_dir)))
+        ),
+    )
+    trainer.run()
+    assert [lines for _, lines in seen] == [1, 2, 3, 4]
+    assert len({inode for inode, _ in seen}) == 1
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+def test_a_resumed_run_appends_after_the_lines_it_continues(tmp_path):
+    from model.trainer import METRICS
+
+    out = tmp_path / "run"
+    tiny_trainer(out, steps=2).run()
+    before = (out / METRICS).read_text()
+    with open(out / METRICS, "a") as torn:  # a later run killed mid-line, after the checkpoint
+        torn.write('{"step": 3, "lo')
+    tiny_trainer(out, steps=4).run(resume=True)
+    text = (out / METRICS).read_text()
+    assert text.startswith(before) and text.endswith("\n")
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+
+
+def test_a_symlink_at_the_metrics_path_is_refused_and_never_written_through(tmp_path):
+    from model.trainer import METRICS
+
+    out = tmp_path / "run"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    (out / METRICS).symlink_to(victim)
+    with pytest.raises(ValueError, match="a symbolic link; refusing to write through it"):
+        tiny_trainer(out).run()
+    tiny_trainer(tmp_path / "fine", steps=2).run()  # a checkpoint to resume from, moved in
+    shutil.copy(tmp_path / "fine" / "checkpoint.pt", out / "checkpoint.pt")
+    with pytest.raises(ValueError, match="a symbolic link; refusing to write through it"):
+        tiny_trainer(out).run(resume=True)
+    assert victim.read_text() == "keep me\n"
+    assert (out / METRICS).is_symlink()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_open_append_refuses_what_is_not_a_regular_file(tmp_path):
+    from model.files import open_append
+
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="not a regular file"):
+        open_append(tmp_path / "pipe")  # nobody reads it: without the refusal, a hang
+    with pytest.raises(ValueError, match="not a regular file"):
+        open_append(tmp_path)  # a folder
+    with open_append(tmp_path / "log.jsonl") as log:
+        log.write("one\n")
+    with open_append(tmp_path / "log.jsonl") as log:
+        log.write("two\n")
+    assert (tmp_path / "log.jsonl").read_text() == "one\ntwo\n"

@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config field: --set dim=384, --set text.text_len=48, "
-        "--set train.code_usage=1",
+        "--set code_usage=1 (train vae), --set train.lr=1e-3",
     )
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from model.cli.common import CLIError, ProgressBar, check_can_create, output_folder
 from model.cli.overwrite import given, refuse_overwrite
+from model.config import DVAE_TRAINING, TEXT_TRAINING
 
 # what a training run writes into --out (model/train.py, model/trainer.py); --resume reads the
 # checkpoint and metrics back on purpose, so they are not inputs
@@ -59,11 +60,13 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     """``dalle train STAGE``: stage configs from a preset, overridden by --set and flags."""
-    from model.config import parse_sets, preset, sets_under
+    from model.config import moved_sets, parse_sets, preset, sets_under
 
     try:
         chosen = preset(args.preset)
         train_sets, sets = sets_under(parse_sets(args.set), "train.")
+        train_sets, moved = moved_sets(train_sets, args.stage)  # train.KEY of a stage's field
+        sets = {**moved, **sets}
         config = train_config(args, chosen["train"], train_sets)
         if not Path(args.data).is_dir():
             raise FileNotFoundError(f"{args.data}: no such data folder")
@@ -128,30 +131,36 @@ DECODER_KEYS = {
     "vae": {"dec_n_hid", "dec_n_blk_per_group"},
     "vq": {"pool", "image_size", "edge_weight"},
 }
+# what --set may change with --init, decoder-only or not: the stage's training-only fields
+TRAINING_KEYS = {
+    "vae": set(DVAE_TRAINING),
+    "transformer": {f"text.{name}" for name in TEXT_TRAINING},
+}
 
 
 def check_stage_flags(args, sets: dict[str, str]) -> None:
     """Flags that do not fit the stage, refused before any work."""
     if args.reconstructed and args.stage != "reranker":
         raise ValueError("--reconstructed is for train reranker only")
-    if args.stage == "vq" and bool(args.init) != bool(args.decoder_only):
-        raise ValueError(
-            "train vq takes --init PATH and --decoder-only together (a new decoder on that "
-            "tokenizer's frozen codes), or neither"
-        )
+    if args.stage in ("vae", "vq"):
+        from model.train import check_start
+
+        check_start(args.stage, args.init or None, args.decoder_only)
     if args.init:
         # the model's config comes from --init's file: a --set that would be ignored is refused
         decoder_keys = DECODER_KEYS.get(args.stage, set())
-        other = sorted(set(sets) - decoder_keys)
+        training_keys = TRAINING_KEYS.get(args.stage, set())
+        other = sorted(set(sets) - decoder_keys - training_keys)
         if other:
+            allowed = [f"{', '.join(sorted(decoder_keys))} can change (with --decoder-only)"]
+            allowed = allowed if decoder_keys else []
+            if training_keys:
+                allowed.append(f"{', '.join(sorted(training_keys))} (training only)")
+            if not decoder_keys:
+                allowed.append("train.* fields can change")
             raise ValueError(
                 f"--set {', '.join(other)}: with --init the {args.stage}'s config comes from "
-                "that file"
-                + (
-                    f"; only {', '.join(sorted(decoder_keys))} can change (with --decoder-only)"
-                    if decoder_keys
-                    else "; only train.* fields can change"
-                )
+                f"that file; only {', and '.join(allowed)}"
             )
 
 
@@ -170,39 +179,24 @@ def train_stage(args, chosen: dict, config, sets: dict[str, str], callbacks) -> 
     )
 
     common = dict(resume=args.resume, callbacks=callbacks)
-    if args.stage == "vae" and args.init:
-        decoder_sets = set_values(DVAEConfig, sets)
-        return train.train_vae(
+    if args.stage in ("vae", "vq"):  # an image tokenizer: from the preset, or from --init's file
+        kind, recipe = {"vae": (DVAEConfig, train.train_vae), "vq": (VQConfig, train.train_vq)}[
+            args.stage
+        ]
+        # with --init: its file's config, changed by the preset's training-only values and the
+        # --set that check_stage_flags allowed
+        training = TRAINING_KEYS.get(args.stage, set())
+        start_sets = {k: v for k, v in chosen[args.stage].items() if k in training}
+        return recipe(
             args.data,
             args.out,
-            None,
+            None if args.init else apply_sets(kind(**chosen[args.stage]), sets),
             config,
-            init=args.init,
+            init=args.init or None,
             decoder_only=args.decoder_only,
-            decoder_sets=decoder_sets,
+            decoder_sets={**start_sets, **set_values(kind, sets)} if args.init else None,
             **common,
         )
-    if args.stage == "vq" and args.init:
-        return train.train_vq(
-            args.data,
-            args.out,
-            None,
-            config,
-            init=args.init,
-            decoder_only=args.decoder_only,
-            decoder_sets=set_values(VQConfig, sets),
-            **common,
-        )
-    if args.stage == "vq":
-        vq_config = apply_sets(VQConfig(**chosen["vq"]), sets)
-        return train.train_vq(args.data, args.out, vq_config, config, **common)
-    if args.stage == "vae":
-        if args.decoder_only:
-            raise ValueError(
-                "--decoder-only needs --init PATH (the dVAE whose decoder to fine-tune)"
-            )
-        vae_config = apply_sets(DVAEConfig(**chosen["vae"]), sets)
-        return train.train_vae(args.data, args.out, vae_config, config, **common)
     if args.stage == "transformer":
         if not args.vae:
             raise ValueError(

@@ -50,7 +50,10 @@ from model.config.limits import (
     MAX_VOCAB,
 )
 from model.config.ours import (
+    DVAE_TRAINING,
+    TEXT_TRAINING,
     TRANSFORMER_LAYOUTS,
+    VQ_TRAINING,
     DVAEConfig,
     RerankerConfig,
     TextConfig,
@@ -60,9 +63,12 @@ from model.config.ours import (
 )
 from model.config.ranges import FIELD_RANGES, MAX_ITEMS, config_from_dict
 from model.config.recipes import (
+    MOVED_TRAIN_FIELDS,
     PRESETS,
     VQ_TRAIN,
     apply_sets,
+    moved_sets,
+    moved_to_stages,
     parse_sets,
     preset,
     set_values,
@@ -73,10 +79,17 @@ from model.config.sampling import (
     MAX_SEED,
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
+    OptionError,
     SamplingOptions,
 )
 
 __all__ = [
+    "DVAE_TRAINING",
+    "MOVED_TRAIN_FIELDS",
+    "TEXT_TRAINING",
+    "VQ_TRAINING",
+    "moved_sets",
+    "moved_to_stages",
     "BartConfig",
     "BartTextConfig",
     "BundleConfig",
@@ -102,6 +115,7 @@ __all__ = [
     "MAX_TEXT_LEN",
     "MAX_VOCAB",
     "MIN_TEMPERATURE",
+    "OptionError",
     "NORM_GROUPS",
     "PRESETS",
     "RerankerConfig",

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.config.imported import BartConfig, BartTextConfig, VQGANConfig, YttmTextConfig
-from model.config.ours import DVAEConfig, RerankerConfig, TextConfig, TransformerConfig, VQConfig
+from model.config.ours import (
+    DVAE_TRAINING,
+    DVAEConfig,
+    RerankerConfig,
+    TextConfig,
+    TransformerConfig,
+    VQConfig,
+)
 from model.config.ranges import config_from_dict
 
 
@@ -41,7 +48,7 @@ class BundleConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for section in ("vae", "transformer"):
+        for section in ("vae", "text", "transformer"):
             for name, default in LATER_FIELDS.get(type(getattr(self, section)), {}).items():
                 if data[section][name] == default:
                     del data[section][name]
@@ -84,6 +91,9 @@ DEFAULT_TRANSFORMER_KIND = "dalle"
 # Fields added after bundles of their kind shipped, with the value every earlier bundle has: a
 # bundle writes one only where it differs, so earlier bundles are written byte for byte as before.
 LATER_FIELDS: dict[type, dict[str, Any]] = {
+    # the dVAE's and the caption tokenizer's training-only fields, once TrainConfig's
+    DVAEConfig: {name: getattr(DVAEConfig(), name) for name in DVAE_TRAINING},
+    TextConfig: {"caption_dropout": TextConfig().caption_dropout},
     VQConfig: {"pool": 1},
     TransformerConfig: {
         "layout": "studio",

@@ -24,6 +24,13 @@ class DVAEConfig:
     # frozen encoder's codes (`train vae --decoder-only`) can be bigger without changing a token
     dec_n_hid: int = 0
     dec_n_blk_per_group: int = 0
+    # training only (the weights do not depend on them; a resumed run needs the same values): the
+    # ELB's beta and the gumbel-softmax temperature tau, and the batch code-usage term
+    kl_weight: float = 6.6  # beta's final value (paper's)
+    kl_warmup: float = 5_000 / 150_000  # beta's warm-up as a fraction of the steps (paper's)
+    tau_start: float = 1.0  # tau follows a cosine from start to end
+    tau_end: float = 1 / 16
+    code_usage: float = 0.0  # weight of the batch code-usage term (DVAE.loss); 0 = paper
 
     @property
     def decoder_n_hid(self) -> int:
@@ -33,10 +40,15 @@ class DVAEConfig:
     def decoder_blocks(self) -> int:
         return self.dec_n_blk_per_group or self.n_blk_per_group
 
+    def architecture(self) -> DVAEConfig:
+        """This config with the training-only fields at their defaults: equal for dVAEs of the
+        same shapes."""
+        return _training_defaults(self, DVAE_TRAINING)
+
     def encoder_config(self) -> DVAEConfig:
-        """This config with the decoder-only fields cleared: equal for dVAEs whose encoders (and
-        so tokens) can be the same."""
-        return dataclasses.replace(self, dec_n_hid=0, dec_n_blk_per_group=0)
+        """This config with the decoder-only and training-only fields cleared: equal for dVAEs
+        whose encoders (and so tokens) can be the same."""
+        return dataclasses.replace(self.architecture(), dec_n_hid=0, dec_n_blk_per_group=0)
 
     @property
     def factor(self) -> int:
@@ -79,13 +91,8 @@ class VQConfig:
         encoder reads the picture (image_size / pool at pool 1): equal for VQ tokenizers whose
         tokens can be the same (as ``DVAEConfig.encoder_config``), so the 128 px default's
         tokenizer and its 64 px twin compare equal."""
-        defaults = VQConfig()
-        training = ("decay", "commitment", "edge_weight", "restart_every")
         return dataclasses.replace(
-            self,
-            image_size=self.image_size // self.pool,
-            pool=1,
-            **{name: getattr(defaults, name) for name in training},
+            _training_defaults(self, VQ_TRAINING), image_size=self.image_size // self.pool, pool=1
         )
 
     @property
@@ -103,7 +110,9 @@ class TextConfig:
 
     vocab_size: int = 1024  # BPE merges target, specials included (paper: 16384)
     text_len: int = 32  # caption length in tokens, padded per position (paper: 256)
-    bpe_dropout: float = 0.1  # applied only while training, as in the paper
+    # training only
+    bpe_dropout: float = 0.1  # the paper's BPE dropout
+    caption_dropout: float = 0.1  # an empty caption this often, for classifier-free guidance
 
 
 @dataclass
@@ -166,3 +175,15 @@ class RerankerConfig:
     text_layers: int = 2
     heads: int = 4
     image_width: int = 32  # channels of the first conv stage; doubled at each downsampling
+
+
+# the fields of each config that only training reads: a run's recipe, not the model's shape
+DVAE_TRAINING = ("kl_weight", "kl_warmup", "tau_start", "tau_end", "code_usage")
+VQ_TRAINING = ("decay", "commitment", "edge_weight", "restart_every")
+TEXT_TRAINING = ("bpe_dropout", "caption_dropout")
+
+
+def _training_defaults(config, names: tuple[str, ...]):
+    """``config`` with the fields ``names`` at their class defaults."""
+    defaults = type(config)()
+    return dataclasses.replace(config, **{name: getattr(defaults, name) for name in names})

@@ -49,6 +49,11 @@ FIELD_RANGES: dict[type, dict[str, tuple]] = {
         "logit_laplace_eps": (0.0, 0.5),
         "dec_n_hid": (0, MAX_DIM),
         "dec_n_blk_per_group": (0, MAX_BLOCKS),
+        "kl_weight": (0.0, 1000.0),
+        "kl_warmup": (0.0, 1.0),
+        "tau_start": (0.001, 100.0),
+        "tau_end": (0.001, 100.0),
+        "code_usage": (0.0, 1000.0),
     },
     VQConfig: {
         "image_size": (1, MAX_IMAGE_SIZE),
@@ -69,6 +74,7 @@ FIELD_RANGES: dict[type, dict[str, tuple]] = {
         "vocab_size": (1, MAX_VOCAB),
         "text_len": (1, MAX_TEXT_LEN),
         "bpe_dropout": (0.0, 1.0),
+        "caption_dropout": (0.0, 1.0),
     },
     TransformerConfig: {
         "text_vocab": (1, MAX_VOCAB),

@@ -7,8 +7,11 @@ import dataclasses
 import typing
 from typing import Any
 
-# Model sizes for `dalle train --preset`: each stage's config fields, and the TrainConfig fields
-# the preset changes (model.train.TrainConfig; its own defaults are the rest).
+from model.config.ours import DVAE_TRAINING, TEXT_TRAINING
+
+# Model sizes for `dalle train --preset`: each stage's config fields (their training-only ones
+# included), and the TrainConfig fields the preset changes (model.trainer.TrainConfig; its own
+# defaults are the rest).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # a few-minute CPU run for tests and smoke checks: 32x32 images, a 4x4 grid
     "tiny": {
@@ -30,14 +33,27 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # the embedded model's recipe (resources/models/MODEL_CARD.md): 64x64 images, a 16x16 grid
     "default": {
-        "vae": dict(image_size=64, n_groups=3, n_hid=32, n_blk_per_group=1, vocab_size=512),
+        "vae": dict(
+            image_size=64,
+            n_groups=3,
+            n_hid=32,
+            n_blk_per_group=1,
+            vocab_size=512,
+            kl_warmup=0.5,
+            code_usage=1.0,
+        ),
         # the tokenizer study's best recipe (issue 17, "psw64e"): 64 px, a 16x16 grid, K = 512
         "vq": dict(image_size=64, patch=4, width=64, res_blocks=2, vocab_size=512),
         "text": dict(vocab_size=512, text_len=32),
         "transformer": dict(dim=192, depth=6, heads=6, conv_kernel=5),
-        "train": dict(kl_warmup=0.5, code_usage=1.0),
+        "train": {},
     },
 }
+
+# Fields TrainConfig had before the stage configs took those only one stage's training reads
+# (model.config.ours.DVAE_TRAINING, TEXT_TRAINING), by the section that holds each now: a recipe
+# written with them in its "train" section, and ``--set train.KEY``, still name them there.
+MOVED_TRAIN_FIELDS = {**dict.fromkeys(DVAE_TRAINING, "vae"), **dict.fromkeys(TEXT_TRAINING, "text")}
 
 # train vq's defaults under every preset's own train values (the study's: Adam at 2e-3 with 100
 # warm-up steps, then cosine; its batch of 32 is TrainConfig's)
@@ -51,7 +67,33 @@ def preset(name: str) -> dict[str, dict[str, Any]]:
     """The preset called ``name``, as a fresh copy (changing it changes no other run's)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return {stage: dict(values) for stage, values in PRESETS[name].items()}
+    return moved_to_stages(PRESETS[name])
+
+
+def moved_to_stages(recipe: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A fresh copy of ``recipe`` (a preset's sections) with each field of
+    ``MOVED_TRAIN_FIELDS`` its "train" section names moved to the section that holds it now
+    (an older recipe's layout; a value the stage's section gives itself wins)."""
+    sections = {stage: dict(values) for stage, values in recipe.items()}
+    train = sections.setdefault("train", {})
+    for name in [name for name in train if name in MOVED_TRAIN_FIELDS]:
+        sections.setdefault(MOVED_TRAIN_FIELDS[name], {}).setdefault(name, train.pop(name))
+    return sections
+
+
+def moved_sets(train_sets: dict[str, str], stage: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``--set train.KEY`` items (``train_sets``, the prefix cut off) split into TrainConfig's
+    own and those of ``MOVED_TRAIN_FIELDS``, renamed as ``train STAGE``'s ``--set`` names them
+    (``train vae``: KEY; ``train transformer``: text.KEY). Another stage's field is dropped,
+    as TrainConfig took and ignored it before it moved."""
+    own = {key: value for key, value in train_sets.items() if key not in MOVED_TRAIN_FIELDS}
+    prefix = {"vae": {"vae": ""}, "transformer": {"text": "text."}}.get(stage, {})
+    moved = {
+        prefix[MOVED_TRAIN_FIELDS[key]] + key: value
+        for key, value in train_sets.items()
+        if MOVED_TRAIN_FIELDS.get(key) in prefix
+    }
+    return own, moved
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:

@@ -16,6 +16,15 @@ MAX_GUIDANCE = 100.0
 MAX_SEED = 2**64 - 1
 
 
+class OptionError(ValueError):
+    """A sampling option out of its range: the message, and the option's ``field`` (its name in
+    ``SamplingOptions``, which the server's API uses too) for a caller that must say which."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass
 class SamplingOptions:
     """How to sample a completion; every field is exposed in the CLI and the studio."""
@@ -86,20 +95,23 @@ class SamplingOptions:
         return options
 
     def validate(self) -> None:
+        """OptionError (a ValueError) naming the first field out of its range."""
         if self.n <= 0:
-            raise ValueError(f"number of candidates must be at least 1, got {self.n}")
+            raise OptionError("n", f"number of candidates must be at least 1, got {self.n}")
         if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:  # also refuses NaN
-            raise ValueError(
+            raise OptionError(
+                "temperature",
                 f"temperature must be from {MIN_TEMPERATURE} to {MAX_TEMPERATURE}, "
-                f"got {self.temperature}"
+                f"got {self.temperature}",
             )
         if self.top_k < 0:
-            raise ValueError(f"top-k must be 0 (off) or positive, got {self.top_k}")
+            raise OptionError("top_k", f"top-k must be 0 (off) or positive, got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+            raise OptionError("top_p", f"top-p must be in (0, 1], got {self.top_p}")
         if not 0 <= self.guidance <= MAX_GUIDANCE:
-            raise ValueError(
-                f"guidance scale must be from 0 to {MAX_GUIDANCE}, got {self.guidance}"
+            raise OptionError(
+                "guidance",
+                f"guidance scale must be from 0 to {MAX_GUIDANCE}, got {self.guidance}",
             )
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be from 0 to 2**64 - 1, got {self.seed}")
+            raise OptionError("seed", f"seed must be from 0 to 2**64 - 1, got {self.seed}")

@@ -28,16 +28,14 @@ would move). The card records the sources, the licences, the dtype and each inpu
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
-import shutil
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -45,10 +43,8 @@ from model.bart import MEGA, MINI, BartConfig, BartDalle
 from model.bart_text import BartTokenizer
 from model.config import BartTextConfig, BundleConfig, VQGANConfig
 from model.files import read_json
+from model.importers.common import Progress, gb, hash_files, refuse_without_room, write_bundle
 from model.importers.limits import check_tensors
-
-if TYPE_CHECKING:  # for the annotation; the functions import model.bundle where they use it
-    from model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +68,6 @@ EXAMPLE_CAPTIONS = [
     "a red sailboat on a calm lake at sunset",
     "an astronaut riding a horse, oil painting",
 ]
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -104,20 +98,6 @@ MODELS = {
     ),
 }
 PRESETS: dict[str, BartConfig] = {"mega": MEGA, "mini": MINI}
-
-
-def sha256(path: Path, chunk: int = 8 * 2**20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _gb(count: float) -> str:
-    if count >= 1e9:
-        return f"{count / 1e9:.1f} GB"
-    return f"{count / 1e6:.0f} MB" if count >= 1e6 else f"{count / 1e3:.0f} KB"
 
 
 # -- finding the files ----------------------------------------------------------------------------
@@ -314,7 +294,7 @@ def convert_vqgan(
     from model.vqgan import from_flax, from_min_dalle, parameter_shapes
 
     flax_path = paths["vqgan"]
-    say(f"reading {flax_path.name} ({_gb(flax_path.stat().st_size)})")
+    say(f"reading {flax_path.name} ({gb(flax_path.stat().st_size)})")
     # its errors name the file; arrays beyond twice the VQGAN's fp32 weights are refused
     budget = 2 * 4 * sum(math.prod(s) for s in parameter_shapes(config).values())
     params = read_flax_msgpack(flax_path, max_array_bytes=budget)
@@ -372,26 +352,6 @@ def _check_room(
     refuse_without_room(transformer + 2 * vqgan + read, transformer + vqgan, out, dtype)
 
 
-def refuse_without_room(
-    needed: int, written: int, out: Path, dtype: torch.dtype | None = None
-) -> None:
-    """ValueError in one line when converting needs more than ``needed`` bytes of memory than
-    are available, or ``out``'s disk has less than ``written`` bytes free (every importer)."""
-    from model.device import available_memory
-
-    free = available_memory(torch.device("cpu"))
-    if free is not None and needed > free:
-        raise ValueError(
-            f"converting needs about {_gb(needed)} of memory, {_gb(free)} available: close other "
-            f"programs{' or use --dtype bf16' if dtype == torch.float32 else ''}"
-        )
-    room = shutil.disk_usage(out.parent).free
-    if written > room:
-        raise ValueError(
-            f"{out.parent} has {_gb(room)} free; the bundle needs about {_gb(written)}"
-        )
-
-
 def import_dalle(
     which: str,
     source: str | Path,
@@ -427,11 +387,7 @@ def import_dalle(
             f"{expected.text_vocab} rows: not {model.title}'s vocabulary"
         )
 
-    hashes = {}
-    for path in paths.values():
-        if path is not None:
-            say(f"hashing {path.name} ({_gb(path.stat().st_size)})")
-            hashes[path.name] = sha256(path)
+    hashes = hash_files(paths.values(), say)
 
     say(f"reading {paths['encoder'].name} and {paths['decoder'].name}")
     states = {half: read_pt(paths[half], half) for half in ("encoder", "decoder")}  # mapped
@@ -453,18 +409,6 @@ def import_dalle(
         config=config_, vae=vqgan, transformer=transformer, tokenizer=tokenizer, card=card
     )
     return write_bundle(bundle, out, say)
-
-
-def write_bundle(bundle: Bundle, out: Path, say: Progress) -> Path:
-    """Save an imported ``bundle`` to ``out`` (atomically); a refusal is one ValueError."""
-    from model import bundle as bundle_io
-
-    say(f"writing {out}")
-    try:
-        bundle_io.save(bundle, out)
-    except bundle_io.BundleError as error:
-        raise ValueError(str(error)) from None
-    return out
 
 
 def _load_vqgan(paths: Mapping[str, Path | None], vq_config: VQGANConfig, say: Progress):

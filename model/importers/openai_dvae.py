@@ -9,15 +9,12 @@ the weights came from, their licence and each input file's SHA-256.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from model.config import DVAEConfig
-from model.importers.dalle_mega import refuse_without_room
+from model.importers.common import Progress, refuse_without_room, sha256, write_file
 from model.importers.limits import check_tensors, declared_bytes
 from model.importers.safe_pickle import Stub, UnsafePickle, load_modules, state_dict
 
@@ -40,16 +37,6 @@ LICENCE = (
     "Modified MIT License, Copyright (c) 2021 OpenAI (openai/DALL-E LICENSE): use the model "
     "responsibly and clearly indicate that it was used"
 )
-
-Progress = Callable[[str], None]
-
-
-def sha256(path: Path, chunk: int = 8 * 2**20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_half(path: Path, role: str) -> dict[str, torch.Tensor]:
@@ -171,11 +158,4 @@ def import_openai_dvae(
         },
         "parameters": sum(p.numel() for p in vae.parameters()),
     }
-    say(f"writing {out}")
-    try:
-        save_vae(vae, out, card)  # atomic: a failed write leaves nothing
-    except (OSError, SafetensorError) as error:  # safetensors' own error for a full disk
-        raise ValueError(
-            f"{out}: cannot save: {getattr(error, 'strerror', None) or error}"
-        ) from None
-    return out
+    return write_file(out, say, lambda path: save_vae(vae, path, card))

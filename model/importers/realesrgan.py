@@ -13,14 +13,14 @@ licence, each source file's SHA-256) by ``model.upscaler_files.save_upscaler``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from model.importers.common import Progress, sha256
 from model.importers.limits import check_tensors
 from model.importers.ncnn import NcnnError, read_ncnn
-from model.importers.openai_dvae import sha256
 from model.importers.safe_pickle import UnsafePickle, load_modules
 from model.upscaler import RRDBNetConfig, SRVGGConfig, Upscaler, UpscalerConfig, build_upscaler
 from model.upscaler_files import SUFFIX, save_upscaler
@@ -56,8 +56,6 @@ DATA, OR PROFITS; OR BUSINESS INTERRUPTION) HOWEVER CAUSED AND ON ANY THEORY OF 
 IN CONTRACT, STRICT LIABILITY, OR TORT (INCLUDING NEGLIGENCE OR OTHERWISE) ARISING IN ANY WAY OUT
 OF THE USE OF THIS SOFTWARE, EVEN IF ADVISED OF THE POSSIBILITY OF SUCH DAMAGE.
 """
-
-Progress = Callable[[str], None]
 
 
 # -- the official .pth ---------------------------------------------------------------------------

@@ -28,20 +28,13 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from model.config import BundleConfig, TransformerConfig, VQGANConfig, YttmTextConfig
-from model.importers.dalle_mega import (
-    DTYPES,
-    _gb,
-    read_pt,
-    refuse_without_room,
-    sha256,
-    write_bundle,
-)
+from model.importers.common import Progress, hash_files, refuse_without_room, write_bundle
+from model.importers.dalle_mega import DTYPES, read_pt
 from model.importers.limits import check_table_budget
 from model.yttm_text import RudallePrompt, RudalleTokenizer
 
@@ -81,8 +74,6 @@ EXAMPLE_GLOSSES = [
     "a red sailboat on a calm lake",
 ]
 HEADS = 16  # Malevich and Surrealist XL: 2048 / 128; not in the file's shapes
-
-Progress = Callable[[str], None]
 
 
 def find_files(source: Path, version: str) -> dict[str, Path]:
@@ -149,10 +140,7 @@ def import_rudalle(
     paths = find_files(source, version)
     _check_room(paths, DTYPES[dtype], out)
 
-    hashes = {}
-    for path in paths.values():
-        say(f"hashing {path.name} ({_gb(path.stat().st_size)})")
-        hashes[path.name] = sha256(path)
+    hashes = hash_files(paths.values(), say)
 
     bpe = RudalleTokenizer.from_yttm(paths["bpe"])
     transformer, tokenizer = _convert_transformer(paths, bpe, out, dtype, version, heads, say)

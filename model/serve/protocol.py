@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model.config import SamplingOptions
+from model.config import OptionError, SamplingOptions
 from model.files import ImageError, open_image
 
 MAX_PROMPT_CHARS = 1000  # OpenAI's limit for dall-e-2
@@ -165,17 +165,6 @@ def check_model(value: Any, served: str) -> None:
         )
 
 
-# SamplingOptions.validate's messages start with the option's name; the API names the field
-_OPTION_PARAMS = {
-    "temperature": "temperature",
-    "top-k": "top_k",
-    "top-p": "top_p",
-    "guidance": "guidance",
-    "seed": "seed",
-    "number of candidates": "n",
-}
-
-
 def parse_common(fields: dict[str, Any], allowed: frozenset[str], served: str) -> dict[str, Any]:
     """The fields generations and edits share, checked; returns prompt, options, format."""
     unknown = sorted(set(fields) - allowed)
@@ -223,10 +212,8 @@ def parse_common(fields: dict[str, Any], allowed: frozenset[str], served: str) -
     options = SamplingOptions(**values)
     try:
         options.validate()
-    except ValueError as error:
-        message = str(error)
-        param = next((p for start, p in _OPTION_PARAMS.items() if message.startswith(start)), None)
-        raise bad(message, param) from None
+    except OptionError as error:  # its field is the API's field of the same name
+        raise bad(str(error), error.field) from None
     return {"prompt": prompt.strip(), "options": options, "response_format": response_format}
 
 

@@ -34,11 +34,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from model.completion import Completion, complete_all
 from model.config import SamplingOptions
 from model.data import scenes
 from model.eval_report import SPLITS, headline
-from model.geometry import Geometry
-from model.images import paste_back, to_model
 from model.sampling import complete, run
 
 # Training scenes use seed 0 (and small seeds in tests); evaluation draws from its own seed.
@@ -300,57 +299,73 @@ def caption_fidelity(
 
 
 def completion_fidelity(
-    bundle, split: str, config: EvalConfig, progress=None, sheet: list | None = None
+    bundle,
+    split: str,
+    config: EvalConfig,
+    progress=None,
+    sheet: list | None = None,
+    scale: int = 1,
+    area: str | int = "whole",
+    upscaler=None,
 ) -> dict[str, Any]:
-    """Regenerate the bottom-right place of ``config.count`` scenes under a new caption.
+    """Regenerate the bottom-right place of ``config.count`` scenes under a new caption, as a
+    user would: ``model.completion`` from the rectangle's corner pixel.
 
-    With ``sheet``, the first ``SHEET_ROWS`` cases become contact-sheet rows: the source, the
-    target scene the caption describes, then the pasted candidates best first.
+    ``scale``: the scenes are drawn at ``scale`` times the model's size (a picture larger than
+    the model) and completed in the working ``area`` (whole, auto or a side), the upscaler
+    drawing the result when one is given; each result is scored at the model's size. With
+    ``sheet``, the first ``SHEET_ROWS`` cases become contact-sheet rows: the source, the target
+    scene the caption describes, then the pasted candidates best first.
     """
     size = bundle.config.vae.image_size
     factor = bundle.config.vae.factor
     grid = bundle.config.transformer.grid
     corner = math.ceil(grid * 2 / 3)  # first cell wholly inside the bottom-right place
-    cell = (corner, corner)
+    start = corner * factor * scale
     readings: dict[str, list] = {"first": [], "reranked": [], "any": []}
-    kept_identical = 0
+    kept_identical, seen_pixels = 0, []
     for i in range(config.count):
         source, target = scenes.completion_case(
-            config.seed + 1, i, size, corner * factor, _SCENE_SPLIT[split]
+            config.seed + 1, i, size * scale, start, _SCENE_SPLIT[split]
         )
-        geometry = Geometry(source.width, source.height, size, factor)
-        tensor = to_model(source, geometry)
-        done = run(
-            complete(
-                bundle,
-                tensor,
-                cell,
-                target.caption,
-                config.options(config.seed + 10_000 + i),
-                precision=config.precision,
-                compile=config.compile,
-            )
+        completion = Completion.at_pixel(
+            bundle,
+            source,
+            (start, start),
+            target.caption,
+            config.options(config.seed + 10_000 + i),
+            area=area,
+            upscaler=upscaler,
+            precision=config.precision,
+            compile=config.compile,
         )
-        pasted = [paste_back(source, image, geometry, cell) for image in done.images]
-        x0, y0 = geometry.pixel_of(cell)
+        pasted, done = complete_all(completion)
+        seen_pixels.append(completion.area.pixels_per_model_pixel(size))
+        x0, y0 = completion.corner
         original = np.asarray(source)
         mask = np.ones(original.shape[:2], dtype=bool)
         mask[y0:, x0:] = False
         kept_identical += all(
             np.array_equal(np.asarray(image)[mask], original[mask]) for image in pasted
         )
+        if scale != 1:  # the scorer reads scenes at the model's size
+            pasted = [image.resize((size, size), Image.Resampling.LANCZOS) for image in pasted]
         results = [scenes.score(image, target.stated) for image in pasted]
         for name, result in _readings(done, results).items():
             readings[name].append(result)
         if sheet is not None and i < SHEET_ROWS:
-            references = [(original, None), (np.asarray(scenes.render(target, size)), None)]
+            shown = np.asarray(source.resize((size, size), Image.Resampling.LANCZOS))
+            references = [(shown, None), (np.asarray(scenes.render(target, size)), None)]
             candidates = [np.asarray(image) for image in pasted]
             sheet.append(SheetRow(target.caption, references, candidates, results))
         if progress:
             progress()
     out = {name: _summary(results) for name, results in readings.items()}
-    out["from_cell"] = list(cell)
+    out["from_cell"] = [corner, corner]
     out["kept_region_identical"] = kept_identical / config.count
+    if scale != 1 or area != "whole":
+        out["scale"], out["area"] = scale, area
+        out["picture_pixels_per_model_pixel"] = sum(seen_pixels) / len(seen_pixels)
     return out
 
 

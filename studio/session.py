@@ -18,11 +18,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from studio import engine as messages
+from model.config import SamplingOptions
+from studio import catalog, messages
 from studio.document import Document
-from studio.engine import Engine, Job, SamplingOptions
+from studio.engine import Engine, Job
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class Session(QObject):
     phase_changed = Signal(str, int, int)
     finished = Signal()  # a job's candidates are staged and its history entries added
     error = Signal(str)  # one line a user can act on; the image is never touched
+    familiar = Signal(object)  # a Familiar message: how far a picture lies from the model's data
 
     def __init__(
         self, engine: Engine, document: Document | None = None, parent: QObject | None = None
@@ -88,8 +91,8 @@ class Session(QObject):
         """Work on ``document`` from now on; a running job's results belong to the image being
         left, so the job is dropped."""
         self.drop_job()
-        if self.engine.loaded:
-            document.set_model_geometry(self.engine.geometry_size, self.engine.geometry_factor)
+        if self.loaded:
+            document.set_model_geometry(self.geometry_size, self.geometry_factor)
         self.document = document
         if document.caption_history:  # a reopened project: its last caption, ready to go on
             self.set_caption(document.caption_history[-1])
@@ -151,11 +154,57 @@ class Session(QObject):
         self.status_changed.emit(text)
 
     # -- model ----------------------------------------------------------------------------
+    # The model's facts the window reads: the widgets ask the session, never the engine.
+
+    @property
+    def loaded(self) -> bool:
+        """A model is loaded and can generate."""
+        return self.engine.loaded
+
+    @property
+    def knows_scenes(self) -> bool:
+        """The loaded model was trained on scenes (File › New scene, the familiarity hint)."""
+        return self.engine.knows_scenes
+
+    @property
+    def geometry_size(self) -> int:
+        """The loaded model's picture size in pixels (the paper's until one loads)."""
+        return self.engine.geometry_size
+
+    @property
+    def geometry_factor(self) -> int:
+        """Pixels a token cell of the loaded model covers (the paper's until one loads)."""
+        return self.engine.geometry_factor
 
     @property
     def precision(self) -> str:
         """What sampling runs in on the model's device ("auto" resolved); "" before a load."""
         return self.engine.sampling_precision(self.device) if self.device else ""
+
+    @property
+    def chosen_precision(self) -> str:
+        """The precision chosen in the settings ("auto" unresolved; ``set_precision``)."""
+        return self.engine.precision
+
+    @property
+    def compile(self) -> bool:
+        """Whether the decode step is compiled (``set_precision``)."""
+        return self.engine.compile
+
+    def reload_needed(self) -> bool:
+        """The chosen precision can only be had by loading the model again
+        (``Engine.reload_needed``)."""
+        return self.engine.reload_needed()
+
+    def new_scene(self, seed: int) -> tuple[np.ndarray, str, tuple[int, int]]:
+        """A picture from the loaded model's world, its caption and the rectangle's cell
+        (``Engine.new_scene``)."""
+        return self.engine.new_scene(seed)
+
+    def measure_familiarity(self, image: np.ndarray, request: int) -> None:
+        """Measure ``image`` against the loaded model's training data on the engine's worker;
+        ``familiar`` follows, unless the model does not know scenes."""
+        self.engine.measure_familiarity(image, request)
 
     def load(self, bundle: str | Path | None, device: str) -> None:
         """Load a bundle on the engine's worker (None or "": the embedded default)."""
@@ -166,7 +215,7 @@ class Session(QObject):
 
     def set_precision(self, precision: str, compile: bool) -> None:
         """How later jobs sample (``Engine.set_speed``); ValueError names an unknown precision."""
-        changed = (precision, bool(compile)) != (self.engine.precision, self.engine.compile)
+        changed = (precision, bool(compile)) != (self.chosen_precision, self.compile)
         self.engine.set_speed(precision, compile)
         if changed:
             self._forget_speed()
@@ -223,6 +272,8 @@ class Session(QObject):
             self._loaded(message)
         elif isinstance(message, messages.LoadFailed):
             self._load_failed(message)
+        elif isinstance(message, messages.Familiar):
+            self.familiar.emit(message)
         elif self.job is None or getattr(message, "job", None) != self.job.id:
             return  # a stale message from a job the user already left
         elif isinstance(message, messages.RowDecoded):
@@ -281,9 +332,9 @@ class Session(QObject):
     def _loaded(self, message: messages.Loaded) -> None:
         # what the card offers first, then the state: an odd card (``model.card``) changes
         # nothing half-way
-        card = messages.clean_card(message.card, message.path)
+        card = catalog.clean_card(message.card, message.path)
         examples = card.get("example_captions", [])
-        glosses = messages.example_glosses(card)
+        glosses = catalog.example_glosses(card)
         self._forget_speed()
         self.model_state = "loaded"
         self.load_error = ""

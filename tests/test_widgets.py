@@ -7,6 +7,7 @@ import pytest
 from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
 from PySide6.QtGui import QImage
 
+from studio import catalog
 from studio import engine as messages
 from studio.document import Document
 from studio.engine import Engine
@@ -23,7 +24,7 @@ def picture(width=96, height=64, seed=0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def default_or_tiny_bundle(tmp_path_factory):
     """The embedded default bundle when it is installed, else the tiny test bundle."""
-    path = messages.default_bundle_path()
+    path = catalog.default_bundle_path()
     if path.exists():
         from model.bundle import load
 
@@ -780,8 +781,8 @@ def test_russian_examples_come_with_their_english_glosses(window):
 def test_the_model_card_reads_as_text_without_the_developers_paths():
     from studio.widgets.settings import card_text
 
-    text = card_text(str(messages.default_bundle_path()))
-    card = messages.read_card(messages.default_bundle_path())
+    text = card_text(str(catalog.default_bundle_path()))
+    card = catalog.read_card(catalog.default_bundle_path())
     assert card["name"] in text
     assert all(caption in text for caption in card["example_captions"])
     assert "/work/" not in text and "{" not in text and '"' not in text

@@ -37,8 +37,8 @@ from PySide6.QtWidgets import (
 
 from studio import project, scene_canvas, template
 from studio.autosave import Autosaver
+from studio.catalog import WORLD, default_bundle_path, load_image, one_line
 from studio.document import Document
-from studio.engine import WORLD, default_bundle_path, load_image, one_line
 from studio.familiarity_hint import FamiliarityHint
 from studio.session import Session
 from studio.widgets import about, menus, status
@@ -257,7 +257,7 @@ class MainWindow(FileActions, QMainWindow):
         else:
             self.model_label.setText("model: none")
         if session.device:
-            compiled = " · compiled" if session.engine.compile else ""
+            compiled = " · compiled" if session.compile else ""
             self.device_label.setText(f"device: {session.device} · {session.precision}{compiled}")
         self._update_new_scene()
         self._update_generate()
@@ -278,12 +278,12 @@ class MainWindow(FileActions, QMainWindow):
 
     def _update_new_scene(self) -> None:
         """New scene is offered only for a model trained on scenes (its card says so)."""
-        engine = self.session.engine
-        offered = engine.loaded and engine.knows_scenes
+        session = self.session
+        offered = session.loaded and session.knows_scenes
         self.new_scene_action.setEnabled(offered)
         if offered:
             tip = f"a new picture from this model's world ({WORLD}), ready to Generate"
-        elif not engine.loaded:
+        elif not session.loaded:
             tip = "waits for the model to load"
         else:
             name = self.session.model_name or "this model"
@@ -396,10 +396,10 @@ class MainWindow(FileActions, QMainWindow):
         The picture is read and checked as an opened image is; on any error one dialog, and the
         document is untouched. Like opening, it replaces the document (asking first over
         modified work) and is not an undo step of the document it replaces."""
-        engine = self.session.engine  # the loaded model's grid (the paper's until one loads)
+        session = self.session  # the loaded model's grid (the paper's until one loads)
         try:
             picture = load_image(path)
-            made = template.image_to_image(picture, engine.geometry_size, engine.geometry_factor)
+            made = template.image_to_image(picture, session.geometry_size, session.geometry_factor)
         except (ValueError, OSError) as error:
             self.show_error(one_line(error))
             return False
@@ -419,13 +419,13 @@ class MainWindow(FileActions, QMainWindow):
         at the model's size, the rectangle on its bottom-right place and the caption to
         complete it with. Like opening, it replaces the document, asking first over modified
         work."""
-        engine = self.session.engine
-        if not (engine.loaded and engine.knows_scenes):
+        session = self.session
+        if not (session.loaded and session.knows_scenes):
             self.show_error(self.new_scene_action.toolTip())
             return False
-        picture, caption, cell = engine.new_scene(next(self.scene_seeds))
+        picture, caption, cell = session.new_scene(next(self.scene_seeds))
         document = scene_canvas.scene_document(
-            picture, cell, engine.geometry_size, engine.geometry_factor
+            picture, cell, session.geometry_size, session.geometry_factor
         )
         if not self.replace_document(document):
             return False
@@ -459,9 +459,9 @@ class MainWindow(FileActions, QMainWindow):
         # Parented for placement, deleted right after: a dialog left to the window's teardown
         # took its connections down with it out of order ("shared QObject was deleted
         # directly", exit 134 on quit).
-        engine = self.session.engine
+        session = self.session
         dialog = SettingsDialog(
-            device, bundle, self, precision=engine.precision, compile=engine.compile
+            device, bundle, self, precision=session.chosen_precision, compile=session.compile
         )
         try:
             if not dialog.exec():
@@ -475,13 +475,12 @@ class MainWindow(FileActions, QMainWindow):
         self.settings.setValue("precision", precision)
         self.settings.setValue("compile", compile)
         self.apply_speed_settings()  # the device label says it at once
-        session = self.session
         if (
             (new_device, new_bundle) != (device, bundle)
             or session.model_state == "failed"
-            or session.engine.reload_needed()
+            or session.reload_needed()
         ):
-            in_use = session.model_state == "loaded" and session.engine.loaded
+            in_use = session.model_state == "loaded" and session.loaded
             self._settings_fallback = (device, bundle) if in_use else None
             session.load(new_bundle, new_device)
 

@@ -41,7 +41,9 @@ class Session(QObject):
     caption_changed = Signal(str)
     options_changed = Signal(object)  # the new SamplingOptions
     seed_mode_changed = Signal(str)
-    running_changed = Signal(bool)  # a job is (no longer) running
+    # a job is (no longer) running: the document's ``generating_changed``, relayed (the document
+    # owns the fact, ``running`` reads it)
+    running_changed = Signal(bool)
     model_changed = Signal()  # model_state, model_name, model_path, device, precision, card
     speed_changed = Signal(float)  # tokens/s of the last finished run
     status_changed = Signal(str)  # one line on what the generation is doing or did
@@ -80,12 +82,18 @@ class Session(QObject):
         self.seconds_per_cell = 0.0  # sampling's steady pace (``studio.pace``)
         self.overhead_s = 0.0  # reading, encoding, decoding and pasting
         engine.message.connect(self.handle)
+        self.document.generating_changed.connect(self._generating_changed)
 
     # -- state ----------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        return self.job is not None
+        """A job is running on the document (``Document.generating``: one fact, its owner the
+        document; ``job`` is the handle its messages are matched with)."""
+        return self.document.generating
+
+    def _generating_changed(self, generating: bool) -> None:
+        self.running_changed.emit(generating)
 
     def set_document(self, document: Document) -> None:
         """Work on ``document`` from now on; a running job's results belong to the image being
@@ -93,7 +101,9 @@ class Session(QObject):
         self.drop_job()
         if self.loaded:
             document.set_model_geometry(self.geometry_size, self.geometry_factor)
+        self.document.generating_changed.disconnect(self._generating_changed)
         self.document = document
+        document.generating_changed.connect(self._generating_changed)
         if document.caption_history:  # a reopened project: its last caption, ready to go on
             self.set_caption(document.caption_history[-1])
         self.document_changed.emit(document)
@@ -227,7 +237,7 @@ class Session(QObject):
         """Start a job on the rectangle with the caption and options; None (and an error line
         when the user must act) when it cannot start."""
         document = self.document
-        if document.generating or self.job is not None:
+        if self.running:
             return None
         if not self.engine.loaded:
             self.error.emit("no model is loaded yet: wait for it, or open one in Settings")
@@ -240,7 +250,6 @@ class Session(QObject):
         job = Job(image=document.image, cell=document.cell, caption=self.caption, options=options)
         document.start_generation()
         self.job = self.engine.submit(job)
-        self.running_changed.emit(True)
         self._set_status("generating…")
         return self.job
 
@@ -260,8 +269,6 @@ class Session(QObject):
 
     def _end_job(self) -> Job | None:
         job, self.job = self.job, None
-        if job is not None:
-            self.running_changed.emit(False)
         return job
 
     # -- engine messages ------------------------------------------------------------------

@@ -90,7 +90,7 @@ def _edit(window, edit) -> None:
 
 def why_not_generate(session) -> str:
     """Why Generate cannot start now, in the user's words; "" when it can."""
-    if session.running or session.document.generating:
+    if session.running:
         return "a generation is running: Esc cancels it"
     if not session.loaded:
         if session.model_state == "loading":

@@ -19,6 +19,10 @@ left (an entry's fields, the entries dropped, the current entry and image), not 
 replaying it over a state that already holds it changes nothing: a kill between a full
 autosave's rename and the journal's reset recovers the same work.
 
+The window only wires its moments to :class:`Autosaver`: its timer calls ``save``, saving the
+project ``saved``, closing or replacing the document ``let_go``, the app ending without the user
+(SIGTERM) ``keep``, and the start ``leftover`` and then ``answered`` with the user's choice.
+
 Changes are found by comparing the history with the state last made durable, on every
 ``history_changed``: any path that changes the history (the undo stack included) is journaled
 without the document knowing about the journal.
@@ -134,6 +138,7 @@ class Autosaver:
         self._pixels: dict[int, np.ndarray] = {}  # entry id -> the image whose pixels are
         self._current: tuple[int | None, np.ndarray | None] = (None, None)
         self._sequence = 0
+        self._keep = False  # set when the app ends without the user (``keep``)
 
     # -- where ------------------------------------------------------------------------------
 
@@ -290,6 +295,55 @@ class Autosaver:
         self._reset_journal()
         self._based = False
         self._saved = None
+
+    # -- the window's moments ---------------------------------------------------------------
+
+    def saved(self) -> None:
+        """The work is in its project now: the autosave goes (one awaiting the recovery answer
+        stays)."""
+        if not self.pending:
+            self.clear()
+
+    def let_go(self) -> None:
+        """The document is closed or replaced, saved or discarded by the user: its autosave goes,
+        unless it awaits the recovery answer or the app ends without the user (``keep``)."""
+        if not self.pending and not self._keep:
+            self.clear()
+
+    def keep(self, document: Document) -> None:
+        """The app ends without the user (SIGTERM: a logout, a shutdown, a `kill`): modified
+        work goes to the autosave, which the next start offers back; an autosave still awaiting
+        the recovery answer is kept as it is."""
+        self._keep = document.modified or self.pending
+        self.save(document)
+
+    def leftover(self) -> tuple[Document, RecoveryInfo] | None:
+        """At start: the work the last session left to offer back (it did not end cleanly), or
+        None. An unreadable autosave is set aside (kept, renamed) and a ProjectError says so in
+        one line; the app goes on."""
+        try:
+            recovered = self.recover()
+        except project.ProjectError as error:
+            self.pending = False
+            try:
+                aside = self.set_aside()
+            except OSError as move_error:
+                raise project.ProjectError(
+                    f"{error} (and it could not be moved aside: {move_error})"
+                ) from error
+            raise project.ProjectError(
+                f"{error}; it was kept as {aside.name} and the app goes on"
+            ) from error
+        if recovered is None:
+            self.pending = False
+        return recovered
+
+    def answered(self, recover: bool) -> None:
+        """The user's answer to ``leftover``: recover it (the window then works on the
+        recovered document, autosaved until saved) or discard it."""
+        self.pending = False
+        if not recover:
+            self.clear()
 
     # -- recovery ---------------------------------------------------------------------------
 

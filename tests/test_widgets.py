@@ -186,7 +186,7 @@ def test_open_image_and_project_and_swap_rebinds(window, tmp_path):
     assert window.document is not old
     old.set_cell((0, 0))  # the old document no longer drives the views
     assert window.document.cell is None
-    assert str(tmp_path / "p.dstudio") in window._recent()
+    assert str(tmp_path / "p.dstudio") in window.recent.paths()
 
 
 def test_a_reopened_project_shows_its_last_caption_and_an_image_keeps_the_typed_one(

@@ -40,6 +40,7 @@ from studio.autosave import Autosaver
 from studio.catalog import WORLD, default_bundle_path, load_image, one_line
 from studio.document import Document
 from studio.familiarity_hint import FamiliarityHint
+from studio.recent import RecentFiles
 from studio.session import Session
 from studio.widgets import about, menus, status
 from studio.widgets.candidates import CandidateStrip
@@ -98,12 +99,12 @@ class MainWindow(FileActions, QMainWindow):
         self.setAcceptDrops(True)
         self.session = session
         self.settings = settings or QSettings()
+        self.recent = RecentFiles(self.settings)  # File › Recent and the dialogs' folder
         self.apply_speed_settings()
         self.autosave_folder = autosave_folder
         self.ask_before_close = True
         self.errors: list[str] = []  # every message shown, for tests and the selftest
         self.autosaver = Autosaver(autosave_folder)  # the autosave, its journal, recovery
-        self._keep_autosave = False  # set when the app ends without the user (terminate)
         self._bound: Document | None = None  # the document the views are bound to
         # (device, bundle) of the model in use while Settings loads another: the settings go
         # back to it if that load fails and the model in use stays
@@ -379,8 +380,7 @@ class MainWindow(FileActions, QMainWindow):
                 return self.save_project()
             if answer != QMessageBox.StandardButton.Discard:
                 return False
-        if not self.autosaver.pending and not self._keep_autosave:
-            self.autosaver.clear()
+        self.autosaver.let_go()
         return True
 
     def replace_document(self, document: Document) -> bool:
@@ -503,21 +503,13 @@ class MainWindow(FileActions, QMainWindow):
 
     def offer_recovery(self) -> None:
         """Called once at start: a leftover autosave means the last session did not end
-        cleanly. An unreadable one is set aside (kept, renamed) and said once."""
-        autosaver = self.autosaver
+        cleanly (``Autosaver.leftover``). An unreadable one is set aside and said once."""
         try:
-            recovered = autosaver.recover()
+            recovered = self.autosaver.leftover()
         except project.ProjectError as error:
-            autosaver.pending = False
-            try:
-                aside = autosaver.set_aside()
-            except OSError as move_error:
-                self.show_error(f"{error} (and it could not be moved aside: {move_error})")
-                return
-            self.show_error(f"{error}; it was kept as {aside.name} and the app goes on")
+            self.show_error(str(error))
             return
         if recovered is None:
-            autosaver.pending = False
             return
         document, info = recovered
         answer = QMessageBox.question(
@@ -526,20 +518,18 @@ class MainWindow(FileActions, QMainWindow):
             "DALL·E Studio did not exit cleanly last time. Recover the autosaved work? "
             f"{info.describe()}. (No discards it.)",
         )
-        autosaver.pending = False
-        if answer == QMessageBox.StandardButton.Yes:
+        recover = answer == QMessageBox.StandardButton.Yes
+        self.autosaver.answered(recover)
+        if recover:
             self.session.set_document(document)  # modified; its autosave stays until saved
             self.autosave()
-        else:
-            autosaver.clear()
 
     def terminate(self) -> None:
         """The session ends without the user (SIGTERM: a logout, a shutdown, a `kill`): modified
         work goes to the autosave, which the next start offers back, and the window closes
         without asking. An autosave still awaiting the recovery answer is kept as it is."""
         self.session.drop_job()
-        self._keep_autosave = self.document.modified or self.autosaver.pending
-        self.autosave()
+        self.autosaver.keep(self.document)
         self.ask_before_close = False
         self.close()
 

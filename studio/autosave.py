@@ -52,7 +52,20 @@ JOURNAL_FOLDER = "autosave.journal"
 JOURNAL_NAME = "journal.log"
 MAX_JOURNAL_BYTES = 256 * 2**20  # a 10,000-entry history with long captions is a few MB
 MAX_LINE_BYTES = 4 * 2**20
-FIELDS = ("parent", "caption", "cell", "seed", "options", "time", "model", "starred", "accepted")
+# a HistoryEntry's fields but its id and image
+FIELDS = (
+    "parent",
+    "caption",
+    "cell",
+    "seed",
+    "options",
+    "seconds",
+    "candidate",
+    "time",
+    "model",
+    "starred",
+    "accepted",
+)
 
 
 def _entry_state(entry: HistoryEntry) -> dict[str, Any]:
@@ -62,7 +75,7 @@ def _entry_state(entry: HistoryEntry) -> dict[str, Any]:
         "caption": entry.caption,
         "cell": list(entry.cell) if entry.cell else None,
         "seed": entry.seed,
-        "options": dict(entry.options),  # a copy: the comparison must see a change
+        "options": entry.options_dict(),  # as a project writes them
         "time": entry.time,
         "model": entry.model,
         "starred": entry.starred,
@@ -411,13 +424,17 @@ def _state(item: Any) -> dict[str, Any]:
     options = item.get("options", {})
     if not isinstance(options, dict):
         raise TypeError(f"entry {entry_id}: options {options!r}")
+    try:
+        typed = HistoryEntry.typed_options(options)
+    except ValueError as error:
+        raise ValueError(f"entry {entry_id}: {error}") from None
     return {
         "id": entry_id,
         "parent": parent,
         "caption": str(item.get("caption", ""))[: project.MAX_TEXT],
         "cell": (int(cell[0]), int(cell[1])) if cell else None,
         "seed": None if item.get("seed") is None else int(item["seed"]),
-        "options": dict(options),
+        **typed,
         "time": time_,
         "model": str(item.get("model", ""))[: project.MAX_TEXT],
         "starred": bool(item.get("starred", False)),

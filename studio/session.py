@@ -359,15 +359,15 @@ class Session(QObject):
         job = self._end_job()
         if job is None:  # not reached: handle() passes only the running job's messages
             return
-        options = history_options(job.options, message.seconds)
         self.document.finish_generation(
             message.candidates,
             job.caption,
             job.cell,
             message.seed,
-            options,
+            job.options,
             self.model_name,
             previewed=message.previewed,
+            seconds=round(message.seconds, 2),
         )
         shown = (message.seed + 1) % MAX_SEED if self.seed_mode == "increment" else message.seed
         self.set_options(seed=shown)  # the seed field shows the one used, or the next one
@@ -381,14 +381,6 @@ class Session(QObject):
             "←/→ browse, Enter accepts, Esc discards"
         )
         self.finished.emit()
-
-
-def history_options(options: SamplingOptions, seconds: float) -> dict[str, Any]:
-    """A history entry's options: the job's sampling options (the seed is the entry's own
-    field) and how long it took."""
-    values = options.to_dict()
-    del values["seed"]
-    return dict(values, seconds=round(seconds, 2))
 
 
 PHASES = {

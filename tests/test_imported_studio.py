@@ -231,7 +231,7 @@ def test_a_completion_shows_live_rows_keeps_every_outside_pixel_and_adds_history
         cell,
         NAME,
     )
-    assert first.options["n"] == 2 and first.options["guidance"] == 2.0
+    assert first.options.n == 2 and first.options.guidance == 2.0
     assert document.caption_history == ["a red horse on the beach"]
     assert session.seconds_per_cell == finished[0].seconds_per_cell > 0  # the next ETA
     document.select_candidate(1)

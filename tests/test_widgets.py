@@ -7,6 +7,7 @@ import pytest
 from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
 from PySide6.QtGui import QImage
 
+from model.config import SamplingOptions
 from studio import catalog
 from studio import engine as messages
 from studio.document import Document
@@ -105,7 +106,7 @@ def test_ctrl_enter_changes_the_canvas_only_inside_the_rectangle(window, qtbot):
 def stage(document: Document, count=3) -> list[np.ndarray]:
     candidates = [picture(seed=10 + i) for i in range(count)]
     document.start_generation()
-    document.finish_generation(candidates, "staged", (1, 1), 9, {"n": count})
+    document.finish_generation(candidates, "staged", (1, 1), 9, SamplingOptions(n=count))
     return candidates
 
 

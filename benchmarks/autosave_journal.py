@@ -30,7 +30,7 @@ def picture(size: int, seed: int) -> np.ndarray:
 def generation(document: Document, size: int, seed: int, count: int = 4) -> None:
     document.start_generation()
     candidates = [picture(size, seed + i) for i in range(count)]
-    document.finish_generation(candidates, "a caption", (1, 1), seed, {})
+    document.finish_generation(candidates, "a caption", (1, 1), seed, None)
 
 
 def best(action, repeats: int) -> float:

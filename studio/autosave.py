@@ -19,6 +19,10 @@ left (an entry's fields, the entries dropped, the current entry and image), not 
 replaying it over a state that already holds it changes nothing: a kill between a full
 autosave's rename and the journal's reset recovers the same work.
 
+The window only wires its moments to :class:`Autosaver`: its timer calls ``save``, saving the
+project ``saved``, closing or replacing the document ``let_go``, the app ending without the user
+(SIGTERM) ``keep``, and the start ``leftover`` and then ``answered`` with the user's choice.
+
 Changes are found by comparing the history with the state last made durable, on every
 ``history_changed``: any path that changes the history (the undo stack included) is journaled
 without the document knowing about the journal.
@@ -48,7 +52,20 @@ JOURNAL_FOLDER = "autosave.journal"
 JOURNAL_NAME = "journal.log"
 MAX_JOURNAL_BYTES = 256 * 2**20  # a 10,000-entry history with long captions is a few MB
 MAX_LINE_BYTES = 4 * 2**20
-FIELDS = ("parent", "caption", "cell", "seed", "options", "time", "model", "starred", "accepted")
+# a HistoryEntry's fields but its id and image
+FIELDS = (
+    "parent",
+    "caption",
+    "cell",
+    "seed",
+    "options",
+    "seconds",
+    "candidate",
+    "time",
+    "model",
+    "starred",
+    "accepted",
+)
 
 
 def _entry_state(entry: HistoryEntry) -> dict[str, Any]:
@@ -58,7 +75,7 @@ def _entry_state(entry: HistoryEntry) -> dict[str, Any]:
         "caption": entry.caption,
         "cell": list(entry.cell) if entry.cell else None,
         "seed": entry.seed,
-        "options": dict(entry.options),  # a copy: the comparison must see a change
+        "options": entry.options_dict(),  # as a project writes them
         "time": entry.time,
         "model": entry.model,
         "starred": entry.starred,
@@ -134,6 +151,7 @@ class Autosaver:
         self._pixels: dict[int, np.ndarray] = {}  # entry id -> the image whose pixels are
         self._current: tuple[int | None, np.ndarray | None] = (None, None)
         self._sequence = 0
+        self._keep = False  # set when the app ends without the user (``keep``)
 
     # -- where ------------------------------------------------------------------------------
 
@@ -291,6 +309,55 @@ class Autosaver:
         self._based = False
         self._saved = None
 
+    # -- the window's moments ---------------------------------------------------------------
+
+    def saved(self) -> None:
+        """The work is in its project now: the autosave goes (one awaiting the recovery answer
+        stays)."""
+        if not self.pending:
+            self.clear()
+
+    def let_go(self) -> None:
+        """The document is closed or replaced, saved or discarded by the user: its autosave goes,
+        unless it awaits the recovery answer or the app ends without the user (``keep``)."""
+        if not self.pending and not self._keep:
+            self.clear()
+
+    def keep(self, document: Document) -> None:
+        """The app ends without the user (SIGTERM: a logout, a shutdown, a `kill`): modified
+        work goes to the autosave, which the next start offers back; an autosave still awaiting
+        the recovery answer is kept as it is."""
+        self._keep = document.modified or self.pending
+        self.save(document)
+
+    def leftover(self) -> tuple[Document, RecoveryInfo] | None:
+        """At start: the work the last session left to offer back (it did not end cleanly), or
+        None. An unreadable autosave is set aside (kept, renamed) and a ProjectError says so in
+        one line; the app goes on."""
+        try:
+            recovered = self.recover()
+        except project.ProjectError as error:
+            self.pending = False
+            try:
+                aside = self.set_aside()
+            except OSError as move_error:
+                raise project.ProjectError(
+                    f"{error} (and it could not be moved aside: {move_error})"
+                ) from error
+            raise project.ProjectError(
+                f"{error}; it was kept as {aside.name} and the app goes on"
+            ) from error
+        if recovered is None:
+            self.pending = False
+        return recovered
+
+    def answered(self, recover: bool) -> None:
+        """The user's answer to ``leftover``: recover it (the window then works on the
+        recovered document, autosaved until saved) or discard it."""
+        self.pending = False
+        if not recover:
+            self.clear()
+
     # -- recovery ---------------------------------------------------------------------------
 
     def recover(self) -> tuple[Document, RecoveryInfo] | None:
@@ -357,13 +424,17 @@ def _state(item: Any) -> dict[str, Any]:
     options = item.get("options", {})
     if not isinstance(options, dict):
         raise TypeError(f"entry {entry_id}: options {options!r}")
+    try:
+        typed = HistoryEntry.typed_options(options)
+    except ValueError as error:
+        raise ValueError(f"entry {entry_id}: {error}") from None
     return {
         "id": entry_id,
         "parent": parent,
         "caption": str(item.get("caption", ""))[: project.MAX_TEXT],
         "cell": (int(cell[0]), int(cell[1])) if cell else None,
         "seed": None if item.get("seed") is None else int(item["seed"]),
-        "options": dict(options),
+        **typed,
         "time": time_,
         "model": str(item.get("model", ""))[: project.MAX_TEXT],
         "starred": bool(item.get("starred", False)),

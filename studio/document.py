@@ -15,6 +15,7 @@ work to lose, like a selection in a paint program.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -24,9 +25,13 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
+from model.config import SamplingOptions
 from model.geometry import PAPER_FACTOR, PAPER_SIZE, Geometry
 
 MAX_CAPTION_HISTORY = 100
+# the keys of an entry's options in a file that are sampling options (the others: seconds,
+# candidate)
+SAMPLING_KEYS = frozenset(field.name for field in dataclasses.fields(SamplingOptions))
 
 
 @dataclass
@@ -39,7 +44,11 @@ class HistoryEntry:
     caption: str = ""
     cell: tuple[int, int] | None = None
     seed: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    # how it was sampled: its run's options but the seed (the entry's own field); None for the
+    # original and for an entry whose project recorded none
+    options: SamplingOptions | None = None
+    seconds: float | None = None  # how long its run took
+    candidate: int | None = None  # its place among its run's candidates (0: the first)
     time: float = field(default_factory=time.time)
     model: str = ""
     starred: bool = False
@@ -48,6 +57,37 @@ class HistoryEntry:
     @property
     def is_original(self) -> bool:
         return self.parent is None
+
+    def options_dict(self) -> dict[str, Any]:
+        """Its "options" as a project and the autosave's journal write them: the sampling
+        options but the seed (the entry's own "seed"), then ``seconds`` and ``candidate``,
+        each where the entry has it."""
+        values: dict[str, Any] = {}
+        if self.options is not None:
+            values = self.options.to_dict()
+            del values["seed"]
+        if self.seconds is not None:
+            values["seconds"] = self.seconds
+        if self.candidate is not None:
+            values["candidate"] = self.candidate
+        return values
+
+    @staticmethod
+    def typed_options(values: dict[str, Any]) -> dict[str, Any]:
+        """The fields ``options``, ``seconds`` and ``candidate`` from what ``options_dict`` wrote
+        (one saved before top-p was recorded has the default top-p). Invalid sampling options
+        raise ValueError naming the field; none at all (the original's ``{}``) give None; other
+        keys, and a seconds or candidate of another type, are not kept."""
+        sampling = {key: value for key, value in values.items() if key in SAMPLING_KEYS}
+        seconds, candidate = values.get("seconds"), values.get("candidate")
+        typed: dict[str, Any] = {"options": None, "seconds": None, "candidate": None}
+        if sampling:
+            typed["options"] = SamplingOptions.from_dict(sampling)
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
+            typed["seconds"] = float(seconds)
+        if isinstance(candidate, int) and not isinstance(candidate, bool):
+            typed["candidate"] = candidate
+        return typed
 
 
 class SetImageCommand(QUndoCommand):
@@ -250,13 +290,17 @@ class Document(QObject):
         caption: str,
         cell: tuple[int, int],
         seed: int | None,
-        options: dict[str, Any],
+        options: SamplingOptions | None,
         model: str = "",
         previewed: int = 0,
+        seconds: float | None = None,
     ) -> None:
         """Record the results as history entries (children of the source) and stage them,
         selecting ``previewed``: the candidate the live preview showed, so the view does not
-        jump when a reranker put another one first."""
+        jump when a reranker put another one first. ``options``: the run's sampling options (their
+        seed is each entry's ``seed``); ``seconds``: how long the run took."""
+        if options is not None:
+            options = dataclasses.replace(options, seed=None)
         parent = self.source_entry if self.source_entry in self.history else self.current_entry
         entries = [
             self._add_entry(
@@ -265,7 +309,9 @@ class Document(QObject):
                 caption=caption,
                 cell=cell,
                 seed=seed,
-                options=dict(options, candidate=index),
+                options=options,
+                seconds=seconds,
+                candidate=index,
                 model=model,
             )
             for index, candidate in enumerate(candidates)

@@ -20,17 +20,17 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from studio import engine as messages
+from studio import catalog, messages
 from studio.document import Document
 from studio.template import FILL
 
 # the line fits the status bar of a 1280 px window beside the longest shipped model's name
 FAR_HINT = (
-    f"Far from what this model knows ({messages.WORLD}): expect blocks. "
+    f"Far from what this model knows ({catalog.WORLD}): expect blocks. "
     "Try File › New scene, or real weights (README)"
 )
 FAR_EXPLAINED = (
-    f"This picture is far from what this model was trained on ({messages.WORLD}): a "
+    f"This picture is far from what this model was trained on ({catalog.WORLD}): a "
     "completion of it comes out in blocks of flat colour. File › New scene gives a picture it "
     "knows; for photos, import real weights (README: Real weights)."
 )
@@ -60,7 +60,7 @@ class FamiliarityHint(QObject):
         self._request = 0  # the number of the latest picture asked about
         session.document_changed.connect(self._document_changed)
         session.model_changed.connect(self.check)
-        session.engine.message.connect(self._received)
+        session.familiar.connect(self._received)
 
     def _document_changed(self, document: Document) -> None:
         self._set("", "")  # the last picture's hint says nothing of this one
@@ -69,12 +69,12 @@ class FamiliarityHint(QObject):
     def check(self) -> None:
         """Measure the session's picture against the model now loaded (nothing to measure: no
         hint)."""
-        engine = self.session.engine
+        session = self.session
         self._request += 1
-        if not (engine.loaded and engine.knows_scenes):
+        if not (session.loaded and session.knows_scenes):
             self._set("", "")
             return
-        engine.measure_familiarity(content(self.session.document.image), self._request)
+        session.measure_familiarity(content(session.document.image), self._request)
 
     def _received(self, message) -> None:
         if not isinstance(message, messages.Familiar) or message.request != self._request:

@@ -18,7 +18,6 @@ the user discards it, so finding one at start means the last session did not end
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
@@ -34,7 +33,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PySide6.QtCore import QStandardPaths
 
-from model.config import SamplingOptions
 from model.files import MAX_PIXELS, ImageError, atomic_write, check_pixels, open_image
 from studio.document import MAX_CAPTION_HISTORY, Document, HistoryEntry
 
@@ -67,8 +65,6 @@ MAX_SEED = 2**64
 # Seconds since 1970 of an entry's time or the save's: up to the year 3000, the latest any
 # platform's time.localtime reads (Windows' limit), so every clock the history shows can be told
 MAX_TIME = 32_503_680_000
-# the keys of an entry's options that are sampling options (the others: seconds, candidate)
-SAMPLING_KEYS = frozenset(field.name for field in dataclasses.fields(SamplingOptions))
 
 
 class ProjectError(ValueError):
@@ -109,7 +105,7 @@ def save(
                 "caption": entry.caption,
                 "cell": list(entry.cell) if entry.cell else None,
                 "seed": entry.seed,
-                "options": entry.options,
+                "options": entry.options_dict(),
                 "time": entry.time,
                 "model": entry.model,
                 "starred": entry.starred,
@@ -314,7 +310,7 @@ class _Schema:
         """The sampling options among an entry's options, in their types and ranges (a project
         saved before top-p was recorded has none: the default)."""
         try:
-            SamplingOptions.from_dict({k: v for k, v in options.items() if k in SAMPLING_KEYS})
+            HistoryEntry.typed_options(options)
         except ValueError as error:
             raise ProjectError(f"{self.path}: {where}: {error}") from None
 
@@ -474,7 +470,7 @@ def _document(manifest: dict[str, Any], images: dict[str, np.ndarray], path: Pat
                 caption=item.get("caption", ""),
                 cell=tuple(item["cell"]) if item.get("cell") else None,
                 seed=item.get("seed"),
-                options=dict(item.get("options", {})),
+                **HistoryEntry.typed_options(item.get("options", {})),
                 time=float(item.get("time", 0.0)),
                 model=item.get("model", ""),
                 starred=item.get("starred", False),

@@ -18,11 +18,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from studio import engine as messages
+from model.config import SamplingOptions
+from studio import catalog, messages
 from studio.document import Document
-from studio.engine import Engine, Job, SamplingOptions
+from studio.engine import Engine, Job
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,9 @@ class Session(QObject):
     caption_changed = Signal(str)
     options_changed = Signal(object)  # the new SamplingOptions
     seed_mode_changed = Signal(str)
-    running_changed = Signal(bool)  # a job is (no longer) running
+    # a job is (no longer) running: the document's ``generating_changed``, relayed (the document
+    # owns the fact, ``running`` reads it)
+    running_changed = Signal(bool)
     model_changed = Signal()  # model_state, model_name, model_path, device, precision, card
     speed_changed = Signal(float)  # tokens/s of the last finished run
     status_changed = Signal(str)  # one line on what the generation is doing or did
@@ -48,6 +52,7 @@ class Session(QObject):
     phase_changed = Signal(str, int, int)
     finished = Signal()  # a job's candidates are staged and its history entries added
     error = Signal(str)  # one line a user can act on; the image is never touched
+    familiar = Signal(object)  # a Familiar message: how far a picture lies from the model's data
 
     def __init__(
         self, engine: Engine, document: Document | None = None, parent: QObject | None = None
@@ -77,20 +82,28 @@ class Session(QObject):
         self.seconds_per_cell = 0.0  # sampling's steady pace (``studio.pace``)
         self.overhead_s = 0.0  # reading, encoding, decoding and pasting
         engine.message.connect(self.handle)
+        self.document.generating_changed.connect(self._generating_changed)
 
     # -- state ----------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        return self.job is not None
+        """A job is running on the document (``Document.generating``: one fact, its owner the
+        document; ``job`` is the handle its messages are matched with)."""
+        return self.document.generating
+
+    def _generating_changed(self, generating: bool) -> None:
+        self.running_changed.emit(generating)
 
     def set_document(self, document: Document) -> None:
         """Work on ``document`` from now on; a running job's results belong to the image being
         left, so the job is dropped."""
         self.drop_job()
-        if self.engine.loaded:
-            document.set_model_geometry(self.engine.geometry_size, self.engine.geometry_factor)
+        if self.loaded:
+            document.set_model_geometry(self.geometry_size, self.geometry_factor)
+        self.document.generating_changed.disconnect(self._generating_changed)
         self.document = document
+        document.generating_changed.connect(self._generating_changed)
         if document.caption_history:  # a reopened project: its last caption, ready to go on
             self.set_caption(document.caption_history[-1])
         self.document_changed.emit(document)
@@ -151,11 +164,57 @@ class Session(QObject):
         self.status_changed.emit(text)
 
     # -- model ----------------------------------------------------------------------------
+    # The model's facts the window reads: the widgets ask the session, never the engine.
+
+    @property
+    def loaded(self) -> bool:
+        """A model is loaded and can generate."""
+        return self.engine.loaded
+
+    @property
+    def knows_scenes(self) -> bool:
+        """The loaded model was trained on scenes (File › New scene, the familiarity hint)."""
+        return self.engine.knows_scenes
+
+    @property
+    def geometry_size(self) -> int:
+        """The loaded model's picture size in pixels (the paper's until one loads)."""
+        return self.engine.geometry_size
+
+    @property
+    def geometry_factor(self) -> int:
+        """Pixels a token cell of the loaded model covers (the paper's until one loads)."""
+        return self.engine.geometry_factor
 
     @property
     def precision(self) -> str:
         """What sampling runs in on the model's device ("auto" resolved); "" before a load."""
         return self.engine.sampling_precision(self.device) if self.device else ""
+
+    @property
+    def chosen_precision(self) -> str:
+        """The precision chosen in the settings ("auto" unresolved; ``set_precision``)."""
+        return self.engine.precision
+
+    @property
+    def compile(self) -> bool:
+        """Whether the decode step is compiled (``set_precision``)."""
+        return self.engine.compile
+
+    def reload_needed(self) -> bool:
+        """The chosen precision can only be had by loading the model again
+        (``Engine.reload_needed``)."""
+        return self.engine.reload_needed()
+
+    def new_scene(self, seed: int) -> tuple[np.ndarray, str, tuple[int, int]]:
+        """A picture from the loaded model's world, its caption and the rectangle's cell
+        (``Engine.new_scene``)."""
+        return self.engine.new_scene(seed)
+
+    def measure_familiarity(self, image: np.ndarray, request: int) -> None:
+        """Measure ``image`` against the loaded model's training data on the engine's worker;
+        ``familiar`` follows, unless the model does not know scenes."""
+        self.engine.measure_familiarity(image, request)
 
     def load(self, bundle: str | Path | None, device: str) -> None:
         """Load a bundle on the engine's worker (None or "": the embedded default)."""
@@ -166,7 +225,7 @@ class Session(QObject):
 
     def set_precision(self, precision: str, compile: bool) -> None:
         """How later jobs sample (``Engine.set_speed``); ValueError names an unknown precision."""
-        changed = (precision, bool(compile)) != (self.engine.precision, self.engine.compile)
+        changed = (precision, bool(compile)) != (self.chosen_precision, self.compile)
         self.engine.set_speed(precision, compile)
         if changed:
             self._forget_speed()
@@ -178,7 +237,7 @@ class Session(QObject):
         """Start a job on the rectangle with the caption and options; None (and an error line
         when the user must act) when it cannot start."""
         document = self.document
-        if document.generating or self.job is not None:
+        if self.running:
             return None
         if not self.engine.loaded:
             self.error.emit("no model is loaded yet: wait for it, or open one in Settings")
@@ -191,7 +250,6 @@ class Session(QObject):
         job = Job(image=document.image, cell=document.cell, caption=self.caption, options=options)
         document.start_generation()
         self.job = self.engine.submit(job)
-        self.running_changed.emit(True)
         self._set_status("generating…")
         return self.job
 
@@ -211,8 +269,6 @@ class Session(QObject):
 
     def _end_job(self) -> Job | None:
         job, self.job = self.job, None
-        if job is not None:
-            self.running_changed.emit(False)
         return job
 
     # -- engine messages ------------------------------------------------------------------
@@ -223,6 +279,8 @@ class Session(QObject):
             self._loaded(message)
         elif isinstance(message, messages.LoadFailed):
             self._load_failed(message)
+        elif isinstance(message, messages.Familiar):
+            self.familiar.emit(message)
         elif self.job is None or getattr(message, "job", None) != self.job.id:
             return  # a stale message from a job the user already left
         elif isinstance(message, messages.RowDecoded):
@@ -281,9 +339,9 @@ class Session(QObject):
     def _loaded(self, message: messages.Loaded) -> None:
         # what the card offers first, then the state: an odd card (``model.card``) changes
         # nothing half-way
-        card = messages.clean_card(message.card, message.path)
+        card = catalog.clean_card(message.card, message.path)
         examples = card.get("example_captions", [])
-        glosses = messages.example_glosses(card)
+        glosses = catalog.example_glosses(card)
         self._forget_speed()
         self.model_state = "loaded"
         self.load_error = ""
@@ -301,15 +359,15 @@ class Session(QObject):
         job = self._end_job()
         if job is None:  # not reached: handle() passes only the running job's messages
             return
-        options = history_options(job.options, message.seconds)
         self.document.finish_generation(
             message.candidates,
             job.caption,
             job.cell,
             message.seed,
-            options,
+            job.options,
             self.model_name,
             previewed=message.previewed,
+            seconds=round(message.seconds, 2),
         )
         shown = (message.seed + 1) % MAX_SEED if self.seed_mode == "increment" else message.seed
         self.set_options(seed=shown)  # the seed field shows the one used, or the next one
@@ -323,14 +381,6 @@ class Session(QObject):
             "←/→ browse, Enter accepts, Esc discards"
         )
         self.finished.emit()
-
-
-def history_options(options: SamplingOptions, seconds: float) -> dict[str, Any]:
-    """A history entry's options: the job's sampling options (the seed is the entry's own
-    field) and how long it took."""
-    values = options.to_dict()
-    del values["seed"]
-    return dict(values, seconds=round(seconds, 2))
 
 
 PHASES = {

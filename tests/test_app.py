@@ -8,7 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from studio.engine import default_bundle_path
+from studio.catalog import default_bundle_path
 from tests.helpers import tiny_bundle_file
 
 ROOT = Path(__file__).resolve().parent.parent

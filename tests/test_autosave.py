@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PySide6.QtCore import QSettings
 
+from model.config import SamplingOptions
 from studio import autosave, project
 from studio.autosave import Autosaver, RecoveryInfo, encode_line, read_journal
 from studio.document import Document
@@ -27,7 +28,12 @@ def stage(document: Document, count: int, seed: int) -> list[int]:
     """A finished generation of ``count`` candidates; their history ids."""
     document.start_generation()
     document.finish_generation(
-        [picture(seed=seed + i) for i in range(count)], f"caption {seed}", (1, 1), seed, {}
+        [picture(seed=seed + i) for i in range(count)],
+        f"caption {seed}",
+        (1, 1),
+        seed,
+        SamplingOptions(n=count, top_p=0.9, seed=seed),
+        seconds=1.5,
     )
     return list(document.candidate_entries)
 
@@ -35,7 +41,10 @@ def stage(document: Document, count: int, seed: int) -> list[int]:
 def state(document: Document) -> dict:
     """Everything recovery must bring back: each entry's fields and pixels, the image."""
     entries = {
-        i: (e.parent, e.caption, e.cell, e.seed, e.starred, e.accepted, e.image.tobytes())
+        i: (
+            *(e.parent, e.caption, e.cell, e.seed, e.options, e.seconds, e.candidate),
+            *(e.starred, e.accepted, e.image.tobytes()),
+        )
         for i, e in document.history.items()
     }
     return {

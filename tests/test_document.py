@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from model.config import SamplingOptions
 from studio import project
 from studio.document import Document
 
@@ -58,7 +59,7 @@ def test_accept_undo_redo():
     document.set_cell((1, 1))
     document.start_generation()
     a, b = picture(seed=1), picture(seed=2)
-    document.finish_generation([a, b], "a red circle", (1, 1), 7, {"n": 2})
+    document.finish_generation([a, b], "a red circle", (1, 1), 7, SamplingOptions(n=2))
     assert document.shown_image is a
     document.next_candidate()
     assert document.shown_image is b
@@ -77,7 +78,7 @@ def test_discard_keeps_the_image():
     document = tiny_document()
     original = document.image.copy()
     document.start_generation()
-    document.finish_generation([picture(seed=3)], "x", (0, 0), 1, {})
+    document.finish_generation([picture(seed=3)], "x", (0, 0), 1, None)
     document.discard_candidates()
     assert np.array_equal(document.image, original)
     assert document.undo_stack.count() == 0
@@ -98,17 +99,17 @@ def test_history_branches_from_a_restored_entry():
     document = tiny_document()
     root = document.current_entry
     document.start_generation()
-    document.finish_generation([picture(seed=5)], "first", (1, 1), 1, {})
+    document.finish_generation([picture(seed=5)], "first", (1, 1), 1, None)
     document.accept_candidate()
     first = document.current_entry
     document.start_generation()
-    document.finish_generation([picture(seed=6)], "second", (2, 2), 2, {})
+    document.finish_generation([picture(seed=6)], "second", (2, 2), 2, None)
     document.accept_candidate()
     second = document.current_entry
     document.restore(first)
     assert document.current_entry == first
     document.start_generation()
-    document.finish_generation([picture(seed=7)], "branch", (1, 2), 3, {})
+    document.finish_generation([picture(seed=7)], "branch", (1, 2), 3, None)
     document.accept_candidate()
     branch = document.current_entry
     assert document.history[second].parent == first
@@ -124,11 +125,11 @@ def test_delete_reattaches_children_and_keeps_the_original():
     document = tiny_document()
     root = document.current_entry
     document.start_generation()
-    document.finish_generation([picture(seed=8)], "a", (0, 0), 1, {})
+    document.finish_generation([picture(seed=8)], "a", (0, 0), 1, None)
     document.accept_candidate()
     middle = document.current_entry
     document.start_generation()
-    document.finish_generation([picture(seed=9)], "b", (0, 0), 1, {})
+    document.finish_generation([picture(seed=9)], "b", (0, 0), 1, None)
     child = document.candidate_entries[0]
     document.delete_entry(middle)
     assert document.history[child].parent == root
@@ -152,7 +153,8 @@ def test_project_round_trip_is_bitwise(tmp_path):
         "cap",
         (1, 2),
         42,
-        {"n": 2, "temperature": 0.9, "top_p": 0.8, "seconds": 1.5},
+        SamplingOptions(n=2, temperature=0.9, top_p=0.8, seed=42),
+        seconds=1.5,
     )
     document.accept_candidate()
     document.set_starred(document.current_entry, True)
@@ -207,7 +209,7 @@ def test_autosave_recovery(tmp_path):
     assert project.pending_recovery(tmp_path) is None
     document = tiny_document()
     document.start_generation()
-    document.finish_generation([picture(seed=12)], "kept", (1, 1), 5, {})
+    document.finish_generation([picture(seed=12)], "kept", (1, 1), 5, None)
     document.accept_candidate()
     project.autosave(document, tmp_path)
     assert project.pending_recovery(tmp_path) is not None  # "crash": nothing cleared it
@@ -225,7 +227,7 @@ def accepted_document() -> Document:
     document = tiny_document()
     document.set_cell((1, 1))
     document.start_generation()
-    document.finish_generation([picture(seed=20)], "kept", (1, 1), 5, {})
+    document.finish_generation([picture(seed=20)], "kept", (1, 1), 5, None)
     document.accept_candidate()
     return document
 
@@ -259,7 +261,7 @@ def test_every_change_a_project_keeps_marks_it_modified():
 
     def generate(d):
         d.start_generation()
-        d.finish_generation([picture(seed=30)], "another", (1, 1), 6, {})
+        d.finish_generation([picture(seed=30)], "another", (1, 1), 6, None)
 
     def restore(d):
         d.restore(min(d.history))
@@ -367,6 +369,6 @@ def test_the_finished_view_selects_the_candidate_the_preview_showed():
     document.start_generation()
     candidates = [picture(seed=40 + i) for i in range(3)]
     document.show_row(candidates[2], 1, 2, 10.0, 1.0)
-    document.finish_generation(candidates, "x", (1, 1), 1, {}, previewed=2)
+    document.finish_generation(candidates, "x", (1, 1), 1, None, previewed=2)
     assert document.candidate_index == 2
     assert document.shown_image is candidates[2]

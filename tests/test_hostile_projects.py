@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.config import SamplingOptions
 from studio import project
 from studio.document import Document
 
@@ -60,7 +61,7 @@ def valid_members() -> dict[str, bytes]:
     document.set_model_geometry(32, 8)
     document.set_cell((1, 1))
     document.start_generation()
-    document.finish_generation([picture(seed=1), picture(seed=2)], "a red circle", (1, 1), 3, {})
+    document.finish_generation([picture(seed=1), picture(seed=2)], "a red circle", (1, 1), 3, None)
     document.accept_candidate()
     with tempfile.TemporaryDirectory() as folder:
         path = project.save(document, Path(folder) / "valid.dstudio")
@@ -397,13 +398,31 @@ print(errors, total, (peak - base) // 1024)
 
 
 def test_entry_options_from_before_top_p_and_with_it_both_open(tmp_path):
-    """Projects saved before the studio recorded top-p open as they did; new ones keep it."""
+    """Projects saved before the studio recorded top-p open as they did (the default top-p);
+    new ones keep it. The options load typed; saved again, the file holds the same options and
+    loads to equal entries."""
     before = {"n": 4, "temperature": 1.0, "top_k": 0, "guidance": 1.0, "seconds": 2.5}
     after = dict(before, top_p=0.9, candidate=1)
-    for name, options in (("before", before), ("after", after)):
+    cases = (("before", before, 1.0, None), ("after", after, 0.9, 1))
+    for name, options, top_p, candidate in cases:
         build = manifest_case(entry(1, options=options))
         document = project.load(write_zip(tmp_path / f"{name}.dstudio", build(valid_members())))
-        assert options in [item.options for item in document.history.values()], name
+        [edited] = [item for item in document.history.values() if item.seconds == 2.5]
+        assert edited.options == SamplingOptions(n=4, top_p=top_p), name
+        assert edited.candidate == candidate, name
+        saved = project.save(document, tmp_path / f"{name}-again.dstudio")
+        with zipfile.ZipFile(saved) as archive:
+            written = json.loads(archive.read("manifest.json"))["history"]
+        assert dict(options, top_p=top_p) in [item["options"] for item in written], name
+        again = project.load(saved)
+        assert {i: fields(e) for i, e in again.history.items()} == {
+            i: fields(e) for i, e in document.history.items()
+        }, name
+
+
+def fields(entry) -> dict:
+    """An entry's fields but its pixels (compared on their own elsewhere)."""
+    return {key: value for key, value in vars(entry).items() if key != "image"}
 
 
 # -- through the window ---------------------------------------------------------------------

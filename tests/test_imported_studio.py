@@ -26,6 +26,7 @@ from model.bart_text import BartTokenizer
 from model.config import VQGANConfig
 from model.importers import dalle_mega
 from model.vqgan import VQGAN
+from studio import catalog
 from studio import engine as messages
 from studio.document import Document
 from studio.engine import Engine, SamplingOptions
@@ -230,7 +231,7 @@ def test_a_completion_shows_live_rows_keeps_every_outside_pixel_and_adds_history
         cell,
         NAME,
     )
-    assert first.options["n"] == 2 and first.options["guidance"] == 2.0
+    assert first.options.n == 2 and first.options.guidance == 2.0
     assert document.caption_history == ["a red horse on the beach"]
     assert session.seconds_per_cell == finished[0].seconds_per_cell > 0  # the next ETA
     document.select_candidate(1)
@@ -349,8 +350,8 @@ def test_a_model_that_only_fits_in_place_of_the_one_in_use_replaces_it(
     session = make_session()
     load(session, qtbot, imported)
     engine = session.engine
-    held = messages.bytes_held(engine._bundle, "cpu")
-    needed, _ = messages.memory_to_load(imported)
+    held = catalog.bytes_held(engine._bundle, "cpu")
+    needed, _ = catalog.memory_to_load(imported)
     assert held > 0
 
     def free(device):  # what the model in use occupies comes back when it goes
@@ -441,7 +442,7 @@ def test_the_settings_card_of_an_imported_bundle_names_its_source_and_licence(im
     assert "Licence:" in text and "Apache-2.0" in text and "MIT" in text
     assert "Image tokenizer: VQGAN f16 16x16 of 64 codes at 256 px" in text
     assert "Weights stored in: fp32" in text
-    card = messages.read_card(imported)
+    card = catalog.read_card(imported)
     for name, digest in card["imported"]["files"].items():
         assert f"{name} {digest[:16]}…" in text
     assert "Memory: loading needs about" in text

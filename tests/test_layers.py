@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "pyproject.toml"
 CONTRACTS = {
     "model-without-qt": "model never imports Qt, qasync or the studio",
-    "studio-through-engine": "studio reaches model via engine, geometry, files, config only",
+    "studio-through-engine": "studio reaches model via engine, catalog, geometry, files, config",
     "document-without-torch": "studio document, project, template: no torch, no engine",
+    "widgets-without-engine": "studio widgets: no engine, no torch (the session has its facts)",
 }
 # `lint-imports` itself, run by this interpreter (a console script may not be on PATH)
 LINT_IMPORTS = "from importlinter.cli import lint_imports_command; lint_imports_command()"
@@ -66,6 +67,18 @@ def test_the_import_contracts_hold():
             "import torch",
             "document-without-torch",
             "studio.document -> torch",
+        ),
+        (
+            "studio/widgets/menus.py",
+            "from studio import engine",
+            "widgets-without-engine",
+            "studio.widgets.menus -> studio.engine",
+        ),
+        (
+            "studio/widgets/status.py",
+            "import torch",
+            "widgets-without-engine",
+            "studio.widgets.status -> torch",
         ),
     ],
 )

@@ -15,8 +15,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from model.bundle import load
 from model.data import scenes
-from studio import engine as messages
-from studio import scene_canvas
+from studio import catalog, scene_canvas
 from studio.document import Document
 from studio.engine import Engine
 from studio.session import Session
@@ -35,7 +34,7 @@ IMPORTED_CARD = {
 def scenes_bundle():
     """The embedded default bundle (128 px, a 16x16 grid) when it is installed, else the tiny
     one (its card's captions are scene captions too)."""
-    path = messages.default_bundle_path()
+    path = catalog.default_bundle_path()
     return load(path) if path.exists() else tiny_bundle()
 
 

@@ -135,7 +135,9 @@ def test_generate_live_rows_candidates_accept_undo_and_the_history_entry(
     first = entries[0]
     assert (first.caption, first.seed, first.cell) == ("a red circle", 11, (ROWS_FROM, 1))
     assert first.model == "tiny test bundle"
-    assert first.options == {
+    assert first.options == SamplingOptions(n=3, temperature=0.8, top_p=0.9)  # seed: the entry's
+    assert (first.seconds, first.candidate) == (0.1, 0)
+    assert first.options_dict() == {  # as the project file writes them
         "n": 3,
         "temperature": 0.8,
         "top_k": 0,
@@ -193,6 +195,24 @@ def test_a_stale_message_from_an_old_job_is_ignored(make_session, qtbot):
     qtbot.wait(300)
     assert not other.candidates and other.preview is None and not other.generating
     assert len(document.history) == 1 and len(other.history) == 1
+
+
+def test_running_is_the_documents_generating(make_session):
+    """One fact: the session runs a job exactly while its document generates, and
+    running_changed follows the document the session works on, not one it left."""
+    session = make_session()
+    first, said = session.document, []
+    session.running_changed.connect(said.append)
+    first.start_generation()
+    assert session.running and said == [True]
+    first.end_generation()
+    assert not session.running and said == [True, False]
+    other = Document(picture(seed=1))
+    session.set_document(other)
+    first.start_generation()  # the document left says nothing to the session
+    assert not session.running and said == [True, False]
+    other.start_generation()
+    assert session.running and said == [True, False, True]
 
 
 def test_an_engine_error_becomes_one_line_on_the_error_signal(make_session, qtbot):

@@ -57,7 +57,7 @@ def history_of(count: int) -> Document:
         document.start_generation()
         candidates = [picture(seed=round_ * 4 + index) for index in range(4)]
         caption = "a very long caption that a narrow panel cuts long before its end " * 2
-        document.finish_generation(candidates, caption, (1, 1), 100 + round_, {})
+        document.finish_generation(candidates, caption, (1, 1), 100 + round_, None)
         document.discard_candidates()
     return document
 

@@ -75,7 +75,7 @@ def test_export_suggests_the_caption_and_seed_as_the_name(window, monkeypatch, t
     document.set_cell((1, 1))
     document.start_generation()
     candidates = [picture(seed=1), picture(seed=2)]
-    document.finish_generation(candidates, "A red circle, on grass!", (1, 1), 1234, {})
+    document.finish_generation(candidates, "A red circle, on grass!", (1, 1), 1234, None)
     document.accept_candidate()
     window.export_png()
     assert Path(asked[-1]).name == "a-red-circle-on-grass-seed-1234.png"

@@ -13,8 +13,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from model.files import MAX_PIXELS
 from model.geometry import PAPER_FACTOR, PAPER_SIZE
-from studio import engine as messages
-from studio import project, template
+from studio import catalog, project, template
 from studio.document import Document
 from studio.engine import Engine
 from studio.session import Session
@@ -152,7 +151,7 @@ def test_generating_keeps_the_top_half_bit_for_bit(qtbot):
 @pytest.fixture(scope="module")
 def default_or_tiny_bundle():
     """The embedded default bundle (a 16x16 grid) when it is installed, else the tiny one."""
-    path = messages.default_bundle_path()
+    path = catalog.default_bundle_path()
     if path.exists():
         from model.bundle import load
 

@@ -7,6 +7,8 @@ import pytest
 from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
 from PySide6.QtGui import QImage
 
+from model.config import SamplingOptions
+from studio import catalog
 from studio import engine as messages
 from studio.document import Document
 from studio.engine import Engine
@@ -23,7 +25,7 @@ def picture(width=96, height=64, seed=0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def default_or_tiny_bundle(tmp_path_factory):
     """The embedded default bundle when it is installed, else the tiny test bundle."""
-    path = messages.default_bundle_path()
+    path = catalog.default_bundle_path()
     if path.exists():
         from model.bundle import load
 
@@ -104,7 +106,7 @@ def test_ctrl_enter_changes_the_canvas_only_inside_the_rectangle(window, qtbot):
 def stage(document: Document, count=3) -> list[np.ndarray]:
     candidates = [picture(seed=10 + i) for i in range(count)]
     document.start_generation()
-    document.finish_generation(candidates, "staged", (1, 1), 9, {"n": count})
+    document.finish_generation(candidates, "staged", (1, 1), 9, SamplingOptions(n=count))
     return candidates
 
 
@@ -185,7 +187,7 @@ def test_open_image_and_project_and_swap_rebinds(window, tmp_path):
     assert window.document is not old
     old.set_cell((0, 0))  # the old document no longer drives the views
     assert window.document.cell is None
-    assert str(tmp_path / "p.dstudio") in window._recent()
+    assert str(tmp_path / "p.dstudio") in window.recent.paths()
 
 
 def test_a_reopened_project_shows_its_last_caption_and_an_image_keeps_the_typed_one(
@@ -780,8 +782,8 @@ def test_russian_examples_come_with_their_english_glosses(window):
 def test_the_model_card_reads_as_text_without_the_developers_paths():
     from studio.widgets.settings import card_text
 
-    text = card_text(str(messages.default_bundle_path()))
-    card = messages.read_card(messages.default_bundle_path())
+    text = card_text(str(catalog.default_bundle_path()))
+    card = catalog.read_card(catalog.default_bundle_path())
     assert card["name"] in text
     assert all(caption in text for caption in card["example_captions"])
     assert "/work/" not in text and "{" not in text and '"' not in text

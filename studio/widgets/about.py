@@ -7,7 +7,6 @@ import importlib.metadata
 from pathlib import Path
 
 import PySide6
-import torch
 from PySide6.QtCore import Qt, QUrl, qVersion
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
@@ -19,6 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio import project
+from studio.catalog import TORCH_VERSION
 from studio.widgets.settings import _figure as figure_text
 
 DISTRIBUTION = "dalle-studio"  # pyproject.toml's name
@@ -66,7 +66,7 @@ def text(session, logs: Path) -> str:
     """Everything the dialog says, as plain text (also what a test reads)."""
     lines = [
         f"DALL·E Studio {version()}",
-        f"PySide6 {PySide6.__version__} (Qt {qVersion()}) · PyTorch {torch.__version__}",
+        f"PySide6 {PySide6.__version__} (Qt {qVersion()}) · PyTorch {TORCH_VERSION}",
         "",
         *model_lines(session),
         "",

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.engine import SamplingOptions
+from model.config import SamplingOptions
 from studio.session import MAX_SEED, SEED_MODES, Session
 
 GENERATE_TIP = "Generate the rectangle from the caption (Enter in the caption, Ctrl+Enter)"

@@ -1,8 +1,8 @@
 """The main window's file actions: the Open, Save and Export dialogs, paste, drag and drop,
-and the recent files (kept in the window's QSettings).
+and the File › Recent menu (the recent files are ``studio.recent``).
 
 ``FileActions`` is a mixin of ``MainWindow``: its methods are the window's, and they use the
-window's ``session``, ``settings``, ``document``, ``autosaver``, ``recent_menu`` and its
+window's ``session``, ``settings``, ``document``, ``autosaver``, ``recent``, ``recent_menu`` and its
 ``open_path``, ``open_image_to_image``, ``replace_document``, ``show_error`` and
 ``describe_error`` (the one-line description of an error). It imports neither the engine nor
 torch.
@@ -21,7 +21,6 @@ from studio import naming, project
 from studio.document import Document
 from studio.widgets.canvas import qimage_to_array
 
-MAX_RECENT = 10
 IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")"
 PROJECT_FILTER = f"DALL·E Studio projects (*{project.SUFFIX})"
 
@@ -76,8 +75,7 @@ class FileActions:
             return False
         self.document.path = path
         self.document.mark_saved()
-        if not self.autosaver.pending:
-            self.autosaver.clear()  # the work is in the project now
+        self.autosaver.saved()  # the work is in the project now
         self._add_recent(path)
         self._update_title()
         return True
@@ -135,22 +133,15 @@ class FileActions:
         event.acceptProposedAction()
 
     def _last_folder(self) -> str:
-        recent = self._recent()
-        return str(Path(recent[0]).parent) if recent else ""
-
-    def _recent(self) -> list[str]:
-        value = self.settings.value("recent_files", [])
-        if isinstance(value, str):
-            value = [value]
-        return [str(v) for v in (value or [])]
+        return self.recent.last_folder()
 
     def _add_recent(self, path: str) -> None:
-        recent = [p for p in self._recent() if p != path]
-        self.settings.setValue("recent_files", [path, *recent][:MAX_RECENT])
+        self.recent.add(path)
         self._update_recent_menu()
 
     def _update_recent_menu(self) -> None:
         self.recent_menu.clear()
-        for path in self._recent():
+        paths = self.recent.paths()
+        for path in paths:
             self.recent_menu.addAction(path, lambda p=path: self.open_path(p))
-        self.recent_menu.setEnabled(bool(self._recent()))
+        self.recent_menu.setEnabled(bool(paths))

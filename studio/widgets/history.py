@@ -32,9 +32,8 @@ def label(entry: HistoryEntry) -> str:
     if entry.is_original:
         return f"{star}Original"
     parts = [clock(entry.time, "%H:%M:%S")]
-    candidate = entry.options.get("candidate")
-    if isinstance(candidate, int) and not isinstance(candidate, bool):
-        parts.append(f"#{candidate + 1}")
+    if entry.candidate is not None:
+        parts.append(f"#{entry.candidate + 1}")
     if entry.seed is not None:
         parts.append(f"seed {entry.seed}")
     return f"{star}{' · '.join(parts)} — {entry.caption or '(no caption)'}"
@@ -43,7 +42,7 @@ def label(entry: HistoryEntry) -> str:
 def describe(entry: HistoryEntry) -> str:
     if entry.is_original:
         return "Original image"
-    options = ", ".join(f"{k} {v}" for k, v in entry.options.items())
+    options = ", ".join(f"{k} {v}" for k, v in entry.options_dict().items())
     when = clock(entry.time)
     return (
         f"{entry.caption}\ncells from {entry.cell} · seed {entry.seed}\n{options}\n"

@@ -37,9 +37,10 @@ from PySide6.QtWidgets import (
 
 from studio import project, scene_canvas, template
 from studio.autosave import Autosaver
+from studio.catalog import WORLD, default_bundle_path, load_image, one_line
 from studio.document import Document
-from studio.engine import WORLD, default_bundle_path, load_image, one_line
 from studio.familiarity_hint import FamiliarityHint
+from studio.recent import RecentFiles
 from studio.session import Session
 from studio.widgets import about, menus, status
 from studio.widgets.candidates import CandidateStrip
@@ -98,12 +99,12 @@ class MainWindow(FileActions, QMainWindow):
         self.setAcceptDrops(True)
         self.session = session
         self.settings = settings or QSettings()
+        self.recent = RecentFiles(self.settings)  # File › Recent and the dialogs' folder
         self.apply_speed_settings()
         self.autosave_folder = autosave_folder
         self.ask_before_close = True
         self.errors: list[str] = []  # every message shown, for tests and the selftest
         self.autosaver = Autosaver(autosave_folder)  # the autosave, its journal, recovery
-        self._keep_autosave = False  # set when the app ends without the user (terminate)
         self._bound: Document | None = None  # the document the views are bound to
         # (device, bundle) of the model in use while Settings loads another: the settings go
         # back to it if that load fails and the model in use stays
@@ -257,7 +258,7 @@ class MainWindow(FileActions, QMainWindow):
         else:
             self.model_label.setText("model: none")
         if session.device:
-            compiled = " · compiled" if session.engine.compile else ""
+            compiled = " · compiled" if session.compile else ""
             self.device_label.setText(f"device: {session.device} · {session.precision}{compiled}")
         self._update_new_scene()
         self._update_generate()
@@ -278,12 +279,12 @@ class MainWindow(FileActions, QMainWindow):
 
     def _update_new_scene(self) -> None:
         """New scene is offered only for a model trained on scenes (its card says so)."""
-        engine = self.session.engine
-        offered = engine.loaded and engine.knows_scenes
+        session = self.session
+        offered = session.loaded and session.knows_scenes
         self.new_scene_action.setEnabled(offered)
         if offered:
             tip = f"a new picture from this model's world ({WORLD}), ready to Generate"
-        elif not engine.loaded:
+        elif not session.loaded:
             tip = "waits for the model to load"
         else:
             name = self.session.model_name or "this model"
@@ -379,8 +380,7 @@ class MainWindow(FileActions, QMainWindow):
                 return self.save_project()
             if answer != QMessageBox.StandardButton.Discard:
                 return False
-        if not self.autosaver.pending and not self._keep_autosave:
-            self.autosaver.clear()
+        self.autosaver.let_go()
         return True
 
     def replace_document(self, document: Document) -> bool:
@@ -396,10 +396,10 @@ class MainWindow(FileActions, QMainWindow):
         The picture is read and checked as an opened image is; on any error one dialog, and the
         document is untouched. Like opening, it replaces the document (asking first over
         modified work) and is not an undo step of the document it replaces."""
-        engine = self.session.engine  # the loaded model's grid (the paper's until one loads)
+        session = self.session  # the loaded model's grid (the paper's until one loads)
         try:
             picture = load_image(path)
-            made = template.image_to_image(picture, engine.geometry_size, engine.geometry_factor)
+            made = template.image_to_image(picture, session.geometry_size, session.geometry_factor)
         except (ValueError, OSError) as error:
             self.show_error(one_line(error))
             return False
@@ -419,13 +419,13 @@ class MainWindow(FileActions, QMainWindow):
         at the model's size, the rectangle on its bottom-right place and the caption to
         complete it with. Like opening, it replaces the document, asking first over modified
         work."""
-        engine = self.session.engine
-        if not (engine.loaded and engine.knows_scenes):
+        session = self.session
+        if not (session.loaded and session.knows_scenes):
             self.show_error(self.new_scene_action.toolTip())
             return False
-        picture, caption, cell = engine.new_scene(next(self.scene_seeds))
+        picture, caption, cell = session.new_scene(next(self.scene_seeds))
         document = scene_canvas.scene_document(
-            picture, cell, engine.geometry_size, engine.geometry_factor
+            picture, cell, session.geometry_size, session.geometry_factor
         )
         if not self.replace_document(document):
             return False
@@ -459,9 +459,9 @@ class MainWindow(FileActions, QMainWindow):
         # Parented for placement, deleted right after: a dialog left to the window's teardown
         # took its connections down with it out of order ("shared QObject was deleted
         # directly", exit 134 on quit).
-        engine = self.session.engine
+        session = self.session
         dialog = SettingsDialog(
-            device, bundle, self, precision=engine.precision, compile=engine.compile
+            device, bundle, self, precision=session.chosen_precision, compile=session.compile
         )
         try:
             if not dialog.exec():
@@ -475,13 +475,12 @@ class MainWindow(FileActions, QMainWindow):
         self.settings.setValue("precision", precision)
         self.settings.setValue("compile", compile)
         self.apply_speed_settings()  # the device label says it at once
-        session = self.session
         if (
             (new_device, new_bundle) != (device, bundle)
             or session.model_state == "failed"
-            or session.engine.reload_needed()
+            or session.reload_needed()
         ):
-            in_use = session.model_state == "loaded" and session.engine.loaded
+            in_use = session.model_state == "loaded" and session.loaded
             self._settings_fallback = (device, bundle) if in_use else None
             session.load(new_bundle, new_device)
 
@@ -504,21 +503,13 @@ class MainWindow(FileActions, QMainWindow):
 
     def offer_recovery(self) -> None:
         """Called once at start: a leftover autosave means the last session did not end
-        cleanly. An unreadable one is set aside (kept, renamed) and said once."""
-        autosaver = self.autosaver
+        cleanly (``Autosaver.leftover``). An unreadable one is set aside and said once."""
         try:
-            recovered = autosaver.recover()
+            recovered = self.autosaver.leftover()
         except project.ProjectError as error:
-            autosaver.pending = False
-            try:
-                aside = autosaver.set_aside()
-            except OSError as move_error:
-                self.show_error(f"{error} (and it could not be moved aside: {move_error})")
-                return
-            self.show_error(f"{error}; it was kept as {aside.name} and the app goes on")
+            self.show_error(str(error))
             return
         if recovered is None:
-            autosaver.pending = False
             return
         document, info = recovered
         answer = QMessageBox.question(
@@ -527,20 +518,18 @@ class MainWindow(FileActions, QMainWindow):
             "DALL·E Studio did not exit cleanly last time. Recover the autosaved work? "
             f"{info.describe()}. (No discards it.)",
         )
-        autosaver.pending = False
-        if answer == QMessageBox.StandardButton.Yes:
+        recover = answer == QMessageBox.StandardButton.Yes
+        self.autosaver.answered(recover)
+        if recover:
             self.session.set_document(document)  # modified; its autosave stays until saved
             self.autosave()
-        else:
-            autosaver.clear()
 
     def terminate(self) -> None:
         """The session ends without the user (SIGTERM: a logout, a shutdown, a `kill`): modified
         work goes to the autosave, which the next start offers back, and the window closes
         without asking. An autosave still awaiting the recovery answer is kept as it is."""
         self.session.drop_job()
-        self._keep_autosave = self.document.modified or self.autosaver.pending
-        self.autosave()
+        self.autosaver.keep(self.document)
         self.ask_before_close = False
         self.close()
 

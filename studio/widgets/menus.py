@@ -90,9 +90,9 @@ def _edit(window, edit) -> None:
 
 def why_not_generate(session) -> str:
     """Why Generate cannot start now, in the user's words; "" when it can."""
-    if session.running or session.document.generating:
+    if session.running:
         return "a generation is running: Esc cancels it"
-    if not session.engine.loaded:
+    if not session.loaded:
         if session.model_state == "loading":
             return "waits for the model to load"
         return "no model is loaded: open one in File › Settings"

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from studio.engine import (
+from studio.catalog import (
     BUNDLE_SUFFIX,
     available_devices,
     available_precisions,

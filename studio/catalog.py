@@ -1,0 +1,139 @@
+"""The studio's catalog of models, devices and memory: a bundle's card read from its header, the
+example captions' glosses, the devices and precisions offered, what loading a bundle needs, the
+user's images as arrays, and the one-line description of an error.
+
+Plain functions with no state of their own: the Settings dialog and the window call them on the Qt
+thread, the engine (``studio.engine``) on its worker. They may import torch and ``model``; the
+engine's worker, its jobs and their messages are ``studio.engine`` and ``studio.messages``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model import bundle as bundle_io
+from model import card as card_schema
+from model import device as model_device
+from model import familiarity, files
+from model import images as model_images
+from model.precision import PRECISIONS
+
+BUNDLE_SUFFIX = bundle_io.SUFFIX
+IMAGE_SUFFIXES = files.IMAGE_SUFFIXES
+# torch.OutOfMemoryError is torch >= 2.5; older releases only have the CUDA one
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+TORCH_VERSION = torch.__version__  # Help › About says it
+WORLD = familiarity.WORLD  # what a scenes model was trained on, in the user's words
+
+
+def one_line(error: BaseException) -> str:
+    """A user-facing one-line description of ``error``."""
+    if isinstance(error, OUT_OF_MEMORY | MemoryError):
+        return (
+            "out of memory: try fewer candidates, a smaller model or the CPU device "
+            f"({str(error).splitlines()[0] if str(error) else 'no details'})"
+        )
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def default_bundle_path() -> Path:
+    return bundle_io.default_bundle_path()
+
+
+def missing_default_message(path: Path) -> str:
+    return (
+        f"the embedded default model is not installed ({path}); "
+        "open a model bundle (*.dalle.safetensors) with File > Settings"
+    )
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The bundle's card from its header only; raises ValueError with a one-line message."""
+    return bundle_io.read_card(path)
+
+
+def clean_card(card: Any, source: str) -> dict[str, Any]:
+    """``card`` as far as it is valid (``model.card``): what the studio reads of a model's card."""
+    return card_schema.clean(card, source)
+
+
+def example_glosses(card: dict[str, Any]) -> dict[str, str]:
+    """Each example caption's English gloss, where the card gives one per caption (ruDALL-E's
+    Russian examples); {} for a card without them or with a list that does not line up."""
+    captions, glosses = card.get("example_captions"), card.get("example_glosses")
+    if not (isinstance(captions, list) and isinstance(glosses, list)):
+        return {}
+    if len(glosses) != len(captions):
+        return {}
+    return {str(caption): str(gloss) for caption, gloss in zip(captions, glosses, strict=True)}
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """A user image as (H, W, 3) uint8 RGB (EXIF orientation, alpha and palette handled)."""
+    return np.array(model_images.load_image(path), dtype=np.uint8)
+
+
+def image_from_pil(image: Image.Image) -> np.ndarray:
+    return np.array(model_images.to_rgb(image), dtype=np.uint8)
+
+
+def bytes_held(bundle, device_type: str) -> int:
+    """Bytes of ``bundle``'s weights and buffers on devices of ``device_type``."""
+    return sum(
+        tensor.numel() * tensor.element_size()
+        for module in bundle.modules().values()
+        for tensor in [*module.parameters(), *module.buffers()]
+        if tensor.device.type == device_type
+    )
+
+
+def memory_to_load(path: str | Path) -> tuple[int, int]:
+    """(bytes of CPU memory that loading ``path`` needs, bytes of its weights): the estimates
+    ``model.bundle.load`` checks before it reads a weight. Raises BundleError (a ValueError) or
+    OSError. Remembered per file version: DALL·E Mega's models take a second or two to build
+    even on the meta device, and the Settings card asks each time it opens."""
+    path = Path(path)
+    stat = path.stat()
+    return _memory_to_load(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _memory_to_load(path: str, mtime_ns: int, size: int) -> tuple[int, int]:
+    header = bundle_io.read_header(path)
+    config = bundle_io.read_config(path)
+    shapes = bundle_io.build_models(config, device="meta")
+    weights = sum(entry.end - entry.begin for entry in header.tensors.values())
+    return bundle_io.memory_to_load(header, config, shapes), weights
+
+
+def memory_summary(path: str | Path) -> str:
+    """One line for the Settings card: what loading ``path`` needs and what this machine has
+    free now; "" when it cannot be told."""
+    try:
+        needed, _ = memory_to_load(path)
+    except (ValueError, OSError):
+        return ""
+    free = model_device.available_memory(torch.device("cpu"))
+    text = f"loading needs about {_size(needed)}"
+    return text + (f" ({_size(free)} available now)" if free is not None else "")
+
+
+def _size(count: float) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+
+
+def available_devices() -> list[str]:
+    """All choices; picking CUDA on a machine without it fails to load with a message."""
+    return ["auto", "cuda", "cpu"]
+
+
+def available_precisions() -> list[str]:
+    """auto: bf16 on CUDA, int8 weights on x86 CPUs, else fp32 (``resolve_precision``)."""
+    return list(PRECISIONS)

@@ -33,11 +33,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import evaluate  # noqa: E402
 from model.bundle import load  # noqa: E402
+from model.bundle.tokenizer_files import load_image_tokenizer  # noqa: E402
 from model.data import scenes  # noqa: E402
+from model.evaluation import evaluate  # noqa: E402
 from model.files import save_png  # noqa: E402
-from model.tokenizer_files import load_image_tokenizer  # noqa: E402
 
 FACTS = ("present", "count", "size", "place", "relation", "background")
 

@@ -1,16 +1,17 @@
-"""Calibrate ``model.familiarity``: reconstruction PSNR of scenes against natural-looking pictures.
+"""Calibrate ``model.inference.familiarity``: reconstruction PSNR of scenes against natural-looking
+pictures.
 
     python benchmarks/familiarity.py [--bundle B ...] [--count 200] [--photo FILE ...]
 
-For each bundle: its reference (``model.familiarity.reference_psnr``: the typical-cell PSNR of
-its own scenes, low end) and the card's recorded evaluation PSNR for comparison. Then, for each
-group of pictures, the typical-cell PSNR at the model's size, how far below the reference it lies,
-the share ``model.familiarity`` calls far, and the whole picture's PSNR (which does not separate
-the groups). The groups: scenes of the seen and held-out splits (drawn at the model's size, and
-at 256 px brought down as an opened file is), pictures drawn here the way a new user's might look
-(a sky over hills, a photo-like texture, a portrait-like figure, the selftest's colour ramp), and
-any real photos given. The pictures come from fixed seeds, so tests/test_familiarity.py measures
-the same ones.
+For each bundle: its reference (``model.inference.familiarity.reference_psnr``: the typical-cell
+PSNR of its own scenes, low end) and the card's recorded evaluation PSNR for comparison. Then, for
+each group of pictures, the typical-cell PSNR at the model's size, how far below the reference it
+lies, the share ``model.inference.familiarity`` calls far, and the whole picture's PSNR (which does
+not separate the groups). The groups: scenes of the seen and held-out splits (drawn at the model's
+size, and at 256 px brought down as an opened file is), pictures drawn here the way a new user's
+might look (a sky over hills, a photo-like texture, a portrait-like figure, the selftest's colour
+ramp), and any real photos given. The pictures come from fixed seeds, so tests/test_familiarity.py
+measures the same ones.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _mean_psnr(vae, x, content):
 
 
 def _row(name: str, typical: list[float], mean: list[float], reference: float) -> str:
-    from model.familiarity import FAR_BELOW_DB
+    from model.inference.familiarity import FAR_BELOW_DB
 
     typical, mean = np.asarray(typical), np.asarray(mean)
     far = float((reference - typical > FAR_BELOW_DB).mean())
@@ -148,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from model import bundle as bundle_io
-    from model import familiarity
     from model.data import scenes
     from model.files import open_image
     from model.geometry import Geometry
-    from model.images import to_model
+    from model.inference import familiarity
+    from model.inference.images import to_model
 
     torch.set_grad_enabled(False)
     for path in args.bundle or BUNDLES:

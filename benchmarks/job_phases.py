@@ -15,8 +15,8 @@ CPU cores; ``python benchmarks/job_phases.py --megapixels 48``), seconds:
     before issue 28  23.9 (row 1/1)   89.3    88.8 / 65.4  (0 % until then, then 100 %)
     now              0.0 (reading)    14.6    14.7 / 9.4, then pasting 2/4: 6.6 / 7.1
 
-Most of the gain is ``model.images.paste_back`` blending only the rectangle in 8 bits (a 48 MP
-paste: 13-19 s before, 1.5-2.5 s now, the same pixels).
+Most of the gain is ``model.inference.images.paste_back`` blending only the rectangle in 8 bits (a
+48 MP paste: 13-19 s before, 1.5-2.5 s now, the same pixels).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Did the ruDALL-E layout (issue 20) slow the studio layout's decode step? Before and after in one
 run, alternating.
 
-``model/transformer.py`` of an earlier commit and of this tree are loaded side by side as two
-modules; each builds the default preset's transformer (dim 192, depth 6, heads 6, a 16x16 grid,
+``model/networks/transformer.py`` of an earlier commit and of this tree are loaded side by side as
+two modules; each builds the default preset's transformer (dim 192, depth 6, heads 6, a 16x16 grid,
 32 text positions) with the same weights. Every round times, for each in turn (the order swapped
 from round to round), a whole image of one-cell steps through ``forward`` (the sampler's call:
 text and the start prefilled untimed, then slots 1 .. 255, each a gathered decode step), and
@@ -28,19 +28,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import precision as model_precision  # noqa: E402
 from model.config import TransformerConfig  # noqa: E402
+from model.networks import precision as model_precision  # noqa: E402
 
-HERE = Path(__file__).resolve().parents[1] / "model" / "transformer.py"
+HERE = Path(__file__).resolve().parents[1] / "model" / "networks" / "transformer.py"
 DEFAULT_PRESET = TransformerConfig(
     text_vocab=512, text_len=32, image_vocab=512, grid=16, dim=192, depth=6, heads=6, conv_kernel=5
 )
 
 
 def load(path: Path, name: str) -> ModuleType:
-    """``path`` (a transformer.py, or a tree holding model/transformer.py) as module ``name``."""
+    """``path`` (a transformer.py, or a tree holding model/networks/transformer.py) as module
+    ``name``."""
     if path.is_dir():
-        path = path / "model" / "transformer.py"
+        path = path / "model" / "networks" / "transformer.py"
     if not path.is_file():
         raise SystemExit(f"--before {path}: no such file")
     spec = importlib.util.spec_from_file_location(name, path)
@@ -50,8 +51,8 @@ def load(path: Path, name: str) -> ModuleType:
 
 
 def for_inference(module: ModuleType):
-    """A loaded transformer.py's own ``for_inference`` (one from before ``model.precision`` held
-    it), else this tree's."""
+    """A loaded transformer.py's own ``for_inference`` (one from before ``model.networks.precision``
+    held it), else this tree's."""
     return getattr(module, "for_inference", model_precision.for_inference)
 
 

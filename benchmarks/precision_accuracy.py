@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.bench import random_transformer  # noqa: E402
 from model.config import SamplingOptions  # noqa: E402
+from model.evaluation.bench import random_transformer  # noqa: E402
 from model.geometry import Plan  # noqa: E402
-from model.sampling import prepared, run, sample_tokens  # noqa: E402
+from model.inference.sampling import prepared, run, sample_tokens  # noqa: E402
 
 
 @torch.inference_mode()

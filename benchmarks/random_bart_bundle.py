@@ -9,7 +9,7 @@ or, with ``--sources``, the files ``dalle import`` reads, to measure the import 
     python benchmarks/random_bart_bundle.py --model mega --sources /tmp/src-mega
     dalle import mega --from /tmp/src-mega --out /tmp/imported-mega.dalle.safetensors
 
-The bundle has the layout ``dalle import mega|mini`` writes (model/bench.py,
+The bundle has the layout ``dalle import mega|mini`` writes (model/evaluation/bench.py,
 ``random_bart_bundle``): the transformer in ``--dtype``, dalle-mini's VQGAN f16-16384 shape in
 fp32, a stand-in BART vocabulary. ``--sources`` writes min-dalle's files (``torch.save`` of fp32
 state dicts under min-dalle's names, ``vocab*.json`` with BART's 50,265 ids, ``merges*.txt``,
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from model.bart import MEGA, MINI, BartDalle
-from model.bench import random_bart_bundle
+from model.evaluation.bench import random_bart_bundle
+from model.networks.bart import MEGA, MINI, BartDalle
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -38,7 +38,7 @@ def write_sources(which: str, folder: Path) -> None:
     """min-dalle's and dalle-mini's files for a random full-size ``which`` ("mega", "mini")."""
     from model.config import VQGANConfig
     from model.importers.dalle_mega import MODELS
-    from model.vqgan import VQGAN
+    from model.networks.vqgan import VQGAN
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's tests/
     from tests.test_vqgan import DALLE_MINI_CONFIG_JSON, _flax_tree, _to_bytes

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.bundle import default_bundle_path, load  # noqa: E402
 from model.data import scenes  # noqa: E402
-from model.evaluate import EvalConfig, scene_batch, to_uint8  # noqa: E402
-from model.sampling import complete, run  # noqa: E402
-from model.train import reranker_source  # noqa: E402
+from model.evaluation.evaluate import EvalConfig, scene_batch, to_uint8  # noqa: E402
+from model.inference.sampling import complete, run  # noqa: E402
+from model.training.train import reranker_source  # noqa: E402
 
 
 @torch.inference_mode()

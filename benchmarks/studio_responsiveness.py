@@ -30,9 +30,9 @@ def synthetic_bundle(grid: int = 16, dim: int = 256, depth: int = 8):
 
     from model.bundle import Bundle
     from model.config import BundleConfig, DVAEConfig, TextConfig, TransformerConfig
-    from model.dvae import DVAE
-    from model.text import CaptionTokenizer
-    from model.transformer import Transformer
+    from model.networks.dvae import DVAE
+    from model.networks.transformer import Transformer
+    from model.tokenizers.text import CaptionTokenizer
 
     torch.manual_seed(0)
     vae = DVAEConfig(

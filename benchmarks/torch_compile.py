@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import bundle as bundle_io  # noqa: E402
-from model.bench import random_transformer, time_sampling  # noqa: E402
 from model.config import SamplingOptions  # noqa: E402
+from model.evaluation.bench import random_transformer, time_sampling  # noqa: E402
 from model.geometry import Plan  # noqa: E402
-from model.sampling import prepared, run, sample_tokens  # noqa: E402
+from model.inference.sampling import prepared, run, sample_tokens  # noqa: E402
 
 
 def tokens(transformer, plan: Plan, batch: int) -> torch.Tensor:

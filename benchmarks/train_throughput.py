@@ -21,8 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.config import DVAEConfig, TransformerConfig  # noqa: E402
-from model.dvae import DVAE  # noqa: E402
-from model.transformer import Transformer  # noqa: E402
+from model.networks.dvae import DVAE  # noqa: E402
+from model.networks.transformer import Transformer  # noqa: E402
 
 
 def sync(device):

@@ -1,4 +1,5 @@
-"""Working memory of ``model.upscaler.upscale`` against picture size: it depends on the tile.
+"""Working memory of ``model.networks.upscaler.upscale`` against picture size: it depends on the
+tile.
 
 Runs the shipped upscaler (or ``--upscaler``) at its default tile on a random picture of
 ``--side`` px and prints the peak resident-memory rise over the loaded net, less the result's own
@@ -19,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from model.upscaler import largest_tile, tile_working_bytes, upscale
-from model.upscaler_files import load_upscaler
+from model.bundle.upscaler_files import load_upscaler
+from model.networks.upscaler import largest_tile, tile_working_bytes, upscale
 
 
 def resident() -> int:

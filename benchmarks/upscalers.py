@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model.bundle.upscaler_files import load_upscaler
 from model.importers.realesrgan import import_realesrgan
-from model.upscaler import Upscaler, upscale
-from model.upscaler_files import load_upscaler
+from model.networks.upscaler import Upscaler, upscale
 
 CANDIDATES = ("realesr-animevideov3-x4", "realesrgan-x4plus-anime", "realesrgan-x4plus")
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")

@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.bench import random_transformer, time_sampling  # noqa: E402
+from model.evaluation.bench import random_transformer, time_sampling  # noqa: E402
 from model.files import write_text  # noqa: E402
 from model.geometry import Plan  # noqa: E402
-from model.sampling import prepared  # noqa: E402
-from model.transformer import layer_kinds  # noqa: E402
+from model.inference.sampling import prepared  # noqa: E402
+from model.networks.transformer import layer_kinds  # noqa: E402
 
 
 def stub_unused_imports() -> None:

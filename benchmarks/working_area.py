@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from model import sampling
 from model.bundle import load
-from model.completion import Completion, complete_all
+from model.bundle.upscaler_files import load_upscaler
 from model.config import SamplingOptions
-from model.evaluate import EvalConfig, completion_fidelity
-from model.upscaler_files import load_upscaler
+from model.evaluation.evaluate import EvalConfig, completion_fidelity
+from model.inference import sampling
+from model.inference.completion import Completion, complete_all
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 WALLPAPERS = ("Garden.jpg", "Storm.jpg")  # mate nature: 2560 and 1920 px wide

@@ -138,8 +138,8 @@ def _checked(item: Checker, value: Any, where: str, problems: list[str]) -> Any:
         return _LEFT_OUT
 
 
-# A training stage's card (``model.trainer.run_stage``): the bundle's own, its image tokenizer's
-# under "vae" and its reranker's under "reranker".
+# A training stage's card (``model.training.trainer.run_stage``): the bundle's own, its image
+# tokenizer's under "vae" and its reranker's under "reranker".
 STAGE = {
     "stage": text,
     "steps": count,

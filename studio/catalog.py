@@ -20,9 +20,10 @@ from PIL import Image
 from model import bundle as bundle_io
 from model import card as card_schema
 from model import device as model_device
-from model import familiarity, files
-from model import images as model_images
-from model.precision import PRECISIONS
+from model import files
+from model.inference import familiarity
+from model.inference import images as model_images
+from model.networks.precision import PRECISIONS
 
 BUNDLE_SUFFIX = bundle_io.SUFFIX
 IMAGE_SUFFIXES = files.IMAGE_SUFFIXES

@@ -31,14 +31,14 @@ from PySide6.QtCore import QObject, Signal
 
 from model import bundle as bundle_io
 from model import card as card_schema
-from model import completion as completion_events
 from model import device as model_device
-from model import familiarity, sampling
-from model.completion import Completion
 from model.config import SamplingOptions
 from model.device import pick_device
 from model.geometry import PAPER_FACTOR, PAPER_SIZE
-from model.precision import resolve_precision
+from model.inference import completion as completion_events
+from model.inference import familiarity, sampling
+from model.inference.completion import Completion
+from model.networks.precision import resolve_precision
 from studio.catalog import (
     bytes_held,
     default_bundle_path,
@@ -108,7 +108,7 @@ class Engine(QObject):
         self._reference_db: float | None = None  # its familiarity reference, once measured
 
     def set_speed(self, precision: str, compile: bool) -> None:
-        """How later jobs sample: a precision (see ``model.precision.for_inference``) and
+        """How later jobs sample: a precision (see ``model.networks.precision.for_inference``) and
         whether the decode step is compiled. Raises ValueError naming an unknown precision."""
         resolve_precision(precision, "cpu")  # validates the name
         self.precision, self.compile = precision, bool(compile)
@@ -130,7 +130,7 @@ class Engine(QObject):
 
     def sampling_precision(self, device: str | torch.device) -> str:
         """What the next job samples in on ``device`` ("auto" resolved). An imported model,
-        converted in place (``model.sampling.prepared``), is never widened by "auto"."""
+        converted in place (``model.inference.sampling.prepared``), is never widened by "auto"."""
         transformer = self._bundle.transformer if self._bundle is not None else None
         if getattr(transformer, "converts_in_place", False):
             return sampling.resolve_in_place(transformer, self.precision, torch.device(device))
@@ -249,7 +249,8 @@ class Engine(QObject):
         return result
 
     def _run(self, job: Job, emit: Callable[[Message], None]) -> Message:
-        """One job through ``model.completion``: its events become the studio's messages."""
+        """One job through ``model.inference.completion``: its events become the studio's
+        messages."""
         bundle = self._bundle
         if bundle is None:
             return Failed(job.id, "no model is loaded: open a model bundle in Settings")
@@ -302,7 +303,8 @@ class Engine(QObject):
         return Failed(job.id, "sampling ended without a result")
 
     def _enter(self, job: Job, phase, pace: Pace, emit: Callable[[Message], None]) -> None:
-        """Say that ``job`` entered ``phase`` (a ``model.completion.Phase``), with its ETA."""
+        """Say that ``job`` entered ``phase`` (a ``model.inference.completion.Phase``), with its
+        ETA."""
         if phase.name == "reading":
             emit(Phase(job.id, "reading"))
         elif phase.name == "encoding":
@@ -366,7 +368,7 @@ class Engine(QObject):
     def new_scene(self, seed: int) -> tuple[np.ndarray, str, tuple[int, int]]:
         """A picture from the scenes' world at the loaded model's size: (pixels (S, S, 3)
         uint8, the caption to complete it with, the rectangle's cell); see
-        ``model.familiarity.new_scene``. Pillow only, quick enough for the Qt thread."""
+        ``model.inference.familiarity.new_scene``. Pillow only, quick enough for the Qt thread."""
         picture, caption, cell = familiarity.new_scene(
             seed, self.geometry_size, self.geometry_factor
         )

@@ -2,8 +2,8 @@
 
 Every picture the session opens (and the picture again whenever the model changes) is measured
 on the engine's worker (``Engine.measure_familiarity``: the tokenizer's reconstruction of it
-against the model's own scenes, ``model.familiarity``), so the Qt thread never waits. A model
-that does not know scenes (an imported DALL·E Mega, ruDALL-E) is not measured at all.
+against the model's own scenes, ``model.inference.familiarity``), so the Qt thread never waits. A
+model that does not know scenes (an imported DALL·E Mega, ruDALL-E) is not measured at all.
 
 What is measured is the picture's content: the image without its blank white margins
 (``content``). A template's canvas (File › New from template) is mostly white paper around the

@@ -100,7 +100,7 @@ class Cancelled:
 @dataclass
 class Familiar:
     """How far a picture lies from the loaded model's training data
-    (``model.familiarity``: typical-cell reconstruction PSNR, dB)."""
+    (``model.inference.familiarity``: typical-cell reconstruction PSNR, dB)."""
 
     request: int  # the caller's number for the picture it asked about
     typical_db: float

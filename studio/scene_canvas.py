@@ -3,8 +3,8 @@
 A new user's first picture is rarely one the embedded model can draw: it learnt scenes of
 coloured shapes, and a photo comes back as blocks (``studio.familiarity_hint`` says so). A new
 scene gives them one that works in one click. The engine draws it (``Engine.new_scene``:
-``model.familiarity.new_scene``): a scene at the model's own size whose bottom-right place holds
-another object than its caption names, the rectangle on that place (snapped to the model's
+``model.inference.familiarity.new_scene``): a scene at the model's own size whose bottom-right place
+holds another object than its caption names, the rectangle on that place (snapped to the model's
 grid), and the caption; Generate redraws the place to match the caption.
 
 Each use draws a new scene (``seeds``: consecutive seeds from a random start); a test passes

@@ -8,10 +8,10 @@ import torch
 
 from model.bundle import Bundle, save
 from model.config import BundleConfig, DVAEConfig, TextConfig, TransformerConfig, VQConfig
-from model.dvae import DVAE
-from model.text import CaptionTokenizer
-from model.transformer import Transformer
-from model.vq import VQVAE
+from model.networks.dvae import DVAE
+from model.networks.transformer import Transformer
+from model.networks.vq import VQVAE
+from model.tokenizers.text import CaptionTokenizer
 
 CAPTIONS = [
     "a red circle in the top left",

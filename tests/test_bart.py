@@ -1,4 +1,5 @@
-"""DALL·E Mega / Mini (model/bart.py, model/bart_text.py) against min-dalle 0.4.11's own code.
+"""DALL·E Mega / Mini (model/networks/bart.py, model/tokenizers/bart_text.py) against min-dalle
+0.4.11's own code.
 
 The reference is min-dalle's ``DalleBartEncoder``, ``DalleBartDecoder``, ``TextTokenizer`` and the
 sampling loop of ``MinDalle.generate_raw_image_stream``, run as they are on a tiny random model
@@ -20,8 +21,10 @@ import warnings
 import pytest
 import torch
 
-from model import bart_text
-from model.bart import (
+from model.config import SamplingOptions
+from model.geometry import Plan
+from model.inference.sampling import run, sample_tokens
+from model.networks.bart import (
     MEGA,
     MINI,
     BartConfig,
@@ -30,11 +33,9 @@ from model.bart import (
     from_min_dalle,
     read_state_dict,
 )
-from model.bart_text import BartTokenizer
-from model.config import SamplingOptions
-from model.geometry import Plan
-from model.precision import for_inference
-from model.sampling import run, sample_tokens
+from model.networks.precision import for_inference
+from model.tokenizers import bart_text
+from model.tokenizers.bart_text import BartTokenizer
 
 # -- fixtures -------------------------------------------------------------------------------------
 

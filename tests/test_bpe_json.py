@@ -1,5 +1,5 @@
-"""``model.bpe_json``: the one JSON form of an imported BPE caption tokenizer (Mega/Mini's BART
-BPE and ruDALL-E's youtokentome BPE both store themselves through it)."""
+"""``model.tokenizers.bpe_json``: the one JSON form of an imported BPE caption tokenizer
+(Mega/Mini's BART BPE and ruDALL-E's youtokentome BPE both store themselves through it)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from model.bpe_json import bpe_from_json, bpe_to_json, first_line
+from model.tokenizers.bpe_json import bpe_from_json, bpe_to_json, first_line
 
 VOCAB = {"<s>": 0, "a": 1, "b": 2, "ab": 3, "é": 4}
 MERGES = [("a", "b")]

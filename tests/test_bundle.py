@@ -21,9 +21,9 @@ from model.bundle import (
     save,
 )
 from model.config import BundleConfig, DVAEConfig, TextConfig, TransformerConfig
-from model.dvae import DVAE
-from model.text import CaptionTokenizer
-from model.transformer import Transformer
+from model.networks.dvae import DVAE
+from model.networks.transformer import Transformer
+from model.tokenizers.text import CaptionTokenizer
 
 TEXT_LEN = 8
 CAPTIONS = ["a red circle", "two blue squares", "a green star in the top left"] * 4
@@ -346,7 +346,8 @@ def test_reranker_config_without_the_module_is_refused(saved, tmp_path, monkeypa
         meta["config"] = json.dumps(config)
 
     path = rewrite(saved, tmp_path / "rerank.dalle.safetensors", metadata=add_reranker)
-    monkeypatch.setitem(sys.modules, "model.rerank", None)  # as if model/rerank.py were absent
+    # as if model/networks/rerank.py were absent
+    monkeypatch.setitem(sys.modules, "model.networks.rerank", None)
     refused(path, "no reranker")
 
 

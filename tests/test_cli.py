@@ -247,8 +247,8 @@ def test_bench_random_model_prints_one_json_object(capsys):
 
 
 def test_bench_step_bytes_counts_the_weights_a_step_reads():
-    from model.bench import random_transformer, step_bytes
-    from model.sampling import prepared
+    from model.evaluation.bench import random_transformer, step_bytes
+    from model.inference.sampling import prepared
 
     model = random_transformer(32, 2, 4, 4, 4, 16, "cpu")
     fp32 = step_bytes(model, 1)
@@ -565,7 +565,7 @@ def test_batch_checks_every_header_first_and_decodes_each_image_just_before_its_
     bundle_path, photo, tmp_path, monkeypatch
 ):
     import model.cli.sample as cli
-    import model.sampling as sampling
+    import model.inference.sampling as sampling
 
     events = []
     real_open, real_complete = cli.open_image, sampling.complete

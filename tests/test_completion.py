@@ -1,5 +1,5 @@
-"""model/completion.py: the one "complete this picture" use case, and the three adapters over it
-(the studio's engine, ``dalle complete``, the server's edits) giving the same pixels."""
+"""model/inference/completion.py: the one "complete this picture" use case, and the three adapters
+over it (the studio's engine, ``dalle complete``, the server's edits) giving the same pixels."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from model import completion as use_case
-from model import sampling
 from model.bundle import load
-from model.completion import Completion, Finished, NotEnoughMemory, Pasted, Phase, complete_all
 from model.config import SamplingOptions
-from model.images import paste_back
+from model.inference import completion as use_case
+from model.inference import sampling
+from model.inference.completion import (
+    Completion,
+    Finished,
+    NotEnoughMemory,
+    Pasted,
+    Phase,
+    complete_all,
+)
+from model.inference.images import paste_back
 from tests.helpers import tiny_bundle, tiny_bundle_file
 
 
@@ -201,7 +208,7 @@ def test_the_servers_edit_is_the_use_case_inside_its_mask(bundle):
 
 
 def test_no_adapter_keeps_its_own_memory_rule():
-    """The per-pixel working memory is written once, in model/completion.py."""
+    """The per-pixel working memory is written once, in model/inference/completion.py."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
@@ -295,7 +302,7 @@ def test_the_cli_completes_in_the_area_it_is_given(bundle, bundle_path, tmp_path
 
 @pytest.fixture(scope="module")
 def upscaler():
-    from model.upscaler_files import load_upscaler
+    from model.bundle.upscaler_files import load_upscaler
 
     return load_upscaler()[0]  # the shipped realesr-animevideov3 x4
 
@@ -323,8 +330,8 @@ def test_the_upscaled_region_lies_where_lanczos_puts_it(upscaler):
     same pixels (here a model pixel is 8 picture pixels; shifts of half of one do worse)."""
     from skimage import data
 
-    from model.completion import upscaled_region
     from model.geometry import Geometry
+    from model.inference.completion import upscaled_region
 
     small = Image.fromarray(data.astronaut()).resize((32, 32), Image.Resampling.LANCZOS)
     decoded = torch.from_numpy(np.array(small)).permute(2, 0, 1).float() / 255

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import DVAEConfig
-from model.dvae import (
+from model.networks.dvae import (
     DVAE,
     PAPER_BETA,
     Conv2d,

@@ -8,7 +8,7 @@ from PIL import Image
 
 from model.cli import main
 from model.data.scenes import write_scenes
-from model.trainer import read_metrics
+from model.training.trainer import read_metrics
 
 
 @pytest.mark.slow

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model import images as model_images
-from model import sampling
 from model.geometry import Geometry
-from model.precision import resolve_precision
+from model.inference import images as model_images
+from model.inference import sampling
+from model.networks.precision import resolve_precision
 from studio import engine as studio_engine
 from studio.document import Document
 from studio.engine import Engine, Job, SamplingOptions

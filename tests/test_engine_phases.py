@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import sampling
+from model.inference import sampling
 from studio import engine as studio_engine
 from studio.engine import Engine, Job, SamplingOptions
 from studio.pace import Pace

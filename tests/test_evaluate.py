@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from model import cli, eval_report, evaluate
+from model import cli
 from model.config import SamplingOptions
 from model.data import scenes
+from model.evaluation import eval_report, evaluate
 from tests.helpers import tiny_bundle, tiny_bundle_file
 
 

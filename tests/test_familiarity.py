@@ -1,4 +1,5 @@
-"""model.familiarity and its status-bar hint: how far a picture lies from what the model knows."""
+"""model.inference.familiarity and its status-bar hint: how far a picture lies from what the model
+knows."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from PySide6.QtGui import QImage
 
 from benchmarks.familiarity import NATURAL, photo_texture, portrait, sky_and_hills
 from model import bundle as bundle_io
-from model import familiarity
 from model.data import scenes
+from model.inference import familiarity
 from studio import engine as messages
 from studio.document import Document
 from studio.engine import Engine

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from model.upscaler_files import SHIPPED_NAME
+from model.bundle.upscaler_files import SHIPPED_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -81,7 +81,7 @@ def test_paste_back_keeps_every_pixel_outside_the_rectangle_at_any_decoded_size(
     import torch
     from PIL import Image
 
-    from model.images import paste_back, to_model
+    from model.inference.images import paste_back, to_model
 
     rng = np.random.default_rng(0)
     original = Image.fromarray(rng.integers(0, 256, (50, 100, 3), dtype=np.uint8), "RGB")

@@ -405,13 +405,13 @@ def test_no_writer_follows_a_planted_symlink(tmp_path):
     import torch
 
     from model.bundle import save
+    from model.bundle.tokenizer_files import save_vae
     from model.cli import main
     from model.config import PRESETS, DVAEConfig
     from model.data.scenes import write_scenes
-    from model.dvae import DVAE
-    from model.eval_report import write_json
-    from model.tokenizer_files import save_vae
-    from model.trainer import atomic_torch_save
+    from model.evaluation.eval_report import write_json
+    from model.networks.dvae import DVAE
+    from model.training.trainer import atomic_torch_save
     from tests.helpers import tiny_bundle, tiny_bundle_file
 
     victim = tmp_path / "victim.txt"

@@ -148,7 +148,7 @@ def vocab_of_short_entries(path: Path, size: int) -> None:
 
 
 def tiny_mini_preset(vocab: Path, merges: Path):
-    from model.bart_text import BartTokenizer
+    from model.tokenizers.bart_text import BartTokenizer
     from tests.test_import_mega import tiny_bart
 
     return tiny_bart(BartTokenizer.from_files(vocab, merges).vocab_size)
@@ -230,7 +230,7 @@ def make_inputs(root: Path) -> dict[str, Case]:
     rudalle_case("stride0-mask", conv, ["transformer.conv_mask", "declares"])
     # a valid tiny transformer, then the Sber VQGAN's 90M parameters over one value each
     from model.importers.rudalle_vqgan import SBER_GUMBEL_F8
-    from model.vqgan import VQGAN
+    from model.networks.vqgan import VQGAN
 
     with torch.device("meta"):
         sber = {k: v.shape for k, v in VQGAN(SBER_GUMBEL_F8).state_dict().items()}
@@ -324,7 +324,7 @@ def make_inputs(root: Path) -> dict[str, Case]:
 
     # the real Mini's shapes over one stored value each: 0.4B parameters in a few hundred KB
     def stride0_mini(role: str) -> Callable[[Path], None]:
-        from model.bart import MINI, BartDalle
+        from model.networks.bart import MINI, BartDalle
 
         def write(path: Path) -> None:
             with torch.device("meta"):
@@ -486,7 +486,7 @@ def disk_full(kind: str) -> Callable[..., None]:
 def dvae_sources(folder: Path) -> tuple[Path, Path]:
     """A tiny dVAE's halves saved as state dicts in the released naming (read_half takes them)."""
     from model.config import DVAEConfig
-    from model.dvae import DVAE
+    from model.networks.dvae import DVAE
 
     vae = DVAE(DVAEConfig(image_size=16, n_groups=2, n_hid=8, vocab_size=16, n_init=8))
     folder.mkdir()
@@ -502,7 +502,7 @@ def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing(
     tmp_path, monkeypatch, capsys, family, kind
 ):
     import model.bundle.io
-    import model.tokenizer_files
+    import model.bundle.tokenizer_files
     from model.cli import main
     from model.importers import dalle_mega
 
@@ -511,7 +511,7 @@ def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing(
         encoder, decoder = dvae_sources(tmp_path / "src")
         target = out / "vae.safetensors"
         args = ["openai-dvae", "--encoder", str(encoder), "--decoder", str(decoder)]
-        monkeypatch.setattr(model.tokenizer_files, "save_file", disk_full(kind))
+        monkeypatch.setattr(model.bundle.tokenizer_files, "save_file", disk_full(kind))
     else:
         bpe = bpe_files(tmp_path / "bpe")
         source = mini_sources(tmp_path / "src", bpe)
@@ -565,7 +565,7 @@ def test_modules_shared_down_many_levels_are_refused_not_walked(tmp_path):
 def test_flax_arrays_past_their_budget_are_refused(tmp_path):
     import numpy as np
 
-    from model.flax_msgpack import read_flax_msgpack
+    from model.importers.flax_msgpack import read_flax_msgpack
     from tests.test_vqgan import _to_bytes
 
     path = tmp_path / "flax_model.msgpack"

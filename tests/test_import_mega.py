@@ -19,8 +19,6 @@ import torch
 from safetensors import safe_open
 
 import model.bundle as bundle_module
-from model.bart import BartConfig, BartDalle
-from model.bart_text import BartTokenizer
 from model.bundle import Bundle, BundleError, load, read_config, save
 from model.cli import main
 from model.config import (
@@ -32,13 +30,15 @@ from model.config import (
     VQGANConfig,
 )
 from model.geometry import Geometry, Plan
-from model.images import paste_back, to_pil
 from model.importers import dalle_mega
-from model.precision import Int8Linear
-from model.sampling import Done, complete, plan_mask, prepared, run, sample_tokens
-from model.text import CaptionTokenizer
-from model.transformer import Transformer
-from model.vqgan import VQGAN
+from model.inference.images import paste_back, to_pil
+from model.inference.sampling import Done, complete, plan_mask, prepared, run, sample_tokens
+from model.networks.bart import BartConfig, BartDalle
+from model.networks.precision import Int8Linear
+from model.networks.transformer import Transformer
+from model.networks.vqgan import VQGAN
+from model.tokenizers.bart_text import BartTokenizer
+from model.tokenizers.text import CaptionTokenizer
 from tests.test_vqgan import _flax_tree, _to_bytes
 
 pytest.importorskip("msgpack")
@@ -661,7 +661,7 @@ def test_a_bart_tokenizer_reads_ids_past_the_encoder_as_unk(bpe_files):
 
 
 def test_bench_times_a_bart_bundle(tmp_path, capsys):
-    from model.bench import random_bart_bundle, step_bytes
+    from model.evaluation.bench import random_bart_bundle, step_bytes
 
     config = tiny_bart(120)
     path = random_bart_bundle(config, tmp_path / "r.dalle.safetensors", vqgan=TINY_VQGAN)

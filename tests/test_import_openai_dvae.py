@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
+from model.bundle.tokenizer_files import load_image_tokenizer
 from model.cli import main
-from model.tokenizer_files import load_image_tokenizer
 
 dall_e = pytest.importorskip("dall_e")
 from dall_e.decoder import Decoder  # noqa: E402

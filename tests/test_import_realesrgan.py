@@ -24,11 +24,11 @@ import pytest
 import torch
 from torch import nn
 
+from model.bundle.upscaler_files import load_upscaler, read_upscaler_card
 from model.cli import main
 from model.importers.ncnn import NcnnError, read_ncnn
 from model.importers.realesrgan import read_pth
-from model.upscaler import RRDBNetConfig, SRVGGConfig, build_upscaler, upscale
-from model.upscaler_files import load_upscaler, read_upscaler_card
+from model.networks.upscaler import RRDBNetConfig, SRVGGConfig, build_upscaler, upscale
 from tests.ncnn_files import run_ncnn, write_ncnn
 from tests.test_upscaler import picture, tiny, untiled
 

@@ -21,11 +21,11 @@ import torch
 
 import model.bundle as bundle_module
 import model.device as device_module
-from model.bart import BartDalle
-from model.bart_text import BartTokenizer
 from model.config import VQGANConfig
 from model.importers import dalle_mega
-from model.vqgan import VQGAN
+from model.networks.bart import BartDalle
+from model.networks.vqgan import VQGAN
+from model.tokenizers.bart_text import BartTokenizer
 from studio import catalog
 from studio import engine as messages
 from studio.document import Document

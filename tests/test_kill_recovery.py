@@ -49,7 +49,7 @@ from PySide6.QtWidgets import QApplication
 
 from model.bundle import load
 from model.config import SamplingOptions
-from model.sampling import generate
+from model.inference.sampling import generate
 from studio.document import Document
 from studio.engine import Engine
 from studio.session import Session

@@ -51,16 +51,16 @@ def test_the_import_contracts_hold():
             "model.geometry -> PySide6",
         ),
         (
-            "model/images.py",
+            "model/inference/images.py",
             "from studio import document",
             "model-without-qt",
-            "model.images -> studio.document",
+            "model.inference.images -> studio.document",
         ),
         (
             "studio/widgets/canvas.py",
-            "from model import sampling",
+            "from model.inference import sampling",
             "studio-through-engine",
-            "studio.widgets.canvas -> model.sampling",
+            "studio.widgets.canvas -> model.inference.sampling",
         ),
         (
             "studio/document.py",

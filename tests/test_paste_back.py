@@ -1,5 +1,5 @@
-"""model.images.paste_back on a large picture (issue 28): the same pixels as before, bit for bit,
-without float copies of the whole picture (a 48 MP paste took 19 s and gigabytes)."""
+"""model.inference.images.paste_back on a large picture (issue 28): the same pixels as before, bit
+for bit, without float copies of the whole picture (a 48 MP paste took 19 s and gigabytes)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from model.geometry import Geometry
-from model.images import paste_back, to_pil
+from model.inference.images import paste_back, to_pil
 
 
 def reference(original, decoded, geometry, cell, feather=0) -> np.ndarray:

@@ -6,8 +6,8 @@ import torch
 
 from model.config import RerankerConfig, SamplingOptions
 from model.data.scenes import sample_spec, scene_rng
-from model.rerank import SWAP_GROUPS, Reranker, hard_negative
-from model.sampling import generate, run
+from model.inference.sampling import generate, run
+from model.networks.rerank import SWAP_GROUPS, Reranker, hard_negative
 from tests.helpers import tiny_bundle
 
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}

@@ -1,5 +1,5 @@
 """ruDALL-E v3's transformer as ``layout="rudalle"``: ``model.importers.rudalle`` and
-``model.transformer.RudalleTransformer`` against rudalle 1.1.3's own ``DalleModel``.
+``model.networks.transformer.RudalleTransformer`` against rudalle 1.1.3's own ``DalleModel``.
 
 The reference is rudalle's code, run alone: its package ``__init__`` pulls in transformers, cv2
 and a Hugging Face download helper, so ``rudalle`` and ``rudalle.dalle`` are stubbed as bare
@@ -32,9 +32,9 @@ from torch import nn
 from model.config import SamplingOptions, TransformerConfig
 from model.geometry import Plan
 from model.importers.rudalle import transformer_from_rudalle, v3_conv_mask
-from model.precision import Int8Linear, for_inference
-from model.sampling import Sampled, prepared, sample_tokens
-from model.transformer import (
+from model.inference.sampling import Sampled, prepared, sample_tokens
+from model.networks.precision import Int8Linear, for_inference
+from model.networks.transformer import (
     COLUMN,
     CONV,
     ROW,

@@ -21,8 +21,8 @@ from PIL import Image
 from model.bundle import load, read_card
 from model.config import VQGANConfig
 from model.importers.rudalle_import import import_rudalle
-from model.vqgan import VQGAN
-from model.yttm_text import RudallePrompt
+from model.networks.vqgan import VQGAN
+from model.tokenizers.yttm_text import RudallePrompt
 from tests.test_rudalle import (
     BPE_IDS,
     GRID,

@@ -7,7 +7,7 @@ import torch
 
 from model.config import SamplingOptions, TransformerConfig
 from model.geometry import Geometry, Plan
-from model.sampling import (
+from model.inference.sampling import (
     Cancelled,
     Done,
     Progress,
@@ -18,7 +18,7 @@ from model.sampling import (
     run,
     sample_tokens,
 )
-from model.transformer import Logits, Transformer
+from model.networks.transformer import Logits, Transformer
 
 CFG = TransformerConfig(
     text_vocab=40, text_len=5, image_vocab=30, grid=4, dim=32, depth=4, heads=4, conv_kernel=3
@@ -280,8 +280,8 @@ def test_plan_refuses_a_rectangle_only_in_the_padding(args, message):
 
 @pytest.mark.parametrize("kind", ["dvae", "vq"])
 def test_complete_skips_the_padding_of_a_wide_image(kind):
-    from model.images import to_model, to_pil
-    from model.sampling import complete
+    from model.inference.images import to_model, to_pil
+    from model.inference.sampling import complete
     from tests.helpers import tiny_bundle
 
     bundle = tiny_bundle(kind=kind)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import sampling
+from model.inference import sampling
 from studio import engine as messages
 from studio import project
 from studio import session as session_module

@@ -14,9 +14,9 @@ from torch import nn
 
 from model.config import SamplingOptions, TransformerConfig
 from model.geometry import Plan
-from model.precision import CompiledStep, Int8Linear, for_inference, resolve_precision
-from model.sampling import prepared, run, sample_tokens
-from model.transformer import COLUMN, CONV, ROW, Transformer, decode_keys, stream_mask
+from model.inference.sampling import prepared, run, sample_tokens
+from model.networks.precision import CompiledStep, Int8Linear, for_inference, resolve_precision
+from model.networks.transformer import COLUMN, CONV, ROW, Transformer, decode_keys, stream_mask
 
 CFG = TransformerConfig(
     text_vocab=40, text_len=5, image_vocab=30, grid=4, dim=32, depth=6, heads=4, conv_kernel=3
@@ -170,7 +170,7 @@ def test_compiled_step_falls_back_to_eager_with_one_warning(caplog):
     reference = sample_all(model)
     model.decode_step = CompiledStep(model.decode_step, backend=broken_backend)
     torch._dynamo.reset()
-    with caplog.at_level("WARNING", logger="model.precision"):
+    with caplog.at_level("WARNING", logger="model.networks.precision"):
         tokens = sample_all(model)
     assert torch.equal(tokens, reference)
     assert "no C++ compiler found" in model.decode_step.failure

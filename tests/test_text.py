@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from model.text import CaptionTokenizer, is_empty, normalize
+from model.tokenizers.text import CaptionTokenizer, is_empty, normalize
 
 COLOURS = ["red", "green", "blue", "purple", "yellow", "pink"]
 SHAPES = ["circle", "square", "star", "heart", "triangle", "ring"]
@@ -68,7 +68,7 @@ def test_long_captions_are_truncated(tokenizer, caplog):
     caption = " ".join(CAPTIONS[:4])
     full = bpe_ids(tokenizer, caption)
     assert len(full) > TEXT_LEN
-    with caplog.at_level(logging.DEBUG, logger="model.text"):
+    with caplog.at_level(logging.DEBUG, logger="model.tokenizers.text"):
         ids = tokenizer.encode([caption])
     assert ids[0].tolist() == full[:TEXT_LEN]
     assert "keeping the first 12" in caplog.text

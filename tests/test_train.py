@@ -15,8 +15,8 @@ import torch
 
 from model.config import PRESETS, DVAEConfig
 from model.data.scenes import write_scenes
-from model.train import train_vae
-from model.trainer import TrainConfig, Trainer, lr_at, read_metrics
+from model.training.train import train_vae
+from model.training.trainer import TrainConfig, Trainer, lr_at, read_metrics
 from tests.helpers import edit_stored_config
 
 TINY_VAE = DVAEConfig(**PRESETS["tiny"]["vae"])
@@ -48,7 +48,7 @@ def tiny_train_config(**overrides) -> TrainConfig:
 def tiny_transformer(scenes, out, vae, **train):
     """A transformer run on the tiny preset (2 steps unless told); returns its bundle's path."""
     from model.config import TextConfig, TransformerConfig
-    from model.train import train_transformer
+    from model.training.train import train_transformer
 
     return train_transformer(
         scenes,
@@ -254,7 +254,7 @@ def test_recipe_fields_named_the_old_way_reach_their_stage_configs():
 
 def test_old_set_train_names_train_the_dvae_and_are_written_in_its_file(scenes, tmp_path):
     from model import cli
-    from model.tokenizer_files import load_vae
+    from model.bundle.tokenizer_files import load_vae
 
     out = tmp_path / "run"
     argv = ["train", "vae", "--preset", "tiny", "--data", str(scenes), "--out", str(out)]
@@ -322,7 +322,7 @@ def test_train_command_sets_typed_fields_and_refuses_bad_ones(scenes, tmp_path, 
     import copy
 
     from model import cli
-    from model.tokenizer_files import load_vae
+    from model.bundle.tokenizer_files import load_vae
 
     before = copy.deepcopy(PRESETS)
     argv = ["train", "vae", "--data", str(scenes), "--preset", "tiny", "--steps", "1"]
@@ -349,8 +349,8 @@ def test_transformer_run_reuses_a_given_tokenizer_and_reranker_joins_it(scenes, 
     from model.bundle import load
     from model.cli.training import assemble_bundle
     from model.config import RerankerConfig, TextConfig, TransformerConfig
-    from model.text import CaptionTokenizer
-    from model.train import train_reranker, train_transformer
+    from model.tokenizers.text import CaptionTokenizer
+    from model.training.train import train_reranker, train_transformer
 
     vae = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
     first = tiny_transformer(scenes, tmp_path / "tf1", vae)
@@ -387,8 +387,8 @@ def test_decoder_only_keeps_every_token_and_joins_the_bundle(scenes, tmp_path, c
     encoder weights and every image's tokens stay the same, and `dalle bundle --vae` accepts it
     only over the dVAE it started from."""
     from model.bundle import load
+    from model.bundle.tokenizer_files import load_vae
     from model.data.folder import CaptionFolder
-    from model.tokenizer_files import load_vae
 
     base = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
     tuned = train_vae(
@@ -455,7 +455,7 @@ def test_check_start_is_the_one_rule_for_init_and_decoder_only(
     stage, init, decoder_only, decoder_sets, refusal
 ):
     """The recipes and the command line refuse by the same function: its verdict per case."""
-    from model.train import check_start
+    from model.training.train import check_start
 
     if refusal is None:
         check_start(stage, init, decoder_only, decoder_sets)
@@ -478,7 +478,7 @@ def test_the_command_line_refuses_decoder_only_without_init_before_any_work(
 
 
 def test_freezing_a_dvae_s_tokens_leaves_only_its_decoder_to_train():
-    from model.dvae import DVAE
+    from model.networks.dvae import DVAE
 
     vae = DVAE(TINY_VAE)
     vae.freeze_tokens()
@@ -491,8 +491,8 @@ def test_decoder_only_can_grow_the_decoder(scenes, tmp_path, capsys):
     same encoder; the tokens stay and the bundle takes it. Other --set keys are refused."""
     from model import cli
     from model.bundle import load
+    from model.bundle.tokenizer_files import load_vae
     from model.data.folder import CaptionFolder
-    from model.tokenizer_files import load_vae
 
     base = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
     argv = ["train", "vae", "--data", str(scenes), "--out", str(tmp_path / "big"), "--quiet"]
@@ -560,7 +560,7 @@ def test_reranker_init_and_reconstructed_images(scenes, tmp_path, capsys):
     from model import cli
     from model.bundle import load
     from model.config import RerankerConfig
-    from model.train import reconstructions, train_reranker
+    from model.training.train import reconstructions, train_reranker
 
     vae = train_vae(scenes, tmp_path / "vae", TINY_VAE, tiny_train_config(steps=2))
     bundle = tiny_transformer(scenes, tmp_path / "tf", vae)
@@ -599,8 +599,8 @@ def test_reranker_init_and_reconstructed_images(scenes, tmp_path, capsys):
 
 def saved_vae(tmp_path, **config_changes) -> Path:
     """A tiny dVAE file whose stored config (not its tensors) is edited by ``config_changes``."""
-    from model.dvae import DVAE
-    from model.tokenizer_files import save_vae
+    from model.bundle.tokenizer_files import save_vae
+    from model.networks.dvae import DVAE
 
     path = tmp_path / "vae.safetensors"
     save_vae(DVAE(TINY_VAE), path, {"steps": 1})
@@ -619,7 +619,7 @@ def saved_vae(tmp_path, **config_changes) -> Path:
     ],
 )
 def test_a_hostile_vae_file_is_refused_in_one_line(tmp_path, changes, fragments):
-    from model.tokenizer_files import load_vae
+    from model.bundle.tokenizer_files import load_vae
 
     path = saved_vae(tmp_path, **changes)
     with pytest.raises(ValueError) as caught:
@@ -634,7 +634,7 @@ def test_a_vae_file_with_deep_json_is_refused(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from model.tokenizer_files import load_vae
+    from model.bundle.tokenizer_files import load_vae
 
     path = saved_vae(tmp_path)
     for key in ("config", "card"):
@@ -647,8 +647,8 @@ def test_a_vae_file_with_deep_json_is_refused(tmp_path):
 
 
 def test_vae_round_trip_and_atomic_save(tmp_path):
-    from model.dvae import DVAE
-    from model.tokenizer_files import load_vae, save_vae
+    from model.bundle.tokenizer_files import load_vae, save_vae
+    from model.networks.dvae import DVAE
 
     vae = DVAE(TINY_VAE)
     path = tmp_path / "vae.safetensors"
@@ -673,7 +673,7 @@ def test_vae_round_trip_and_atomic_save(tmp_path):
 def test_training_writers_do_not_follow_planted_symlinks(scenes, tmp_path):
     # checkpoint, metrics (rewritten on resume) and the tokenizer: none may write through a
     # symlink at its old predictable temporary name
-    from model.trainer import CHECKPOINT, METRICS
+    from model.training.trainer import CHECKPOINT, METRICS
 
     out = tmp_path / "run"
     out.mkdir()
@@ -700,7 +700,7 @@ def tiny_trainer(out, **config):
 
 
 def test_metrics_lines_are_appended_to_the_one_file_opened_for_the_run(tmp_path):
-    from model.trainer import METRICS
+    from model.training.trainer import METRICS
 
     trainer = tiny_trainer(tmp_path / "run")
     seen = []  # (inode, lines) after each record: a rewrite would give a new inode each time
@@ -717,7 +717,7 @@ def test_metrics_lines_are_appended_to_the_one_file_opened_for_the_run(tmp_path)
 
 
 def test_a_resumed_run_appends_after_the_lines_it_continues(tmp_path):
-    from model.trainer import METRICS
+    from model.training.trainer import METRICS
 
     out = tmp_path / "run"
     tiny_trainer(out, steps=2).run()
@@ -731,7 +731,7 @@ def test_a_resumed_run_appends_after_the_lines_it_continues(tmp_path):
 
 
 def test_a_symlink_at_the_metrics_path_is_refused_and_never_written_through(tmp_path):
-    from model.trainer import METRICS
+    from model.training.trainer import METRICS
 
     out = tmp_path / "run"
     out.mkdir()

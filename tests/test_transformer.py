@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from model.config import TransformerConfig
-from model.transformer import COLUMN, CONV, ROW, Transformer, image_mask, layer_kinds, stream_mask
+from model.networks.transformer import (
+    COLUMN,
+    CONV,
+    ROW,
+    Transformer,
+    image_mask,
+    layer_kinds,
+    stream_mask,
+)
 
 
 def tiny_config(**overrides) -> TransformerConfig:

@@ -1,5 +1,6 @@
-"""model/upscaler.py and model/upscaler_files.py: the tiled upscale (equal to the untiled run,
-bounded per tile, cancellable), the .upscaler.safetensors files and the shipped upscaler."""
+"""model/networks/upscaler.py and model/bundle/upscaler_files.py: the tiled upscale (equal to the
+untiled run, bounded per tile, cancellable), the .upscaler.safetensors files and the shipped
+upscaler."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from model.upscaler import (
+from model.bundle.upscaler_files import (
+    FORMAT,
+    load_upscaler,
+    read_upscaler_card,
+    save_upscaler,
+    shipped_upscaler_path,
+)
+from model.networks.upscaler import (
     RRDBNetConfig,
     SRVGGConfig,
     UpscaleCancelled,
@@ -21,13 +29,6 @@ from model.upscaler import (
     largest_tile,
     tile_working_bytes,
     upscale,
-)
-from model.upscaler_files import (
-    FORMAT,
-    load_upscaler,
-    read_upscaler_card,
-    save_upscaler,
-    shipped_upscaler_path,
 )
 
 TINY_SRVGG = SRVGGConfig(num_feat=8, num_conv=4)  # receptive field: 6 convolutions, 6 px
@@ -180,7 +181,7 @@ def test_a_damaged_upscaler_file_is_refused_in_one_line(tmp_path, change, messag
 def test_an_upscaler_file_beyond_the_parameter_bound_is_refused_before_reading(
     tmp_path, monkeypatch
 ):
-    import model.upscaler_files as files
+    import model.bundle.upscaler_files as files
 
     path = tmp_path / "a.upscaler.safetensors"
     upscaler = tiny(TINY_SRVGG)

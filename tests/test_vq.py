@@ -1,5 +1,6 @@
-"""The VQ tokenizer (model/vq.py) and its training stage: shapes, hard codes from encoder to
-decoder, the EMA codebook and dead-code restarts, exact resume, hostile files, `dalle train vq`."""
+"""The VQ tokenizer (model/networks/vq.py) and its training stage: shapes, hard codes from encoder
+to decoder, the EMA codebook and dead-code restarts, exact resume, hostile files, `dalle train
+vq`."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from model import cli
+from model.bundle.tokenizer_files import load_vq, save_vq
 from model.config import PRESETS, VQConfig
 from model.data.scenes import write_scenes
-from model.tokenizer_files import load_vq, save_vq
-from model.train import train_vq
-from model.trainer import TrainConfig, read_metrics
-from model.vq import VQVAE, pooled_from, token_part_problem
+from model.networks.vq import VQVAE, pooled_from, token_part_problem
+from model.training.train import train_vq
+from model.training.trainer import TrainConfig, read_metrics
 from tests.helpers import edit_stored_config
 
 TINY_VQ = VQConfig(**PRESETS["tiny"]["vq"])  # 32 px, patch 4: an 8x8 grid of 64 codes
@@ -253,7 +254,7 @@ def test_a_hostile_vq_file_is_refused_in_one_line(tmp_path, changes, fragments):
 
 
 def test_corrupt_and_mistaken_files_are_refused_in_one_line(tmp_path):
-    from model.tokenizer_files import load_image_tokenizer, load_vae
+    from model.bundle.tokenizer_files import load_image_tokenizer, load_vae
 
     path = saved_vq(tmp_path)
     vq, card = load_image_tokenizer(path)  # either kind, by its format

@@ -13,16 +13,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model import evaluate
 from model.bundle import BundleError, default_bundle_path, load, read_config, save
+from model.bundle.tokenizer_files import save_vq
 from model.cli import main
 from model.config import BundleConfig, DVAEConfig, SamplingOptions, VQConfig
 from model.data.scenes import write_scenes
-from model.dvae import DVAE
+from model.evaluation import evaluate
 from model.geometry import Plan
-from model.sampling import Done, complete, memory_needed, plan_mask
-from model.tokenizer_files import save_vq
-from model.vq import VQVAE
+from model.inference.sampling import Done, complete, memory_needed, plan_mask
+from model.networks.dvae import DVAE
+from model.networks.vq import VQVAE
 from tests.helpers import TINY_VQ, tiny_bundle, tiny_bundle_file
 
 
@@ -188,7 +188,7 @@ def test_reconstruction_and_likelihood_read_a_vq_bundle(vq_bundle):
 
 def test_dalle_bundle_vae_refuses_to_swap_a_dvae_into_a_vq_bundle(tmp_path, capsys):
     path = tiny_bundle_file(tmp_path, kind="vq")
-    from model.tokenizer_files import save_vae
+    from model.bundle.tokenizer_files import save_vae
 
     vae = tmp_path / "vae.safetensors"
     save_vae(tiny_bundle().vae, vae, {})
@@ -265,8 +265,8 @@ def pool2_files(tmp_path: Path) -> tuple[Path, Path]:
     import dataclasses
 
     from model.config import RerankerConfig
-    from model.rerank import Reranker
-    from model.vq import pooled_from
+    from model.networks.rerank import Reranker
+    from model.networks.vq import pooled_from
 
     bundle = tiny_bundle(kind="vq")
     reranker_config = RerankerConfig(
@@ -293,8 +293,8 @@ def test_a_pool_2_bundle_fine_tunes_on_its_pool_1_twin_and_swaps_back(tmp_path):
     """The shipped default's case: its transformer trains on with the 64 px tokenizer its codes
     came from (`train transformer --init` checks the tokens, not the drawing size), and
     `dalle bundle --vae` puts the 64 px decoder back in place of the 128 px one."""
-    from model.tokenizer_files import load_image_tokenizer
-    from model.train import fine_tuning_start
+    from model.bundle.tokenizer_files import load_image_tokenizer
+    from model.training.train import fine_tuning_start
 
     small_path, vq = pool2_files(tmp_path)
     big_path = tmp_path / "big.dalle.safetensors"
@@ -376,7 +376,7 @@ def test_dalle_bundle_vae_takes_a_pool_2_tokenizer_and_completes_at_its_size(tmp
 
 
 def test_dalle_bundle_vae_refuses_a_vq_tokenizer_whose_codes_differ(tmp_path, capsys):
-    from model.tokenizer_files import load_vq
+    from model.bundle.tokenizer_files import load_vq
 
     small_path, vq = pool2_files(tmp_path)
     big, _ = load_vq(vq)
@@ -402,7 +402,7 @@ def test_dalle_bundle_vae_refuses_a_vq_tokenizer_whose_codes_differ(tmp_path, ca
 
 def test_a_reranker_scores_a_larger_picture_as_that_picture_averaged_down():
     from model.config import RerankerConfig
-    from model.rerank import Reranker
+    from model.networks.rerank import Reranker
 
     torch.manual_seed(0)
     config = RerankerConfig(text_vocab=40, text_len=6, image_size=32, dim=16, text_layers=1,

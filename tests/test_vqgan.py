@@ -1,6 +1,7 @@
-"""The taming-layout VQGAN (model/vqgan.py) and the Flax checkpoint reader (model/flax_msgpack.py):
-parity with taming's own Encoder/Decoder/VectorQuantizer and with min-dalle's detokenizer, the
-three conversions, dalle-mini-style Flax files written in the real format, and hostile files."""
+"""The taming-layout VQGAN (model/networks/vqgan.py) and the Flax checkpoint reader
+(model/importers/flax_msgpack.py): parity with taming's own Encoder/Decoder/VectorQuantizer and with
+min-dalle's detokenizer, the three conversions, dalle-mini-style Flax files written in the real
+format, and hostile files."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.vqgan import (
+from model.networks.vqgan import (
     VQGAN,
     VQGANConfig,
     config_from_vqgan_jax,
@@ -476,7 +477,7 @@ def write_flax(tmp_path, tree: dict, name: str = "flax_model.msgpack", **kwargs)
 
 def test_flax_checkpoint_in_dalle_mini_layout_converts_to_the_same_model(tmp_path):
     pytest.importorskip("msgpack")
-    from model.flax_msgpack import read_flax_msgpack
+    from model.importers.flax_msgpack import read_flax_msgpack
 
     reference = tiny_vqgan(seed=11)
     tree = _flax_tree(reference.state_dict())
@@ -520,7 +521,7 @@ def test_flax_checkpoint_in_dalle_mini_layout_converts_to_the_same_model(tmp_pat
 
 def test_flax_half_precision_arrays_are_widened(tmp_path):
     pytest.importorskip("msgpack")
-    from model.flax_msgpack import read_flax_msgpack
+    from model.importers.flax_msgpack import read_flax_msgpack
 
     reference = tiny_vqgan(seed=12)
     tree = _flax_tree(reference.state_dict(), dtype=np.float16)
@@ -533,7 +534,7 @@ def test_flax_reader_keeps_every_leaf_kind(tmp_path):
     pytest.importorskip("msgpack")
     import msgpack
 
-    from model.flax_msgpack import read_flax_msgpack
+    from model.importers.flax_msgpack import read_flax_msgpack
 
     bits = np.array([0x3F80, 0xC000, 0x0000, 0x7F80], dtype=np.uint16)  # 1, -2, 0, inf
     bfloat16 = msgpack.ExtType(
@@ -561,7 +562,7 @@ def test_flax_reader_matches_flax_itself(tmp_path, monkeypatch):
     bfloat16 and scalars included, read back to what Flax's own msgpack_restore gives."""
     serialization = pytest.importorskip("flax.serialization")
     jnp = pytest.importorskip("jax.numpy")
-    from model.flax_msgpack import read_flax_msgpack
+    from model.importers.flax_msgpack import read_flax_msgpack
 
     monkeypatch.setattr(serialization, "MAX_CHUNK_SIZE", 256)
     rng = np.random.default_rng(0)
@@ -600,7 +601,7 @@ def test_flax_reader_refuses_damaged_files_in_one_line(tmp_path, damage, words):
     pytest.importorskip("msgpack")
     import msgpack
 
-    from model.flax_msgpack import read_flax_msgpack
+    from model.importers.flax_msgpack import read_flax_msgpack
 
     tree = _flax_tree(tiny_vqgan().state_dict())
     data = _to_bytes(tree)

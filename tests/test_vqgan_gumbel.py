@@ -1,5 +1,5 @@
-"""ruDALL-E's Sber gumbel-f8 VQGAN: ``model/vqgan.py`` with ``quantize="gumbel"`` and its Lightning
-checkpoint reader ``model/importers/rudalle_vqgan.py``.
+"""ruDALL-E's Sber gumbel-f8 VQGAN: ``model/networks/vqgan.py`` with ``quantize="gumbel"`` and its
+Lightning checkpoint reader ``model/importers/rudalle_vqgan.py``.
 
 References, at a tiny size with random weights, in float32:
 
@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import vqgan as vqgan_module
 from model.config import VQGANConfig
 from model.importers import rudalle_vqgan
 from model.importers.rudalle_vqgan import SBER_GUMBEL_F8, vqgan_from_lightning
-from model.vqgan import VQGAN, describe, from_taming, parameter_shapes
+from model.networks import vqgan as vqgan_module
+from model.networks.vqgan import VQGAN, describe, from_taming, parameter_shapes
 from tests.test_vqgan import one_line_error, randomise_
 
 # the Sber config scaled down: the same four levels (f8), two blocks a level, attention on the

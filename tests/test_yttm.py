@@ -1,4 +1,5 @@
-"""ruDALL-E's caption tokenizer (model/yttm_text.py) against youtokentome and rudalle themselves.
+"""ruDALL-E's caption tokenizer (model/tokenizers/yttm_text.py) against youtokentome and rudalle
+themselves.
 
 The reference is youtokentome 1.0.6's ``BPE.encode`` on models that youtokentome trains here
 (``BPE.train`` on a synthetic Russian/English caption corpus), and rudalle 1.1.3's
@@ -24,8 +25,15 @@ import types
 import pytest
 import torch
 
-from model import yttm_text
-from model.yttm_text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, RudallePrompt, RudalleTokenizer
+from model.tokenizers import yttm_text
+from model.tokenizers.yttm_text import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    RudallePrompt,
+    RudalleTokenizer,
+)
 
 # -- test strings ---------------------------------------------------------------------------------
 

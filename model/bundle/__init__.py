@@ -9,13 +9,15 @@ as nanoGPT's checkpoints carry their ``model_args``:
                config     BundleConfig as JSON; config.text.text_len is the tokenizer's text_len.
                           Each section's "kind" says what it builds; absent, it is the product's
                           own (as in every bundle written before kinds existed):
-                            vae.kind          "dvae" (absent), "vq" (model/vq.py) or "vqgan"
-                                              (model/vqgan.py: DALL·E Mega's f16 VQGAN)
-                            text.kind         "bpe" (absent: model/text.py), "bart"
-                                              (model/bart_text.py: BART's BPE, pad id 1) or
-                                              "yttm" (model/yttm_text.py: ruDALL-E's BPE)
-                            transformer.kind  "dalle" (absent: model/transformer.py) or "bart"
-                                              (model/bart.py: DALL·E Mega / Mini)
+                            vae.kind          "dvae" (absent), "vq" (model/networks/vq.py) or
+                                              "vqgan" (model/networks/vqgan.py: DALL·E Mega's f16
+                                              VQGAN)
+                            text.kind         "bpe" (absent: model/tokenizers/text.py), "bart"
+                                              (model/tokenizers/bart_text.py: BART's BPE, pad id 1)
+                                              or "yttm" (model/tokenizers/yttm_text.py: ruDALL-E's
+                                              BPE)
+                            transformer.kind  "dalle" (absent: model/networks/transformer.py) or
+                                              "bart" (model/networks/bart.py: DALL·E Mega / Mini)
                tokenizer  the caption tokenizer as JSON: ``tokenizers``' for "bpe",
                           ``BartTokenizer.to_json`` (vocab, merges, text_len) for "bart",
                           ``RudalleTokenizer.to_json`` for "yttm"

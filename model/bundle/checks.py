@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.bart_text import BartTokenizer
 from model.bundle.format import (
     ASSIGNED_DTYPES,
     FLOAT_DTYPES,
@@ -23,7 +22,8 @@ from model.bundle.format import (
 from model.bundle.kinds import tokenizer_class
 from model.config import DEFAULT_TEXT_KIND, BundleConfig
 from model.device import available_memory
-from model.text import CaptionTokenizer
+from model.tokenizers.bart_text import BartTokenizer
+from model.tokenizers.text import CaptionTokenizer
 
 
 def config_problems(
@@ -97,7 +97,7 @@ def config_problems(
 def check_table_budget(path: Path, config: BundleConfig) -> None:
     """Refuse a config whose attention tables (not weights: the file does not pay for them) are
     more than the file's size justifies."""
-    from model.transformer import attention_table_bytes
+    from model.networks.transformer import attention_table_bytes
 
     tables = attention_table_bytes(config.transformer)
     allowed = max(MIN_TABLE_BUDGET, 4 * path.stat().st_size)

@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from model import card as card_schema
-from model.bart_text import BartTokenizer
 from model.bundle.checks import (
     check_assigned_dtypes,
     check_memory,
@@ -49,7 +48,8 @@ from model.bundle.kinds import (
 )
 from model.config import BundleConfig
 from model.files import atomic_path
-from model.text import CaptionTokenizer
+from model.tokenizers.bart_text import BartTokenizer
+from model.tokenizers.text import CaptionTokenizer
 
 logger = logging.getLogger("model.bundle")
 
@@ -59,10 +59,13 @@ class Bundle:
     """A loaded model: its config, the three models, the tokenizer and the model card."""
 
     config: BundleConfig
-    vae: nn.Module  # model.dvae.DVAE, model.vq.VQVAE or model.vqgan.VQGAN: config.vae_kind
-    transformer: nn.Module  # model.transformer.Transformer or model.bart.BartDalle
+    # model.networks.dvae.DVAE, model.networks.vq.VQVAE or model.networks.vqgan.VQGAN:
+    # config.vae_kind
+    vae: nn.Module
+    # model.networks.transformer.Transformer or model.networks.bart.BartDalle
+    transformer: nn.Module
     tokenizer: CaptionTokenizer | BartTokenizer  # as config.text_kind says
-    reranker: nn.Module | None = None  # model.rerank.Reranker
+    reranker: nn.Module | None = None  # model.networks.rerank.Reranker
     card: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None  # where it was loaded from; None for a bundle built in memory
 
@@ -110,7 +113,7 @@ def save(bundle: Bundle, path: str | os.PathLike) -> Path:
     for prefix, module in bundle.modules().items():
         converted = getattr(module, "precision", "fp32") == "int8"
         if converted or any(type(m).__name__ == "Int8Linear" for m in module.modules()):
-            # model.precision.for_inference's int8 weights are not the model's parameters
+            # model.networks.precision.for_inference's int8 weights are not the model's parameters
             problems.append(
                 f"the {prefix} was converted to int8 for sampling; load the bundle again to save it"
             )
@@ -273,7 +276,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
 
     Models come back in eval mode on ``device``. An imported model (``kinds.assigned_prefixes``)
     keeps the dtype it was stored in and its ``precision`` says which;
-    ``model.sampling.prepared`` converts it in place rather than copying it.
+    ``model.inference.sampling.prepared`` converts it in place rather than copying it.
     """
     path = existing_file(path)
     device = torch.device(device)
@@ -312,7 +315,7 @@ def load(path: str | os.PathLike | None = None, device: str | torch.device = "cp
         del state
         models[prefix] = module.eval()
     if "transformer" in assigned:
-        from model.precision import precision_of
+        from model.networks.precision import precision_of
 
         models["transformer"].precision = precision_of(models["transformer"])
     bundle = Bundle(

@@ -5,8 +5,8 @@ it costs in memory beyond its weights. Adding a kind is one entry here (and its 
 ``model.config``'s ``*_KINDS``, which names the kinds a file may store).
 
 The networks are imported when a kind is built, not when this module is imported: the imported
-families' (``model.bart``, ``model.vqgan``) are large modules a bundle of the product's own kinds
-never needs.
+families' (``model.networks.bart``, ``model.networks.vqgan``) are large modules a bundle of the
+product's own kinds never needs.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.bart_text import BartTokenizer
 from model.bundle.format import BundleError, Header
 from model.config import TRANSFORMER_KINDS, BundleConfig, vae_kind
-from model.text import CaptionTokenizer
-from model.yttm_text import RudallePrompt
+from model.tokenizers.bart_text import BartTokenizer
+from model.tokenizers.text import CaptionTokenizer
+from model.tokenizers.yttm_text import RudallePrompt
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class ModelKind:
         """Bytes of the attention tables it builds for ``section``; 0 for a kind without."""
         if not self.tables:
             return 0
-        from model.transformer import attention_table_bytes
+        from model.networks.transformer import attention_table_bytes
 
         return attention_table_bytes(section)
 
@@ -67,31 +67,31 @@ def _parse_bart(text: str, config: BundleConfig) -> BartTokenizer:
 
 
 def _dvae(section: Any) -> nn.Module:
-    from model.dvae import DVAE
+    from model.networks.dvae import DVAE
 
     return DVAE(section)
 
 
 def _vq(section: Any) -> nn.Module:
-    from model.vq import VQVAE
+    from model.networks.vq import VQVAE
 
     return VQVAE(section)
 
 
 def _vqgan(section: Any) -> nn.Module:
-    from model.vqgan import VQGAN
+    from model.networks.vqgan import VQGAN
 
     return VQGAN(section)
 
 
 def _transformer(section: Any) -> nn.Module:
-    from model.transformer import Transformer
+    from model.networks.transformer import Transformer
 
     return Transformer(section)
 
 
 def _bart(section: Any) -> nn.Module:
-    from model.bart import BartDalle
+    from model.networks.bart import BartDalle
 
     return BartDalle(section)
 
@@ -156,17 +156,17 @@ def build_model(
         if config.reranker is None:
             raise ValueError("the config has no reranker")
         try:
-            from model.rerank import Reranker
+            from model.networks.rerank import Reranker
         except ModuleNotFoundError as error:
-            if error.name != "model.rerank":
+            if error.name != "model.networks.rerank":
                 raise
-            raise ValueError("this installation has no reranker (model.rerank)") from error
+            raise ValueError("this installation has no reranker (model.networks.rerank)") from error
         return Reranker(config.reranker)
 
 
 def build_transformer(config: Any) -> nn.Module:
     """Our ``Transformer``, or DALL·E Mega / Mini's ``BartDalle`` for a ``BartConfig``. Both
-    offer the sampler's stream interface (``model.sampling.sample_tokens``)."""
+    offer the sampler's stream interface (``model.inference.sampling.sample_tokens``)."""
     return TRANSFORMER_BUILDERS[_kind_of_section(config, TRANSFORMER_KINDS)].build(config)
 
 

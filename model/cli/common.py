@@ -140,7 +140,7 @@ def load_bundle(path: str | None, device: str = "auto"):
 
 def load_upscaler_choice(choice: str, device):
     """``--upscaler``: None for off, the shipped upscaler for auto, else the file named."""
-    from model.upscaler_files import load_upscaler
+    from model.bundle.upscaler_files import load_upscaler
 
     if choice == "off":
         return None
@@ -174,9 +174,9 @@ def check_device(name: str) -> None:
 
 def check_memory(bundle, options, pixels: int = 0) -> None:
     """Refuse a run whose keys, values and images would not fit, before allocating them
-    (``model.completion``'s one rule; ``pixels``: the largest picture of the run)."""
-    from model.completion import NotEnoughMemory
-    from model.completion import check_memory as check
+    (``model.inference.completion``'s one rule; ``pixels``: the largest picture of the run)."""
+    from model.inference.completion import NotEnoughMemory
+    from model.inference.completion import check_memory as check
 
     try:
         check(bundle, options, pixels)
@@ -203,7 +203,7 @@ def check_caption(caption: str, where: str = "") -> str:
 def with_progress(messages, label: str, quiet: bool):
     """Pass ``messages`` (a sampler's or a completion's) on, drawing a bar of their rows on
     stderr until the last row; a cancel is a CLIError."""
-    from model.sampling import Cancelled, Progress
+    from model.inference.sampling import Cancelled, Progress
 
     bar = None
     try:
@@ -226,7 +226,7 @@ def with_progress(messages, label: str, quiet: bool):
 
 def run_with_progress(messages, label: str, quiet: bool):
     """Drain a sampler's ``messages`` under a progress bar; its ``Done``."""
-    from model.sampling import Done
+    from model.inference.sampling import Done
 
     for message in with_progress(messages, label, quiet):
         if isinstance(message, Done):

@@ -1,7 +1,7 @@
 """``dalle eval`` and ``dalle bench``: how good a bundle is, and how fast it samples.
 
-The measuring is ``model/evaluate.py``'s and ``model/bench.py``'s; this module checks the flags,
-loads the model, shows progress and prints (and writes) what they return.
+The measuring is ``model/evaluation/evaluate.py``'s and ``model/evaluation/bench.py``'s; this module
+checks the flags, loads the model, shows progress and prints (and writes) what they return.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from model.cli.common import (
 
 
 def cmd_eval(args) -> int:
-    from model import evaluate
     from model.config import SamplingOptions
+    from model.evaluation import evaluate
 
     # --samples is the candidates per caption; each run's seed follows from --seed
     sampling = SamplingOptions.from_args(args, validate=False, n=args.samples, seed=None)
@@ -58,7 +58,7 @@ def cmd_eval(args) -> int:
 
 def eval_folder(args, bundle) -> int:
     """``dalle eval --data``: the figures a user's own caption folder allows."""
-    from model import eval_report, evaluate
+    from model.evaluation import eval_report, evaluate
 
     try:
         report = evaluate.evaluate_folder(bundle, args.data, args.recon_count)
@@ -73,7 +73,7 @@ def eval_folder(args, bundle) -> int:
 
 def eval_scenes(args, config, bundle) -> int:
     """``dalle eval``: every section on fresh scenes, a progress bar per split."""
-    from model import eval_report, evaluate
+    from model.evaluation import eval_report, evaluate
 
     def progress(split: str, total: int):
         if args.quiet:
@@ -119,11 +119,11 @@ def cmd_bench(args) -> int:
 
 def bench(args) -> dict:
     """The model ``dalle bench`` times (a bundle's transformer, or random weights of the flags'
-    size) and its figures (``model.bench.measure``)."""
+    size) and its figures (``model.evaluation.bench.measure``)."""
     import torch
 
-    from model import bench
     from model.device import pick_device
+    from model.evaluation import bench
 
     if args.threads:
         torch.set_num_threads(args.threads)

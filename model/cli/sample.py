@@ -45,8 +45,8 @@ PIXELS = "X,Y (pixels)"
 
 
 def cmd_generate(args) -> int:
-    from model.images import to_pil
-    from model.sampling import generate
+    from model.inference.images import to_pil
+    from model.inference.sampling import generate
 
     caption = check_caption(args.caption)
     options = sampling_options(args)
@@ -99,7 +99,7 @@ class CheckedJob:
 def check_job(job: Job, bundle, area: str | int = "whole") -> CheckedJob:
     """Validate a job from its image's header alone (format, pixel limit, cell, padding) and
     find its working ``area`` (``model.geometry.working_area``)."""
-    from model.completion import geometry_for
+    from model.inference.completion import geometry_for
 
     where = job.where
     caption = check_caption(job.caption, where)
@@ -151,9 +151,9 @@ def run_job(
     upscaler=None,
 ):
     """Decode the job's image (only now: a batch holds one image at a time), complete it
-    (``model.completion``, the upscaler drawing a scaled-down result) and save each candidate
-    as it is pasted."""
-    from model.completion import Completion, Finished, Pasted
+    (``model.inference.completion``, the upscaler drawing a scaled-down result) and save each
+    candidate as it is pasted."""
+    from model.inference.completion import Completion, Finished, Pasted
 
     job = checked.job
     try:

@@ -1,7 +1,7 @@
 """``dalle data``, ``dalle train`` and ``dalle bundle``: a model made from data, stage by stage.
 
-The stage recipes (``model/train.py``) take typed configs and know nothing of arguments; this
-module turns flags, presets and ``--set KEY=VALUE`` (parsed by ``model.config``) into those
+The stage recipes (``model/training/train.py``) take typed configs and know nothing of arguments;
+this module turns flags, presets and ``--set KEY=VALUE`` (parsed by ``model.config``) into those
 configs, shows the Trainer's progress, and assembles the finished bundle.
 """
 
@@ -15,8 +15,8 @@ from model.cli.common import CLIError, ProgressBar, check_can_create, output_fol
 from model.cli.overwrite import given, refuse_overwrite
 from model.config import DVAE_TRAINING, TEXT_TRAINING
 
-# what a training run writes into --out (model/train.py, model/trainer.py); --resume reads the
-# checkpoint and metrics back on purpose, so they are not inputs
+# what a training run writes into --out (model/training/train.py, model/training/trainer.py);
+# --resume reads the checkpoint and metrics back on purpose, so they are not inputs
 RUN_FILES = (
     "vae.safetensors",
     "vq.safetensors",
@@ -93,7 +93,7 @@ def train_config(args, preset_values: dict, sets: dict[str, str]):
     """The TrainConfig of a run: the preset's values (under VQ_TRAIN's for ``train vq``), the
     flags given, then ``--set train.*``."""
     from model.config import VQ_TRAIN, apply_sets
-    from model.trainer import TrainConfig
+    from model.training.trainer import TrainConfig
 
     values = {**VQ_TRAIN, **preset_values} if args.stage == "vq" else dict(preset_values)
     for key, value in (
@@ -143,7 +143,7 @@ def check_stage_flags(args, sets: dict[str, str]) -> None:
     if args.reconstructed and args.stage != "reranker":
         raise ValueError("--reconstructed is for train reranker only")
     if args.stage in ("vae", "vq"):
-        from model.train import check_start
+        from model.training.train import check_start
 
         check_start(args.stage, args.init or None, args.decoder_only)
     if args.init:
@@ -166,7 +166,6 @@ def check_stage_flags(args, sets: dict[str, str]) -> None:
 
 def train_stage(args, chosen: dict, config, sets: dict[str, str], callbacks) -> Path:
     """Build the stage's configs from the preset and ``--set``, and run its recipe."""
-    from model import train
     from model.config import (
         DVAEConfig,
         RerankerConfig,
@@ -177,6 +176,7 @@ def train_stage(args, chosen: dict, config, sets: dict[str, str], callbacks) -> 
         set_values,
         sets_under,
     )
+    from model.training import train
 
     common = dict(resume=args.resume, callbacks=callbacks)
     if args.stage in ("vae", "vq"):  # an image tokenizer: from the preset, or from --init's file
@@ -270,8 +270,8 @@ def assemble_bundle(
     tokenizer whose decoder was retrained on the bundle's frozen codes (``train vae|vq
     --decoder-only``; a VQ one may draw at another size, e.g. 128 px) in place of its own."""
     from model.bundle import load, save
-    from model.tokenizer_files import replace_decoder
-    from model.train import reranker_source
+    from model.bundle.tokenizer_files import replace_decoder
+    from model.training.train import reranker_source
 
     bundle = load(transformer_bundle)
     if vae is not None:
@@ -293,7 +293,7 @@ def assemble_bundle(
 
 def eval_summary(path) -> dict:
     """What a bundle's card keeps of the ``dalle eval --json`` report at ``path``."""
-    from model.eval_report import card_summary
+    from model.evaluation.eval_report import card_summary
 
     try:
         return card_summary(json.loads(Path(path).read_text()))

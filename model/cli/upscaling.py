@@ -37,8 +37,8 @@ def add_upscale_args(sub) -> None:
 
 
 def cmd_upscale(args) -> int:
-    from model.upscaler import upscale
-    from model.upscaler_files import load_upscaler
+    from model.bundle.upscaler_files import load_upscaler
+    from model.networks.upscaler import upscale
 
     image, out = Path(args.image), Path(args.out)
     if out.suffix.lower() != ".png":

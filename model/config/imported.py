@@ -3,9 +3,9 @@ tokenizer and the VQGAN) and ruDALL-E (its youtokentome caption tokenizer; its S
 ``VQGANConfig`` with ``quantize="gumbel"``, its transformer a ``TransformerConfig`` with
 ``layout="rudalle"``).
 
-Their modules live in model/vqgan.py, model/bart.py, model/bart_text.py and model/yttm_text.py;
-their configs live here, with the others, so that reading a bundle's config (and the studio's
-project files, which import this package) needs no torch.
+Their modules live in model/networks/vqgan.py, model/networks/bart.py, model/tokenizers/bart_text.py
+and model/tokenizers/yttm_text.py; their configs live here, with the others, so that reading a
+bundle's config (and the studio's project files, which import this package) needs no torch.
 """
 
 from __future__ import annotations
@@ -228,8 +228,8 @@ class BartConfig:
     def head_dim(self) -> int:
         return self.embed_dim // self.heads
 
-    # ``model.sampling.memory_needed`` sizes a cache as depth * 2 * rows * seq_len * dim values:
-    # exactly ``BartCache`` (self-attention over image_len slots, cross keys over text_len)
+    # ``model.inference.sampling.memory_needed`` sizes a cache as depth * 2 * rows * seq_len * dim
+    # values: exactly ``BartCache`` (self-attention over image_len slots, cross keys over text_len)
     @property
     def dim(self) -> int:
         return self.embed_dim
@@ -254,8 +254,8 @@ class BartConfig:
 
 @dataclass
 class BartTextConfig:
-    """DALL·E Mega / Mini's caption tokenizer (``model.bart_text.BartTokenizer``): BART's BPE,
-    ``<s> … </s>`` padded with id 1. The vocabulary itself lives in the tokenizer JSON."""
+    """DALL·E Mega / Mini's caption tokenizer (``model.tokenizers.bart_text.BartTokenizer``): BART's
+    BPE, ``<s> … </s>`` padded with id 1. The vocabulary itself lives in the tokenizer JSON."""
 
     vocab_size: int = 50265  # one past the largest id of vocab.json (BART's: 50265 tokens)
     text_len: int = 64  # min-dalle's text_token_count
@@ -264,8 +264,9 @@ class BartTextConfig:
 @dataclass
 class YttmTextConfig:
     """ruDALL-E's caption tokenizer for a ``layout="rudalle"`` transformer
-    (``model.yttm_text.RudallePrompt``): youtokentome's BPE, BOS, at most ``text_len - 2`` ids,
-    EOS, then one padding id per position. The vocabulary itself lives in the tokenizer JSON."""
+    (``model.tokenizers.yttm_text.RudallePrompt``): youtokentome's BPE, BOS, at most ``text_len -
+    2`` ids, EOS, then one padding id per position. The vocabulary itself lives in the tokenizer
+    JSON."""
 
     vocab_size: int = 16384  # BPE ids, the four special ones included (ruDALL-E's bpe.model)
     text_len: int = 127  # ruDALL-E's 128 text positions less the last, which is our slot 0

@@ -1,5 +1,5 @@
 """The product's own model family: the dVAE and VQ image tokenizers, the BPE caption tokenizer, the
-decoder-only transformer and the reranker (``model/dvae.py``, ``vq.py``, ``text.py``,
+decoder-only transformer and the reranker (``model/networks/dvae.py``, ``vq.py``, ``text.py``,
 ``transformer.py``, ``rerank.py``). A bundle stores them without a ``kind`` key."""
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class DVAEConfig:
 
 @dataclass
 class VQConfig:
-    """VQ-VAE tokenizer in the layout of taming-transformers' VQGAN (``model/vq.py``).
+    """VQ-VAE tokenizer in the layout of taming-transformers' VQGAN (``model/networks/vq.py``).
 
     The defaults are the tokenizer study's best recipe for the 64 px scenes (issue 17, "psw64e"):
     31.4 dB and twice the dVAE's scenes ceiling at equal images seen.

@@ -10,8 +10,8 @@ from typing import Any
 from model.config.ours import DVAE_TRAINING, TEXT_TRAINING
 
 # Model sizes for `dalle train --preset`: each stage's config fields (their training-only ones
-# included), and the TrainConfig fields the preset changes (model.trainer.TrainConfig; its own
-# defaults are the rest).
+# included), and the TrainConfig fields the preset changes (model.training.trainer.TrainConfig; its
+# own defaults are the rest).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # a few-minute CPU run for tests and smoke checks: 32x32 images, a 4x4 grid
     "tiny": {

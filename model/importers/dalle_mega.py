@@ -12,7 +12,7 @@ Sources (nothing is downloaded here; the user fetches them):
 The ``.pt`` files are read with ``torch.load(weights_only=True)`` (a pickle that names anything but
 tensors is refused, never run) and memory-mapped where the file allows, so that Mega's 10 GB of
 fp32 sources are not held next to their converted copy. The msgpack is read by
-``model.flax_msgpack`` (no JAX, no pickle).
+``model.importers.flax_msgpack`` (no JAX, no pickle).
 
 The VQGAN: the Flax file holds both halves and is the original, so both come from it. When
 ``detoker.pt`` is present too, its decoder (the same weights, converted by min-dalle) must agree
@@ -39,12 +39,12 @@ from typing import Any
 
 import torch
 
-from model.bart import MEGA, MINI, BartConfig, BartDalle
-from model.bart_text import BartTokenizer
 from model.config import BartTextConfig, BundleConfig, VQGANConfig
 from model.files import read_json
 from model.importers.common import Progress, gb, hash_files, refuse_without_room, write_bundle
 from model.importers.limits import check_tensors
+from model.networks.bart import MEGA, MINI, BartConfig, BartDalle
+from model.tokenizers.bart_text import BartTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def convert_transformer(
 
 
 def read_vqgan_config(path: Path, bart: BartConfig) -> VQGANConfig:
-    from model.vqgan import config_from_vqgan_jax
+    from model.networks.vqgan import config_from_vqgan_jax
 
     values: Any = read_json(path, "config")  # size, nesting and digits bounded
     if not isinstance(values, dict):
@@ -290,8 +290,8 @@ def convert_vqgan(
 ) -> tuple[dict[str, torch.Tensor], str]:
     """The VQGAN's state dict (fp32) from the Flax file, and a line for the card saying which
     file gave the decoder and how detoker.pt compared."""
-    from model.flax_msgpack import read_flax_msgpack
-    from model.vqgan import from_flax, from_min_dalle, parameter_shapes
+    from model.importers.flax_msgpack import read_flax_msgpack
+    from model.networks.vqgan import from_flax, from_min_dalle, parameter_shapes
 
     flax_path = paths["vqgan"]
     say(f"reading {flax_path.name} ({gb(flax_path.stat().st_size)})")
@@ -338,7 +338,7 @@ def _check_room(
 ) -> None:
     """Refuse, before reading any weight, a conversion the machine's memory or the output's disk
     cannot hold."""
-    from model.vqgan import parameter_shapes
+    from model.networks.vqgan import parameter_shapes
 
     with torch.device("meta"):
         transformer = BartDalle(config).num_parameters() * dtype.itemsize
@@ -414,7 +414,7 @@ def import_dalle(
 def _load_vqgan(paths: Mapping[str, Path | None], vq_config: VQGANConfig, say: Progress):
     """The VQGAN (fp32) from ``paths["vqgan"]`` and the note on its decoder; a weight holding
     NaN or infinity is refused."""
-    from model.vqgan import VQGAN
+    from model.networks.vqgan import VQGAN
 
     vq_state, vqgan_note = convert_vqgan(paths, vq_config, say)
     vqgan = VQGAN.load(vq_config, vq_state).eval()
@@ -433,7 +433,7 @@ def _card(
     vqgan_note: str,
 ) -> dict:
     """The imported bundle's card: title, sources, licence and the files' hashes."""
-    from model.vqgan import describe
+    from model.networks.vqgan import describe
 
     return {
         "stage": "imported",

@@ -24,7 +24,7 @@ import torch
 
 from model.bundle import MAX_RANK, MIN_TABLE_BUDGET
 from model.files import megabytes
-from model.transformer import attention_table_bytes
+from model.networks.transformer import attention_table_bytes
 
 
 def check_tensors(path: Path, state: Mapping[Any, Any], what: str) -> None:

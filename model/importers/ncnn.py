@@ -1,5 +1,5 @@
 """Reading Real-ESRGAN's ncnn conversions (``NAME.param`` text + ``NAME.bin`` blobs) into our
-``model.upscaler`` modules.
+``model.networks.upscaler`` modules.
 
 The ``.param`` file is text: the magic ``7767517``, ``layer_count blob_count``, then one line per
 layer: ``type name bottom_count top_count bottoms... tops... key=value...``, where a key below
@@ -25,7 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.upscaler import RRDBNetConfig, SRVGGConfig, Upscaler, UpscalerConfig, build_upscaler
+from model.networks.upscaler import (
+    RRDBNetConfig,
+    SRVGGConfig,
+    Upscaler,
+    UpscalerConfig,
+    build_upscaler,
+)
 
 MAGIC = 7767517
 MAX_PARAM_BYTES = 4 * 2**20  # RealESRGAN x4plus's is 116 KB

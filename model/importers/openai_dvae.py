@@ -3,8 +3,8 @@
 
 The two files are pickles of whole ``dall_e`` modules. They are read by ``safe_pickle`` (an
 allow-list of the classes they hold; nothing in them runs), and their tensors go straight into
-``model.dvae.DVAE.load_openai``, whose layout matches OpenAI's bit for bit. The card records where
-the weights came from, their licence and each input file's SHA-256.
+``model.networks.dvae.DVAE.load_openai``, whose layout matches OpenAI's bit for bit. The card
+records where the weights came from, their licence and each input file's SHA-256.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _check_layout(
 ) -> DVAEConfig:
     """The config the halves' names and shapes say, and every tensor's name and shape against
     the model built from it on the meta device: nothing read, widened or allocated."""
-    from model.dvae import DVAE, config_from_openai
+    from model.networks.dvae import DVAE, config_from_openai
 
     where = f"{paths['encoder'].name}/{paths['decoder'].name}"
     try:
@@ -114,8 +114,8 @@ def import_openai_dvae(
 ) -> Path:
     """Convert OpenAI's dVAE files into ``out`` (a ``vae.safetensors`` file). Raises ValueError
     with one line naming the problem; writes nothing unless everything converted."""
-    from model.dvae import DVAE
-    from model.tokenizer_files import save_vae
+    from model.bundle.tokenizer_files import save_vae
+    from model.networks.dvae import DVAE
 
     say = progress or (lambda message: None)
     encoder, decoder, out = Path(encoder), Path(decoder), Path(out)

@@ -5,9 +5,9 @@ Two formats: the official PyTorch ``.pth`` (``RealESRGAN_x4plus.pth``, ``realesr
 state dict), read by ``safe_pickle`` (an allow-list unpickler: nothing in the file runs, its size
 bounded before a byte is read); and the ncnn ``.param`` + ``.bin`` conversions
 (``model/importers/ncnn.py``). Either becomes our own RRDBNet or SRVGGNetCompact
-(``model/upscaler.py``), its names and shapes checked against the net built on the meta device
-before any tensor is converted, and is written with its card (source, scale, architecture,
-licence, each source file's SHA-256) by ``model.upscaler_files.save_upscaler``.
+(``model/networks/upscaler.py``), its names and shapes checked against the net built on the meta
+device before any tensor is converted, and is written with its card (source, scale, architecture,
+licence, each source file's SHA-256) by ``model.bundle.upscaler_files.save_upscaler``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,18 @@ from pathlib import Path
 
 import torch
 
+from model.bundle.upscaler_files import SUFFIX, save_upscaler
 from model.importers.common import Progress, sha256
 from model.importers.limits import check_tensors
 from model.importers.ncnn import NcnnError, read_ncnn
 from model.importers.safe_pickle import UnsafePickle, load_modules
-from model.upscaler import RRDBNetConfig, SRVGGConfig, Upscaler, UpscalerConfig, build_upscaler
-from model.upscaler_files import SUFFIX, save_upscaler
+from model.networks.upscaler import (
+    RRDBNetConfig,
+    SRVGGConfig,
+    Upscaler,
+    UpscalerConfig,
+    build_upscaler,
+)
 
 MAX_PTH_BYTES = 512 * 2**20  # RealESRGAN_x4plus.pth is 64 MB
 SOURCE = "Real-ESRGAN (Wang et al. 2021), github.com/xinntao/Real-ESRGAN"

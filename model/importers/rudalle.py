@@ -1,5 +1,5 @@
 """ruDALL-E v3's transformer (``rudalle.dalle.model.DalleModel``: Malevich v3, Surrealist XL) as a
-``layout="rudalle"`` ``model.transformer.Transformer`` (research/importers.md 2.2-2.4).
+``layout="rudalle"`` ``model.networks.transformer.Transformer`` (research/importers.md 2.2-2.4).
 
 ``transformer_from_rudalle`` is pure: a flat state dict under ruDALL-E's names in, our config and
 state dict out; reading files is ``model.importers.rudalle_import``'s. The sizes are read off the
@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from model.config import TransformerConfig
-from model.transformer import CONV, image_mask
+from model.networks.transformer import CONV, image_mask
 
 HEADS = 16  # Malevich, Surrealist XL: hidden 2048 in heads of 128
 CONV_KERNEL = 11  # rudalle/dalle/image_attention.py get_conv_mask(kernel=11)
@@ -104,8 +104,9 @@ def expected_shapes(
 
 def v3_conv_mask(text_positions: int, grid: int) -> torch.Tensor:
     """(L, L) bool: ruDALL-E v3's ``get_conv_mask(text_positions, grid)`` (key columns, query
-    rows), built from ``model.transformer.image_mask``: causal text, every image position sees
-    all text, the image part the paper's clamped 11x11 window on the cells the positions hold."""
+    rows), built from ``model.networks.transformer.image_mask``: causal text, every image position
+    sees all text, the image part the paper's clamped 11x11 window on the cells the positions
+    hold."""
     length = text_positions + grid * grid
     mask = torch.ones(length, length, dtype=torch.bool).tril()
     mask[text_positions:, text_positions:] = image_mask(CONV, grid, CONV_KERNEL)

@@ -12,8 +12,9 @@ Sources (nothing is downloaded here; the user fetches them):
 The transformer file is a flat state dict of fp16 tensors, read with ``torch.load(weights_only=
 True)`` and memory-mapped. The Lightning checkpoint is read by ``model.importers.rudalle_vqgan``
 (weights only, or the allow-list unpickler that never runs code). The conversions themselves are
-``model.importers.rudalle`` (transformer: the "rudalle" layout of ``model/transformer.py``) and
-``rudalle_vqgan`` (the gumbel VQGAN on ``model/vqgan.py``); ``model.yttm_text`` converts the BPE.
+``model.importers.rudalle`` (transformer: the "rudalle" layout of ``model/networks/transformer.py``)
+and ``rudalle_vqgan`` (the gumbel VQGAN on ``model/networks/vqgan.py``);
+``model.tokenizers.yttm_text`` converts the BPE.
 
 v2 checkpoints (Malevich's ``pytorch_model_v2.bin``, Emojich) wrap the conv window around the grid
 and put BOS at an extra text position; their shapes are those of v3, so the file cannot say which
@@ -36,7 +37,7 @@ from model.config import BundleConfig, TransformerConfig, VQGANConfig, YttmTextC
 from model.importers.common import Progress, hash_files, refuse_without_room, write_bundle
 from model.importers.dalle_mega import DTYPES, read_pt
 from model.importers.limits import check_table_budget
-from model.yttm_text import RudallePrompt, RudalleTokenizer
+from model.tokenizers.yttm_text import RudallePrompt, RudalleTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def _convert_transformer(
     """The transformer from ``paths["transformer"]`` in ``dtype``, its size checked against
     memory before it is built, and the caption tokenizer it reads (its vocabulary checked)."""
     from model.importers.rudalle import transformer_from_rudalle
-    from model.transformer import Transformer
+    from model.networks.transformer import Transformer
 
     say(f"reading {paths['transformer'].name}")
     state = read_pt(paths["transformer"], "ruDALL-E transformer")  # mapped; strides checked
@@ -217,7 +218,7 @@ def _load_vqgan(
 ):
     """The VQGAN from ``paths["vqgan"]`` (fp32), checked to be the one the transformer reads."""
     from model.importers.rudalle_vqgan import SBER_GUMBEL_F8, vqgan_from_lightning
-    from model.vqgan import VQGAN
+    from model.networks.vqgan import VQGAN
 
     say(f"reading {paths['vqgan'].name}")
     vq_config, vq_state = vqgan_from_lightning(paths["vqgan"], vqgan or SBER_GUMBEL_F8)
@@ -239,7 +240,7 @@ def _card(
     dtype: str,
 ) -> dict:
     """The imported bundle's card: its title, sources, licence and the files' hashes."""
-    from model.vqgan import describe
+    from model.networks.vqgan import describe
 
     tf_config = transformer.config
     title = (

@@ -15,7 +15,7 @@ the file is read without running anything in it:
    the callback's class (``ModelCheckpoint``), and hyper-parameters may be omegaconf objects.
    Anything else a file names (``os.system``, ...) is refused before it could run.
 
-Only ``state_dict`` is kept, without ``loss.*``. Its names are ``model.vqgan``'s with
+Only ``state_dict`` is kept, without ``loss.*``. Its names are ``model.networks.vqgan``'s with
 ``quantize="gumbel"``. The config is read off the shapes (ch, ch_mult, num_res_blocks, the levels
 with attention, z_channels, embed_dim, n_embed) and must be ``SBER_GUMBEL_F8``, rudalle's
 ``vqgan.gumbelf8-sber.config.yml``. The resolution cannot be read off shapes (the network is
@@ -240,10 +240,10 @@ def vqgan_from_lightning(
     path: str | Path, expected: VQGANConfig | None = SBER_GUMBEL_F8
 ) -> tuple[VQGANConfig, dict[str, torch.Tensor]]:
     """(config, state dict) of the gumbel VQGAN in the Lightning checkpoint ``path``, for
-    ``model.vqgan.VQGAN.load``: tensors in float32 under ``model.vqgan``'s names, checked against
-    ``expected`` (the Sber VQGAN; tests pass a tiny config, or None to take whatever the shapes
-    say, at 256 px). Raises ValueError with one line naming the file and the problem."""
-    from model.vqgan import from_taming
+    ``model.networks.vqgan.VQGAN.load``: tensors in float32 under ``model.networks.vqgan``'s names,
+    checked against ``expected`` (the Sber VQGAN; tests pass a tiny config, or None to take whatever
+    the shapes say, at 256 px). Raises ValueError with one line naming the file and the problem."""
+    from model.networks.vqgan import from_taming
 
     path = Path(path)
     state = state_dict_of(read_checkpoint(path), path)

@@ -68,8 +68,8 @@ class ModelService:
 
     def check_memory(self, request: ImageRequest) -> None:
         """Refuse with 507, before anything is queued or allocated, a request that would not
-        fit (``model.completion``'s rule, the picture's pixels for an edit)."""
-        from model.completion import NotEnoughMemory, check_memory
+        fit (``model.inference.completion``'s rule, the picture's pixels for an edit)."""
+        from model.inference.completion import NotEnoughMemory, check_memory
 
         pixels = request.image.width * request.image.height if request.is_edit else 0
         try:
@@ -91,8 +91,8 @@ class ModelService:
 
     def _edit(self, request: ImageRequest, cancel: threading.Event) -> Result:
         """Regenerate the smallest rectangle reaching the bottom-right corner that covers the
-        mask (``model.completion``), then keep every unmarked pixel, alpha included."""
-        from model.completion import Completion, complete_all, geometry_for
+        mask (``model.inference.completion``), then keep every unmarked pixel, alpha included."""
+        from model.inference.completion import Completion, complete_all, geometry_for
 
         image = request.image
         geometry = geometry_for(self.bundle, image.width, image.height)
@@ -122,8 +122,8 @@ class ModelService:
 
     def _generate(self, request: ImageRequest, cancel: threading.Event) -> Result:
         """A whole picture at the model's size, resized to the asked size."""
-        from model import sampling
-        from model.images import to_pil
+        from model.inference import sampling
+        from model.inference.images import to_pil
 
         messages = sampling.generate(
             self.bundle, request.prompt, request.options, cancel, precision=self.precision

@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from model.bpe_json import bpe_from_json, bpe_to_json, first_line
 from model.config import MAX_TEXT_LEN, MAX_VOCAB
+from model.tokenizers.bpe_json import bpe_from_json, bpe_to_json, first_line
 
 log = logging.getLogger(__name__)
 

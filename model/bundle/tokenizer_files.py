@@ -28,8 +28,8 @@ VQ_FORMAT = "dalle-studio-vq/1"
 
 def _kinds() -> dict[str, tuple[str, type, type]]:
     """format -> (name in messages, config class, model class) of every image tokenizer file."""
-    from model.dvae import DVAE
-    from model.vq import VQVAE
+    from model.networks.dvae import DVAE
+    from model.networks.vq import VQVAE
 
     return {VAE_FORMAT: ("dVAE", DVAEConfig, DVAE), VQ_FORMAT: ("VQ tokenizer", VQConfig, VQVAE)}
 
@@ -129,7 +129,7 @@ def replace_decoder(bundle: Bundle, vae_path: str | Path) -> None:
     vae, card = (load_vae if kind == "dvae" else load_image_tokenizer)(vae_path)
     ours = bundle.vae
     if kind == "vq":
-        from model.vq import VQVAE, token_part_problem
+        from model.networks.vq import VQVAE, token_part_problem
 
         if not isinstance(vae, VQVAE):
             raise ValueError(f"--vae {vae_path}: a dVAE, but this bundle's image tokenizer is a vq")

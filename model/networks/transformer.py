@@ -16,7 +16,7 @@ embedding, no row or column embedding, seen by every image slot), slot s >= 1 ho
 that cell's own row and column embedding, and the masks are the paper's on held-cell coordinates.
 
 The sampling precisions (bf16, weight-only int8) and the compiled decode step are
-``model.precision``'s: this module is the architecture, trained and saved in fp32.
+``model.networks.precision``'s: this module is the architecture, trained and saved in fp32.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ class Transformer(nn.Module):
                 f"'rudalle' only, not {config.layout!r}"
             )
         self.config = config
-        self.precision = "fp32"  # model.precision.for_inference makes bf16 and int8 copies
+        self.precision = "fp32"  # model.networks.precision.for_inference makes bf16 and int8 copies
         self.start_of_image = config.image_vocab  # the extra image-embedding row
         self.text_embed = nn.Embedding(config.text_vocab_padded, config.dim)
         self.text_pos = nn.Embedding(config.text_len, config.dim)
@@ -482,9 +482,9 @@ class RudalleTransformer(Transformer):
     of fp16 overflow, and its embedding gradient shrink is the identity forward.
     """
 
-    # 1.3B parameters (Malevich) cannot be held twice: model.sampling.prepared converts this model
-    # to bf16 or int8 in place, as it does DALL·E Mega (a copy to int8 kept a dense bf16 one too:
-    # 7.5 GB at its peak for a 2.9 GB bundle, 3.2 GB in place; benchmarks/README.md)
+    # 1.3B parameters (Malevich) cannot be held twice: model.inference.sampling.prepared converts
+    # this model to bf16 or int8 in place, as it does DALL·E Mega (a copy to int8 kept a dense bf16
+    # one too: 7.5 GB at its peak for a 2.9 GB bundle, 3.2 GB in place; benchmarks/README.md)
     converts_in_place = True
 
     def __init__(self, config: TransformerConfig):

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from model.bpe_json import first_line
+from model.tokenizers.bpe_json import first_line
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ all run it, and each is a thin adapter over it.
 A ``Completion`` takes the user's picture at its own size, the rectangle's top-left cell on the
 model's grid, a caption and sampling options. It plans the cells (``Geometry.plan``: padding
 beside the picture is not sampled), checks the memory the job needs before allocating it, brings
-the picture to the model (``model.images.to_model``), samples row by row (cancellable, one
+the picture to the model (``model.inference.images.to_model``), samples row by row (cancellable, one
 ``sampling.Progress`` per row) and pastes each candidate back at the picture's resolution, every
 pixel outside the rectangle the picture's own, bit for bit.
 
@@ -33,11 +33,11 @@ import torch
 from PIL import Image
 
 from model import device as model_device
-from model import sampling
 from model.config import SamplingOptions
 from model.geometry import Area, Cell, Geometry, Plan, working_area
-from model.images import blend_into, model_view, paste_back, to_model
-from model.upscaler import UpscaleCancelled, Upscaler, upscale
+from model.inference import sampling
+from model.inference.images import blend_into, model_view, paste_back, to_model
+from model.networks.upscaler import UpscaleCancelled, Upscaler, upscale
 
 # Bytes per picture pixel a completion holds beside the model: the decoded picture, its resized
 # model view, the pasted candidate and paste_back's working copies (measured on a 48 MP picture,
@@ -287,8 +287,9 @@ def upscaled_region(
     decoded pixels: (height - y0, width - x0, 3) uint8.
 
     The upscaler reads the decoded rectangle and ``UPSCALE_MARGIN`` pixels above and left of
-    it (tiled, ``model.upscaler.upscale``); the result is resized exactly onto the rectangle's
-    pixels, over the same span of the decoded view as ``paste_back``'s Lanczos path maps."""
+    it (tiled, ``model.networks.upscaler.upscale``); the result is resized exactly onto the
+    rectangle's pixels, over the same span of the decoded view as ``paste_back``'s Lanczos path
+    maps."""
     view = model_view(decoded, geometry)
     w, h = view.size
     sx, sy = w / geometry.width, h / geometry.height  # decoded pixels per picture pixel

@@ -1,7 +1,8 @@
 """The JSON a bundle holds for a BPE caption tokenizer read from another project's files
-(``model.bart_text`` for DALL·E Mega/Mini, ``model.yttm_text`` for ruDALL-E): a format tag, the
-text length, the vocabulary and the merges, so that the app never needs the original files.
-``model.text``'s own tokenizer is stored as ``tokenizers``' JSON instead."""
+(``model.tokenizers.bart_text`` for DALL·E Mega/Mini, ``model.tokenizers.yttm_text`` for ruDALL-E):
+a format tag, the text length, the vocabulary and the merges, so that the app never needs the
+original files. ``model.tokenizers.text``'s own tokenizer is stored as ``tokenizers``' JSON
+instead."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """What ``dalle eval`` reports: its headline against the embedded model's targets, the printed
 tables, the part a bundle's card keeps, and the JSON file.
 
-``model/evaluate.py`` measures and returns a JSON-ready dict; everything here reads that dict
-(also as read back from ``--json``), so a report can be printed or summarised again later.
+``model/evaluation/evaluate.py`` measures and returns a JSON-ready dict; everything here reads that
+dict (also as read back from ``--json``), so a report can be printed or summarised again later.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ dalle-mini's fine-tuned one in [0, 1] (its encoding notebook feeds webdataset's 
 Conversions into this layout (each returns a state dict and raises ValueError naming the first
 missing, unexpected or wrong-shaped key): ``from_taming`` (a taming or Lightning state dict),
 ``from_min_dalle`` (``detoker.pt``: the decoder half), ``from_flax`` (dalle-mini's Flax
-parameters, as ``model.flax_msgpack.read_flax_msgpack`` returns them; module names from
+parameters, as ``model.importers.flax_msgpack.read_flax_msgpack`` returns them; module names from
 patil-suraj/vqgan-jax ``modeling_flax_vqgan.py``).
 """
 
@@ -48,7 +48,7 @@ from torch import nn
 
 from model.config import NORM_GROUPS, VQGANConfig
 from model.config import check_vqgan_config as check_config  # noqa: F401 - this module's API too
-from model.images import check_image_batch, check_token_grid
+from model.inference.images import check_image_batch, check_token_grid
 
 logger = logging.getLogger(__name__)
 
@@ -537,7 +537,7 @@ def flax_path(name: str, kind: str) -> str:
 
 def from_flax(params: Mapping[str, Any], config: VQGANConfig) -> dict[str, torch.Tensor]:
     """dalle-mini's Flax VQGAN parameters (the nested dict of arrays that
-    ``model.flax_msgpack.read_flax_msgpack`` returns for ``flax_model.msgpack``) -> this
+    ``model.importers.flax_msgpack.read_flax_msgpack`` returns for ``flax_model.msgpack``) -> this
     module's state dict, float32.
 
     Conv ``kernel`` (H, W, in, out) becomes ``weight`` (out, in, H, W); GroupNorm ``scale`` and

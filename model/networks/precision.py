@@ -5,7 +5,8 @@ place, and its one-cell decode step through ``torch.compile``.
 ``convert_in_place`` turns a model too big to hold twice into one, a tensor at a time;
 ``Int8Linear`` is the int8 Linear both put in place of every ``nn.Linear``; ``CompiledStep`` wraps
 a model's ``decode_step``. Everything here works on any model with the sampler's interface
-(``model.transformer.Transformer``, its ruDALL-E layout, ``model.bart.BartDalle``).
+(``model.networks.transformer.Transformer``, its ruDALL-E layout,
+``model.networks.bart.BartDalle``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The stage recipes of ``dalle train``: the dVAE or the VQ tokenizer on a caption folder's images,
 then the transformer on their tokens, then the reranker beside it.
 
-Each recipe takes typed configs (``model.config``, ``model.trainer.TrainConfig``), builds its
-model, hands the Trainer (``model/trainer.py``) a ``step_fn`` and writes one file: a
-``vae.safetensors`` or ``vq.safetensors`` (``model/tokenizer_files.py``) or a bundle. None of them
-changes a config it is given (new ones are made with ``dataclasses.replace``), parses arguments or
-prints: progress reaches the caller through the Trainer's callbacks.
+Each recipe takes typed configs (``model.config``, ``model.training.trainer.TrainConfig``), builds
+its model, hands the Trainer (``model/training/trainer.py``) a ``step_fn`` and writes one file: a
+``vae.safetensors`` or ``vq.safetensors`` (``model/bundle/tokenizer_files.py``) or a bundle. None of
+them changes a config it is given (new ones are made with ``dataclasses.replace``), parses arguments
+or prints: progress reaches the caller through the Trainer's callbacks.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
+from model.bundle.tokenizer_files import load_image_tokenizer, load_vae, load_vq, save_vae, save_vq
 from model.config import DVAE_TRAINING, TEXT_TRAINING
 from model.device import pick_device
 from model.files import write_text
-from model.tokenizer_files import load_image_tokenizer, load_vae, load_vq, save_vae, save_vq
-from model.trainer import (
+from model.training.trainer import (
     Objective,
     TrainConfig,
     Trainer,
@@ -73,7 +73,7 @@ def train_vae(
     term), and with ``decoder_only`` the decoder's size (``dec_n_hid``,
     ``dec_n_blk_per_group``; a new size starts the decoder from scratch).
     """
-    from model.dvae import DVAE, beta_at, tau_at
+    from model.networks.dvae import DVAE, beta_at, tau_at
 
     check_start("vae", init, decoder_only, decoder_sets)
     seed_everything(config.seed)  # the same initial weights for the same seed
@@ -110,11 +110,11 @@ def train_vq(
     decoder_only=False,
     decoder_sets=None,
 ):
-    """Train a VQ tokenizer (``model/vq.py``) on a caption folder's images; returns the path of
-    ``vq.safetensors``. Images are not augmented: a crop resized back to S blurs the flat-colour
-    edges that the transformer's tokens must keep. The codebook follows its own EMA inside the
-    model; dead codes restart every ``vq_config.restart_every`` steps (a function of the step, so
-    a resumed run restarts the same codes as an uninterrupted one).
+    """Train a VQ tokenizer (``model/networks/vq.py``) on a caption folder's images; returns the
+    path of ``vq.safetensors``. Images are not augmented: a crop resized back to S blurs the
+    flat-colour edges that the transformer's tokens must keep. The codebook follows its own EMA
+    inside the model; dead codes restart every ``vq_config.restart_every`` steps (a function of the
+    step, so a resumed run restarts the same codes as an uninterrupted one).
 
     ``init`` with ``decoder_only``: start from that ``vq.safetensors`` (its config wins over
     ``vq_config``), freeze its encoder, quant_conv and codebook, and train its decoder on their
@@ -122,7 +122,7 @@ def train_vq(
     on them works unchanged. ``decoder_sets`` may change ``pool`` with ``image_size`` (issue 17:
     pool 2, image_size 128 draws the 64 px codes at 128 px; the decoder starts as the old one
     upscaled nearest-neighbour, ``vq.pooled_from``) and the training-only fields."""
-    from model.vq import VQVAE, pooled_from
+    from model.networks.vq import VQVAE, pooled_from
 
     check_start("vq", init, decoder_only)
     seed_everything(config.seed)  # the same initial weights for the same seed
@@ -245,7 +245,7 @@ def started_configs(start, text_config):
 def caption_tokenizer(out_dir: Path, dataset, text_config, start, resume, tokenizer_file):
     """The run's caption tokenizer, written to ``out_dir/tokenizer.json``: the fine-tuned bundle's,
     the resumed run's, the given file's, or one trained on the folder's captions."""
-    from model.text import CaptionTokenizer
+    from model.tokenizers.text import CaptionTokenizer
 
     path = out_dir / "tokenizer.json"
     if start is not None:
@@ -293,7 +293,7 @@ def train_transformer(
     from model.bundle import Bundle, save
     from model.config import BundleConfig
     from model.data.folder import CaptionFolder
-    from model.transformer import Transformer
+    from model.networks.transformer import Transformer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +410,7 @@ def train_reranker(
     """
     from model.bundle import load, save
     from model.data.folder import CaptionFolder
-    from model.rerank import Reranker, hard_negative
+    from model.networks.rerank import Reranker, hard_negative
 
     out_dir = Path(out_dir)
     bundle = load(bundle_path)

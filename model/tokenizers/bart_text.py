@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from model.bpe_json import bpe_from_json, bpe_to_json, first_line
+from model.tokenizers.bpe_json import bpe_from_json, bpe_to_json, first_line
 
 try:  # optional: min-dalle names emoji; without the package they are dropped (see above)
     from emoji import demojize as _demojize

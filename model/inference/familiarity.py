@@ -52,7 +52,7 @@ from PIL import Image
 
 from model.data import scenes
 from model.geometry import Cell, Geometry
-from model.images import to_model
+from model.inference.images import to_model
 
 WORLD = "scenes of coloured shapes"  # what a scenes model was trained on, in the user's words
 # A typical cell this far below the reference (a squared error 25 times) is far: across issue
@@ -124,7 +124,7 @@ def typical_cell_psnr(
 
 def picture_psnr(bundle, image: Image.Image) -> float:
     """The typical-cell PSNR of a user's picture, brought to the model's square as a
-    completion brings it (``model.images.to_model``)."""
+    completion brings it (``model.inference.images.to_model``)."""
     size, factor = bundle.config.vae.image_size, bundle.config.vae.factor
     geometry = Geometry(image.width, image.height, size, factor)
     tensor = to_model(image, geometry)

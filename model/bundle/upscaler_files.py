@@ -1,4 +1,5 @@
-"""Upscaler files (``NAME.upscaler.safetensors``): one net of ``model.upscaler`` and its card.
+"""Upscaler files (``NAME.upscaler.safetensors``): one net of ``model.networks.upscaler`` and its
+card.
 
 Like a bundle (``model/bundle/``) and the image tokenizer files: the net's state dict under the
 released checkpoints' own names (``body.0.weight``, ``conv_first.weight``, ...), stored in the
@@ -24,7 +25,7 @@ from safetensors.torch import save_file
 
 from model.bundle import BundleError, check_tensors, parse_json, read_header, read_tensors
 from model.files import atomic_path
-from model.upscaler import Upscaler, build_upscaler, config_from_dict, config_to_dict
+from model.networks.upscaler import Upscaler, build_upscaler, config_from_dict, config_to_dict
 
 FORMAT = "dalle-studio-upscaler/1"
 SUFFIX = ".upscaler.safetensors"

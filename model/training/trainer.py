@@ -5,7 +5,7 @@ It owns the loop: AdamW, warm-up + cosine learning rate, gradient clipping, EMA 
 autocast on CUDA, checkpoints with exact ``resume``, JSONL metrics and data parallelism through
 ``torchrun`` (DDP). What a step computes comes from a ``step_fn``; what is shown comes from
 callbacks (``on_step``, ``on_checkpoint``, ``on_end``). The stage recipes that use it (the dVAE,
-the VQ tokenizer, the transformer, the reranker) are in ``model/train.py``.
+the VQ tokenizer, the transformer, the reranker) are in ``model/training/train.py``.
 
 Exact resume: every random draw of step k (batch order, augmentation, gumbel noise, dropout)
 comes from generators seeded by (seed, k), so a run stopped and resumed at any checkpoint takes

@@ -8,18 +8,18 @@ encoder's states). Every sublayer is sandwich-normed (``x + LN_post(f(LN_pre x))
 feed-forward is a GLU with exact (erf) GELU, and no projection has a bias. The modules below keep
 min-dalle's state-dict names, so its ``encoder*.pt`` / ``decoder*.pt`` load as they are.
 
-``BartDalle`` reads the same stream as ``model.transformer.Transformer``:
+``BartDalle`` reads the same stream as ``model.networks.transformer.Transformer``:
 
     position t < text_len         caption token t (BART ids, padded with id 1)
     position text_len + s         image slot s: slot 0 holds the start token, slot s > 0 the
                                   token of cell s - 1; the output at slot s predicts cell s
 
-so ``model.sampling.sample_tokens`` drives it unchanged. A chunk that covers the caption runs the
-encoder once and keeps, in the cache, its text mask and every decoder layer's cross-attention
-keys and values (min-dalle recomputes those at every step; they never change). Later chunks run
-the decoder only: a chunk of several slots prefills them in one call (causal within the chunk),
-and a one-slot step attends over all ``grid**2`` cached slots with a mask, as min-dalle does, so
-its shapes are the same at every position.
+so ``model.inference.sampling.sample_tokens`` drives it unchanged. A chunk that covers the caption
+runs the encoder once and keeps, in the cache, its text mask and every decoder layer's
+cross-attention keys and values (min-dalle recomputes those at every step; they never change). Later
+chunks run the decoder only: a chunk of several slots prefills them in one call (causal within the
+chunk), and a one-slot step attends over all ``grid**2`` cached slots with a mask, as min-dalle
+does, so its shapes are the same at every position.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import BartConfig
-from model.transformer import Logits
+from model.networks.transformer import Logits
 
 log = logging.getLogger(__name__)
 
@@ -269,15 +269,16 @@ class BartDalle(nn.Module):
     ``forward`` returns ``Logits(text=None, image=...)``: an encoder-decoder has no text head.
     """
 
-    # 2.6B parameters (Mega) cannot be held twice: model.sampling.prepared converts this model
-    # to bf16 or int8 in place (model.precision.convert_in_place) instead of copying it
+    # 2.6B parameters (Mega) cannot be held twice: model.inference.sampling.prepared converts this
+    # model to bf16 or int8 in place (model.networks.precision.convert_in_place) instead of copying
+    # it
     converts_in_place = True
 
     def __init__(self, config: BartConfig):
         super().__init__()
         self.config = config
         # fp32, bf16, fp16 or int8: model.bundle.load sets the stored dtype's, and
-        # model.sampling.prepared converts the model itself (see converts_in_place)
+        # model.inference.sampling.prepared converts the model itself (see converts_in_place)
         self.precision = "fp32"
         self.start_of_image = config.start_token
         self.encoder = BartEncoder(config)

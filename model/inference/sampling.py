@@ -26,7 +26,7 @@ import torch
 
 from model.config import DEFAULT_TEXT_KIND, SamplingOptions, VQConfig, VQGANConfig
 from model.geometry import Plan
-from model.precision import (
+from model.networks.precision import (
     convert_in_place,
     for_inference,
     model_device,
@@ -245,15 +245,15 @@ def prepared(transformer, precision: str, compile: bool = False):
     """``transformer`` in ``precision`` for sampling, converted once and kept on the model.
 
     ``fp32`` is the model itself (the reference); ``auto``/``bf16``/``int8`` and ``compile`` see
-    ``model.precision.for_inference``.
+    ``model.networks.precision.for_inference``.
 
     A model too large to hold twice (``converts_in_place``: DALL·E Mega and Mini, 2.6B and 0.4B
-    parameters) is converted in place instead of copied (``model.precision.convert_in_place``):
-    the bundle's transformer itself becomes bf16 or int8, so a 5.2 GB bf16 Mega samples in
-    5.2 GB (or 2.8 GB in int8), not twice that. Its ``auto`` never widens it (see
-    ``resolve_in_place``). The price: a model turned int8 stays int8 (asking for another precision
-    afterwards is a ValueError that says to load it again), and one turned bf16 samples fp32 from
-    bf16-rounded weights.
+    parameters) is converted in place instead of copied
+    (``model.networks.precision.convert_in_place``): the bundle's transformer itself becomes bf16 or
+    int8, so a 5.2 GB bf16 Mega samples in 5.2 GB (or 2.8 GB in int8), not twice that. Its ``auto``
+    never widens it (see ``resolve_in_place``). The price: a model turned int8 stays int8 (asking
+    for another precision afterwards is a ValueError that says to load it again), and one turned
+    bf16 samples fp32 from bf16-rounded weights.
     """
     device = model_device(transformer)
     if getattr(transformer, "converts_in_place", False):
@@ -299,13 +299,14 @@ def complete(
     padding beside the picture: ``Geometry.plan``) under ``caption``. A (row, col) cell instead
     of a plan: the rectangle from it over the whole grid (a square picture).
 
-    image: (3, S, S) in [0, 1] at the bundle's resolution (see ``model.images.to_model``), or
-    None for a blank start (only valid from cell (0, 0)). Yields Progress per finished row, then
+    image: (3, S, S) in [0, 1] at the bundle's resolution (see ``model.inference.images.to_model``),
+    or None for a blank start (only valid from cell (0, 0)). Yields Progress per finished row, then
     Done with decoded candidates, reranked best first when the bundle carries a reranker.
     precision: fp32 (default: the exact reference), bf16, int8 or auto (see ``prepared``);
-    compile: run each one-cell step through ``torch.compile`` (``model.precision.CompiledStep``).
-    The rectangle's padding cells keep the image's own tokens and are not sampled.
-    ``model.completion`` runs this for a user's picture, at its own size.
+    compile: run each one-cell step through ``torch.compile``
+    (``model.networks.precision.CompiledStep``). The rectangle's padding cells keep the image's own
+    tokens and are not sampled. ``model.inference.completion`` runs this for a user's picture, at
+    its own size.
     """
     options = options or SamplingOptions()
     options.validate()

@@ -24,15 +24,15 @@ import torch
 
 from model.config import SamplingOptions, TransformerConfig, conv_kernel_for
 from model.geometry import Plan
-from model.precision import model_device
-from model.sampling import prepared, run, sample_tokens
+from model.inference.sampling import prepared, run, sample_tokens
+from model.networks.precision import model_device
 
 # a model this large warms up on one row, not a whole run (DALL·E Mini has 0.44B parameters)
 LARGE_MODEL = 10**8
 
 
 def random_transformer(dim, depth, heads, grid, text_len, vocab, device):
-    from model.transformer import Transformer
+    from model.networks.transformer import Transformer
 
     config = TransformerConfig(
         text_vocab=vocab,
@@ -106,7 +106,7 @@ def step_bytes(transformer, batch: int) -> int:
     once (int8 weights and scales up to ``Int8Linear.int8_rows_max`` rows, their bf16 copy
     above), plus each layer's gathered key/value window. Embedding rows and activations are
     left out (under 0.1%). Divided by the step's time this is the bandwidth the step reaches."""
-    from model.precision import Int8Linear
+    from model.networks.precision import Int8Linear
 
     bart = hasattr(transformer.config, "pad_id")  # BartDalle: a step runs the decoder only
     total = 0
@@ -221,19 +221,19 @@ def random_bart_bundle(
     vocab_size: int = 50265,
     vqgan=None,
 ):
-    """Write a random-weight bundle of ``config`` (a ``BartConfig``: ``model.bart.MEGA`` or
+    """Write a random-weight bundle of ``config`` (a ``BartConfig``: ``model.networks.bart.MEGA`` or
     ``MINI``) to ``path``: the layout ``dalle import`` writes, at full size, without the released
     files. The transformer is built on the meta device and filled in ``dtype`` tensor by tensor
     (Mega: 5.2 GB in bf16, never twice); the VQGAN is dalle-mini's f16-16384 shape, fp32; the
     caption tokenizer a stand-in BART vocabulary of ``vocab_size`` ids (BART's has 50265).
     ``vqgan``: another ``VQGANConfig`` (tests). The weights are N(0, 0.02) (LayerNorms 1 and 0):
     only for timing and memory."""
-    from model.bart import BartDalle
-    from model.bart_text import BartTokenizer
     from model.bundle import Bundle, save
     from model.config import BartTextConfig, BundleConfig, VQGANConfig
-    from model.precision import precision_of
-    from model.vqgan import VQGAN
+    from model.networks.bart import BartDalle
+    from model.networks.precision import precision_of
+    from model.networks.vqgan import VQGAN
+    from model.tokenizers.bart_text import BartTokenizer
 
     generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):

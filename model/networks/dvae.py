@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import DVAEConfig
-from model.images import check_image_batch, check_token_grid
+from model.inference.images import check_image_batch, check_token_grid
 
 logger = logging.getLogger(__name__)
 

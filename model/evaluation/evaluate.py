@@ -17,8 +17,8 @@ Two splits: "seen" (colour–shape pairs the training split contains, new images
 ``evaluate_folder`` (``dalle eval --data``) measures a user's own caption folder instead: the
 reconstruction and likelihood sections, and the reranker's retrieval accuracy.
 
-Both return JSON-ready dicts; ``model/eval_report.py`` prints them, summarises them for a bundle's
-card and writes them.
+Both return JSON-ready dicts; ``model/evaluation/eval_report.py`` prints them, summarises them for a
+bundle's card and writes them.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from model.completion import Completion, complete_all
 from model.config import SamplingOptions
 from model.data import scenes
-from model.eval_report import SPLITS, headline
-from model.sampling import complete, run
+from model.evaluation.eval_report import SPLITS, headline
+from model.inference.completion import Completion, complete_all
+from model.inference.sampling import complete, run
 
 # Training scenes use seed 0 (and small seeds in tests); evaluation draws from its own seed.
 DEFAULT_SEED = 20_261_124
@@ -309,7 +309,7 @@ def completion_fidelity(
     upscaler=None,
 ) -> dict[str, Any]:
     """Regenerate the bottom-right place of ``config.count`` scenes under a new caption, as a
-    user would: ``model.completion`` from the rectangle's corner pixel.
+    user would: ``model.inference.completion`` from the rectangle's corner pixel.
 
     ``scale``: the scenes are drawn at ``scale`` times the model's size (a picture larger than
     the model) and completed in the working ``area`` (whole, auto or a side), the upscaler

@@ -1,0 +1,2 @@
+"""Evaluation: ``dalle eval``'s measures (``evaluate``), its report (``eval_report``) and
+``dalle bench`` (``bench``)."""

@@ -1,0 +1,1 @@
+"""Training: the trainer (``trainer``) and the stage recipes (``train``)."""

@@ -59,8 +59,8 @@ class Bundle:
     """A loaded model: its config, the three models, the tokenizer and the model card."""
 
     config: BundleConfig
-    # model.networks.dvae.DVAE, model.networks.vq.VQVAE or model.networks.vqgan.VQGAN:
-    # config.vae_kind
+    # an ImageTokenizer (model/networks/image_tokenizer.py): DVAE, VQVAE or VQGAN, as
+    # config.vae_kind says
     vae: nn.Module
     # model.networks.transformer.Transformer or model.networks.bart.BartDalle
     transformer: nn.Module

@@ -27,34 +27,6 @@ def load_image(path: str | Path) -> Image.Image:
     return open_image(path)
 
 
-def check_image_batch(images: torch.Tensor, channels: int, multiple: int, what: str) -> None:
-    """Raise ValueError unless ``images`` is (B, channels, H, W) with H and W multiples of
-    ``multiple`` (an image tokenizer's input; ``what`` names the multiple in the message)."""
-    if images.ndim != 4 or images.shape[1] != channels:
-        raise ValueError(
-            f"expected images of shape (B, {channels}, H, W), got {tuple(images.shape)}"
-        )
-    if images.shape[2] % multiple or images.shape[3] % multiple:
-        raise ValueError(
-            f"image height and width must be multiples of {what} {multiple}, "
-            f"got {tuple(images.shape[2:])}"
-        )
-
-
-def check_token_grid(tokens: torch.Tensor, vocab_size: int) -> None:
-    """Raise ValueError unless ``tokens`` is an integer (B, G, G) grid of ids in [0, vocab_size)
-    (an image tokenizer's decoder input)."""
-    if tokens.ndim != 3 or tokens.is_floating_point() or tokens.dtype == torch.bool:
-        raise ValueError(
-            f"expected integer tokens of shape (B, G, G), got {tokens.dtype} {tuple(tokens.shape)}"
-        )
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
-        raise ValueError(
-            f"token ids must be in [0, {vocab_size}), "
-            f"got [{int(tokens.min())}, {int(tokens.max())}]"
-        )
-
-
 def to_model(image: Image.Image, geometry: Geometry) -> torch.Tensor:
     """RGB image -> (3, size, size) float tensor in [0, 1], placed as ``geometry`` says."""
     size = geometry.size

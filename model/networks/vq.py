@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import VQConfig
-from model.inference.images import check_image_batch, check_token_grid
+from model.networks.image_tokenizer import check_image_batch, check_token_grid
 
 # A pixel is "near a colour edge" when some channel varies by more than this within its 3x3
 # neighbourhood: the scenes are flat colours, so anything above quantisation noise is an edge.

@@ -48,7 +48,7 @@ from torch import nn
 
 from model.config import NORM_GROUPS, VQGANConfig
 from model.config import check_vqgan_config as check_config  # noqa: F401 - this module's API too
-from model.inference.images import check_image_batch, check_token_grid
+from model.networks.image_tokenizer import check_image_batch, check_token_grid
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """The layering: import-linter's contracts (pyproject.toml) hold, and fail when an import breaks
-them; the document imports no torch."""
+them (the floors of model/ included: a network reaching the command line, the bundle reaching the
+sampler, training reaching evaluation beside it); the document imports no torch."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ CONTRACTS = {
     "studio-through-engine": "studio reaches model via engine, catalog, geometry, files, config",
     "document-without-torch": "studio document, project, template: no torch, no engine",
     "widgets-without-engine": "studio widgets: no engine, no torch (the session has its facts)",
+    "model-floors": "model's floors import only downwards",
 }
 # `lint-imports` itself, run by this interpreter (a console script may not be on PATH)
 LINT_IMPORTS = "from importlinter.cli import lint_imports_command; lint_imports_command()"
@@ -79,6 +81,24 @@ def test_the_import_contracts_hold():
             "import torch",
             "widgets-without-engine",
             "studio.widgets.status -> torch",
+        ),
+        (
+            "model/networks/transformer.py",
+            "import model.cli",
+            "model-floors",
+            "model.networks.transformer -> model.cli",
+        ),
+        (
+            "model/bundle/io.py",
+            "from model.inference import sampling",
+            "model-floors",
+            "model.bundle.io -> model.inference.sampling",
+        ),
+        (
+            "model/training/trainer.py",
+            "from model.evaluation import evaluate",
+            "model-floors",
+            "model.training.trainer -> model.evaluation.evaluate",
         ),
     ],
 )

@@ -1,8 +1,8 @@
 """Did the ruDALL-E layout (issue 20) slow the studio layout's decode step? Before and after in one
 run, alternating.
 
-``model/networks/transformer.py`` of an earlier commit and of this tree are loaded side by side as
-two modules; each builds the default preset's transformer (dim 192, depth 6, heads 6, a 16x16 grid,
+The transformer module of an earlier commit and of this tree are loaded side by side as two
+modules; each builds the default preset's transformer (dim 192, depth 6, heads 6, a 16x16 grid,
 32 text positions) with the same weights. Every round times, for each in turn (the order swapped
 from round to round), a whole image of one-cell steps through ``forward`` (the sampler's call:
 text and the start prefilled untimed, then slots 1 .. 255, each a gathered decode step), and
@@ -38,10 +38,15 @@ DEFAULT_PRESET = TransformerConfig(
 
 
 def load(path: Path, name: str) -> ModuleType:
-    """``path`` (a transformer.py, or a tree holding model/networks/transformer.py) as module
-    ``name``."""
+    """``path`` (a transformer.py, or a tree holding one: under model/networks/, or directly under
+    model/ in a commit from before the floors) as module ``name``."""
     if path.is_dir():
-        path = path / "model" / "networks" / "transformer.py"
+        # written so that the floors' move script leaves the earlier layout's path alone
+        found = [
+            path / "model" / "networks" / "transformer.py",
+            Path(path, "model", "transformer.py"),
+        ]
+        path = next((file for file in found if file.is_file()), found[0])
     if not path.is_file():
         raise SystemExit(f"--before {path}: no such file")
     spec = importlib.util.spec_from_file_location(name, path)

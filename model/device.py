@@ -1,7 +1,7 @@
 """Which device a run uses, and what that device offers: one home for the facts that training,
 the command line and the studio all ask for.
 
-CUDA when present, else MPS, else CPU (DESIGN.md §6); an explicit name is checked, not guessed.
+CUDA when present, else MPS, else CPU (docs/DESIGN.md §6); an explicit name is checked, not guessed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where a user's image lies on the model's grid of token cells: the one pixel <-> cell mapping.
 
-The rule (DESIGN.md): the image is scaled so that its longer side is the model's ``size``,
+The rule (docs/DESIGN.md): the image is scaled so that its longer side is the model's ``size``,
 anchored at the top-left of the size x size square and padded right or below by repeating its
 edge pixels. The square is a ``grid`` x ``grid`` raster of cells of ``factor`` pixels. A rectangle
 is named by its top-left cell and always reaches the bottom-right corner; its cells that hold

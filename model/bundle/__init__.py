@@ -1,4 +1,4 @@
-"""The single-file model bundle (``*.dalle.safetensors``, DESIGN.md §3).
+"""The single-file model bundle (``*.dalle.safetensors``, docs/DESIGN.md §3).
 
 One safetensors file holds every weight and everything needed to rebuild the models around them,
 as nanoGPT's checkpoints carry their ``model_args``:

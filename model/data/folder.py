@@ -1,4 +1,4 @@
-"""User datasets: a folder of images, each with a same-name ``.txt`` caption (DESIGN.md §4).
+"""User datasets: a folder of images, each with a same-name ``.txt`` caption (docs/DESIGN.md §4).
 
 ``photos/cat.jpg`` pairs with ``photos/cat.txt``. Subfolders are searched; hidden files and folders
 (``.name``, including macOS ``._name`` resource forks) are ignored, and so are other files, such

@@ -9,7 +9,7 @@ scene's JSON, and :func:`parse_caption` recovers it from the caption text alone.
 
 :func:`score` reads an image back (nearest palette colour per pixel, connected blobs, shape by
 template overlap, 3×3 place, small/large) and checks each stated fact, which is how the caption
-fidelity of a trained model is measured (DESIGN.md §4). Colour–shape pairs in
+fidelity of a trained model is measured (docs/DESIGN.md §4). Colour–shape pairs in
 :data:`HELDOUT_PAIRS` are never rendered in the training split, so zero-shot composition can be
 measured on the ``"heldout"`` split.
 

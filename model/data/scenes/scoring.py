@@ -1,5 +1,5 @@
 """Scoring: every fact a caption states checked against what :func:`detect` reads from an image,
-and the caption fidelity table over many images (DESIGN.md §4)."""
+and the caption fidelity table over many images (docs/DESIGN.md §4)."""
 
 from __future__ import annotations
 

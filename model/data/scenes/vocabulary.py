@@ -60,7 +60,7 @@ LAYOUTS: tuple[str, ...] = ("plain", "top-bottom", "left-right")
 SPLITS: tuple[str, ...] = ("train", "heldout")
 NUMBER_WORDS = {1: "a", 2: "two", 3: "three", 4: "four"}
 
-# Colour–shape pairs the training split never renders (zero-shot composition, DESIGN.md §4).
+# Colour–shape pairs the training split never renders (zero-shot composition, docs/DESIGN.md §4).
 HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
     ("purple", "triangle"),
     ("green", "heart"),

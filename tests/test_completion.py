@@ -398,3 +398,22 @@ def test_an_upscaler_that_cannot_be_read_is_one_line(bundle_path, tmp_path, caps
         assert code == 2 and len(err) == 1
         assert err[0].startswith("dalle complete: error: --upscaler: ") and said in err[0]
     assert not (tmp_path / "out.png").exists()
+
+
+def test_the_server_upscales_what_it_makes_smaller_than_asked(bundle, upscaler):
+    from model.serve.protocol import ImageRequest
+    from model.serve.service import ModelService, upscaler_bytes
+
+    options = SamplingOptions(n=1, seed=3)
+    request = ImageRequest("a red circle", options, "b64_json", (256, 256))
+    upscaled = ModelService(bundle, "tiny", "fp32", upscaler).run(request, threading.Event())
+    plain = ModelService(bundle, "tiny", "fp32").run(request, threading.Event())
+    assert "upscaled to 256x256" in upscaled.note and "resized to 256x256" in plain.note
+    import io
+
+    pictures = [Image.open(io.BytesIO(r.pngs[0])) for r in (upscaled, plain)]
+    assert [p.size for p in pictures] == [(256, 256), (256, 256)]
+    assert not np.array_equal(np.asarray(pictures[0]), np.asarray(pictures[1]))
+    same_size = ImageRequest("a red circle", options, "b64_json", (32, 32))
+    assert "resized" in ModelService(bundle, "t", "fp32", upscaler).run(same_size, None).note
+    assert upscaler_bytes(None) == 0 and 20 * 2**20 < upscaler_bytes(upscaler) < 200 * 2**20

@@ -121,11 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feather", type=int, default=0, help="blend pixels at the seam")
     p.add_argument(
         "--area",
-        default="whole",
         metavar="whole|auto|PIXELS",
-        help="what the model sees: the whole picture (default), auto (a square twice the "
-        "rectangle's longer side, at least the model's size) or a square side in pixels, "
-        "reaching the bottom-right corner",
+        help="what the model sees: the whole picture, auto (a square twice the rectangle's "
+        "longer side, at least the model's size) or a square side in pixels, reaching the "
+        "bottom-right corner (default: the model's own: whole for a scenes model trained here, "
+        "auto for an imported one)",
     )
     p.add_argument(
         "--upscaler",

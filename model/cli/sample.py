@@ -252,7 +252,7 @@ def job_stem(job: Job) -> str:
 
 
 def parse_area(text: str) -> str | int:
-    """``--area``: whole, auto or a side in pixels."""
+    """``--area``: whole, auto or a side in pixels (not given: the model's default)."""
     if text in AREA_CHOICES:
         return text
     try:
@@ -274,6 +274,8 @@ def bundle_input(args) -> list[tuple[str, Path]]:
 
 
 def cmd_complete(args) -> int:
+    from model.inference.completion import default_area
+
     if args.batch:
         if args.image or args.caption:
             raise CLIError(
@@ -314,7 +316,7 @@ def cmd_complete(args) -> int:
     check_can_create(output.folder)
     bundle = load_bundle(args.bundle, args.device)
     upscaler = load_upscaler_choice(args.upscaler, bundle.device)
-    area = parse_area(args.area)
+    area = parse_area(args.area) if args.area else default_area(bundle)
     checked = [check_job(job, bundle, area) for job in jobs]  # every header before decoding
     largest = max(width * height for width, height in (c.size for c in checked))
     check_memory(bundle, options, largest)

@@ -7,6 +7,7 @@ free port; the first line on stdout is always the address it serves on.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -16,7 +17,7 @@ import socket
 import sys
 import time
 
-from model.cli.common import CLIError, check_device, load_bundle
+from model.cli.common import CLIError, check_device, load_bundle, load_upscaler_choice
 
 log = logging.getLogger("dalle.serve")
 
@@ -57,6 +58,14 @@ def add_serve_args(p) -> None:
         type=float,
         default=60.0,
         help="seconds for a request's body to arrive, and for its answer to be taken",
+    )
+    p.add_argument(
+        "--upscaler",
+        default="auto",
+        metavar="auto|off|FILE",
+        help="what draws 512x512 and 1024x1024 answers and edits of large images, which the "
+        "model makes smaller: auto (the shipped Real-ESRGAN), off (Lanczos) or an imported "
+        "*.upscaler.safetensors",
     )
     p.add_argument("--grace", type=float, default=30.0, help="seconds to finish jobs on shutdown")
     p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
@@ -197,7 +206,7 @@ def cmd_serve(args) -> int:
 
         from model.serve.app import create_app
         from model.serve.guard import server_config, unmap_large_frees
-        from model.serve.service import ModelService
+        from model.serve.service import ModelService, upscaler_bytes
     except ModuleNotFoundError as error:
         raise CLIError(
             f'dalle serve needs {error.name}: pip install -e ".[serve]" (or '
@@ -210,7 +219,11 @@ def cmd_serve(args) -> int:
     configure_logging(args.json_logs)
     sock = bind(args.host, args.port)
     bundle = load_bundle(args.bundle, args.device)
-    service = ModelService(bundle, model_id(bundle, args.bundle, args.model_name), args.precision)
+    upscaler = load_upscaler_choice(args.upscaler, bundle.device)
+    settings = dataclasses.replace(settings, upscaler_bytes=upscaler_bytes(upscaler))
+    service = ModelService(
+        bundle, model_id(bundle, args.bundle, args.model_name), args.precision, upscaler
+    )
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     print(f"serving {service.id} on http://{shown_host}:{port}/v1", flush=True)

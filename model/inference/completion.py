@@ -32,10 +32,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model import card as card_schema
 from model import device as model_device
 from model.config import SamplingOptions
 from model.geometry import Area, Cell, Geometry, Plan, working_area
-from model.inference import sampling
+from model.inference import familiarity, sampling
 from model.inference.images import blend_into, model_view, paste_back, to_model
 from model.networks.upscaler import UpscaleCancelled, Upscaler, upscale
 
@@ -54,6 +55,15 @@ def geometry_for(bundle: Any, width: int, height: int) -> Geometry:
     """Where a ``width`` x ``height`` picture lies on ``bundle``'s grid of cells."""
     vae = bundle.config.vae
     return Geometry(width, height, vae.image_size, vae.factor)
+
+
+def default_area(bundle: Any) -> str:
+    """The working area a model completes in unless told otherwise: "whole" for a model
+    trained here on whole scenes at one scale (on scenes drawn at 2x and 4x its size, the area
+    auto did not raise its completion fidelity: benchmarks/README.md, "Working area"), "auto"
+    for an imported photo model, which learnt no one scale and gains the picture's detail."""
+    card = card_schema.check(bundle.card or {})[0]
+    return "whole" if familiarity.knows_scenes(card) else "auto"
 
 
 def memory_needed(bundle: Any, options: SamplingOptions, pixels: int = 0) -> int:
@@ -137,6 +147,7 @@ class Completion:
         sampler: Sampler | None = None,
         area: Area | None = None,
         upscaler: Upscaler | None = None,
+        upscale_tile: int | None = None,
     ):
         self.bundle = bundle
         self.picture = picture if picture.mode == "RGB" else picture.convert("RGB")
@@ -155,6 +166,9 @@ class Completion:
         self.precision, self.compile = precision, compile
         self.sampler = sampler or sampling.complete
         self.upscaler = upscaler
+        self.upscale_tile = (
+            upscale_tile  # None: the largest within model.networks.upscaler's budget
+        )
         self.geometry = geometry_for(bundle, self.view.width, self.view.height)
         self.plan: Plan = self.geometry.plan(cell)
 
@@ -252,7 +266,9 @@ class Completion:
         rectangle where ``upscales`` says so (and ``upscale``); cancel stops it between tiles
         (UpscaleCancelled)."""
         if upscale and self.upscaler is not None and self.upscales(decoded):
-            region = upscaled_region(decoded, self.geometry, self.cell, self.upscaler, cancel)
+            region = upscaled_region(
+                decoded, self.geometry, self.cell, self.upscaler, cancel, self.upscale_tile
+            )
             out = np.array(self.view, dtype=np.uint8)
             blend_into(out, region, self.geometry.pixel_of(self.cell), self.feather)
             pasted = Image.fromarray(out, "RGB")
@@ -282,6 +298,7 @@ def upscaled_region(
     cell: Cell,
     upscaler: Upscaler,
     cancel: threading.Event | None = None,
+    tile: int | None = None,
 ) -> np.ndarray:
     """The rectangle from ``cell`` at the picture's resolution, drawn by ``upscaler`` from the
     decoded pixels: (height - y0, width - x0, 3) uint8.
@@ -296,7 +313,8 @@ def upscaled_region(
     x0, y0 = geometry.pixel_of(cell)
     left = max(0, math.floor(x0 * sx) - UPSCALE_MARGIN)
     top = max(0, math.floor(y0 * sy) - UPSCALE_MARGIN)
-    drawn = Image.fromarray(upscale(view.crop((left, top, w, h)), upscaler, cancel=cancel))
+    crop = view.crop((left, top, w, h))
+    drawn = Image.fromarray(upscale(crop, upscaler, tile=tile, cancel=cancel))
     s = upscaler.scale
     box = ((x0 * sx - left) * s, (y0 * sy - top) * s, (w - left) * s, (h - top) * s)
     size = (geometry.width - x0, geometry.height - y0)

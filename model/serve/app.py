@@ -49,6 +49,7 @@ class Settings:
     max_connections: int = 64  # open at once; the next is answered 503
     header_timeout: float = 10.0  # seconds for a request's head to arrive
     body_timeout: float = 60.0  # seconds for its body to arrive, and for its answer to be taken
+    upscaler_bytes: int = 0  # the upscaler's working memory (model.serve.service.upscaler_bytes)
 
 
 class ImageStore:

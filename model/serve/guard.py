@@ -350,12 +350,14 @@ def worst_case_memory(settings, idle_rss: int) -> int:
     """Bytes of RSS the server can reach, at most, under any load: ``idle_rss`` (the process
     with its model loaded, after one answer) plus what its options let clients hold:
 
-        idle + C * 0.5 MiB + (Q + 1) * (2 MiB + 11 P) + U + 58 P + S + 32 MiB
+        idle + C * 0.5 MiB + (Q + 1) * (2 MiB + 11 P) + U + 58 P + S + E + 32 MiB
 
     C = max_connections, Q = queue_size (Q + 1 requests hold a place: read, queued, run or
     answered), U = max_upload bytes (one upload is in memory at a time, for its decoding; the
     others wait on disk), P = max_pixels (of an upload, and of an answer's images together),
-    S = url_store_bytes. The model's own working memory for sampling is in the idle
+    S = url_store_bytes, E = upscaler_bytes (one tile of the upscaler at a time and its
+    result, ``model.serve.service.upscaler_bytes``). The model's own working memory for
+    sampling is in the idle
     RSS: one job runs at a time, and the first answer has sized it."""
     held = max(2 * SPOOL_BYTES + HELD_BYTES_PER_PIXEL * settings.max_pixels, MAX_JSON_BYTES)
     return int(
@@ -365,6 +367,7 @@ def worst_case_memory(settings, idle_rss: int) -> int:
         + settings.max_upload
         + ONCE_BYTES_PER_PIXEL * settings.max_pixels
         + settings.url_store_bytes
+        + settings.upscaler_bytes
         + FIXED_BYTES
     )
 

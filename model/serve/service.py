@@ -19,6 +19,10 @@ from model.files import has_alpha
 from model.serve.protocol import APIError, ImageRequest, covering_corner
 from model.serve.worker import JobCancelled
 
+# The server upscales in small tiles: its memory bound (README, server) holds one tile's working
+# memory, about 35 MB for the shipped upscaler at 64 px, where the default tile takes up to 512 MB.
+UPSCALE_TILE, UPSCALE_OVERLAP = 64, 20
+
 
 @dataclass(frozen=True)
 class Result:
@@ -38,8 +42,9 @@ def png_bytes(image: Image.Image) -> bytes:
 class ModelService:
     """A bundle, its precision, and what ``/v1/models`` says of it."""
 
-    def __init__(self, bundle, model_id: str, precision: str = "auto"):
+    def __init__(self, bundle, model_id: str, precision: str = "auto", upscaler=None):
         self.bundle = bundle
+        self.upscaler = upscaler  # draws what the model made smaller than asked (None: Lanczos)
         self.id = model_id
         self.precision = precision
         vae = bundle.config.vae
@@ -112,13 +117,33 @@ class ModelService:
                 raise JobCancelled("cancelled while sampling") from error
             raise
         pngs = [png_bytes(keep_unmarked(image, result, request)) for result in pasted]
-        x0, y0 = geometry.pixel_of(cell)
+        x0, y0 = completion.corner
+        grid, area = completion.geometry.grid, completion.area
+        seen = "the whole image" if area.is_whole else f"the {area.width}x{area.height} px area"
         note = (
             f"regenerated the rectangle from pixel ({x0}, {y0}) to the bottom-right corner, "
-            f"the smallest on the model's {geometry.grid}x{geometry.grid} grid that covers the "
+            f"the smallest on the model's {grid}x{grid} grid over {seen} that covers the "
             f"mask's {int(request.marked.sum())} pixels; every other pixel is the image's own"
         )
         return Result(pngs, done.seed, done.seconds, done.tokens_per_s, note)
+
+    def _upscales(self, made: tuple[int, int], asked: tuple[int, int]) -> bool:
+        from model.inference.completion import UPSCALE_ABOVE
+
+        return self.upscaler is not None and max(asked) / max(made) > UPSCALE_ABOVE
+
+    def _resized(self, image: Image.Image, size: tuple[int, int], cancel: threading.Event):
+        """``image`` at ``size``: drawn by the upscaler first when it grows more than
+        ``UPSCALE_ABOVE`` times, then resized exactly (Lanczos)."""
+        from model.networks.upscaler import UpscaleCancelled, upscale
+
+        if self._upscales(image.size, size):
+            try:
+                drawn = upscale(image, self.upscaler, UPSCALE_TILE, UPSCALE_OVERLAP, cancel)
+            except UpscaleCancelled as error:
+                raise JobCancelled("cancelled while upscaling") from error
+            image = Image.fromarray(drawn)
+        return image.resize(size, Image.Resampling.LANCZOS)
 
     def _generate(self, request: ImageRequest, cancel: threading.Event) -> Result:
         """A whole picture at the model's size, resized to the asked size."""
@@ -139,13 +164,24 @@ class ModelService:
         images = [to_pil(decoded) for decoded in done.images]
         note = ""
         if request.size is not None:
-            width, height = request.size
-            images = [im.resize(request.size, Image.Resampling.LANCZOS) for im in images]
+            drawn = "upscaled" if self._upscales(images[0].size, request.size) else "resized"
+            images = [self._resized(image, request.size, cancel) for image in images]
             note = (
-                f"generated at the model's {self.size}x{self.size} and resized to {width}x{height}"
+                f"generated at the model's {self.size}x{self.size} and {drawn} to "
+                f"{request.size[0]}x{request.size[1]}"
             )
         pngs = [png_bytes(im) for im in images]
         return Result(pngs, done.seed, done.seconds, done.tokens_per_s, note)
+
+
+def upscaler_bytes(upscaler) -> int:
+    """The most memory the server's upscaler takes beside the model: one tile's working memory
+    (``UPSCALE_TILE``) and the largest result it draws, 1024 px upscaled (0 without one)."""
+    from model.networks.upscaler import tile_working_bytes
+
+    if upscaler is None:
+        return 0
+    return tile_working_bytes(upscaler, UPSCALE_TILE, UPSCALE_OVERLAP) + 3 * (1024 * 4) ** 2
 
 
 def keep_unmarked(original: Image.Image, regenerated: Image.Image, request: ImageRequest):

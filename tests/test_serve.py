@@ -233,7 +233,8 @@ def test_legacy_image_create_shape_as_raw_http(server):
     for item in body["data"]:
         with urllib.request.urlopen(item["url"], timeout=30) as response:
             assert decode(response.read()).size == (256, 256)
-    assert "resized to 256x256" in headers["X-DALLE-Studio-Note"]
+    # 2x the embedded model's 128 px: the shipped upscaler draws it (dalle serve --upscaler auto)
+    assert "128x128 and upscaled to 256x256" in headers["X-DALLE-Studio-Note"]
     # with the seed extension the raw call and the client's call give the same images
     raw = post_json(
         f"{url}/images/generations",

@@ -271,3 +271,52 @@ def test_the_frame_says_the_scale_and_its_handle_sets_a_side(qtbot, make_session
     assert session.area_choice >= max(w, h) and doc.area.left <= x and doc.area.top <= y
     assert "cells" in canvas.rectangle_label()
     assert canvas.grab().width() > 0  # draws the frame without error
+
+
+# -- Settings › Upscaler ---------------------------------------------------------------------------
+
+
+def test_the_upscaler_setting_is_chosen_remembered_and_reaches_the_engine(
+    qtbot, tmp_path, monkeypatch
+):
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QDialog, QFileDialog
+
+    from studio.widgets import settings as settings_module
+    from studio.widgets.main_window import MainWindow
+
+    chosen = str(tmp_path / "x4plus.upscaler.safetensors")
+    box = settings_module.UpscalerBox("auto")
+    qtbot.addWidget(box)
+    assert box.choice() == "auto" and box.currentText().startswith("Auto")
+    answers = [(chosen, ""), ("", "")]  # a file, then a cancelled dialog
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: answers.pop(0))
+    for _ in range(2):
+        index = box.findText(settings_module.CHOOSE_UPSCALER)
+        box.activated.emit(index)
+        assert box.choice() == chosen and box.currentText() == "x4plus.upscaler.safetensors"
+    box.activated.emit(box.findData("off"))
+    assert box.choice() == "off"
+
+    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+    engine = Engine()
+    window = MainWindow(Session(engine), settings, autosave_folder=tmp_path)
+    qtbot.addWidget(window)
+    window.ask_before_close = False
+    assert engine.upscaler == "auto"  # the default: the shipped Real-ESRGAN
+    monkeypatch.setattr(window.session.engine, "load", lambda *args: None)
+
+    def accept(dialog):
+        assert dialog.upscaler.choice() == engine.upscaler  # the dialog shows the one in use
+        dialog.upscaler._show(chosen)
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(settings_module.SettingsDialog, "exec", accept)
+    window.open_settings()
+    assert engine.upscaler == chosen == settings.value("upscaler")
+    again = MainWindow(Session(Engine()), settings, autosave_folder=tmp_path)
+    qtbot.addWidget(again)
+    again.ask_before_close = False
+    assert again.session.upscaler == chosen  # remembered
+    engine.shutdown()
+    again.session.engine.shutdown()

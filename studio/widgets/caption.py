@@ -359,5 +359,6 @@ class CaptionPanel(QWidget):
     def set_running(self, running: bool) -> None:
         self.generate.setEnabled(not running and not self.blocked)
         self.cancel.setEnabled(running)
+        self.area.setEnabled(not running)  # the running job's area is fixed, as its rectangle
         if running:
             self.caption.forget_typing()  # generated from: Ctrl+Z is the image's again

@@ -231,8 +231,10 @@ class MainWindow(FileActions, QMainWindow):
         self._hint_to_badge()
         document = self.document
         if document.cell is not None:
+            area = document.area
+            where = "" if area.is_whole else f" of the {area.width}×{area.height} px working area"
             self.progress_label.setText(
-                f"rectangle from cell {document.cell} · {document.masked_cells} cells"
+                f"rectangle from cell {document.cell}{where} · {document.masked_cells} cells"
             )
         else:
             self.progress_label.setText(

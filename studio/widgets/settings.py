@@ -22,9 +22,9 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from model.bundle.upscaler_files import SUFFIX as UPSCALER_SUFFIX
 from studio.catalog import (
     BUNDLE_SUFFIX,
+    UPSCALER_SUFFIX,
     available_devices,
     available_precisions,
     default_bundle_path,

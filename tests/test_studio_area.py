@@ -222,19 +222,12 @@ def test_the_area_round_trips_through_a_project_and_old_projects_read(tmp_path):
 
 
 def _strip_areas(path) -> None:
-    import json
-    import zipfile
+    def strip(manifest) -> None:
+        manifest.pop("area", None)
+        for item in manifest["history"]:
+            item.pop("area", None)
 
-    with zipfile.ZipFile(path) as archive:
-        files = {name: archive.read(name) for name in archive.namelist()}
-    manifest = json.loads(files["manifest.json"])
-    manifest.pop("area", None)
-    for item in manifest["history"]:
-        item.pop("area", None)
-    files["manifest.json"] = json.dumps(manifest).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
+    _edit_manifest(path, strip)
 
 
 # -- the canvas ----------------------------------------------------------------------------------
@@ -320,3 +313,40 @@ def test_the_upscaler_setting_is_chosen_remembered_and_reaches_the_engine(
     assert again.session.upscaler == chosen  # remembered
     engine.shutdown()
     again.session.engine.shutdown()
+
+
+def test_the_journal_keeps_each_entrys_area_and_a_bad_area_is_one_line(qapp, tmp_path):
+    from studio import autosave
+
+    saver = autosave.Autosaver(tmp_path)
+    doc = document(choice="auto")
+    saver.watch(doc)
+    doc.set_rectangle_from_pixel(130, 80)
+    area = doc.area_offset
+    doc.start_generation()
+    doc.finish_generation([picture(151, 97, 5)], "a fox", doc.cell, 1, None, area=area)
+    doc.start_generation()  # a second run, journaled after the base autosave
+    doc.finish_generation([picture(151, 97, 6)], "a fox", doc.cell, 2, None, area=area)
+    recovered, _ = autosave.recover(tmp_path)
+    areas = sorted((e.seed, e.area) for e in recovered.history.values() if not e.is_original)
+    assert areas == [(1, area), (2, area)]
+
+    path = project.save(doc, tmp_path / "bad.dstudio")
+    _edit_manifest(path, lambda m: m["history"][1].__setitem__("area", [-3, "x"]))
+    with pytest.raises(project.ProjectError, match=r"history\[1\] area left") as raised:
+        project.load(path)
+    assert "\n" not in str(raised.value)
+
+
+def _edit_manifest(path, change) -> None:
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    manifest = json.loads(files["manifest.json"])
+    change(manifest)
+    files["manifest.json"] = json.dumps(manifest).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)

@@ -393,7 +393,8 @@ class Engine(QObject):
         began = time.perf_counter()
         decoded = completion.decode_first(progress)
         decoded_at = time.perf_counter()
-        pasted = np.asarray(completion.paste(decoded), np.uint8)
+        # at the model's resolution: the upscaler draws only the final candidates
+        pasted = np.asarray(completion.paste(decoded, upscale=False), np.uint8)
         pace.previewed(decoded_at - began, time.perf_counter() - decoded_at)
         return pasted
 

@@ -151,7 +151,15 @@ def test_a_generation_in_an_area_keeps_every_other_pixel(make_session, qtbot, ch
     assert {(e.cell, e.area) for e in entries} == {(doc.cell, (area.left, area.top))}
 
 
-def test_the_engine_upscales_in_the_area_and_says_so(bundle):
+def test_the_engine_upscales_in_the_area_and_says_so(bundle, monkeypatch):
+    from model.inference import completion as completion_module
+
+    drawn = []
+    upscale = completion_module.upscale
+    monkeypatch.setattr(
+        completion_module, "upscale", lambda *a, **k: drawn.append(1) or upscale(*a, **k)
+    )
+    monkeypatch.setattr(studio_engine, "PREVIEW_ALWAYS_S", 60.0)  # a live preview every row
     engine = Engine()
     engine.set_bundle(bundle)
     engine.set_upscaler("auto")  # the shipped Real-ESRGAN
@@ -164,6 +172,9 @@ def test_the_engine_upscales_in_the_area_and_says_so(bundle):
     assert isinstance(final, studio_engine.Finished), final
     phases = [m.phase for m in said if isinstance(m, studio_engine.Phase)]
     assert "upscaling" in phases and "pasting" not in phases
+    rows = [m for m in said if isinstance(m, studio_engine.RowDecoded)]
+    assert len(rows) > 1 and all(r.preview is not None for r in rows)
+    assert len(drawn) == 1  # the final candidate only: the live rows stay at the model's size
     gx, gy = area.geometry(SIZE, FACTOR).pixel_of(cell)
     x, y = area.left + gx, area.top + gy
     outside = np.ones(image.shape[:2], bool)

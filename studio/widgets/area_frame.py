@@ -83,6 +83,9 @@ def draw(view, painter: QPainter, document: Document) -> None:
         top = view.mapFromScene(QPointF(rectangle[0], rectangle[1]))
         if abs(top.y() - corner.y()) < 2 * box.height() and abs(top.x() - corner.x()) < box.width():
             box.moveTop(top.y() + box.height() + 8)
+    right = view.viewport().width() - 4  # a small area near the right edge: the label stays in
+    if box.right() > right:
+        box.moveRight(right)
     painter.fillRect(box, QColor(0, 0, 0, 170))
     painter.setPen(FRAME_COLOUR)
     painter.drawText(box, Qt.AlignmentFlag.AlignCenter, label)

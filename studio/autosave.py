@@ -57,6 +57,7 @@ FIELDS = (
     "parent",
     "caption",
     "cell",
+    "area",
     "seed",
     "options",
     "seconds",
@@ -74,6 +75,7 @@ def _entry_state(entry: HistoryEntry) -> dict[str, Any]:
         "parent": entry.parent,
         "caption": entry.caption,
         "cell": list(entry.cell) if entry.cell else None,
+        "area": list(entry.area) if entry.area else None,
         "seed": entry.seed,
         "options": entry.options_dict(),  # as a project writes them
         "time": entry.time,
@@ -417,7 +419,7 @@ def _state(item: Any) -> dict[str, Any]:
     entry_id, parent = int(item["id"]), item.get("parent")
     if parent is not None and (isinstance(parent, bool) or not isinstance(parent, int)):
         raise TypeError(f"entry {entry_id}: parent {parent!r}")
-    cell = item.get("cell")
+    cell, area = item.get("cell"), item.get("area")
     time_ = float(item.get("time", 0.0))
     if not np.isfinite(time_) or not 0 <= time_ < 1e11:
         raise ValueError(f"entry {entry_id}: time {time_!r}")
@@ -433,6 +435,7 @@ def _state(item: Any) -> dict[str, Any]:
         "parent": parent,
         "caption": str(item.get("caption", ""))[: project.MAX_TEXT],
         "cell": (int(cell[0]), int(cell[1])) if cell else None,
+        "area": (int(area[0]), int(area[1])) if area else None,
         "seed": None if item.get("seed") is None else int(item["seed"]),
         **typed,
         "time": time_,

@@ -21,11 +21,13 @@ from model import bundle as bundle_io
 from model import card as card_schema
 from model import device as model_device
 from model import files
+from model.bundle import upscaler_files
 from model.inference import familiarity
 from model.inference import images as model_images
 from model.networks.precision import PRECISIONS
 
 BUNDLE_SUFFIX = bundle_io.SUFFIX
+UPSCALER_SUFFIX = upscaler_files.SUFFIX  # what Settings › Upscaler opens
 IMAGE_SUFFIXES = files.IMAGE_SUFFIXES
 # torch.OutOfMemoryError is torch >= 2.5; older releases only have the CUDA one
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)

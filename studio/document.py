@@ -26,7 +26,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from model.config import SamplingOptions
-from model.geometry import PAPER_FACTOR, PAPER_SIZE, Geometry
+from model.geometry import AREA_CHOICES, PAPER_FACTOR, PAPER_SIZE, Area, Geometry, working_area
 
 MAX_CAPTION_HISTORY = 100
 # the keys of an entry's options in a file that are sampling options (the others: seconds,
@@ -42,7 +42,10 @@ class HistoryEntry:
     parent: int | None
     image: np.ndarray
     caption: str = ""
-    cell: tuple[int, int] | None = None
+    cell: tuple[int, int] | None = None  # on the working area's grid
+    # the working area's top-left (left, top) in picture pixels; None: the whole picture (and
+    # every entry of a project written before areas)
+    area: tuple[int, int] | None = None
     seed: int | None = None
     # how it was sampled: its run's options but the seed (the entry's own field); None for the
     # original and for an entry whose project recorded none
@@ -132,7 +135,12 @@ class Document(QObject):
         # project that did not record it (then the next model's geometry is taken as its own)
         self.model_size, self.model_factor = PAPER_SIZE, PAPER_FACTOR
         self.cell_geometry_known = True
-        self.cell: tuple[int, int] | None = None
+        self.cell: tuple[int, int] | None = None  # on the working area's grid
+        # the working area: how it is chosen (whole, auto or a side in pixels: the session sets
+        # it) and the one the rectangle is in, by its top-left (it reaches the bottom-right)
+        self.area_choice: str | int = "whole"
+        self.area_offset: tuple[int, int] = (0, 0)
+        self._asked: tuple[float, float] | None = None  # the corner the user put, unsnapped
         self.preview: np.ndarray | None = None
         self.peek: np.ndarray | None = None  # a history entry shown without restoring it
         self.candidates: list[np.ndarray] = []
@@ -194,6 +202,43 @@ class Document(QObject):
     def geometry(self) -> Geometry:
         return Geometry(self.width, self.height, self.model_size, self.model_factor)
 
+    @property
+    def area(self) -> Area:
+        """The working area the rectangle is in (the whole picture until one is chosen)."""
+        left, top = self.area_offset
+        if left >= self.width or top >= self.height:  # not reached: areas follow the image
+            return Area((self.width, self.height))
+        return Area((self.width, self.height), left, top)
+
+    @property
+    def area_geometry(self) -> Geometry:
+        """The working area as the model sees it: the grid the rectangle's cell is on."""
+        return self.area.geometry(self.model_size, self.model_factor)
+
+    def working_area_at(self, x: int, y: int) -> Area:
+        """The area ``area_choice`` gives a rectangle from picture pixel (x, y); a side too
+        short to hold that rectangle grows to hold it (the choice stays)."""
+        choice = self.area_choice
+        if isinstance(choice, int):
+            choice = max(choice, self.width - x, self.height - y)
+        return working_area((self.width, self.height), (x, y), self.model_size, choice)
+
+    def set_area_choice(self, choice: str | int) -> None:
+        """Choose how the working area follows the rectangle (whole, auto or a side in
+        pixels; ValueError for another): the rectangle is placed again from the corner the user
+        put, on the new area's grid."""
+        choice = area_choice(choice)
+        if choice == self.area_choice and (self.cell is None or self._asked is not None):
+            return  # a rectangle placed by the user is in its choice's area already
+        self.area_choice = choice
+        if self.cell is None:
+            self.rectangle_changed.emit()
+            return
+        if self._asked is None:
+            corner = self.rectangle_pixels()
+            self._asked = (corner[0], corner[1]) if corner else (0, 0)
+        self.set_rectangle_from_pixel(*self._asked)
+
     def set_model_geometry(self, size: int, factor: int) -> None:
         """The loaded model's resolution. A rectangle made in another geometry is re-snapped
         through the geometry it was made in (never through one it was not made in); in the same
@@ -224,18 +269,31 @@ class Document(QObject):
     # -- rectangle ----------------------------------------------------------------------
 
     def set_rectangle_from_pixel(self, x: float, y: float) -> tuple[int, int]:
-        """Put the rectangle's top-left corner at user pixel (x, y), snapped to its token cell.
+        """Put the rectangle's top-left corner at user pixel (x, y), snapped to its token cell
+        on the grid of the working area that ``area_choice`` gives it.
 
         The rectangle always extends to the bottom-right corner; points outside the image are
         clamped onto it.
         """
-        cell = self.geometry.cell_at(x, y)
-        self.set_cell(cell)
+        x = min(max(x, 0), self.width - 1)
+        y = min(max(y, 0), self.height - 1)
+        area = self.working_area_at(int(x), int(y))
+        cell = area.geometry(self.model_size, self.model_factor).cell_at(
+            x - area.left, y - area.top
+        )
+        self.set_cell(cell, (area.left, area.top))
+        self._asked = (x, y)
         return cell
 
-    def set_cell(self, cell: tuple[int, int] | None) -> None:
+    def set_cell(self, cell: tuple[int, int] | None, area: tuple[int, int] | None = None) -> None:
+        """Put the rectangle at ``cell`` of the working area from ``area`` (left, top; None:
+        the whole picture)."""
+        left, top = area or (0, 0)
+        Area((self.width, self.height), left, top)  # ValueError outside the picture
+        self.area_offset = (int(left), int(top))
+        self._asked = None
         if cell is not None:
-            grid = self.geometry.grid
+            grid = self.area_geometry.grid
             row, col = cell
             if not (0 <= row < grid and 0 <= col < grid):
                 raise ValueError(f"cell {cell} is outside the {grid}x{grid} token grid")
@@ -249,12 +307,14 @@ class Document(QObject):
         """(x, y, w, h) of the rectangle in user pixels, reaching the bottom-right corner."""
         if self.cell is None:
             return None
-        x, y = self.geometry.pixel_of(self.cell)
+        x, y = self.area_geometry.pixel_of(self.cell)
+        x, y = x + self.area_offset[0], y + self.area_offset[1]
         return x, y, self.width - x, self.height - y
 
     @property
     def masked_cells(self) -> int:
-        return 0 if self.cell is None else self.geometry.masked_count(self.cell)
+        """The cells the rectangle samples, on the working area's grid."""
+        return 0 if self.cell is None else self.area_geometry.masked_count(self.cell)
 
     # -- generation ---------------------------------------------------------------------
 
@@ -294,11 +354,13 @@ class Document(QObject):
         model: str = "",
         previewed: int = 0,
         seconds: float | None = None,
+        area: tuple[int, int] | None = None,
     ) -> None:
         """Record the results as history entries (children of the source) and stage them,
         selecting ``previewed``: the candidate the live preview showed, so the view does not
         jump when a reranker put another one first. ``options``: the run's sampling options (their
-        seed is each entry's ``seed``); ``seconds``: how long the run took."""
+        seed is each entry's ``seed``); ``seconds``: how long the run took; ``area``: the
+        working area's top-left (None or (0, 0): the whole picture)."""
         if options is not None:
             options = dataclasses.replace(options, seed=None)
         parent = self.source_entry if self.source_entry in self.history else self.current_entry
@@ -308,6 +370,7 @@ class Document(QObject):
                 _checked(candidate),
                 caption=caption,
                 cell=cell,
+                area=None if not area or area == (0, 0) else (int(area[0]), int(area[1])),
                 seed=seed,
                 options=options,
                 seconds=seconds,
@@ -463,6 +526,15 @@ class Document(QObject):
         self.caption_history.append(caption)
         del self.caption_history[:-MAX_CAPTION_HISTORY]
         self._changed()
+
+
+def area_choice(choice: Any) -> str | int:
+    """A working area choice checked: "whole", "auto" or a side of at least one pixel."""
+    if isinstance(choice, str) and choice in AREA_CHOICES:
+        return choice
+    if isinstance(choice, int) and not isinstance(choice, bool) and choice >= 1:
+        return choice
+    raise ValueError(f"the working area is whole, auto or a side in pixels, got {choice!r:.40}")
 
 
 def _checked(image: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from model import card as card_schema
 from model import device as model_device
 from model.config import SamplingOptions
 from model.device import pick_device
-from model.geometry import PAPER_FACTOR, PAPER_SIZE
+from model.geometry import PAPER_FACTOR, PAPER_SIZE, Area
 from model.inference import completion as completion_events
 from model.inference import familiarity, sampling
 from model.inference.completion import Completion
@@ -73,14 +73,19 @@ PREVIEW_ALWAYS_S = 0.25
 PREVIEW_EVERY = 3.0
 
 
+# Upscaler choices besides a file: none (Lanczos alone) or the one the app ships
+UPSCALER_CHOICES = ("off", "auto")
+
+
 @dataclass
 class Job:
     image: np.ndarray  # (H, W, 3) uint8, the user's pixels
-    cell: tuple[int, int]
+    cell: tuple[int, int]  # on the working area's grid
     caption: str
     options: SamplingOptions = field(default_factory=SamplingOptions)
     cancel: threading.Event = field(default_factory=threading.Event)
     id: int = 0
+    area: Area | None = None  # the part of the picture the model sees; None: the whole picture
 
 
 Sampler = Callable[..., Iterator[Any]]
@@ -106,12 +111,39 @@ class Engine(QObject):
         self.compile = False  # torch.compile the decode step (first run per batch size compiles)
         self.knows_scenes = False  # the loaded model was trained on scenes (File › New scene)
         self._reference_db: float | None = None  # its familiarity reference, once measured
+        # what draws a result the model made smaller than the picture: "off", "auto" (the
+        # shipped Real-ESRGAN) or an upscaler file; loaded on the worker by the first job
+        self.upscaler = "off"
+        self._upscaler: tuple[str, Any] | None = None  # (choice, the loaded net)
 
     def set_speed(self, precision: str, compile: bool) -> None:
         """How later jobs sample: a precision (see ``model.networks.precision.for_inference``) and
         whether the decode step is compiled. Raises ValueError naming an unknown precision."""
         resolve_precision(precision, "cpu")  # validates the name
         self.precision, self.compile = precision, bool(compile)
+
+    def set_upscaler(self, choice: str) -> None:
+        """What later jobs upscale with: "off", "auto" or the path of an upscaler file (read
+        by the next job, which fails with one line when it cannot be)."""
+        self.upscaler = str(choice or "off")
+
+    def _loaded_upscaler(self, device: torch.device) -> Any:
+        """The chosen upscaler on the worker, loaded on ``device`` once per choice (None:
+        off)."""
+        choice = self.upscaler
+        if choice == "off":
+            return None
+        key = f"{choice}\n{device}"
+        if self._upscaler is None or self._upscaler[0] != key:
+            from model.bundle.upscaler_files import load_upscaler
+
+            self._upscaler = None  # a failed load keeps no older net
+            try:
+                net, _ = load_upscaler(None if choice == "auto" else choice, device)
+            except FileNotFoundError as error:
+                raise ValueError(f"upscaler: {one_line(error)}") from None
+            self._upscaler = (key, net)
+        return self._upscaler[1]
 
     # -- bundle ---------------------------------------------------------------------------
 
@@ -265,6 +297,8 @@ class Engine(QObject):
             precision=self.precision,
             compile=self.compile,
             sampler=self._sampler,
+            area=job.area,
+            upscaler=self._loaded_upscaler(bundle.device),
         )
         pace = Pace(job.options.n)
         previewed_at = paste_began = pace.started  # when the last preview was ready
@@ -359,7 +393,8 @@ class Engine(QObject):
         began = time.perf_counter()
         decoded = completion.decode_first(progress)
         decoded_at = time.perf_counter()
-        pasted = np.asarray(completion.paste(decoded), np.uint8)
+        # at the model's resolution: the upscaler draws only the final candidates
+        pasted = np.asarray(completion.paste(decoded, upscale=False), np.uint8)
         pace.previewed(decoded_at - began, time.perf_counter() - decoded_at)
         return pasted
 

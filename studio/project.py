@@ -104,6 +104,7 @@ def save(
                 "file": name,
                 "caption": entry.caption,
                 "cell": list(entry.cell) if entry.cell else None,
+                "area": list(entry.area) if entry.area else None,
                 "seed": entry.seed,
                 "options": entry.options_dict(),
                 "time": entry.time,
@@ -119,6 +120,9 @@ def save(
         "size": [document.width, document.height],
         "current_entry": document.current_entry,
         "cell": list(document.cell) if document.cell else None,
+        "area": list(document.area_offset)
+        if document.cell and not document.area.is_whole
+        else None,
         "geometry": {"size": document.model_size, "factor": document.model_factor},
         "caption_history": document.caption_history,
         "source_path": document.source_path,
@@ -300,6 +304,17 @@ class _Schema:
             self.integer(number, f"{where} {axis}", 0, grid - 1)
         return value
 
+    def area(self, value: Any, where: str) -> Any:
+        """A working area's top-left: null (the whole picture, and every project written
+        before areas) or a [left, top] pair of pixels."""
+        if value is None:
+            return value
+        if not isinstance(value, list) or len(value) != 2:
+            self.fail(where, value, "null or a [left, top] pair")
+        for axis, number in zip(("left", "top"), value, strict=True):
+            self.integer(number, f"{where} {axis}", 0, MAX_PIXELS)
+        return value
+
     def member(self, value: Any, where: str) -> str:
         self.text(value, where, MAX_PATH)
         if value not in self.members:
@@ -337,6 +352,7 @@ class _Schema:
                 self.fail("geometry factor", factor, f"a divisor of the size {size}")
             grid = size // factor
         self.cell(manifest.get("cell"), "cell", grid)
+        self.area(manifest.get("area"), "area")
         captions = manifest.get("caption_history", [])
         if not isinstance(captions, list) or len(captions) > MAX_CAPTION_HISTORY:
             self.fail("caption_history", captions, f"a list of at most {MAX_CAPTION_HISTORY}")
@@ -363,6 +379,7 @@ class _Schema:
             self.member(item["file"], f"{where} file")
             self.text(item.get("caption", ""), f"{where} caption")
             self.cell(item.get("cell"), f"{where} cell", MAX_GRID)
+            self.area(item.get("area"), f"{where} area")
             if item.get("seed") is not None:
                 self.integer(item["seed"], f"{where} seed", 0, MAX_SEED)
             self.seconds(item.get("time", 0.0), f"{where} time")
@@ -469,6 +486,7 @@ def _document(manifest: dict[str, Any], images: dict[str, np.ndarray], path: Pat
                 image=images[item["file"]],
                 caption=item.get("caption", ""),
                 cell=tuple(item["cell"]) if item.get("cell") else None,
+                area=tuple(item["area"]) if item.get("area") else None,
                 seed=item.get("seed"),
                 **HistoryEntry.typed_options(item.get("options", {})),
                 time=float(item.get("time", 0.0)),
@@ -484,7 +502,11 @@ def _document(manifest: dict[str, Any], images: dict[str, np.ndarray], path: Pat
     geometry = manifest.get("geometry")
     if geometry is not None:
         document.model_size, document.model_factor = geometry["size"], geometry["factor"]
-        document.set_cell(tuple(cell) if cell else None)
+        area = manifest.get("area")
+        try:
+            document.set_cell(tuple(cell) if cell else None, tuple(area) if area else None)
+        except ValueError:  # an area outside the picture: the cell is taken as the whole's
+            document.set_cell(tuple(cell) if cell else None)
     elif cell:  # an older project: the cell is kept as it is for the model loaded next
         document.cell = (cell[0], cell[1])
         document.cell_geometry_known = False

@@ -23,7 +23,7 @@ from PySide6.QtCore import QObject, Signal
 
 from model.config import SamplingOptions
 from studio import catalog, messages
-from studio.document import Document
+from studio.document import Document, area_choice
 from studio.engine import Engine, Job
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Session(QObject):
     finished = Signal()  # a job's candidates are staged and its history entries added
     error = Signal(str)  # one line a user can act on; the image is never touched
     familiar = Signal(object)  # a Familiar message: how far a picture lies from the model's data
+    area_changed = Signal(object)  # the working area choice: "whole", "auto" or a side in px
 
     def __init__(
         self, engine: Engine, document: Document | None = None, parent: QObject | None = None
@@ -64,6 +65,9 @@ class Session(QObject):
         self.caption = ""
         self.options = DEFAULT_OPTIONS
         self.seed_mode = SEED_MODES[0]
+        # the working area the user chose ("whole", "auto" or a side in pixels); None: the
+        # loaded model's default (``default_area``)
+        self.area_choice: str | int | None = None
         self.status = ""
         # the model, as its last Loaded message said (the engine may also be given one directly)
         self.model_state = "loading"  # "loading", "loaded" or "failed"
@@ -106,7 +110,32 @@ class Session(QObject):
         document.generating_changed.connect(self._generating_changed)
         if document.caption_history:  # a reopened project: its last caption, ready to go on
             self.set_caption(document.caption_history[-1])
+        document.set_area_choice(self.area)
         self.document_changed.emit(document)
+
+    # -- the working area -----------------------------------------------------------------
+
+    @property
+    def default_area(self) -> str:
+        """The loaded model's working area (``model.inference.completion.default_area``):
+        whole for a model trained on scenes, auto for an imported photo model."""
+        return "auto" if self.engine.loaded and not self.engine.knows_scenes else "whole"
+
+    @property
+    def area(self) -> str | int:
+        """The working area the next rectangle is in: the user's choice, else the default."""
+        return self.default_area if self.area_choice is None else self.area_choice
+
+    def set_area_choice(self, choice: str | int | None) -> None:
+        """Choose the working area ("whole", "auto", a side in pixels; None: the model's
+        default); ValueError names a bad one. The rectangle moves onto the area's grid."""
+        if choice is not None:
+            choice = area_choice(choice)
+        changed = choice != self.area_choice
+        self.area_choice = choice
+        self.document.set_area_choice(self.area)
+        if changed:
+            self.area_changed.emit(self.area)
 
     def set_caption(self, caption: str) -> None:
         if caption != self.caption:
@@ -201,6 +230,16 @@ class Session(QObject):
         """Whether the decode step is compiled (``set_precision``)."""
         return self.engine.compile
 
+    @property
+    def upscaler(self) -> str:
+        """What draws a result the model made smaller than the picture: "off", "auto" (the
+        shipped Real-ESRGAN) or an upscaler file (``set_upscaler``)."""
+        return self.engine.upscaler
+
+    def set_upscaler(self, choice: str) -> None:
+        """Upscale later results with ``choice`` (read by the next job on the worker)."""
+        self.engine.set_upscaler(choice)
+
     def reload_needed(self) -> bool:
         """The chosen precision can only be had by loading the model again
         (``Engine.reload_needed``)."""
@@ -247,7 +286,8 @@ class Session(QObject):
             return None
         document.discard_candidates()
         options = dataclasses.replace(self.options, seed=self.next_seed())
-        job = Job(image=document.image, cell=document.cell, caption=self.caption, options=options)
+        area = None if document.area.is_whole else document.area
+        job = Job(document.image, document.cell, self.caption, options, area=area)
         document.start_generation()
         self.job = self.engine.submit(job)
         self._set_status("generating…")
@@ -353,7 +393,9 @@ class Session(QObject):
         self.glosses = glosses
         self.tokenizer = message.tokenizer
         self.document.set_model_geometry(message.size, message.factor)
+        self.document.set_area_choice(self.area)  # the model's default, unless one was chosen
         self.model_changed.emit()
+        self.area_changed.emit(self.area)
 
     def _finished(self, message: messages.Finished) -> None:
         job = self._end_job()
@@ -368,6 +410,7 @@ class Session(QObject):
             self.model_name,
             previewed=message.previewed,
             seconds=round(message.seconds, 2),
+            area=None if job.area is None else (job.area.left, job.area.top),
         )
         shown = (message.seed + 1) % MAX_SEED if self.seed_mode == "increment" else message.seed
         self.set_options(seed=shown)  # the seed field shows the one used, or the next one

@@ -190,7 +190,11 @@ def test_a_completion_shows_live_rows_keeps_every_outside_pixel_and_adds_history
     load(session, qtbot, imported)
     document = session.document
     original = document.image.copy()
-    cell = document.set_rectangle_from_pixel(300, 200)  # rows 6-11 of the picture, cols 9-15
+    # an imported photo model completes in the auto working area by default (a 424 px square
+    # for this 212x184 px rectangle), its rectangle on the area's grid
+    assert session.area == "auto" == document.area_choice
+    cell = document.set_rectangle_from_pixel(300, 200)
+    assert document.area.box == (88, 0, 512, 384)
     x, y, _, _ = document.rectangle_pixels()
     outside = np.ones(original.shape[:2], bool)
     outside[y:, x:] = False
@@ -207,7 +211,7 @@ def test_a_completion_shows_live_rows_keeps_every_outside_pixel_and_adds_history
     with qtbot.waitSignal(session.finished, timeout=120_000):
         assert session.generate() is not None
 
-    rows = 12 - cell[0]
+    rows = document.area_geometry.visible_grid[0] - cell[0]
     assert [p[0] for p in progress] == list(range(1, rows + 1))  # rows done, each row
     assert all(total == rows and eta >= 0 for _, total, _, eta in progress)
     assert progress[-1][3] < progress[0][3] or progress[0][3] < 1  # the ETA counts down
@@ -225,10 +229,11 @@ def test_a_completion_shows_live_rows_keeps_every_outside_pixel_and_adds_history
 
     entries = [document.history[i] for i in document.candidate_entries]
     first = entries[0]
-    assert (first.caption, first.seed, first.cell, first.model) == (
+    assert (first.caption, first.seed, first.cell, first.area, first.model) == (
         "a red horse on the beach",
         5,
         cell,
+        (88, 0),
         NAME,
     )
     assert first.options.n == 2 and first.options.guidance == 2.0
@@ -258,7 +263,8 @@ def test_a_slow_decoder_previews_fewer_rows_but_every_row_moves_the_progress(
     )
     with qtbot.waitSignal(session.finished, timeout=120_000):
         session.generate()
-    assert [r.rows_done for r in rows] == list(range(1, 7))
+    total = document.area_geometry.visible_grid[0] - document.cell[0]  # the area's rows
+    assert total > 2 and [r.rows_done for r in rows] == list(range(1, total + 1))
     assert rows[0].preview is not None and all(r.preview is None for r in rows[1:])
     assert all(np.isfinite(r.eta_s) for r in rows)
     assert len(document.candidates) == 1

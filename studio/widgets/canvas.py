@@ -9,7 +9,9 @@ The rectangle tool works as a selection tool does in any editor: the drag starts
 is pressed, and the corner is the top-left of the press point and the pointer (the rectangle
 always reaches the image's bottom-right corner, so that is all there is to place). It follows the
 drag and the release commits it. A click without a drag (less than the platform's drag distance)
-places a rectangle only when there is none; it never moves an existing one.
+places a rectangle only when there is none; it never moves an existing one. The working area
+(the part of the picture the model sees) is a dashed frame around it with its scale; dragging the
+frame's top-left handle sets its side (``studio.widgets.area_frame``).
 
 The blue tint marks a region that is about to be regenerated; a result shown there (a candidate,
 or an accepted generation from that very cell) is shown in its true colours.
@@ -25,6 +27,7 @@ from PySide6.QtWidgets import QApplication, QGraphicsScene, QGraphicsView
 from model.files import check_pixels
 from studio.document import Document
 from studio.session import Session
+from studio.widgets import area_frame
 
 ZOOM_STEP = 1.25
 MIN_ZOOM, MAX_ZOOM = 0.02, 64.0
@@ -80,6 +83,7 @@ class Canvas(QGraphicsView):
         self._panning: QPointF | None = None
         self._press: QPointF | None = None  # where the left button went down (viewport)
         self._dragging = False  # moved past the drag distance since the press
+        self._resizing = False  # the working area's handle is being dragged
         self._fitted = True
 
     # -- binding ------------------------------------------------------------------------
@@ -190,6 +194,11 @@ class Canvas(QGraphicsView):
             self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
             return
         if button == Qt.MouseButton.LeftButton and self.document is not None:
+            if not self.document.generating and area_frame.handle_at(
+                self, self.document, event.position()
+            ):
+                self._resizing = True
+                return
             self._press = event.position()
             self._dragging = False
             return
@@ -202,6 +211,11 @@ class Canvas(QGraphicsView):
             self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() - delta.x())
             self.verticalScrollBar().setValue(self.verticalScrollBar().value() - delta.y())
             return
+        if self._resizing:
+            point = self.mapToScene(event.position().toPoint())
+            side = area_frame.side_for(self.document, point.x(), point.y())
+            self.session.set_area_choice(side)
+            return
         if self._press is not None:
             distance = (event.position() - self._press).manhattanLength()
             if self._dragging or distance >= QApplication.startDragDistance():
@@ -211,12 +225,19 @@ class Canvas(QGraphicsView):
         if self.document is not None:
             point = self.mapToScene(event.position().toPoint())
             self.hover_changed.emit(f"{int(point.x())}, {int(point.y())}")
+            if area_frame.handle_at(self, self.document, event.position()):
+                self.viewport().setCursor(Qt.CursorShape.SizeFDiagCursor)
+            elif not self._space:
+                self.viewport().unsetCursor()
         super().mouseMoveEvent(event)
 
     def mouseReleaseEvent(self, event):
         if self._panning is not None:
             self._panning = None
             self.viewport().unsetCursor()
+            return
+        if self._resizing:
+            self._resizing = False
             return
         if self._press is not None:
             press, self._press = self._press, None
@@ -246,19 +267,12 @@ class Canvas(QGraphicsView):
         document = self.document
         if document is None:
             return
-        geometry = document.geometry
-        cosmetic = QPen(QColor(255, 255, 255, 70), 0)
         if self.show_grid:
-            painter.setPen(cosmetic)
-            for index in range(geometry.grid + 1):
-                x, y, _, _ = geometry.cell_rect((index, index))
-                if x <= document.width:
-                    painter.drawLine(QPointF(x, 0), QPointF(x, document.height))
-                if y <= document.height:
-                    painter.drawLine(QPointF(0, y), QPointF(document.width, y))
+            area_frame.draw_grid(painter, document)
         box = document.rectangle_pixels()
         if box is None:
             return
+        area_frame.draw(self, painter, document)
         x, y, w, h = box
         if self._tinted():
             painter.fillRect(QRectF(x, y, w, h), QBrush(QColor(80, 160, 255, 40)))
@@ -286,7 +300,9 @@ class Canvas(QGraphicsView):
         if document.shown_image is not document.image:
             return False
         entry = document.history.get(document.current_entry)
-        return entry is None or entry.is_original or entry.cell != document.cell
+        if entry is None or entry.is_original:
+            return True
+        return (entry.cell, entry.area or (0, 0)) != (document.cell, document.area_offset)
 
     def rectangle_label(self) -> str:
         document = self.document

@@ -137,6 +137,43 @@ class TopPBox(QDoubleSpinBox):
         return super().validate(text, position)
 
 
+AREA_TIP = (
+    "The part of the picture the model sees, scaled to its size: the whole picture, an area "
+    "picked from the rectangle's size (auto), or a side in pixels (drag the dashed frame's "
+    "top-left corner on the canvas)"
+)
+
+
+class AreaBox(QComboBox):
+    """The working area choice: the model's default, auto, whole, or the side dragged on the
+    canvas (shown as its own item while chosen)."""
+
+    def __init__(self, session: Session, parent=None):
+        super().__init__(parent)
+        self.session = session
+        self.setToolTip(AREA_TIP)
+        self._fill()
+        self.activated.connect(lambda index: session.set_area_choice(self.itemData(index)))
+        session.area_changed.connect(self._fill)
+        session.model_changed.connect(self._fill)
+
+    def _fill(self, *_) -> None:
+        session = self.session
+        choices: list[tuple[str, object]] = [
+            (f"Model default ({session.default_area})", None),
+            ("Auto", "auto"),
+            ("Whole picture", "whole"),
+        ]
+        if isinstance(session.area_choice, int):
+            choices.append((f"{session.area_choice} px square", session.area_choice))
+        self.blockSignals(True)
+        self.clear()
+        for text, data in choices:
+            self.addItem(text, data)
+        self.setCurrentIndex([data for _, data in choices].index(session.area_choice))
+        self.blockSignals(False)
+
+
 class CaptionPanel(QWidget):
     """Caption, examples, options, Generate and Cancel, bound to a Session."""
 
@@ -205,6 +242,7 @@ class CaptionPanel(QWidget):
         self.top_p = TopPBox()
         self.top_p.setToolTip("Sample only from the most likely tokens that make up this share")
         self.top_p.valueChanged.connect(lambda p: session.set_options(top_p=round(p, 4)))
+        self.area = AreaBox(session)
         self.guidance = QDoubleSpinBox()
         self.guidance.setRange(0.0, 30.0)
         self.guidance.setSingleStep(0.5)
@@ -231,6 +269,7 @@ class CaptionPanel(QWidget):
         form.addRow("Temperature", self.temperature)
         form.addRow("Top-k", sampling_row)
         form.addRow("Guidance", self.guidance)
+        form.addRow("Working area", self.area)
         layout = QVBoxLayout(self)
         layout.addWidget(self.caption)
         layout.addWidget(self.tokens)
@@ -320,5 +359,6 @@ class CaptionPanel(QWidget):
     def set_running(self, running: bool) -> None:
         self.generate.setEnabled(not running and not self.blocked)
         self.cancel.setEnabled(running)
+        self.area.setEnabled(not running)  # the running job's area is fixed, as its rectangle
         if running:
             self.caption.forget_typing()  # generated from: Ctrl+Z is the image's again

@@ -44,8 +44,9 @@ def describe(entry: HistoryEntry) -> str:
         return "Original image"
     options = ", ".join(f"{k} {v}" for k, v in entry.options_dict().items())
     when = clock(entry.time)
+    where = f" of the working area from pixel {entry.area}" if entry.area else ""
     return (
-        f"{entry.caption}\ncells from {entry.cell} · seed {entry.seed}\n{options}\n"
+        f"{entry.caption}\ncells from {entry.cell}{where} · seed {entry.seed}\n{options}\n"
         f"{when} · {entry.model}"
     )
 

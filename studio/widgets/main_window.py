@@ -231,8 +231,10 @@ class MainWindow(FileActions, QMainWindow):
         self._hint_to_badge()
         document = self.document
         if document.cell is not None:
+            area = document.area
+            where = "" if area.is_whole else f" of the {area.width}×{area.height} px working area"
             self.progress_label.setText(
-                f"rectangle from cell {document.cell} · {document.masked_cells} cells"
+                f"rectangle from cell {document.cell}{where} · {document.masked_cells} cells"
             )
         else:
             self.progress_label.setText(
@@ -439,7 +441,9 @@ class MainWindow(FileActions, QMainWindow):
     # -- settings, autosave, close ------------------------------------------------------
 
     def apply_speed_settings(self) -> None:
-        """Hand the saved precision and compile choice to the session (a bad value: auto)."""
+        """Hand the saved precision, compile and upscaler choices to the session (a bad
+        precision: auto; a missing upscaler file fails the next job with one line)."""
+        self.session.set_upscaler(str(self.settings.value("upscaler", "auto") or "auto"))
         precision = str(self.settings.value("precision", "auto"))
         compile = self.settings.value("compile", False, type=bool)
         try:
@@ -461,19 +465,26 @@ class MainWindow(FileActions, QMainWindow):
         # directly", exit 134 on quit).
         session = self.session
         dialog = SettingsDialog(
-            device, bundle, self, precision=session.chosen_precision, compile=session.compile
+            device,
+            bundle,
+            self,
+            precision=session.chosen_precision,
+            compile=session.compile,
+            upscaler=session.upscaler,
         )
         try:
             if not dialog.exec():
                 return
             new_device, new_bundle = dialog.values()
             precision, compile = dialog.speed()
+            upscaler = dialog.upscaler.choice()
         finally:
             dialog.deleteLater()
         self.settings.setValue("device", new_device)
         self.settings.setValue("bundle", new_bundle)
         self.settings.setValue("precision", precision)
         self.settings.setValue("compile", compile)
+        self.settings.setValue("upscaler", upscaler)
         self.apply_speed_settings()  # the device label says it at once
         if (
             (new_device, new_bundle) != (device, bundle)

@@ -1,4 +1,5 @@
-"""Settings: device, sampling speed and model bundle (kept with QSettings by the main window)."""
+"""Settings: device, sampling speed, model bundle and upscaler (kept with QSettings by the main
+window)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import ntpath
 from pathlib import PurePath
 from typing import Any
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -22,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from studio.catalog import (
     BUNDLE_SUFFIX,
+    UPSCALER_SUFFIX,
     available_devices,
     available_precisions,
     default_bundle_path,
@@ -176,6 +179,52 @@ def readable_card(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+UPSCALER_HELP = (
+    "What draws the new region when the model saw the picture smaller than it is: Off (smooth "
+    "resizing), Auto (the Real-ESRGAN shipped with the app) or an upscaler file imported with "
+    "`dalle import realesrgan` (*.upscaler.safetensors)"
+)
+UPSCALER_ITEMS = (("Off", "off"), ("Auto (shipped Real-ESRGAN)", "auto"))
+CHOOSE_UPSCALER = "Choose a file…"
+
+
+class UpscalerBox(QComboBox):
+    """Off, Auto, the chosen upscaler file, and an item that chooses another file."""
+
+    def __init__(self, choice: str, parent=None):
+        super().__init__(parent)
+        self.setToolTip(UPSCALER_HELP)
+        self._choice = "auto"
+        self._show(choice or "auto")
+        self.activated.connect(self._activated)
+
+    def _show(self, choice: str) -> None:
+        self._choice = choice
+        self.blockSignals(True)
+        self.clear()
+        for text, data in UPSCALER_ITEMS:
+            self.addItem(text, data)
+        if choice not in ("off", "auto"):
+            self.addItem(PurePath(choice).name, choice)
+            self.setItemData(self.count() - 1, choice, Qt.ItemDataRole.ToolTipRole)
+        self.addItem(CHOOSE_UPSCALER, None)
+        self.setCurrentIndex(self.findData(choice))
+        self.blockSignals(False)
+
+    def _activated(self, index: int) -> None:
+        if self.itemData(index) is not None:
+            self._choice = self.itemData(index)
+            return
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open upscaler", "", f"Upscalers (*{UPSCALER_SUFFIX})"
+        )
+        self._show(path or self._choice)  # cancelled: the choice stays
+
+    def choice(self) -> str:
+        """ "off", "auto" or the upscaler file's path."""
+        return self._choice
+
+
 class SettingsDialog(QDialog):
     def __init__(
         self,
@@ -184,6 +233,7 @@ class SettingsDialog(QDialog):
         parent=None,
         precision: str = "auto",
         compile: bool = False,
+        upscaler: str = "auto",
     ):
         super().__init__(parent)
         self.setWindowTitle("Settings")
@@ -199,6 +249,7 @@ class SettingsDialog(QDialog):
         self.compile = QCheckBox("Compile for faster sampling")
         self.compile.setToolTip(COMPILE_HELP)
         self.compile.setChecked(compile)
+        self.upscaler = UpscalerBox(upscaler)
         self.bundle = QLineEdit(bundle)
         self.bundle.setPlaceholderText(f"embedded default ({default_bundle_path().name})")
         browse = QPushButton("Open…")
@@ -215,6 +266,7 @@ class SettingsDialog(QDialog):
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
         form.addRow("", self.compile)
+        form.addRow("Upscaler", self.upscaler)
         form.addRow("Model bundle", row)
         form.addRow("Model card", self.card)
         buttons = QDialogButtonBox(

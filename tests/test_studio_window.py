@@ -113,6 +113,7 @@ def test_help_about_says_version_model_licences_and_opens_the_logs(window, qtbot
         "DALL·E Studio: MIT",
         "LGPL-3.0",
         "PyTorch: BSD-3-Clause",
+        "Real-ESRGAN realesr-animevideov3 (Xintao Wang et al.): BSD-3-Clause",
         str(about.logs_folder(window.autosave_folder)),
     ):
         assert words in shown, words

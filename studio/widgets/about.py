@@ -27,6 +27,7 @@ LICENCES = (
     ("the embedded model (trained here on generated scenes)", "MIT"),
     ("Qt and PySide6", "LGPL-3.0"),
     ("PyTorch", "BSD-3-Clause"),
+    ("the shipped upscaler, Real-ESRGAN realesr-animevideov3 (Xintao Wang et al.)", "BSD-3-Clause"),
 )
 
 

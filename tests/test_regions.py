@@ -94,3 +94,213 @@ def test_an_area_in_pixels_keeps_what_margin_it_can():
         working_area((2400, 1600), (1000, 600), 256, "auto", end=(900, 900))
     with pytest.raises(ValueError, match="inside the 2400x1600 picture"):
         working_area((2400, 1600), (1000, 600), 256, "auto", end=(2401, 900))
+
+
+# -- the sampler: forced cells, sampled cells and the lookahead, in every family ----------------
+
+
+def studio_model(layout: str = "studio"):
+    import torch
+
+    from model.config import TransformerConfig
+    from model.networks.transformer import Transformer
+
+    torch.manual_seed(1)
+    extra = (
+        dict(layout="rudalle", sandwich_norm=True, head_norm=True, head_bias=True)
+        if layout == "rudalle"
+        else {}
+    )
+    config = TransformerConfig(
+        text_vocab=50, text_len=6, image_vocab=32, grid=6, dim=32, depth=2, heads=2,
+        conv_kernel=3, **extra,
+    )  # fmt: skip
+    return Transformer(config).eval()
+
+
+def bart_model():
+    import torch
+
+    from model.config import BartConfig
+    from model.networks.bart import BartDalle
+
+    torch.manual_seed(2)
+    config = BartConfig(
+        text_vocab=50, image_vocab=32, image_rows=33, embed_dim=32, heads=2, glu_dim=48,
+        encoder_layers=1, decoder_layers=2, text_len=6, grid=6, start_token=32,
+    )  # fmt: skip
+    model = BartDalle(config).eval()
+    with torch.no_grad():  # BART starts with zero biases: random ones make the test mean more
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+MODELS = {"studio": studio_model, "rudalle": lambda: studio_model("rudalle"), "bart": bart_model}
+MIDDLE = Plan(6, 1, 2, end=(4, 4))
+
+
+def picture_tokens(model, seed: int = 3):
+    import torch
+
+    grid = model.config.grid
+    generator = torch.Generator().manual_seed(seed)
+    text = torch.randint(2, 50, (model.config.text_len,), generator=generator)
+    return text, torch.randint(0, 32, (grid, grid), generator=generator)
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("plan", [MIDDLE, Plan(6, 0, 0, end=(2, 3)), Plan(6, 2, 0, end=(6, 1))])
+def test_forced_cells_are_the_pictures_and_only_the_region_is_sampled(family, plan):
+    import torch
+
+    from model.config import SamplingOptions
+    from model.inference.sampling import Progress, Sampled, plan_mask, run, sample_tokens
+
+    model = MODELS[family]()
+    text, image = picture_tokens(model)
+    options = SamplingOptions(n=4, seed=5, temperature=3.0)
+    messages = list(sample_tokens(model, text, image, plan, options))
+    sampled = messages[-1]
+    assert isinstance(sampled, Sampled) and sampled.model_calls == plan.cells
+    mask = plan_mask(plan)
+    assert torch.equal(sampled.tokens[:, ~mask], image.expand(4, -1, -1)[:, ~mask])
+    assert not torch.equal(sampled.tokens[:, mask], image.expand(4, -1, -1)[:, mask])
+    rows = [m.row for m in messages if isinstance(m, Progress)]
+    assert rows == list(range(plan.row, plan.bottom))  # one Progress per region row
+    # the cache's chunks (kept cells right of the region prefilled before the next row) equal
+    # recomputing every prefix
+    again = run(sample_tokens(model, text, image, plan, options, use_cache=False))
+    assert torch.equal(again.tokens, sampled.tokens)
+
+
+def full_recompute(model, text, tokens, plan):
+    """Each following cell's log-probability from its own prefix, one call per cell."""
+    import torch
+
+    cfg = model.config
+    totals = []
+    for grid in tokens:
+        flat = grid.reshape(1, -1)
+        stream = model.stream(text.view(1, -1), flat)
+        total = 0.0
+        for cell in plan.following_cells:
+            logits = model(stream[:, : cfg.text_len + cell + 1], 0, None, last_only=True).image
+            total += logits[0, -1].double().log_softmax(-1)[flat[0, cell]].item()
+        totals.append(total)
+    return torch.tensor(totals, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_the_lookahead_is_the_full_recompute_log_likelihood(family):
+    import torch
+
+    from model.config import SamplingOptions
+    from model.inference.lookahead import lookahead_scores
+    from model.inference.sampling import run, sample_tokens
+
+    model = MODELS[family]()
+    text, image = picture_tokens(model)
+    tokens = run(sample_tokens(model, text, image, MIDDLE, SamplingOptions(n=3, seed=1))).tokens
+    scores = lookahead_scores(model, text, tokens, MIDDLE, chunk=2)
+    reference = full_recompute(model, text, tokens, MIDDLE)
+    assert scores.shape == (3,) and scores.dtype == torch.float32
+    assert torch.allclose(scores.double(), reference, atol=1e-4, rtol=0)
+    assert len(set(scores.tolist())) == 3  # the candidates differ, and so do their fits
+    assert torch.equal(lookahead_scores(model, text, tokens, Plan(6, 5, 0)), torch.zeros(3))
+
+
+# -- complete: K candidates per one asked for, kept by their lookahead --------------------------
+
+
+def square_picture(bundle, seed: int = 0):
+    import torch
+
+    size = bundle.config.vae.image_size
+    return torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["dvae", "vq"])
+def test_complete_with_lookahead_keeps_the_likeliest_and_forces_the_rest(kind):
+    import torch
+
+    from model.config import SamplingOptions
+    from model.inference.lookahead import lookahead_scores
+    from model.inference.sampling import complete, plan_mask, run, sample_tokens
+    from tests.helpers import tiny_bundle
+
+    bundle = tiny_bundle(kind=kind)
+    grid = bundle.config.transformer.grid
+    plan = Plan(grid, 1, 1, end=(3, 3))
+    image = square_picture(bundle)
+    own = bundle.vae.encode(image.unsqueeze(0))[0]
+    caption = "a red circle"
+    done = run(complete(bundle, image, plan, caption, SamplingOptions(n=2, seed=7), lookahead=3))
+    assert done.tokens.shape == (2, grid, grid) and done.images.shape[0] == 2
+    mask = plan_mask(plan)
+    assert torch.equal(done.tokens[:, ~mask], own.expand(2, -1, -1)[:, ~mask])
+    assert done.model_calls == plan.cells  # the K x n candidates run in one batch
+    # the same seed's six candidates, scored: the two kept are the best two, best first
+    text = bundle.tokenizer.encode([caption])[0]
+    six = run(
+        sample_tokens(
+            bundle.transformer, text, own, plan, SamplingOptions(n=6, seed=7),
+            bundle.tokenizer.empty(1)[0],
+        )
+    ).tokens  # fmt: skip
+    every = lookahead_scores(bundle.transformer, text, six, plan)
+    best = every.argsort(descending=True)[:2].tolist()
+    assert done.order == best and torch.equal(done.tokens, six[best])
+    assert torch.equal(done.lookahead, every[best])
+    # K = 1: no lookahead, the sampler's own n candidates in its order, as ever
+    once = run(complete(bundle, image, plan, caption, SamplingOptions(n=2, seed=7)))
+    two = run(
+        sample_tokens(
+            bundle.transformer, text, own, plan, SamplingOptions(n=2, seed=7),
+            bundle.tokenizer.empty(1)[0],
+        )
+    ).tokens  # fmt: skip
+    assert once.lookahead is None and once.order == [0, 1] and torch.equal(once.tokens, two)
+
+
+def test_lookahead_must_be_a_whole_number_of_at_least_one():
+    from model.inference.sampling import complete, run
+    from tests.helpers import tiny_bundle
+
+    bundle = tiny_bundle()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="lookahead must be a whole number of at least 1"):
+            run(complete(bundle, None, (0, 0), "a red circle", lookahead=bad))
+
+
+def test_with_a_reranker_the_lookahead_chooses_and_the_reranker_orders():
+    import torch
+
+    from model.config import RerankerConfig, SamplingOptions
+    from model.inference.lookahead import lookahead_scores
+    from model.inference.sampling import complete, run, sample_tokens
+    from model.networks.rerank import Reranker
+    from tests.helpers import tiny_bundle
+
+    bundle = tiny_bundle()
+    bundle.config.reranker = RerankerConfig(
+        text_vocab=bundle.tokenizer.padded_vocab_size, text_len=bundle.tokenizer.text_len,
+        image_size=bundle.config.vae.image_size, dim=16, text_layers=1, image_width=8,
+    )  # fmt: skip
+    bundle.reranker = Reranker(bundle.config.reranker).eval()
+    plan, caption = Plan(4, 1, 1, end=(3, 3)), "a red circle"
+    image = square_picture(bundle, 1)
+    done = run(complete(bundle, image, plan, caption, SamplingOptions(n=3, seed=4), lookahead=4))
+    assert torch.all(done.scores[:-1] >= done.scores[1:])  # reranked, best first
+    text, own = bundle.tokenizer.encode([caption])[0], bundle.vae.encode(image.unsqueeze(0))[0]
+    twelve = run(
+        sample_tokens(
+            bundle.transformer, text, own, plan, SamplingOptions(n=12, seed=4),
+            bundle.tokenizer.empty(1)[0],
+        )
+    ).tokens  # fmt: skip
+    every = lookahead_scores(bundle.transformer, text, twelve, plan)
+    # the three kept are the three likeliest of the twelve sampled, whatever the reranker says
+    assert sorted(done.order) == sorted(every.argsort(descending=True)[:3].tolist())
+    assert torch.equal(done.tokens, twelve[done.order])
+    assert torch.equal(done.lookahead, every[done.order])

@@ -70,6 +70,8 @@ class Plan:
                     f"the region's end cell ({bottom}, {right}) is past the image's "
                     f"{rows}x{cols} visible cells"
                 )
+            if (bottom, right) == (rows, cols):  # the corner: one plan, however named
+                object.__setattr__(self, "end", None)
 
     @property
     def _visible(self) -> tuple[int, int]:
@@ -221,15 +223,18 @@ class Geometry:
 
     def end_cell(self, x: int, y: int) -> Cell:
         """The exclusive bottom-right cell of a region that ends at user pixel (x, y),
-        exclusive: the cell holding pixel (x - 1, y - 1), plus one each way."""
+        exclusive: the cell holding pixel (x - 1, y - 1), plus one each way; at the image's
+        right or bottom edge, the visible grid's."""
         if not (0 < x <= self.width and 0 < y <= self.height):
             raise ValueError(
                 f"a region ending at pixel ({x}, {y}) is outside the {self.width}x{self.height} "
                 "image"
             )
         row, col = self.cell_at(x - 1, y - 1, clamp=False)
-        rows, cols = self.visible_grid  # a hair past the last visible cell's edge is in it
-        return min(rows, row + 1), min(cols, col + 1)
+        rows, cols = self.visible_grid  # the image's edge: its last visible cell, rounding aside
+        return (rows if y == self.height else min(rows, row + 1)), (
+            cols if x == self.width else min(cols, col + 1)
+        )
 
 
 # -- the working area: the part of the picture the model sees -----------------------------------

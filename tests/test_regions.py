@@ -21,7 +21,7 @@ def test_a_region_in_the_middle_names_its_cells_and_the_kept_ones_after_it():
 def test_a_region_to_the_corner_is_todays_plan():
     old, new = Plan(8, 2, 3, 6, 7), Plan(8, 2, 3, 6, 7, end=(6, 7))
     assert old.masked_cells == new.masked_cells and old.cells == new.cells == 16
-    assert old.last_col == 6 and old.to_corner and new.to_corner
+    assert old == new and old.last_col == 6 and old.to_corner
     # kept cells after the first one: only those left of the region in its lower rows
     assert old.following_cells == [r * 8 + c for r in (3, 4, 5) for c in (0, 1, 2)]
     assert Geometry(100, 60, 64, 8).plan((1, 1)) == Plan(
@@ -304,3 +304,133 @@ def test_with_a_reranker_the_lookahead_chooses_and_the_reranker_orders():
     assert sorted(done.order) == sorted(every.argsort(descending=True)[:3].tolist())
     assert torch.equal(done.tokens, twelve[done.order])
     assert torch.equal(done.lookahead, every[done.order])
+
+
+# -- the paste: only the region changes, feathered where it meets kept pixels ------------------
+
+
+def test_blend_into_feathers_every_inner_border_and_writes_only_the_region():
+    import numpy as np
+
+    from model.inference.images import blend_into
+
+    out = np.zeros((7, 9, 3), np.uint8)
+    region = np.full((4, 5, 3), 240, np.uint8)
+    blend_into(out, region, (2, 1), 2, (True, True))
+    assert out[:, :2].max() == 0 and out[:, 7:].max() == 0  # left of and right of it
+    assert out[:1].max() == 0 and out[5:].max() == 0  # above and below it
+    assert out[1, 2:7, 0].tolist() == [80, 80, 80, 80, 80]  # its top row: a third
+    assert out[2, 2:7, 0].tolist() == [80, 160, 160, 160, 80]
+    assert out[3, 2:7, 0].tolist() == [80, 160, 160, 160, 80]  # only 4 rows: no full weight
+    assert out[4, 2:7, 0].tolist() == [80, 80, 80, 80, 80]  # its bottom row, an inner border
+    corner = np.zeros((7, 9, 3), np.uint8)
+    blend_into(corner, region, (2, 1), 2)  # to the corner: only the top and left feathered
+    assert corner[4, 2:7, 0].tolist() == [80, 160, 240, 240, 240]
+
+
+def picture(width: int, height: int, seed: int = 0):
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+@pytest.mark.parametrize(
+    "size, corner, end",
+    [
+        ((45, 31), (12, 9), (30, 20)),  # in the middle
+        ((45, 31), (0, 9), (20, 25)),  # at the left edge
+        ((31, 45), (5, 0), (25, 12)),  # at the top edge
+        ((45, 31), (12, 9), (45, 31)),  # to the corner
+    ],
+)
+@pytest.mark.parametrize("feather", [0, 2])
+def test_every_pixel_outside_the_region_is_the_pictures(size, corner, end, feather):
+    import numpy as np
+
+    from model.config import SamplingOptions
+    from model.inference.completion import Completion, complete_all
+    from tests.helpers import tiny_bundle
+
+    bundle = tiny_bundle()
+    original = picture(*size)
+    options = SamplingOptions(n=2, seed=3)
+    job = Completion.at_pixel(bundle, original, corner, "a red circle", options, end=end,
+                              feather=feather, lookahead=2)  # fmt: skip
+    x0, y0 = job.corner
+    x1, y1 = job.end_pixel
+    assert x0 <= corner[0] < end[0] <= x1 and y0 <= corner[1] < end[1] <= y1  # snapped outwards
+    assert (job.end is None) == (end == size)
+    images, done = complete_all(job)
+    assert done.model_calls == job.plan.cells
+    before = np.asarray(original)
+    inside = np.zeros(before.shape[:2], bool)
+    inside[y0:y1, x0:x1] = True
+    for image in images:
+        after = np.asarray(image)
+        assert after.shape == before.shape
+        assert np.array_equal(after[~inside], before[~inside])
+        assert not np.array_equal(after[inside], before[inside])
+
+
+def test_a_region_to_the_corner_pastes_what_it_always_did():
+    import numpy as np
+
+    from model.config import SamplingOptions
+    from model.inference.completion import Completion, complete_all
+    from tests.helpers import tiny_bundle
+
+    bundle = tiny_bundle()
+    original = picture(45, 31, 1)
+    options = SamplingOptions(n=2, seed=9)
+    today = Completion.at_pixel(bundle, original, (12, 9), "a red circle", options, feather=3)
+    named = Completion.at_pixel(
+        bundle, original, (12, 9), "a red circle", options, feather=3, end=(45, 31)
+    )
+    assert named.plan == today.plan and named.end is None
+    for a, b in zip(complete_all(today)[0], complete_all(named)[0], strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_auto_shows_the_model_the_kept_pixels_right_of_and_below_the_region():
+    from model.inference.completion import Completion
+    from tests.helpers import tiny_bundle
+
+    bundle = tiny_bundle()  # a 32 px model: a 200x150 picture is scaled down in whole
+    original = picture(200, 150)
+    job = Completion.at_pixel(bundle, original, (60, 40), "a red circle", area="auto",
+                              end=(76, 56))  # fmt: skip
+    left, top, right, bottom = job.area.box
+    assert right > 76 and bottom > 56 and left < 60 and top < 40
+    plan = job.plan
+    assert not plan.to_corner and plan.right < plan.visible_cols and plan.bottom < plan.visible_rows
+    assert len(plan.following_cells) > 0
+    with pytest.raises(ValueError, match="must end below and right of its start"):
+        Completion.at_pixel(bundle, original, (60, 40), "a red circle", end=(50, 56))
+
+
+def test_the_upscaler_draws_only_the_region():
+    import numpy as np
+
+    from model.bundle.upscaler_files import load_upscaler
+    from model.config import SamplingOptions
+    from model.inference.completion import Completion, Phase, complete_all
+    from tests.helpers import tiny_bundle
+
+    bundle, upscaler = tiny_bundle(), load_upscaler()[0]
+    original = picture(200, 150, 4)  # 6.25 picture pixels per model pixel
+    options = SamplingOptions(n=1, seed=2)
+    settings = dict(feather=3, upscaler=upscaler, end=(3, 3))
+    upscaled = Completion(bundle, original, (1, 1), "x", options, **settings)
+    x0, y0 = upscaled.corner
+    x1, y1 = upscaled.end_pixel
+    assert (x1, y1) == (150, 150)  # a 32 px model: a cell is 50 picture pixels
+    events = list(upscaled.run())
+    assert [e.name for e in events if isinstance(e, Phase)][-1] == "upscaling"
+    (image,), _ = complete_all(Completion(bundle, original, (1, 1), "x", options, **settings))
+    after, before = np.asarray(image), np.asarray(original)
+    inside = np.zeros((150, 200), bool)
+    inside[y0:y1, x0:x1] = True
+    assert np.array_equal(after[~inside], before[~inside])
+    assert not np.array_equal(after[inside], before[inside])

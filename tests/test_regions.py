@@ -434,3 +434,108 @@ def test_the_upscaler_draws_only_the_region():
     inside[y0:y1, x0:x1] = True
     assert np.array_equal(after[~inside], before[~inside])
     assert not np.array_equal(after[inside], before[inside])
+
+
+# -- dalle complete --to / --to-px / --lookahead ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    from tests.helpers import tiny_bundle_file
+
+    folder = tmp_path_factory.mktemp("regions")
+    photo = folder / "photo.png"
+    picture(60, 45, 5).save(photo)  # a 32 px model: cells of 15 px, 3x4 visible
+    return tiny_bundle_file(folder), photo
+
+
+def checked(bundle_file, photo, region, area):
+    """The Completion ``dalle complete`` runs for one region (its cell, area and end)."""
+    from PIL import Image
+
+    from model.bundle import load
+    from model.cli.common import parse_pair
+    from model.cli.sample import Job, check_job
+    from model.inference.completion import Completion
+
+    bundle = load(bundle_file)
+    first, last = parse_pair(region[1], "from"), parse_pair(region[3], "to")
+    if region[0] == "--from-px":
+        job = Job(photo, "x", pixel=first, last_pixel=last)
+    else:
+        job = Job(photo, "x", cell=first, last_cell=last)
+    done = check_job(job, bundle, area)
+    return Completion(bundle, Image.open(photo), done.cell, "x", area=done.area, end=done.end)
+
+
+def dalle(*args) -> int:
+    from model.cli import main
+
+    return main([str(a) for a in args])
+
+
+@pytest.mark.parametrize(
+    "region",
+    [
+        ("--from-px", "20,15", "--to-px", "40,29"),  # the last pixel, inclusive
+        ("--from", "1,1", "--to", "1,2"),  # the last cell, inclusive
+    ],
+)
+@pytest.mark.parametrize("area", ["whole", "auto"])
+def test_dalle_complete_regenerates_only_the_region(cli_files, tmp_path, region, area):
+    import numpy as np
+    from PIL import Image
+
+    bundle, photo = cli_files
+    out = tmp_path / "out"
+    code = dalle("complete", "--bundle", bundle, "--image", photo, *region, "--caption", "x",
+                 "--n", 2, "--lookahead", 2, "--seed", 1, "--area", area, "--out", out,
+                 "--quiet")  # fmt: skip
+    assert code == 0
+    original = np.asarray(Image.open(photo))
+    job = checked(bundle, photo, region, area)
+    x0, y0 = job.corner
+    x1, y1 = job.end_pixel
+    if area == "whole":
+        assert (x0, y0, x1, y1) == (15, 15, 45, 30)  # cells (1, 1) and (1, 2)
+    assert x0 <= 20 and y0 <= 15 and 41 <= x1 < 60 and 30 <= y1 < 45
+    inside = np.zeros(original.shape[:2], bool)
+    inside[y0:y1, x0:x1] = True
+    written = sorted(out.glob("*.png"))
+    assert len(written) == 2
+    for path in written:
+        result = np.asarray(Image.open(path))
+        assert np.array_equal(result[~inside], original[~inside])
+        assert not np.array_equal(result[inside], original[inside])
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--from-px", "20,15", "--to-px", "10,29"), "--to-px 10,29 is above or left of"),
+        (("--from-px", "20,15", "--to-px", "60,29"), "--to-px 60,29 is outside the 60x45"),
+        (("--from", "1,1", "--to", "3,1"), "--to 3,1 is outside the image's 3x4 visible cells"),
+        (("--from", "1,2", "--to", "2,1"), "--to 2,1 is above or left of --from 1,2"),
+        (("--from-px", "20,15", "--to", "2,1"), "--to ROW,COL (cells) goes with --from"),
+        (("--from", "1,1", "--to-px", "40,29"), "--to-px X,Y (pixels) goes with --from-px"),
+        (("--from", "1,1", "--to", "-2,1"), "--to must not be negative"),
+        (("--from", "1,1", "--lookahead", "0"), "--lookahead must be at least 1, got 0"),
+    ],
+)
+def test_a_bad_region_is_one_line(cli_files, tmp_path, capsys, args, words):
+    bundle, photo = cli_files
+    out = tmp_path / "out"
+    code = dalle("complete", "--bundle", bundle, "--image", photo, *args, "--caption", "x",
+                 "--out", out, "--quiet")  # fmt: skip
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and words in lines[0], lines
+    assert not out.exists()
+
+
+def test_a_batch_takes_no_region_end(cli_files, tmp_path, capsys):
+    bundle, photo = cli_files
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"{photo},x,1,1\n")
+    code = dalle("complete", "--bundle", bundle, "--batch", jobs, "--to", "2,2",
+                 "--out", tmp_path / "out")  # fmt: skip
+    assert code == 2 and "a batch's reach the corner" in capsys.readouterr().err

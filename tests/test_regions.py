@@ -539,3 +539,26 @@ def test_a_batch_takes_no_region_end(cli_files, tmp_path, capsys):
     code = dalle("complete", "--bundle", bundle, "--batch", jobs, "--to", "2,2",
                  "--out", tmp_path / "out")  # fmt: skip
     assert code == 2 and "a batch's reach the corner" in capsys.readouterr().err
+
+
+def test_the_memory_check_counts_the_lookaheads_candidates(cli_files, tmp_path, capsys,
+                                                            monkeypatch):  # fmt: skip
+    from model.bundle import load
+    from model.config import SamplingOptions
+    from model.inference import lookahead
+    from model.inference.completion import memory_needed
+
+    bundle_file, photo = cli_files
+    bundle, options = load(bundle_file), SamplingOptions(n=2)
+    four = SamplingOptions(n=8)
+    assert memory_needed(bundle, options, 100, 4) == memory_needed(
+        bundle, four, 100
+    ) + lookahead.memory_needed(bundle.config, 8)
+    assert memory_needed(bundle, options, 100, 1) == memory_needed(bundle, options, 100)
+    needed = memory_needed(bundle, options, 60 * 45, 4)
+    monkeypatch.setattr("model.device.available_memory", lambda device: needed - 1)
+    args = ("complete", "--bundle", bundle_file, "--image", photo, "--from", "1,1", "--to",
+            "1,2", "--caption", "x", "--n", 2, "--out", tmp_path / "out", "--quiet")  # fmt: skip
+    assert dalle(*args) == 0  # without the lookahead it fits
+    assert dalle(*args, "--lookahead", 4, "--overwrite") == 2
+    assert "--n 2 with --lookahead 4 needs about" in capsys.readouterr().err

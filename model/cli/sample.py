@@ -9,7 +9,6 @@ just before its own job, so a batch holds one image at a time.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import logging
 from dataclasses import dataclass
@@ -369,7 +368,7 @@ def cmd_complete(args) -> int:
     area = parse_area(args.area) if args.area else default_area(bundle)
     checked = [check_job(job, bundle, area) for job in jobs]  # every header before decoding
     largest = max(width * height for width, height in (c.size for c in checked))
-    check_memory(bundle, dataclasses.replace(options, n=options.n * args.lookahead), largest)
+    check_memory(bundle, options, largest, args.lookahead)
     plans = [(item, outputs[id(item.job)]) for item in checked]
     if not args.batch:
         announce_numbering("complete", output, plans[0][1])

@@ -37,8 +37,9 @@ from model import card as card_schema
 from model import device as model_device
 from model.config import SamplingOptions
 from model.geometry import Area, Cell, Geometry, Plan, working_area
-from model.inference import familiarity, lookahead, sampling
+from model.inference import familiarity, sampling
 from model.inference.images import blend_into, model_view, paste_back, to_model
+from model.inference.lookahead import memory_needed as lookahead_memory
 from model.networks.upscaler import UpscaleCancelled, Upscaler, upscale
 
 # Bytes per picture pixel a completion holds beside the model: the decoded picture, its resized
@@ -67,11 +68,18 @@ def default_area(bundle: Any) -> str:
     return "whole" if familiarity.knows_scenes(card) else "auto"
 
 
-def memory_needed(bundle: Any, options: SamplingOptions, pixels: int = 0) -> int:
+def memory_needed(
+    bundle: Any, options: SamplingOptions, pixels: int = 0, lookahead: int = 1
+) -> int:
     """Bytes a completion of a ``pixels``-pixel picture (0: a generation) needs on the bundle's
-    device: the sampler's keys, values and images, and the picture's working copies."""
+    device: the sampler's keys, values and images, and the picture's working copies. With
+    ``lookahead`` K > 1, K times the candidates sample at once and the lookahead scores them."""
+    extra = 0
+    if lookahead > 1:
+        options = dataclasses.replace(options, n=options.n * lookahead)
+        extra = lookahead_memory(bundle.config, options.n)
     needed = sampling.memory_needed(bundle.config, options, bundle.device.type)
-    return needed + BYTES_PER_PICTURE_PIXEL * pixels
+    return needed + extra + BYTES_PER_PICTURE_PIXEL * pixels
 
 
 class NotEnoughMemory(ValueError):
@@ -86,9 +94,11 @@ class NotEnoughMemory(ValueError):
         )
 
 
-def check_memory(bundle: Any, options: SamplingOptions, pixels: int = 0) -> None:
+def check_memory(
+    bundle: Any, options: SamplingOptions, pixels: int = 0, lookahead: int = 1
+) -> None:
     """Raise NotEnoughMemory before anything is allocated when the job would not fit."""
-    needed = memory_needed(bundle, options, pixels)
+    needed = memory_needed(bundle, options, pixels, lookahead)
     free = model_device.available_memory(bundle.device)
     if free is not None and needed > free:
         raise NotEnoughMemory(needed, free, str(bundle.device), options.n)
@@ -221,13 +231,7 @@ class Completion:
         return self.picture.width * self.picture.height
 
     def check_memory(self) -> None:
-        """NotEnoughMemory when the job would not fit: ``lookahead`` times the candidates
-        sample at once, and the lookahead scores them."""
-        options, extra = self.options, 0
-        if self.lookahead > 1:
-            options = dataclasses.replace(options, n=options.n * self.lookahead)
-            extra = lookahead.memory_needed(self.bundle.config, options.n)
-        check_memory(self.bundle, options, self.pixels + math.ceil(extra / BYTES_PER_PICTURE_PIXEL))
+        check_memory(self.bundle, self.options, self.pixels, self.lookahead)
 
     def run(self, cancel: threading.Event | None = None) -> Iterator[Event]:
         """The job's events, in order (see the module's docstring); raises NotEnoughMemory

@@ -2,11 +2,12 @@
 all run it, and each is a thin adapter over it.
 
 A ``Completion`` takes the user's picture at its own size, the rectangle's top-left cell on the
-model's grid, a caption and sampling options. It plans the cells (``Geometry.plan``: padding
-beside the picture is not sampled), checks the memory the job needs before allocating it, brings
-the picture to the model (``model.inference.images.to_model``), samples row by row (cancellable, one
+model's grid (and its end cell, for a region that does not reach the bottom-right corner), a
+caption and sampling options. It plans the cells (``Geometry.plan``: padding beside the
+picture is not sampled), checks the memory the job needs before allocating it, brings the
+picture to the model (``model.inference.images.to_model``), samples row by row (cancellable, one
 ``sampling.Progress`` per row) and pastes each candidate back at the picture's resolution, every
-pixel outside the rectangle the picture's own, bit for bit.
+pixel outside the region the picture's own, bit for bit.
 
 ``run`` yields what happens, in order: ``Phase("reading")``, ``Phase("encoding")``, a
 ``sampling.Progress`` per row, ``Phase("decoding")`` once the last row is sampled, then for each

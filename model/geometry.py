@@ -2,9 +2,9 @@
 
 The rule (docs/DESIGN.md): the image is scaled so that its longer side is the model's ``size``,
 anchored at the top-left of the size x size square and padded right or below by repeating its
-edge pixels. The square is a ``grid`` x ``grid`` raster of cells of ``factor`` pixels. A rectangle
-is named by its top-left cell and always reaches the bottom-right corner; its cells that hold
-only padding are neither sampled nor shown.
+edge pixels. The square is a ``grid`` x ``grid`` raster of cells of ``factor`` pixels. A region
+is named by its top-left cell and its bottom-right one (exclusive; by default the bottom-right
+corner, DALL·E's own rectangle); its cells that hold only padding are neither sampled nor shown.
 
 Standard library only: the studio's document, the CLI, the sampler and ``paste_back`` all read
 the same ``Geometry`` and ``Plan`` without importing torch.
@@ -21,13 +21,15 @@ PAPER_SIZE, PAPER_FACTOR = 256, 8  # the paper's geometry, used until a model sa
 
 @dataclass(frozen=True)
 class Plan:
-    """Which cells of a grid x grid raster are sampled: the rectangle from (row, col) on, less
-    the padding.
+    """Which cells of a grid x grid raster are sampled: the region from (row, col) to ``end``
+    (its bottom-right cell, exclusive), less the padding.
 
     A non-square image fills only the top-left ``visible_rows`` x ``visible_cols`` cells of the
     grid (``Geometry.visible_grid``); the rest is edge padding that the result drops. Cells of
-    the rectangle outside the visible rows and columns keep the input's own (padding) tokens and
-    cost no model call. None: the whole grid is visible.
+    the region outside the visible rows and columns keep the input's own (padding) tokens and
+    cost no model call. None: the whole grid is visible. ``end`` None: the region reaches the
+    visible bottom-right corner (DALL·E's own rectangle); else every kept cell after the
+    region's first one in raster order is forced to the picture's own token all the same.
     """
 
     grid: int
@@ -35,6 +37,7 @@ class Plan:
     col: int
     visible_rows: int | None = None
     visible_cols: int | None = None
+    end: Cell | None = None
 
     def __post_init__(self) -> None:
         if not (0 <= self.row < self.grid and 0 <= self.col < self.grid):
@@ -55,6 +58,20 @@ class Plan:
                 f"the rectangle from cell ({self.row}, {self.col}) lies in the padding beside "
                 f"the image (its {rows}x{cols} visible cells)"
             )
+        if self.end is not None:
+            bottom, right = self.end
+            if not (self.row < bottom and self.col < right):
+                raise ValueError(
+                    f"the region's end cell ({bottom}, {right}) must lie below and right of its "
+                    f"start ({self.row}, {self.col})"
+                )
+            if bottom > rows or right > cols:
+                raise ValueError(
+                    f"the region's end cell ({bottom}, {right}) is past the image's "
+                    f"{rows}x{cols} visible cells"
+                )
+            if (bottom, right) == (rows, cols):  # the corner: one plan, however named
+                object.__setattr__(self, "end", None)
 
     @property
     def _visible(self) -> tuple[int, int]:
@@ -63,18 +80,55 @@ class Plan:
         return (self.grid if rows is None else rows, self.grid if cols is None else cols)
 
     @property
+    def bottom(self) -> int:
+        """The row below the region (exclusive)."""
+        return self._visible[0] if self.end is None else self.end[0]
+
+    @property
+    def right(self) -> int:
+        """The column right of the region (exclusive)."""
+        return self._visible[1] if self.end is None else self.end[1]
+
+    @property
+    def to_corner(self) -> bool:
+        """True when the region reaches the visible bottom-right corner."""
+        return (self.bottom, self.right) == self._visible
+
+    @property
     def masked_cells(self) -> list[int]:
         """Raster indices of the sampled cells, in sampling order."""
-        rows, cols = self._visible
-        return [r * self.grid + c for r in range(self.row, rows) for c in range(self.col, cols)]
+        g = self.grid
+        return [
+            r * g + c for r in range(self.row, self.bottom) for c in range(self.col, self.right)
+        ]
 
     @property
     def rows(self) -> int:
-        return self._visible[0] - self.row
+        return self.bottom - self.row
 
     @property
     def cells(self) -> int:
-        return self.rows * (self._visible[1] - self.col)
+        return self.rows * (self.right - self.col)
+
+    @property
+    def last_col(self) -> int:
+        """The column whose sampling finishes a region row."""
+        return self.right - 1
+
+    @property
+    def following_cells(self) -> list[int]:
+        """Raster indices of the visible kept cells after the region's first cell in raster
+        order: right of it in its rows, left of it in its lower rows, every visible row below
+        it. The lookahead scores them (``model.inference.lookahead``)."""
+        g, (rows, cols) = self.grid, self._visible
+        found = []
+        for r in range(self.row, rows):
+            inside = r < self.bottom
+            for c in range(cols):
+                if inside and (self.col <= c < self.right or (r == self.row and c < self.col)):
+                    continue
+                found.append(r * g + c)
+        return found
 
 
 @dataclass(frozen=True)
@@ -161,10 +215,26 @@ class Geometry:
         rows, cols = self.visible_grid
         return max(0, rows - row) * max(0, cols - col)
 
-    def plan(self, cell: Cell) -> Plan:
-        """The sampler's plan for the rectangle from ``cell`` (ValueError when it lies outside
-        the grid or only in the padding)."""
-        return Plan(self.grid, *cell, *self.visible_grid)
+    def plan(self, cell: Cell, end: Cell | None = None) -> Plan:
+        """The sampler's plan for the region from ``cell`` to ``end`` (its bottom-right cell,
+        exclusive; None: the visible corner). ValueError when it lies outside the grid or only
+        in the padding, or ends before it starts or past the visible cells."""
+        return Plan(self.grid, *cell, *self.visible_grid, end=end)
+
+    def end_cell(self, x: int, y: int) -> Cell:
+        """The exclusive bottom-right cell of a region that ends at user pixel (x, y),
+        exclusive: the cell holding pixel (x - 1, y - 1), plus one each way; at the image's
+        right or bottom edge, the visible grid's."""
+        if not (0 < x <= self.width and 0 < y <= self.height):
+            raise ValueError(
+                f"a region ending at pixel ({x}, {y}) is outside the {self.width}x{self.height} "
+                "image"
+            )
+        row, col = self.cell_at(x - 1, y - 1, clamp=False)
+        rows, cols = self.visible_grid  # the image's edge: its last visible cell, rounding aside
+        return (rows if y == self.height else min(rows, row + 1)), (
+            cols if x == self.width else min(cols, col + 1)
+        )
 
 
 # -- the working area: the part of the picture the model sees -----------------------------------
@@ -173,16 +243,22 @@ AREA_CHOICES = ("whole", "auto")
 # auto: the rectangle's longer side takes at most this share of the area's side, so the model
 # sees at least as much context above and to the left as it regenerates
 AUTO_CONTEXT = 2.0
+# a region that ends inside the picture: the area shows at least this share of its longer side
+# of kept pixels right of and below it (the cells its lookahead scores)
+MARGIN_SHARE = 0.25
 
 
 @dataclass(frozen=True)
 class Area:
     """The part of a ``picture`` (width, height) the model sees: the box from (left, top) to
-    the picture's bottom-right corner, which every rectangle reaches. Whole: (0, 0)."""
+    (right, bottom), exclusive; None: the picture's own right and bottom (every rectangle to the
+    corner reaches them). Whole: the whole picture."""
 
     picture: tuple[int, int]
     left: int = 0
     top: int = 0
+    right: int | None = None
+    bottom: int | None = None
 
     def __post_init__(self) -> None:
         width, height = self.picture
@@ -191,23 +267,41 @@ class Area:
                 f"the working area from pixel ({self.left}, {self.top}) is outside the "
                 f"{width}x{height} picture"
             )
+        right = width if self.right is None else self.right
+        bottom = height if self.bottom is None else self.bottom
+        if not (self.left < right <= width and self.top < bottom <= height):
+            raise ValueError(
+                f"the working area from pixel ({self.left}, {self.top}) to ({right}, {bottom}) "
+                f"does not lie within the {width}x{height} picture"
+            )
+        object.__setattr__(self, "right", right)
+        object.__setattr__(self, "bottom", bottom)
+
+    @property
+    def _end(self) -> tuple[int, int]:
+        """(right, bottom) (``__post_init__`` has replaced None with the picture's)."""
+        right, bottom = self.right, self.bottom
+        return (
+            self.picture[0] if right is None else right,
+            self.picture[1] if bottom is None else bottom,
+        )
 
     @property
     def width(self) -> int:
-        return self.picture[0] - self.left
+        return self._end[0] - self.left
 
     @property
     def height(self) -> int:
-        return self.picture[1] - self.top
+        return self._end[1] - self.top
 
     @property
     def box(self) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) in picture pixels, as Pillow's ``crop`` takes it."""
-        return self.left, self.top, *self.picture
+        return self.left, self.top, *self._end
 
     @property
     def is_whole(self) -> bool:
-        return self.left == 0 and self.top == 0
+        return self.left == 0 and self.top == 0 and self._end == self.picture
 
     def geometry(self, size: int, factor: int) -> Geometry:
         """The area as the model sees it."""
@@ -218,31 +312,61 @@ class Area:
         return max(self.width, self.height) / size
 
 
+def region_margin(longer: int, side: int, size: int, factor: int) -> int:
+    """The kept pixels an area shows right of and below a region that ends inside the picture:
+    ``MARGIN_SHARE`` of the region's longer side, at least one model cell of an area of
+    ``side`` pixels (``factor`` model pixels of a ``size`` px model)."""
+    return max(math.ceil(MARGIN_SHARE * longer), math.ceil(side * factor / size))
+
+
 def working_area(
-    picture: tuple[int, int], corner: tuple[int, int], size: int, choice: str | int = "whole"
+    picture: tuple[int, int],
+    corner: tuple[int, int],
+    size: int,
+    choice: str | int = "whole",
+    end: tuple[int, int] | None = None,
+    factor: int = PAPER_FACTOR,
 ) -> Area:
-    """The area the model sees to regenerate the rectangle from picture pixel ``corner`` to the
-    bottom-right corner. ``choice``: "whole" (the whole picture), "auto" (a square whose side
-    is ``AUTO_CONTEXT`` times the rectangle's longer side, never smaller than the model's
-    ``size`` so the picture is never scaled up into the model) or a side in pixels. A square
-    side longer than the picture is clipped to it (that side is whole). Raises ValueError for a
-    side that does not hold the rectangle or an unknown choice."""
+    """The area the model sees to regenerate the region from picture pixel ``corner`` to
+    ``end`` (exclusive; None: the bottom-right corner). ``choice``: "whole" (the whole
+    picture), "auto" (a square whose side is ``AUTO_CONTEXT`` times the region's longer side,
+    never smaller than the model's ``size`` so the picture is never scaled up into the model)
+    or a side in pixels. A square side longer than the picture is clipped to it (that side is
+    whole). A region that ends inside the picture: the square ends a margin past it where the
+    picture has room (``region_margin``, on the model's cells of ``factor`` pixels), so the
+    model sees kept pixels right of and below it. Raises ValueError for a side that does not
+    hold the region, a region outside the picture, or an unknown choice."""
     width, height = picture
     x, y = corner
     if not (0 <= x < width and 0 <= y < height):
         raise ValueError(f"pixel ({x}, {y}) is outside the {width}x{height} picture")
-    longer = max(width - x, height - y)  # the rectangle's longer side
+    right, bottom = picture if end is None else end
+    if not (x < right <= width and y < bottom <= height):
+        raise ValueError(
+            f"the region from pixel ({x}, {y}) to ({right}, {bottom}) must end below and right "
+            f"of its start, inside the {width}x{height} picture"
+        )
+    longer = max(right - x, bottom - y)  # the region's longer side
+    inside = (right, bottom) != picture
     if choice == "whole":
         return Area(picture)
     if choice == "auto":
         side = max(math.ceil(AUTO_CONTEXT * longer), size)
+        margin = 0
+        for _ in range(3):  # the margin's one cell grows with the side it is added to
+            margin = region_margin(longer, side, size, factor) if inside else 0
+            side = max(math.ceil(AUTO_CONTEXT * longer) + margin, size)
     elif isinstance(choice, int) and not isinstance(choice, bool):
         side = choice
         if side < longer:
             raise ValueError(
-                f"a working area of {side} px does not hold the {width - x}x{height - y} px "
+                f"a working area of {side} px does not hold the {right - x}x{bottom - y} px "
                 f"rectangle: give at least {longer} px, auto or whole"
             )
+        margin = min(region_margin(longer, side, size, factor), side - longer) if inside else 0
     else:
         raise ValueError(f"the working area is auto, whole or a side in pixels, got {choice!r}")
-    return Area(picture, max(0, width - side), max(0, height - side))
+    area_right, area_bottom = min(width, right + margin), min(height, bottom + margin)
+    return Area(
+        picture, max(0, area_right - side), max(0, area_bottom - side), area_right, area_bottom
+    )

@@ -42,7 +42,7 @@ from model.files import write_text
 log = logging.getLogger("dalle")
 
 # options whose values may start with '-' (argparse takes "-1,3" for an option, not a value)
-NEGATIVE_VALUE_OPTIONS = ("--from", "--from-px")
+NEGATIVE_VALUE_OPTIONS = ("--from", "--from-px", "--to", "--to-px")
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("complete", help="regenerate a bottom-right rectangle of an image")
+    p = sub.add_parser(
+        "complete",
+        help="regenerate a rectangle of an image (by default to its bottom-right corner)",
+    )
     p.add_argument("--image")
     p.add_argument(
         "--from",
@@ -110,6 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--from-px",
         metavar="X,Y",
         help="top-left pixel of the rectangle: X,Y (pixels; snapped to its cell)",
+    )
+    p.add_argument(
+        "--to",
+        metavar="ROW,COL",
+        help="bottom-right cell of the region, itself regenerated: ROW,COL (cells; with --from; "
+        "default: the bottom-right corner, DALL·E's own rectangle)",
+    )
+    p.add_argument(
+        "--to-px",
+        metavar="X,Y",
+        help="bottom-right pixel of the region, itself regenerated, as selection tools show it: "
+        "X,Y (pixels; with --from-px; snapped outwards to its cell)",
+    )
+    p.add_argument(
+        "--lookahead",
+        type=int,
+        default=1,
+        metavar="K",
+        help="sample K times --n candidates and keep the --n whose pixels after the region "
+        "(right of and below it) the model finds likeliest (default 1: no lookahead)",
     )
     p.add_argument("--caption")
     p.add_argument("--batch", help="CSV with image,caption,row,col per line")
@@ -124,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="whole|auto|PIXELS",
         help="what the model sees: the whole picture, auto (a square twice the rectangle's "
         "longer side, at least the model's size) or a square side in pixels, reaching the "
-        "bottom-right corner (default: the model's own: whole for a scenes model trained here, "
-        "auto for an imported one)",
+        "bottom-right corner, or a margin past a --to region (default: the model's own: "
+        "whole for a scenes model trained here, auto for an imported one)",
     )
     p.add_argument(
         "--upscaler",

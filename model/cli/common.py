@@ -172,17 +172,19 @@ def check_device(name: str) -> None:
         raise CLIError(str(error)) from None
 
 
-def check_memory(bundle, options, pixels: int = 0) -> None:
+def check_memory(bundle, options, pixels: int = 0, lookahead: int = 1) -> None:
     """Refuse a run whose keys, values and images would not fit, before allocating them
-    (``model.inference.completion``'s one rule; ``pixels``: the largest picture of the run)."""
+    (``model.inference.completion``'s one rule; ``pixels``: the largest picture of the run;
+    ``lookahead``: K candidates sampled per one kept)."""
     from model.inference.completion import NotEnoughMemory
     from model.inference.completion import check_memory as check
 
     try:
-        check(bundle, options, pixels)
+        check(bundle, options, pixels, lookahead)
     except NotEnoughMemory as error:
+        asked = f"--n {options.n}" + (f" with --lookahead {lookahead}" if lookahead > 1 else "")
         raise CLIError(
-            f"--n {options.n} needs about {error.needed / 2**20:,.0f} MB for its keys, values "
+            f"{asked} needs about {error.needed / 2**20:,.0f} MB for its keys, values "
             f"and images, but {error.device} has {error.free / 2**20:,.0f} MB free: ask for fewer"
         ) from None
 

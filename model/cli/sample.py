@@ -78,6 +78,9 @@ class Job:
     cell: tuple[int, int] | None = None
     pixel: tuple[int, int] | None = None
     line: int | None = None  # the CSV line, for messages
+    # the region's last cell (--to) or pixel (--to-px), inclusive; None: the bottom-right corner
+    last_cell: tuple[int, int] | None = None
+    last_pixel: tuple[int, int] | None = None
     batch: Path | None = None  # the CSV
 
     @property
@@ -94,11 +97,12 @@ class CheckedJob:
     size: tuple[int, int]  # (width, height) as open_image will return it
     cell: tuple[int, int]  # on the working area's grid
     area: Area | None = None  # None: the whole picture
+    end: tuple[int, int] | None = None  # the region's end cell on the area's grid, exclusive
 
 
 def check_job(job: Job, bundle, area: str | int = "whole") -> CheckedJob:
-    """Validate a job from its image's header alone (format, pixel limit, cell, padding) and
-    find its working ``area`` (``model.geometry.working_area``)."""
+    """Validate a job from its image's header alone (format, pixel limit, cell, padding, the
+    region's end) and find its working ``area`` (``model.geometry.working_area``)."""
     from model.inference.completion import geometry_for
 
     where = job.where
@@ -127,16 +131,47 @@ def check_job(job: Job, bundle, area: str | int = "whole") -> CheckedJob:
             f"{where}the rectangle from cell {cell[0]},{cell[1]} lies in the padding beside"
             f" {job.image}, not on the image"
         )
-    if area == "whole":
-        return CheckedJob(job, caption, (width, height), cell)
     corner = job.pixel if job.pixel is not None else geometry.pixel_of(cell)
+    end = region_end(job, geometry, cell)  # the end pixel, exclusive; None: the corner
+    if area == "whole":
+        last = None if end is None else geometry.end_cell(*end)
+        return CheckedJob(job, caption, (width, height), cell, None, last)
+    vae = bundle.config.vae
     try:
-        chosen = working_area((width, height), corner, bundle.config.vae.image_size, area)
+        chosen = working_area((width, height), corner, vae.image_size, area, end, vae.factor)
     except ValueError as error:
         raise CLIError(f"{where}--area: {error}") from None
     in_area = geometry_for(bundle, chosen.width, chosen.height)
     cell = in_area.cell_at(corner[0] - chosen.left, corner[1] - chosen.top, clamp=False)
-    return CheckedJob(job, caption, (width, height), cell, chosen)
+    last = None if end is None else in_area.end_cell(end[0] - chosen.left, end[1] - chosen.top)
+    return CheckedJob(job, caption, (width, height), cell, chosen, last)
+
+
+def region_end(job: Job, geometry, cell: tuple[int, int]) -> tuple[int, int] | None:
+    """The picture pixel where the job's region ends (exclusive) from its inclusive ``--to``
+    cell or ``--to-px`` pixel; None: the bottom-right corner. One-line CLIErrors for an end
+    before the start or outside the picture."""
+    where, width, height = job.where, geometry.width, geometry.height
+    if job.last_pixel is not None:
+        (x, y), (x1, y1) = job.pixel or geometry.pixel_of(cell), job.last_pixel
+        if x1 >= width or y1 >= height:
+            raise CLIError(
+                f"{where}--to-px {x1},{y1} is outside the {width}x{height} image {job.image}"
+            )
+        if x1 < x or y1 < y:
+            raise CLIError(f"{where}--to-px {x1},{y1} is above or left of --from-px {x},{y}")
+        return x1 + 1, y1 + 1
+    if job.last_cell is not None:
+        (row, col), (r1, c1) = cell, job.last_cell
+        rows, cols = geometry.visible_grid
+        if r1 >= rows or c1 >= cols:
+            raise CLIError(
+                f"{where}--to {r1},{c1} is outside the image's {rows}x{cols} visible cells"
+            )
+        if r1 < row or c1 < col:
+            raise CLIError(f"{where}--to {r1},{c1} is above or left of --from {row},{col}")
+        return geometry.pixel_of((r1 + 1, c1 + 1))
+    return None
 
 
 def run_job(
@@ -149,6 +184,7 @@ def run_job(
     precision: str = "auto",
     compile: bool = False,
     upscaler=None,
+    lookahead: int = 1,
 ):
     """Decode the job's image (only now: a batch holds one image at a time), complete it
     (``model.inference.completion``, the upscaler drawing a scaled-down result) and save each
@@ -176,6 +212,8 @@ def run_job(
         compile=compile,
         area=checked.area,
         upscaler=upscaler,
+        end=checked.end,
+        lookahead=lookahead,
     )
     done = None
     for event in with_progress(completion.run(), job.image.name, quiet):
@@ -281,6 +319,8 @@ def cmd_complete(args) -> int:
             raise CLIError(
                 "--batch takes its images and captions from the CSV; drop --image/--caption"
             )
+        if args.to or args.to_px:
+            raise CLIError("--to and --to-px name one image's region; a batch's reach the corner")
     else:
         if not args.image:
             raise CLIError("complete needs --image (or --batch jobs.csv)")
@@ -288,6 +328,10 @@ def cmd_complete(args) -> int:
             raise CLIError("complete needs --caption")
         if (args.from_cell is None) == (args.from_px is None):
             raise CLIError(f"give exactly one of --from {CELLS} or --from-px {PIXELS}")
+        if args.to is not None and args.from_cell is None:
+            raise CLIError(f"--to {CELLS} goes with --from; give --to-px {PIXELS} with --from-px")
+        if args.to_px is not None and args.from_px is None:
+            raise CLIError(f"--to-px {PIXELS} goes with --from-px; give --to {CELLS} with --from")
     output = Output.parse(args.out)
     if args.batch and output.is_file:
         raise CLIError(f"--out {shown(output.path)}: a batch writes several files; name a folder")
@@ -296,8 +340,13 @@ def cmd_complete(args) -> int:
     else:
         cell = parse_pair(args.from_cell, "--from", CELLS) if args.from_cell else None
         pixel = parse_pair(args.from_px, "--from-px", PIXELS) if args.from_px else None
+        last_cell = parse_pair(args.to, "--to", CELLS) if args.to else None
+        last_pixel = parse_pair(args.to_px, "--to-px", PIXELS) if args.to_px else None
         check_caption(args.caption)
-        jobs = [Job(Path(args.image), args.caption, cell=cell, pixel=pixel)]
+        image = Path(args.image)
+        jobs = [Job(image, args.caption, cell, pixel, last_cell=last_cell, last_pixel=last_pixel)]
+    if args.lookahead < 1:
+        raise CLIError(f"--lookahead must be at least 1, got {args.lookahead}")
     if args.feather < 0:
         raise CLIError(f"--feather must not be negative, got {args.feather}")
     options = sampling_options(args)
@@ -319,7 +368,7 @@ def cmd_complete(args) -> int:
     area = parse_area(args.area) if args.area else default_area(bundle)
     checked = [check_job(job, bundle, area) for job in jobs]  # every header before decoding
     largest = max(width * height for width, height in (c.size for c in checked))
-    check_memory(bundle, options, largest)
+    check_memory(bundle, options, largest, args.lookahead)
     plans = [(item, outputs[id(item.job)]) for item in checked]
     if not args.batch:
         announce_numbering("complete", output, plans[0][1])
@@ -335,6 +384,7 @@ def cmd_complete(args) -> int:
                 args.precision,
                 args.compile,
                 upscaler,
+                args.lookahead,
             )
             log.info("%s: seed %d, %.2fs", item.job.image, done.seed, done.seconds)
     return 0

@@ -2,11 +2,12 @@
 all run it, and each is a thin adapter over it.
 
 A ``Completion`` takes the user's picture at its own size, the rectangle's top-left cell on the
-model's grid, a caption and sampling options. It plans the cells (``Geometry.plan``: padding
-beside the picture is not sampled), checks the memory the job needs before allocating it, brings
-the picture to the model (``model.inference.images.to_model``), samples row by row (cancellable, one
+model's grid (and its end cell, for a region that does not reach the bottom-right corner), a
+caption and sampling options. It plans the cells (``Geometry.plan``: padding beside the
+picture is not sampled), checks the memory the job needs before allocating it, brings the
+picture to the model (``model.inference.images.to_model``), samples row by row (cancellable, one
 ``sampling.Progress`` per row) and pastes each candidate back at the picture's resolution, every
-pixel outside the rectangle the picture's own, bit for bit.
+pixel outside the region the picture's own, bit for bit.
 
 ``run`` yields what happens, in order: ``Phase("reading")``, ``Phase("encoding")``, a
 ``sampling.Progress`` per row, ``Phase("decoding")`` once the last row is sampled, then for each
@@ -22,6 +23,7 @@ results into their outputs (files, history entries, PNG bodies).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -38,6 +40,7 @@ from model.config import SamplingOptions
 from model.geometry import Area, Cell, Geometry, Plan, working_area
 from model.inference import familiarity, sampling
 from model.inference.images import blend_into, model_view, paste_back, to_model
+from model.inference.lookahead import memory_needed as lookahead_memory
 from model.networks.upscaler import UpscaleCancelled, Upscaler, upscale
 
 # Bytes per picture pixel a completion holds beside the model: the decoded picture, its resized
@@ -66,11 +69,18 @@ def default_area(bundle: Any) -> str:
     return "whole" if familiarity.knows_scenes(card) else "auto"
 
 
-def memory_needed(bundle: Any, options: SamplingOptions, pixels: int = 0) -> int:
+def memory_needed(
+    bundle: Any, options: SamplingOptions, pixels: int = 0, lookahead: int = 1
+) -> int:
     """Bytes a completion of a ``pixels``-pixel picture (0: a generation) needs on the bundle's
-    device: the sampler's keys, values and images, and the picture's working copies."""
+    device: the sampler's keys, values and images, and the picture's working copies. With
+    ``lookahead`` K > 1, K times the candidates sample at once and the lookahead scores them."""
+    extra = 0
+    if lookahead > 1:
+        options = dataclasses.replace(options, n=options.n * lookahead)
+        extra = lookahead_memory(bundle.config, options.n)
     needed = sampling.memory_needed(bundle.config, options, bundle.device.type)
-    return needed + BYTES_PER_PICTURE_PIXEL * pixels
+    return needed + extra + BYTES_PER_PICTURE_PIXEL * pixels
 
 
 class NotEnoughMemory(ValueError):
@@ -85,9 +95,11 @@ class NotEnoughMemory(ValueError):
         )
 
 
-def check_memory(bundle: Any, options: SamplingOptions, pixels: int = 0) -> None:
+def check_memory(
+    bundle: Any, options: SamplingOptions, pixels: int = 0, lookahead: int = 1
+) -> None:
     """Raise NotEnoughMemory before anything is allocated when the job would not fit."""
-    needed = memory_needed(bundle, options, pixels)
+    needed = memory_needed(bundle, options, pixels, lookahead)
     free = model_device.available_memory(bundle.device)
     if free is not None and needed > free:
         raise NotEnoughMemory(needed, free, str(bundle.device), options.n)
@@ -124,13 +136,16 @@ Sampler = Callable[..., Iterator[Any]]
 
 
 class Completion:
-    """Regenerate the rectangle from ``cell`` to the bottom-right corner of ``picture``.
+    """Regenerate the region of ``picture`` from ``cell`` to ``end`` (its bottom-right cell,
+    exclusive; None: the bottom-right corner, DALL·E's own rectangle).
 
     The model sees the working ``area`` of the picture (default: the whole picture), and
-    ``cell`` is on the area's grid; ``Completion.at_pixel`` finds both from a pixel corner.
-    Raises ValueError when the cell lies outside the grid or only in the padding beside the
-    picture. ``feather`` blends the result in over that many pixels inside the rectangle's top
-    and left edges; ``precision`` and ``compile`` are the sampler's (``sampling.complete``).
+    ``cell`` and ``end`` are on the area's grid; ``Completion.at_pixel`` finds them from
+    pixels. Raises ValueError when the cell lies outside the grid or only in the padding beside
+    the picture, or the end before it or past the picture. ``feather`` blends the result in
+    over that many pixels inside the region's edges that meet kept pixels; ``precision``,
+    ``compile`` and ``lookahead`` (K candidates sampled per one kept) are the sampler's
+    (``sampling.complete``).
     """
 
     def __init__(
@@ -148,6 +163,8 @@ class Completion:
         area: Area | None = None,
         upscaler: Upscaler | None = None,
         upscale_tile: int | None = None,
+        end: Cell | None = None,
+        lookahead: int = 1,
     ):
         self.bundle = bundle
         self.picture = picture if picture.mode == "RGB" else picture.convert("RGB")
@@ -170,7 +187,9 @@ class Completion:
             upscale_tile  # None: the largest within model.networks.upscaler's budget
         )
         self.geometry = geometry_for(bundle, self.view.width, self.view.height)
-        self.plan: Plan = self.geometry.plan(cell)
+        self.plan: Plan = self.geometry.plan(cell, end)
+        self.end = None if self.plan.to_corner else end
+        self.lookahead = lookahead
 
     @classmethod
     def at_pixel(
@@ -181,16 +200,19 @@ class Completion:
         caption: str,
         options: SamplingOptions | None = None,
         area: str | int = "whole",
+        end: tuple[int, int] | None = None,
         **settings: Any,
     ) -> Completion:
-        """The completion of the rectangle from picture pixel ``corner`` (snapped to the
-        cell that holds it) in the working area ``area`` chooses (``geometry.working_area``:
-        whole, auto or a side in pixels)."""
-        size = bundle.config.vae.image_size
-        chosen = working_area(picture.size, corner, size, area)
+        """The completion of the region from picture pixel ``corner`` (snapped to the cell
+        that holds it) to pixel ``end`` (exclusive, snapped to the cell that holds its last
+        pixel; None: the bottom-right corner) in the working area ``area`` chooses
+        (``geometry.working_area``: whole, auto or a side in pixels)."""
+        vae = bundle.config.vae
+        chosen = working_area(picture.size, corner, vae.image_size, area, end, vae.factor)
         geometry = geometry_for(bundle, chosen.width, chosen.height)
         cell = geometry.cell_at(corner[0] - chosen.left, corner[1] - chosen.top, clamp=False)
-        return cls(bundle, picture, cell, caption, options, area=chosen, **settings)
+        last = None if end is None else geometry.end_cell(end[0] - chosen.left, end[1] - chosen.top)
+        return cls(bundle, picture, cell, caption, options, area=chosen, end=last, **settings)
 
     @property
     def corner(self) -> tuple[int, int]:
@@ -199,11 +221,18 @@ class Completion:
         return self.area.left + x, self.area.top + y
 
     @property
+    def end_pixel(self) -> tuple[int, int]:
+        """The picture pixel where the regenerated region ends (exclusive)."""
+        g = self.geometry
+        x, y = (g.width, g.height) if self.end is None else g.pixel_of(self.end)
+        return self.area.left + x, self.area.top + y
+
+    @property
     def pixels(self) -> int:
         return self.picture.width * self.picture.height
 
     def check_memory(self) -> None:
-        check_memory(self.bundle, self.options, self.pixels)
+        check_memory(self.bundle, self.options, self.pixels, self.lookahead)
 
     def run(self, cancel: threading.Event | None = None) -> Iterator[Event]:
         """The job's events, in order (see the module's docstring); raises NotEnoughMemory
@@ -212,6 +241,8 @@ class Completion:
         yield Phase("reading")
         tensor = to_model(self.view, self.geometry)
         yield Phase("encoding")  # the sampler encodes before its first row
+        # a sampler without lookahead (a test's, the studio's fakes) is never asked for one
+        chosen = {"lookahead": self.lookahead} if self.lookahead != 1 else {}
         messages = self.sampler(
             self.bundle,
             tensor,
@@ -221,6 +252,7 @@ class Completion:
             cancel,
             precision=self.precision,
             compile=self.compile,
+            **chosen,
         )
         for message in messages:
             if isinstance(message, sampling.Progress):
@@ -262,18 +294,21 @@ class Completion:
         self, decoded: torch.Tensor, cancel: threading.Event | None = None, upscale: bool = True
     ) -> Image.Image:
         """``decoded`` (3, H, W) at the model's size, pasted into the picture: only the
-        rectangle changes, every other pixel is the picture's own. The upscaler draws the
-        rectangle where ``upscales`` says so (and ``upscale``); cancel stops it between tiles
+        region changes, every other pixel is the picture's own. The upscaler draws the
+        region where ``upscales`` says so (and ``upscale``); cancel stops it between tiles
         (UpscaleCancelled)."""
+        g = self.geometry
         if upscale and self.upscaler is not None and self.upscales(decoded):
             region = upscaled_region(
-                decoded, self.geometry, self.cell, self.upscaler, cancel, self.upscale_tile
+                decoded, g, self.cell, self.upscaler, cancel, self.upscale_tile, self.end
             )
             out = np.array(self.view, dtype=np.uint8)
-            blend_into(out, region, self.geometry.pixel_of(self.cell), self.feather)
+            x1, y1 = (g.width, g.height) if self.end is None else g.pixel_of(self.end)
+            inner = (x1 < g.width, y1 < g.height)
+            blend_into(out, region, g.pixel_of(self.cell), self.feather, inner)
             pasted = Image.fromarray(out, "RGB")
         else:
-            pasted = paste_back(self.view, decoded, self.geometry, self.cell, self.feather)
+            pasted = paste_back(self.view, decoded, g, self.cell, self.feather, self.end)
         if self.area.is_whole:
             return pasted
         whole = self.picture.copy()
@@ -299,25 +334,29 @@ def upscaled_region(
     upscaler: Upscaler,
     cancel: threading.Event | None = None,
     tile: int | None = None,
+    end: Cell | None = None,
 ) -> np.ndarray:
-    """The rectangle from ``cell`` at the picture's resolution, drawn by ``upscaler`` from the
-    decoded pixels: (height - y0, width - x0, 3) uint8.
+    """The region from ``cell`` to ``end`` (exclusive; None: the corner) at the picture's
+    resolution, drawn by ``upscaler`` from the decoded pixels: (y1 - y0, x1 - x0, 3) uint8.
 
-    The upscaler reads the decoded rectangle and ``UPSCALE_MARGIN`` pixels above and left of
-    it (tiled, ``model.networks.upscaler.upscale``); the result is resized exactly onto the
-    rectangle's pixels, over the same span of the decoded view as ``paste_back``'s Lanczos path
-    maps."""
+    The upscaler reads the decoded region and ``UPSCALE_MARGIN`` pixels around it (tiled,
+    ``model.networks.upscaler.upscale``); the result is resized exactly onto the region's
+    pixels, over the same span of the decoded view as ``paste_back``'s Lanczos path maps."""
     view = model_view(decoded, geometry)
     w, h = view.size
     sx, sy = w / geometry.width, h / geometry.height  # decoded pixels per picture pixel
     x0, y0 = geometry.pixel_of(cell)
+    x1, y1 = (geometry.width, geometry.height) if end is None else geometry.pixel_of(end)
     left = max(0, math.floor(x0 * sx) - UPSCALE_MARGIN)
     top = max(0, math.floor(y0 * sy) - UPSCALE_MARGIN)
-    crop = view.crop((left, top, w, h))
+    right = min(w, math.ceil(x1 * sx) + UPSCALE_MARGIN)
+    bottom = min(h, math.ceil(y1 * sy) + UPSCALE_MARGIN)
+    crop = view.crop((left, top, right, bottom))
     drawn = Image.fromarray(upscale(crop, upscaler, tile=tile, cancel=cancel))
     s = upscaler.scale
-    box = ((x0 * sx - left) * s, (y0 * sy - top) * s, (w - left) * s, (h - top) * s)
-    size = (geometry.width - x0, geometry.height - y0)
+    far = (w, h) if end is None else (x1 * sx, y1 * sy)  # the corner's own, to the bit
+    box = ((x0 * sx - left) * s, (y0 * sy - top) * s, (far[0] - left) * s, (far[1] - top) * s)
+    size = (x1 - x0, y1 - y0)
     return np.asarray(drawn.resize(size, Image.Resampling.LANCZOS, box=box))
 
 

@@ -1,7 +1,8 @@
 """Completion of a bottom-right rectangle of image tokens, as a generator of progress messages.
 
-The paper's completion: walk the raster order; every cell outside the rectangle (r >= r0 and
-c >= c0) is forced to the image's own token, every cell inside it is sampled. With a KV cache this
+The paper's completion: walk the raster order; every cell outside the region (the rectangle
+from (r0, c0) to the plan's end, by default the bottom-right corner) is forced to the image's own
+token, every cell inside it is sampled. With a KV cache this
 costs one model call per masked cell: the call that produces a masked cell's logits also prefills
 the run of kept cells before it, in one chunk (as ru-dalle does). A non-square image's padding
 cells inside the rectangle are not sampled at all: they keep the image's own (edge-padded) tokens
@@ -14,6 +15,7 @@ and are dropped when the result is pasted back (``Plan``'s visible rows and colu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -26,6 +28,7 @@ import torch
 
 from model.config import DEFAULT_TEXT_KIND, SamplingOptions, VQConfig, VQGANConfig
 from model.geometry import Plan
+from model.inference.lookahead import lookahead_scores
 from model.networks.precision import (
     convert_in_place,
     for_inference,
@@ -40,7 +43,7 @@ _inference_copies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # mo
 def plan_mask(plan: Plan) -> torch.Tensor:
     """(grid, grid) bool, True on the cells ``plan`` samples."""
     mask = torch.zeros(plan.grid, plan.grid, dtype=torch.bool)
-    mask[plan.row : plan.visible_rows, plan.col : plan.visible_cols] = True
+    mask[plan.row : plan.bottom, plan.col : plan.right] = True
     return mask
 
 
@@ -78,6 +81,9 @@ class Done:
     tokens_per_s: float
     model_calls: int
     order: list[int]  # the sampled index of each returned candidate
+    # (n,) the lookahead log-likelihood of the kept cells after the region, same order; None
+    # unless candidates were chosen by it (``complete``'s lookahead > 1)
+    lookahead: torch.Tensor | None = None
 
 
 @dataclass
@@ -200,7 +206,7 @@ def sample_tokens(
         logits = filter_logits(guided(logits, n, options.guidance), options)
         probs = logits.float().softmax(dim=-1)
         grid_tokens[:, cell] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        if cell % cfg.grid == plan.visible_cols - 1:  # a rectangle row is finished
+        if cell % cfg.grid == plan.last_col:  # a region row is finished
             rows_done += 1
             elapsed = time.perf_counter() - started
             yield Progress(
@@ -294,10 +300,11 @@ def complete(
     use_cache: bool = True,
     precision: str = "fp32",
     compile: bool = False,
+    lookahead: int = 1,
 ) -> Iterator[Message]:
-    """Regenerate the cells ``plan`` names (its rectangle to the bottom-right corner, less the
-    padding beside the picture: ``Geometry.plan``) under ``caption``. A (row, col) cell instead
-    of a plan: the rectangle from it over the whole grid (a square picture).
+    """Regenerate the cells ``plan`` names (its region, by default to the bottom-right corner,
+    less the padding beside the picture: ``Geometry.plan``) under ``caption``. A (row, col)
+    cell instead of a plan: the rectangle from it over the whole grid (a square picture).
 
     image: (3, S, S) in [0, 1] at the bundle's resolution (see ``model.inference.images.to_model``),
     or None for a blank start (only valid from cell (0, 0)). Yields Progress per finished row, then
@@ -307,9 +314,18 @@ def complete(
     (``model.networks.precision.CompiledStep``). The rectangle's padding cells keep the image's own
     tokens and are not sampled. ``model.inference.completion`` runs this for a user's picture, at
     its own size.
+
+    ``lookahead`` K > 1 samples K times ``options.n`` candidates in one batch and keeps the n
+    whose kept cells after the region are likeliest (``model.inference.lookahead``), then orders
+    those n by the reranker where the bundle has one. Lookahead first, not a rank sum: it is what
+    K buys (how well a candidate leads into the picture the sampler could not see), while the
+    reranker scores the whole decoded picture, mostly kept pixels for a small region, and only
+    the n kept candidates need decoding. K = 1 is the sampler without lookahead, bit for bit.
     """
     options = options or SamplingOptions()
     options.validate()
+    if not isinstance(lookahead, int) or isinstance(lookahead, bool) or lookahead < 1:
+        raise ValueError(f"lookahead must be a whole number of at least 1, got {lookahead!r}")
     cfg = bundle.config
     grid = cfg.transformer.grid
     if not isinstance(plan, Plan):
@@ -329,32 +345,50 @@ def complete(
     text = bundle.tokenizer.encode([caption])[0]
     empty = bundle.tokenizer.empty(1)[0]
     transformer = prepared(bundle.transformer, precision, compile)
+    sampled = options if lookahead == 1 else dataclasses.replace(options, n=options.n * lookahead)
     for message in sample_tokens(
-        transformer, text, image_tokens, plan, options, empty, cancel, use_cache
+        transformer, text, image_tokens, plan, sampled, empty, cancel, use_cache
     ):
         if not isinstance(message, Sampled):
             yield message
             continue
-        tokens, scores, order = message.tokens, None, list(range(options.n))
-        with torch.inference_mode():
-            images = bundle.vae.decode(tokens.to(device)).float().cpu()
-        # a reranker reads our BPE's ids: bundle.config_problems refuses one next to any other
-        # caption tokenizer (an imported DALL·E Mega has none), so BART ids never reach it
-        if bundle.reranker is not None and bundle.config.text_kind == DEFAULT_TEXT_KIND:
-            captions = text.unsqueeze(0).expand(options.n, -1)
-            scores = bundle.reranker.score(images.to(device), captions).float().cpu()
-            order = scores.argsort(descending=True).tolist()
-            tokens, images, scores = tokens[order], images[order], scores[order]
-        yield Done(
-            tokens=tokens,
-            images=images,
-            scores=scores,
-            seed=message.seed,
-            seconds=message.seconds,
-            tokens_per_s=message.tokens_per_s,
-            model_calls=message.model_calls,
-            order=order,
-        )
+        fits, order = None, list(range(sampled.n))
+        if lookahead > 1:
+            fits = lookahead_scores(transformer, text, message.tokens, plan)
+            order = torch.sort(fits, descending=True, stable=True).indices[: options.n].tolist()
+            fits = fits[order]
+        yield _decoded(bundle, message, text, order, fits)
+
+
+def _decoded(
+    bundle, message: Sampled, text: torch.Tensor, order: list[int], fits: torch.Tensor | None
+) -> Done:
+    """``Done`` for the sampled candidates ``order`` keeps (in that order): decoded, then
+    reranked best first when the bundle carries a reranker (their lookahead ``fits`` along)."""
+    device = bundle.device
+    tokens, scores = message.tokens[order], None
+    with torch.inference_mode():
+        images = bundle.vae.decode(tokens.to(device)).float().cpu()
+    # a reranker reads our BPE's ids: bundle.config_problems refuses one next to any other
+    # caption tokenizer (an imported DALL·E Mega has none), so BART ids never reach it
+    if bundle.reranker is not None and bundle.config.text_kind == DEFAULT_TEXT_KIND:
+        captions = text.unsqueeze(0).expand(len(order), -1)
+        scores = bundle.reranker.score(images.to(device), captions).float().cpu()
+        ranked = scores.argsort(descending=True).tolist()
+        tokens, images, scores = tokens[ranked], images[ranked], scores[ranked]
+        order = [order[i] for i in ranked]
+        fits = None if fits is None else fits[ranked]
+    return Done(
+        tokens=tokens,
+        images=images,
+        scores=scores,
+        seed=message.seed,
+        seconds=message.seconds,
+        tokens_per_s=message.tokens_per_s,
+        model_calls=message.model_calls,
+        order=order,
+        lookahead=fits,
+    )
 
 
 def generate(

@@ -417,3 +417,26 @@ def test_the_server_upscales_what_it_makes_smaller_than_asked(bundle, upscaler):
     same_size = ImageRequest("a red circle", options, "b64_json", (32, 32))
     assert "resized" in ModelService(bundle, "t", "fp32", upscaler).run(same_size, None).note
     assert upscaler_bytes(None) == 0 and 20 * 2**20 < upscaler_bytes(upscaler) < 200 * 2**20
+
+
+def test_the_servers_edit_regenerates_only_the_masks_bounding_rectangle(bundle):
+    """A small mask near the top-left: the cells of its bounding rectangle are sampled, not the
+    rectangle from it to the corner; every unmarked pixel is the image's own."""
+    import io
+    import re
+
+    from model.serve.protocol import ImageRequest
+    from model.serve.service import ModelService
+
+    picture = photo(64, 64, seed=17)  # 2x the tiny model: its cells are 16 px
+    marked = np.zeros((64, 64), dtype=bool)
+    marked[5:14, 6:12] = True  # inside the cell (0, 0)
+    request = ImageRequest("a red circle", SamplingOptions(n=1, seed=2), "b64_json", None,
+                           picture, marked)  # fmt: skip
+    result = ModelService(bundle, "tiny", precision="fp32").run(request, threading.Event())
+    cells = int(re.search(r", (\d+) of the 4x4 cells", result.note).group(1))
+    assert cells == 1  # to the corner it would have been all 16
+    pixels = np.asarray(Image.open(io.BytesIO(result.pngs[0])).convert("RGB"))
+    original = np.asarray(picture)
+    assert np.array_equal(pixels[~marked], original[~marked])
+    assert not np.array_equal(pixels[marked], original[marked])

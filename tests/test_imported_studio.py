@@ -435,7 +435,9 @@ def test_serve_answers_a_generation_and_an_edit_with_the_imported_bundle(importe
             pixels = np.asarray(result)
             assert np.array_equal(pixels[~marked], source[~marked])  # bit for bit
             assert not np.array_equal(pixels[marked], source[marked])
-        assert "16x16 grid" in answer.headers["X-DALLE-Studio-Note"]
+        assert (
+            "of the 16x16 cells" in answer.headers["X-DALLE-Studio-Note"]
+        )  # a region, not to the corner
 
 
 def test_the_settings_card_of_an_imported_bundle_names_its_source_and_licence(imported):

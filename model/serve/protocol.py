@@ -268,12 +268,13 @@ def marked_pixels(image: Image.Image, mask: Image.Image | None) -> np.ndarray:
     return marked
 
 
-def covering_corner(marked: np.ndarray) -> tuple[int, int]:
-    """(x, y): the top-left of the smallest rectangle that reaches the bottom-right corner and
-    covers every marked pixel."""
-    x = int(np.argmax(marked.any(axis=0)))
-    y = int(np.argmax(marked.any(axis=1)))
-    return x, y
+def bounding_box(marked: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the smallest rectangle that covers every marked pixel, its end
+    exclusive (an empty mask: the whole image)."""
+    columns, rows = np.flatnonzero(marked.any(axis=0)), np.flatnonzero(marked.any(axis=1))
+    if not len(columns):
+        return 0, 0, marked.shape[1], marked.shape[0]
+    return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
 
 
 def parse_edit(

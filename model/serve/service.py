@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from model.files import has_alpha
-from model.serve.protocol import APIError, ImageRequest, covering_corner
+from model.serve.protocol import APIError, ImageRequest, bounding_box
 from model.serve.worker import JobCancelled
 
 # The server upscales in small tiles: its memory bound (README, server) holds one tile's working
@@ -95,19 +95,23 @@ class ModelService:
         return self._generate(request, cancel)
 
     def _edit(self, request: ImageRequest, cancel: threading.Event) -> Result:
-        """Regenerate the smallest rectangle reaching the bottom-right corner that covers the
-        mask (``model.inference.completion``), then keep every unmarked pixel, alpha included."""
-        from model.inference.completion import Completion, complete_all, geometry_for
+        """Regenerate the smallest rectangle on the model's grid that covers the mask, wherever
+        it lies (a region anywhere, in the model's default working area, with the upscaler:
+        ``model.inference.completion``), then keep every unmarked pixel, alpha included."""
+        from model.inference.completion import Completion, complete_all, default_area
 
         image = request.image
-        geometry = geometry_for(self.bundle, image.width, image.height)
-        cell = geometry.cell_at(*covering_corner(request.marked))
-        completion = Completion(
+        x0, y0, x1, y1 = bounding_box(request.marked)
+        completion = Completion.at_pixel(
             self.bundle,
             image.convert("RGB"),
-            cell,
+            (x0, y0),
             request.prompt,
             request.options,
+            area=default_area(self.bundle),
+            end=(x1, y1),
+            upscaler=self.upscaler,
+            upscale_tile=UPSCALE_TILE,
             precision=self.precision,
         )
         try:
@@ -117,13 +121,14 @@ class ModelService:
                 raise JobCancelled("cancelled while sampling") from error
             raise
         pngs = [png_bytes(keep_unmarked(image, result, request)) for result in pasted]
-        x0, y0 = completion.corner
+        (left, top), (right, bottom) = completion.corner, completion.end_pixel
         grid, area = completion.geometry.grid, completion.area
         seen = "the whole image" if area.is_whole else f"the {area.width}x{area.height} px area"
         note = (
-            f"regenerated the rectangle from pixel ({x0}, {y0}) to the bottom-right corner, "
-            f"the smallest on the model's {grid}x{grid} grid over {seen} that covers the "
-            f"mask's {int(request.marked.sum())} pixels; every other pixel is the image's own"
+            f"regenerated the rectangle from pixel ({left}, {top}) to ({right}, {bottom}), "
+            f"{completion.plan.cells} of the {grid}x{grid} cells the model sees of {seen}: the "
+            f"smallest that covers the mask's {int(request.marked.sum())} pixels; every other "
+            "pixel is the image's own"
         )
         return Result(pngs, done.seed, done.seconds, done.tokens_per_s, note)
 

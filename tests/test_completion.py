@@ -440,3 +440,21 @@ def test_the_servers_edit_regenerates_only_the_masks_bounding_rectangle(bundle):
     original = np.asarray(picture)
     assert np.array_equal(pixels[~marked], original[~marked])
     assert not np.array_equal(pixels[marked], original[marked])
+
+
+@pytest.mark.parametrize("kind", ["dvae", "vq"])
+@pytest.mark.parametrize(
+    ("size", "area"), [((301, 203), "auto"), ((203, 301), 120), ((97, 61), 40)]
+)
+def test_every_image_tokenizer_keeps_the_pixels_outside_at_every_area(kind, size, area, upscaler):
+    bundle = tiny_bundle(kind=kind)
+    picture = photo(*size, seed=size[1])
+    corner = (size[0] * 3 // 4, size[1] * 2 // 3)
+    completion = Completion.at_pixel(
+        bundle, picture, corner, "x", SamplingOptions(n=1, seed=9), area=area, upscaler=upscaler
+    )
+    x0, y0 = completion.corner
+    outside = np.ones((size[1], size[0]), dtype=bool)
+    outside[y0:, x0:] = False
+    result = np.asarray(complete_all(completion)[0][0])
+    assert np.array_equal(result[outside], np.asarray(picture)[outside])

@@ -122,6 +122,7 @@ class Session(QObject):
         if document.caption_history:  # a reopened project: its last caption, ready to go on
             self.set_caption(document.caption_history[-1])
         document.set_area_choice(self.area)
+        self._rectangle_changed()  # a project's region that ends inside turns the toggle off
         self.document_changed.emit(document)
 
     # -- the working area -----------------------------------------------------------------

@@ -107,6 +107,11 @@ def test_the_session_toggle_follows_the_region(qtbot, make_session):
     with qtbot.waitSignal(session.to_corner_changed):
         session.set_to_corner(True)
     assert doc.end is None
+    opened = Document(picture(151, 97, 1))  # a project opened with a region inside
+    opened.set_model_geometry(SIZE, FACTOR)
+    opened.set_rectangle_from_pixel(60, 40, end=(100, 70))
+    session.set_document(opened)
+    assert not session.to_corner and opened.end is not None
     with pytest.raises(ValueError, match="lookahead"):
         session.set_lookahead(0)
 

@@ -58,6 +58,7 @@ FIELDS = (
     "caption",
     "cell",
     "area",
+    "end",
     "seed",
     "options",
     "seconds",
@@ -76,6 +77,7 @@ def _entry_state(entry: HistoryEntry) -> dict[str, Any]:
         "caption": entry.caption,
         "cell": list(entry.cell) if entry.cell else None,
         "area": list(entry.area) if entry.area else None,
+        "end": list(entry.end) if entry.end else None,
         "seed": entry.seed,
         "options": entry.options_dict(),  # as a project writes them
         "time": entry.time,
@@ -419,7 +421,9 @@ def _state(item: Any) -> dict[str, Any]:
     entry_id, parent = int(item["id"]), item.get("parent")
     if parent is not None and (isinstance(parent, bool) or not isinstance(parent, int)):
         raise TypeError(f"entry {entry_id}: parent {parent!r}")
-    cell, area = item.get("cell"), item.get("area")
+    cell, area, end = item.get("cell"), item.get("area"), item.get("end")
+    if area and len(area) not in (2, 4):
+        raise TypeError(f"entry {entry_id}: area {area!r:.40}")
     time_ = float(item.get("time", 0.0))
     if not np.isfinite(time_) or not 0 <= time_ < 1e11:
         raise ValueError(f"entry {entry_id}: time {time_!r}")
@@ -435,7 +439,8 @@ def _state(item: Any) -> dict[str, Any]:
         "parent": parent,
         "caption": str(item.get("caption", ""))[: project.MAX_TEXT],
         "cell": (int(cell[0]), int(cell[1])) if cell else None,
-        "area": (int(area[0]), int(area[1])) if area else None,
+        "area": tuple(int(value) for value in area) if area else None,
+        "end": (int(end[0]), int(end[1])) if end else None,
         "seed": None if item.get("seed") is None else int(item["seed"]),
         **typed,
         "time": time_,

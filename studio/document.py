@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,70 +25,10 @@ from PySide6.QtGui import QUndoCommand, QUndoStack
 
 from model.config import SamplingOptions
 from model.geometry import AREA_CHOICES, PAPER_FACTOR, PAPER_SIZE, Area, Geometry, working_area
+from studio.entry import SAMPLING_KEYS as SAMPLING_KEYS
+from studio.entry import HistoryEntry as HistoryEntry
 
 MAX_CAPTION_HISTORY = 100
-# the keys of an entry's options in a file that are sampling options (the others: seconds,
-# candidate)
-SAMPLING_KEYS = frozenset(field.name for field in dataclasses.fields(SamplingOptions))
-
-
-@dataclass
-class HistoryEntry:
-    """One image in the history tree: the opened original (parent None) or a generated one."""
-
-    id: int
-    parent: int | None
-    image: np.ndarray
-    caption: str = ""
-    cell: tuple[int, int] | None = None  # on the working area's grid
-    # the working area's top-left (left, top) in picture pixels; None: the whole picture (and
-    # every entry of a project written before areas)
-    area: tuple[int, int] | None = None
-    seed: int | None = None
-    # how it was sampled: its run's options but the seed (the entry's own field); None for the
-    # original and for an entry whose project recorded none
-    options: SamplingOptions | None = None
-    seconds: float | None = None  # how long its run took
-    candidate: int | None = None  # its place among its run's candidates (0: the first)
-    time: float = field(default_factory=time.time)
-    model: str = ""
-    starred: bool = False
-    accepted: bool = False
-
-    @property
-    def is_original(self) -> bool:
-        return self.parent is None
-
-    def options_dict(self) -> dict[str, Any]:
-        """Its "options" as a project and the autosave's journal write them: the sampling
-        options but the seed (the entry's own "seed"), then ``seconds`` and ``candidate``,
-        each where the entry has it."""
-        values: dict[str, Any] = {}
-        if self.options is not None:
-            values = self.options.to_dict()
-            del values["seed"]
-        if self.seconds is not None:
-            values["seconds"] = self.seconds
-        if self.candidate is not None:
-            values["candidate"] = self.candidate
-        return values
-
-    @staticmethod
-    def typed_options(values: dict[str, Any]) -> dict[str, Any]:
-        """The fields ``options``, ``seconds`` and ``candidate`` from what ``options_dict`` wrote
-        (one saved before top-p was recorded has the default top-p). Invalid sampling options
-        raise ValueError naming the field; none at all (the original's ``{}``) give None; other
-        keys, and a seconds or candidate of another type, are not kept."""
-        sampling = {key: value for key, value in values.items() if key in SAMPLING_KEYS}
-        seconds, candidate = values.get("seconds"), values.get("candidate")
-        typed: dict[str, Any] = {"options": None, "seconds": None, "candidate": None}
-        if sampling:
-            typed["options"] = SamplingOptions.from_dict(sampling)
-        if isinstance(seconds, int | float) and not isinstance(seconds, bool):
-            typed["seconds"] = float(seconds)
-        if isinstance(candidate, int) and not isinstance(candidate, bool):
-            typed["candidate"] = candidate
-        return typed
 
 
 class SetImageCommand(QUndoCommand):
@@ -140,7 +78,12 @@ class Document(QObject):
         # it) and the one the rectangle is in, by its top-left (it reaches the bottom-right)
         self.area_choice: str | int = "whole"
         self.area_offset: tuple[int, int] = (0, 0)
+        # the area's (right, bottom) when it ends inside the picture (a region that does)
+        self.area_far: tuple[int, int] | None = None
+        # the region's bottom-right cell on the area's grid, exclusive; None: to the corner
+        self.end: tuple[int, int] | None = None
         self._asked: tuple[float, float] | None = None  # the corner the user put, unsnapped
+        self._asked_end: tuple[float, float] | None = None  # the end the user put, unsnapped
         self.preview: np.ndarray | None = None
         self.peek: np.ndarray | None = None  # a history entry shown without restoring it
         self.candidates: list[np.ndarray] = []
@@ -206,22 +149,39 @@ class Document(QObject):
     def area(self) -> Area:
         """The working area the rectangle is in (the whole picture until one is chosen)."""
         left, top = self.area_offset
-        if left >= self.width or top >= self.height:  # not reached: areas follow the image
+        right, bottom = self.area_far or (None, None)
+        try:
+            return Area((self.width, self.height), left, top, right, bottom)
+        except ValueError:  # not reached: areas follow the image
             return Area((self.width, self.height))
-        return Area((self.width, self.height), left, top)
+
+    @property
+    def area_record(self) -> tuple[int, ...] | None:
+        """The area as a history entry and a project record it: None for the whole picture,
+        (left, top) when it reaches the picture's corner, else (left, top, right, bottom)."""
+        area = self.area
+        if area.is_whole:
+            return None
+        if (area.right, area.bottom) == (self.width, self.height):
+            return area.left, area.top
+        return area.box
 
     @property
     def area_geometry(self) -> Geometry:
         """The working area as the model sees it: the grid the rectangle's cell is on."""
         return self.area.geometry(self.model_size, self.model_factor)
 
-    def working_area_at(self, x: int, y: int) -> Area:
-        """The area ``area_choice`` gives a rectangle from picture pixel (x, y); a side too
-        short to hold that rectangle grows to hold it (the choice stays)."""
+    def working_area_at(self, x: int, y: int, end: tuple[int, int] | None = None) -> Area:
+        """The area ``area_choice`` gives a region from picture pixel (x, y) to ``end``
+        (exclusive; None: the corner); a side too short to hold that region grows to hold it
+        (the choice stays)."""
         choice = self.area_choice
+        right, bottom = (self.width, self.height) if end is None else end
         if isinstance(choice, int):
-            choice = max(choice, self.width - x, self.height - y)
-        return working_area((self.width, self.height), (x, y), self.model_size, choice)
+            choice = max(choice, right - x, bottom - y)
+        return working_area(
+            (self.width, self.height), (x, y), self.model_size, choice, end, self.model_factor
+        )
 
     def set_area_choice(self, choice: str | int) -> None:
         """Choose how the working area follows the rectangle (whole, auto or a side in
@@ -235,9 +195,18 @@ class Document(QObject):
             self.rectangle_changed.emit()
             return
         if self._asked is None:
-            corner = self.rectangle_pixels()
-            self._asked = (corner[0], corner[1]) if corner else (0, 0)
-        self.set_rectangle_from_pixel(*self._asked)
+            self._remember_asked()
+        x, y = self._asked or (0.0, 0.0)
+        self.set_rectangle_from_pixel(x, y, end=self._asked_end)
+
+    def _remember_asked(self) -> None:
+        """Take the rectangle as it is for what the user put (a region read from a file)."""
+        box = self.rectangle_pixels()
+        if box is None:
+            return
+        x, y, w, h = box
+        self._asked = (x, y)
+        self._asked_end = None if self.end is None else (x + w, y + h)
 
     def set_model_geometry(self, size: int, factor: int) -> None:
         """The loaded model's resolution. A rectangle made in another geometry is re-snapped
@@ -253,10 +222,12 @@ class Document(QObject):
             return
         if (size, factor) == (self.model_size, self.model_factor):
             return
-        corner = self.rectangle_pixels()
+        box = self.rectangle_pixels()
         self.model_size, self.model_factor = size, factor
-        if corner is not None:
-            self.set_rectangle_from_pixel(corner[0], corner[1])
+        if box is not None:
+            x, y, w, h = box
+            end = None if self.end is None else (x + w, y + h)
+            self.set_rectangle_from_pixel(x, y, end=end)
         else:
             self.rectangle_changed.emit()
 
@@ -268,53 +239,103 @@ class Document(QObject):
 
     # -- rectangle ----------------------------------------------------------------------
 
-    def set_rectangle_from_pixel(self, x: float, y: float) -> tuple[int, int]:
+    def set_rectangle_from_pixel(
+        self, x: float, y: float, end: tuple[float, float] | None = None
+    ) -> tuple[int, int]:
         """Put the rectangle's top-left corner at user pixel (x, y), snapped to its token cell
         on the grid of the working area that ``area_choice`` gives it.
 
-        The rectangle always extends to the bottom-right corner; points outside the image are
-        clamped onto it.
+        ``end``: the user pixel where the region ends (exclusive), snapped to the cell that holds
+        its last pixel (``Geometry.end_cell``); None: the region reaches the bottom-right
+        corner, DALL·E's own rectangle. Points outside the image are clamped onto it, and an end
+        is at least one pixel past the corner.
         """
         x = min(max(x, 0), self.width - 1)
         y = min(max(y, 0), self.height - 1)
-        area = self.working_area_at(int(x), int(y))
-        cell = area.geometry(self.model_size, self.model_factor).cell_at(
-            x - area.left, y - area.top
-        )
-        self.set_cell(cell, (area.left, area.top))
+        far = None
+        if end is not None:
+            far = (
+                int(min(max(round(end[0]), int(x) + 1), self.width)),
+                int(min(max(round(end[1]), int(y) + 1), self.height)),
+            )
+            if far == (self.width, self.height):
+                far = None  # to the corner: one region, however it was put
+        area = self.working_area_at(int(x), int(y), far)
+        geometry = area.geometry(self.model_size, self.model_factor)
+        cell = geometry.cell_at(x - area.left, y - area.top)
+        last = None if far is None else geometry.end_cell(far[0] - area.left, far[1] - area.top)
+        self.set_cell(cell, area.box, last)
         self._asked = (x, y)
+        self._asked_end = None if far is None else (float(far[0]), float(far[1]))
         return cell
 
-    def set_cell(self, cell: tuple[int, int] | None, area: tuple[int, int] | None = None) -> None:
-        """Put the rectangle at ``cell`` of the working area from ``area`` (left, top; None:
-        the whole picture)."""
-        left, top = area or (0, 0)
-        Area((self.width, self.height), left, top)  # ValueError outside the picture
-        self.area_offset = (int(left), int(top))
-        self._asked = None
+    def set_end_from_pixel(self, x: float | None, y: float | None = None) -> None:
+        """Move the region's bottom-right corner to user pixel (x, y) (exclusive), its top-left
+        staying where the user put it; None: the region reaches the bottom-right corner again.
+        Nothing without a rectangle."""
+        if self.cell is None:
+            return
+        if self._asked is None:
+            self._remember_asked()
+        corner = self._asked or (0.0, 0.0)
+        end = None if x is None or y is None else (x, y)
+        self.set_rectangle_from_pixel(corner[0], corner[1], end=end)
+
+    def set_cell(
+        self,
+        cell: tuple[int, int] | None,
+        area: tuple[int, ...] | None = None,
+        end: tuple[int, int] | None = None,
+    ) -> None:
+        """Put the rectangle at ``cell`` of the working area ``area`` ((left, top) or (left,
+        top, right, bottom); None: the whole picture), ending at ``end`` (its bottom-right cell,
+        exclusive; None: the corner). ValueError for an area outside the picture or a region
+        outside the area's visible cells."""
+        left, top, *far = area or (0, 0)
+        right, bottom = far if far else (None, None)
+        chosen = Area((self.width, self.height), left, top, right, bottom)
         if cell is not None:
-            grid = self.area_geometry.grid
+            grid = chosen.geometry(self.model_size, self.model_factor).grid
             row, col = cell
             if not (0 <= row < grid and 0 <= col < grid):
                 raise ValueError(f"cell {cell} is outside the {grid}x{grid} token grid")
             cell = (int(row), int(col))
-        self.cell = cell
+            if end is not None:
+                geometry = chosen.geometry(self.model_size, self.model_factor)
+                plan = geometry.plan(cell, (int(end[0]), int(end[1])))
+                end = None if plan.to_corner else (plan.bottom, plan.right)
+        else:
+            end = None
+        self.area_offset = (int(left), int(top))
+        self.area_far = None if chosen.box[2:] == (self.width, self.height) else chosen.box[2:]
+        self._asked = self._asked_end = None
+        self.cell, self.end = cell, end
         self.cell_geometry_known = True
         self.revision += 1
         self.rectangle_changed.emit()
 
     def rectangle_pixels(self) -> tuple[int, int, int, int] | None:
-        """(x, y, w, h) of the rectangle in user pixels, reaching the bottom-right corner."""
+        """(x, y, w, h) of the region in user pixels: to the bottom-right corner, or to its
+        end."""
         if self.cell is None:
             return None
-        x, y = self.area_geometry.pixel_of(self.cell)
-        x, y = x + self.area_offset[0], y + self.area_offset[1]
-        return x, y, self.width - x, self.height - y
+        geometry, (left, top) = self.area_geometry, self.area_offset
+        x, y = geometry.pixel_of(self.cell)
+        x, y = x + left, y + top
+        if self.end is None:  # the area's corner: the picture's, but for a region inside it
+            _, _, right, bottom = self.area.box
+            return x, y, right - x, bottom - y
+        right, bottom = geometry.pixel_of(self.end)
+        return x, y, right + left - x, bottom + top - y
 
     @property
     def masked_cells(self) -> int:
-        """The cells the rectangle samples, on the working area's grid."""
-        return 0 if self.cell is None else self.area_geometry.masked_count(self.cell)
+        """The cells the region samples, on the working area's grid."""
+        if self.cell is None:
+            return 0
+        if self.end is None:
+            return self.area_geometry.masked_count(self.cell)
+        return self.area_geometry.plan(self.cell, self.end).cells
 
     # -- generation ---------------------------------------------------------------------
 
@@ -354,13 +375,15 @@ class Document(QObject):
         model: str = "",
         previewed: int = 0,
         seconds: float | None = None,
-        area: tuple[int, int] | None = None,
+        area: tuple[int, ...] | None = None,
+        end: tuple[int, int] | None = None,
     ) -> None:
         """Record the results as history entries (children of the source) and stage them,
         selecting ``previewed``: the candidate the live preview showed, so the view does not
         jump when a reranker put another one first. ``options``: the run's sampling options (their
         seed is each entry's ``seed``); ``seconds``: how long the run took; ``area``: the
-        working area's top-left (None or (0, 0): the whole picture)."""
+        working area (``area_record``; None or (0, 0): the whole picture); ``end``: the region's
+        bottom-right cell (None: to the corner)."""
         if options is not None:
             options = dataclasses.replace(options, seed=None)
         parent = self.source_entry if self.source_entry in self.history else self.current_entry
@@ -370,7 +393,8 @@ class Document(QObject):
                 _checked(candidate),
                 caption=caption,
                 cell=cell,
-                area=None if not area or area == (0, 0) else (int(area[0]), int(area[1])),
+                area=None if not area or area == (0, 0) else tuple(int(v) for v in area),
+                end=None if end is None else (int(end[0]), int(end[1])),
                 seed=seed,
                 options=options,
                 seconds=seconds,

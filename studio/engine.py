@@ -86,6 +86,8 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     id: int = 0
     area: Area | None = None  # the part of the picture the model sees; None: the whole picture
+    end: tuple[int, int] | None = None  # the region's bottom-right cell (exclusive); None: corner
+    lookahead: int = 1  # candidates sampled per one kept, scored by the lookahead
 
 
 Sampler = Callable[..., Iterator[Any]]
@@ -299,6 +301,8 @@ class Engine(QObject):
             sampler=self._sampler,
             area=job.area,
             upscaler=self._loaded_upscaler(bundle.device),
+            end=job.end,
+            lookahead=job.lookahead,
         )
         pace = Pace(job.options.n)
         previewed_at = paste_began = pace.started  # when the last preview was ready

@@ -105,6 +105,7 @@ def save(
                 "caption": entry.caption,
                 "cell": list(entry.cell) if entry.cell else None,
                 "area": list(entry.area) if entry.area else None,
+                "end": list(entry.end) if entry.end else None,
                 "seed": entry.seed,
                 "options": entry.options_dict(),
                 "time": entry.time,
@@ -120,9 +121,10 @@ def save(
         "size": [document.width, document.height],
         "current_entry": document.current_entry,
         "cell": list(document.cell) if document.cell else None,
-        "area": list(document.area_offset)
-        if document.cell and not document.area.is_whole
+        "area": list(document.area_record or ())
+        if document.cell and document.area_record
         else None,
+        "end": list(document.end) if document.cell and document.end else None,
         "geometry": {"size": document.model_size, "factor": document.model_factor},
         "caption_history": document.caption_history,
         "source_path": document.source_path,
@@ -305,13 +307,14 @@ class _Schema:
         return value
 
     def area(self, value: Any, where: str) -> Any:
-        """A working area's top-left: null (the whole picture, and every project written
-        before areas) or a [left, top] pair of pixels."""
+        """A working area: null (the whole picture, and every project written before areas),
+        its top-left [left, top] (it reaches the picture's corner) or [left, top, right,
+        bottom] in pixels."""
         if value is None:
             return value
-        if not isinstance(value, list) or len(value) != 2:
-            self.fail(where, value, "null or a [left, top] pair")
-        for axis, number in zip(("left", "top"), value, strict=True):
+        if not isinstance(value, list) or len(value) not in (2, 4):
+            self.fail(where, value, "null, a [left, top] pair or [left, top, right, bottom]")
+        for axis, number in zip(("left", "top", "right", "bottom"), value, strict=False):
             self.integer(number, f"{where} {axis}", 0, MAX_PIXELS)
         return value
 
@@ -353,6 +356,7 @@ class _Schema:
             grid = size // factor
         self.cell(manifest.get("cell"), "cell", grid)
         self.area(manifest.get("area"), "area")
+        self.cell(manifest.get("end"), "end", grid + 1)  # exclusive: up to the grid
         captions = manifest.get("caption_history", [])
         if not isinstance(captions, list) or len(captions) > MAX_CAPTION_HISTORY:
             self.fail("caption_history", captions, f"a list of at most {MAX_CAPTION_HISTORY}")
@@ -380,6 +384,7 @@ class _Schema:
             self.text(item.get("caption", ""), f"{where} caption")
             self.cell(item.get("cell"), f"{where} cell", MAX_GRID)
             self.area(item.get("area"), f"{where} area")
+            self.cell(item.get("end"), f"{where} end", MAX_GRID + 1)
             if item.get("seed") is not None:
                 self.integer(item["seed"], f"{where} seed", 0, MAX_SEED)
             self.seconds(item.get("time", 0.0), f"{where} time")
@@ -487,6 +492,7 @@ def _document(manifest: dict[str, Any], images: dict[str, np.ndarray], path: Pat
                 caption=item.get("caption", ""),
                 cell=tuple(item["cell"]) if item.get("cell") else None,
                 area=tuple(item["area"]) if item.get("area") else None,
+                end=tuple(item["end"]) if item.get("end") else None,
                 seed=item.get("seed"),
                 **HistoryEntry.typed_options(item.get("options", {})),
                 time=float(item.get("time", 0.0)),
@@ -502,10 +508,14 @@ def _document(manifest: dict[str, Any], images: dict[str, np.ndarray], path: Pat
     geometry = manifest.get("geometry")
     if geometry is not None:
         document.model_size, document.model_factor = geometry["size"], geometry["factor"]
-        area = manifest.get("area")
+        area, end = manifest.get("area"), manifest.get("end")
         try:
-            document.set_cell(tuple(cell) if cell else None, tuple(area) if area else None)
-        except ValueError:  # an area outside the picture: the cell is taken as the whole's
+            document.set_cell(
+                tuple(cell) if cell else None,
+                tuple(area) if area else None,
+                tuple(end) if end else None,
+            )
+        except ValueError:  # an area or end outside the picture: the cell is taken as the whole's
             document.set_cell(tuple(cell) if cell else None)
     elif cell:  # an older project: the cell is kept as it is for the model loaded next
         document.cell = (cell[0], cell[1])

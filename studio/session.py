@@ -29,6 +29,7 @@ from studio.engine import Engine, Job
 log = logging.getLogger(__name__)
 
 SEED_MODES = ("random", "fixed", "increment")
+MAX_LOOKAHEAD = 16  # candidates sampled per one kept, at most
 MAX_SEED = 2**31 - 1  # the seed field is a QSpinBox (a C int); model.config allows far more
 # four candidates to choose from; the seed field starts at 1, used in the fixed and increment modes
 DEFAULT_OPTIONS = SamplingOptions(n=4, seed=1)
@@ -54,6 +55,8 @@ class Session(QObject):
     error = Signal(str)  # one line a user can act on; the image is never touched
     familiar = Signal(object)  # a Familiar message: how far a picture lies from the model's data
     area_changed = Signal(object)  # the working area choice: "whole", "auto" or a side in px
+    to_corner_changed = Signal(bool)  # the rectangle tool's "to the corner" toggle
+    lookahead_changed = Signal(int)  # candidates sampled per one kept (the lookahead's K)
 
     def __init__(
         self, engine: Engine, document: Document | None = None, parent: QObject | None = None
@@ -68,6 +71,11 @@ class Session(QObject):
         # the working area the user chose ("whole", "auto" or a side in pixels); None: the
         # loaded model's default (``default_area``)
         self.area_choice: str | int | None = None
+        # the rectangle tool: True, a drag places the region's top-left and it reaches the
+        # bottom-right corner (DALL·E's own rectangle); False, a drag selects the region from
+        # the press to the release, as a selection tool does
+        self.to_corner = True
+        self.lookahead = 1  # K: each candidate kept is the best of K by the lookahead's score
         self.status = ""
         # the model, as its last Loaded message said (the engine may also be given one directly)
         self.model_state = "loading"  # "loading", "loaded" or "failed"
@@ -87,6 +95,7 @@ class Session(QObject):
         self.overhead_s = 0.0  # reading, encoding, decoding and pasting
         engine.message.connect(self.handle)
         self.document.generating_changed.connect(self._generating_changed)
+        self.document.rectangle_changed.connect(self._rectangle_changed)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -106,11 +115,14 @@ class Session(QObject):
         if self.loaded:
             document.set_model_geometry(self.geometry_size, self.geometry_factor)
         self.document.generating_changed.disconnect(self._generating_changed)
+        self.document.rectangle_changed.disconnect(self._rectangle_changed)
         self.document = document
         document.generating_changed.connect(self._generating_changed)
+        document.rectangle_changed.connect(self._rectangle_changed)
         if document.caption_history:  # a reopened project: its last caption, ready to go on
             self.set_caption(document.caption_history[-1])
         document.set_area_choice(self.area)
+        self._rectangle_changed()  # a project's region that ends inside turns the toggle off
         self.document_changed.emit(document)
 
     # -- the working area -----------------------------------------------------------------
@@ -136,6 +148,33 @@ class Session(QObject):
         self.document.set_area_choice(self.area)
         if changed:
             self.area_changed.emit(self.area)
+
+    def _rectangle_changed(self) -> None:
+        """A region that ends inside the picture (a handle dragged, a project opened) turns the
+        toggle off: the toggle always says what the region does."""
+        if self.document.end is not None and self.to_corner:
+            self.to_corner = False
+            self.to_corner_changed.emit(False)
+
+    def set_to_corner(self, to_corner: bool) -> None:
+        """The rectangle tool's toggle. Turned on, the region reaches the bottom-right corner
+        again from the same top-left; turned off, the next drag selects the region's both
+        corners (the region's own bottom-right handle moves its end at any time)."""
+        to_corner = bool(to_corner)
+        if to_corner and not self.running:
+            self.document.set_end_from_pixel(None)
+        if to_corner != self.to_corner:
+            self.to_corner = to_corner
+            self.to_corner_changed.emit(to_corner)
+
+    def set_lookahead(self, k: int) -> None:
+        """Sample ``k`` candidates for each one kept and keep the best by the lookahead's score
+        (1: none); ValueError for another."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_LOOKAHEAD:
+            raise ValueError(f"the lookahead is 1 to {MAX_LOOKAHEAD} candidates, got {k!r:.40}")
+        if k != self.lookahead:
+            self.lookahead = k
+            self.lookahead_changed.emit(k)
 
     def set_caption(self, caption: str) -> None:
         if caption != self.caption:
@@ -287,7 +326,15 @@ class Session(QObject):
         document.discard_candidates()
         options = dataclasses.replace(self.options, seed=self.next_seed())
         area = None if document.area.is_whole else document.area
-        job = Job(document.image, document.cell, self.caption, options, area=area)
+        job = Job(
+            document.image,
+            document.cell,
+            self.caption,
+            options,
+            area=area,
+            end=document.end,
+            lookahead=self.lookahead,
+        )
         document.start_generation()
         self.job = self.engine.submit(job)
         self._set_status("generating…")
@@ -410,7 +457,8 @@ class Session(QObject):
             self.model_name,
             previewed=message.previewed,
             seconds=round(message.seconds, 2),
-            area=None if job.area is None else (job.area.left, job.area.top),
+            area=_area_record(job.area),
+            end=job.end,
         )
         shown = (message.seed + 1) % MAX_SEED if self.seed_mode == "increment" else message.seed
         self.set_options(seed=shown)  # the seed field shows the one used, or the next one
@@ -442,3 +490,12 @@ def phase_text(message: messages.Phase) -> str:
     if math.isfinite(message.eta_s) and message.eta_s >= 0.5:
         text += f" · ETA {message.eta_s:.0f} s"
     return text
+
+
+def _area_record(area: Any) -> tuple[int, ...] | None:
+    """A job's area as its history entries record it (``Document.area_record``)."""
+    if area is None or area.is_whole:
+        return None
+    if (area.right, area.bottom) == area.picture:
+        return area.left, area.top
+    return area.box

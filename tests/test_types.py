@@ -19,6 +19,7 @@ TYPED = [
     "model/files.py",
     "model/serve/protocol.py",
     "studio/document.py",
+    "studio/entry.py",
     "studio/project.py",
     "studio/session.py",
 ]

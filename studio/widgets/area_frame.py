@@ -54,6 +54,40 @@ def handle_at(view, document: Document, point: QPointF) -> bool:
     return abs(point.x() - corner.x()) <= HANDLE_PX and abs(point.y() - corner.y()) <= HANDLE_PX
 
 
+def region_end(document: Document) -> tuple[int, int] | None:
+    """The region's bottom-right corner in picture pixels (exclusive), when it ends inside the
+    picture; None when it reaches the corner (or there is no region)."""
+    box = document.rectangle_pixels()
+    if box is None or document.end is None:
+        return None
+    x, y, w, h = box
+    return x + w, y + h
+
+
+def end_handle_at(view, document: Document, point: QPointF) -> bool:
+    """True when viewport ``point`` lies on the region's bottom-right handle."""
+    end = region_end(document)
+    if end is None:
+        return False
+    corner = view.mapFromScene(QPointF(*end))
+    return abs(point.x() - corner.x()) <= HANDLE_PX and abs(point.y() - corner.y()) <= HANDLE_PX
+
+
+def draw_end_handle(view, painter: QPainter, document: Document, colour: QColor) -> None:
+    """The region's bottom-right handle, on screen, when the region ends inside the picture."""
+    end = region_end(document)
+    if end is None:
+        return
+    painter.save()
+    painter.resetTransform()
+    corner = view.mapFromScene(QPointF(*end))
+    handle = QRectF(corner.x() - HANDLE_PX / 2, corner.y() - HANDLE_PX / 2, HANDLE_PX, HANDLE_PX)
+    painter.fillRect(handle, colour)
+    painter.setPen(QColor(0, 0, 0))
+    painter.drawRect(handle)
+    painter.restore()
+
+
 def draw(view, painter: QPainter, document: Document) -> None:
     """The frame (in scene coordinates) and, on screen, its handle and scale label."""
     frame = area_rect(document)

@@ -6,10 +6,13 @@ from the session's speed. Krita/GIMP habits: the wheel zooms around the cursor, 
 Ctrl+1 is 100 %, Space+drag or the middle button pans.
 
 The rectangle tool works as a selection tool does in any editor: the drag starts where the button
-is pressed, and the corner is the top-left of the press point and the pointer (the rectangle
-always reaches the image's bottom-right corner, so that is all there is to place). It follows the
-drag and the release commits it. A click without a drag (less than the platform's drag distance)
-places a rectangle only when there is none; it never moves an existing one. The working area
+is pressed and the region follows it, the release commits it. With the session's "to the corner"
+(the default, DALL·E's own rectangle) the region reaches the image's bottom-right corner, so the
+drag places only its top-left (the top-left of the press point and the pointer); without it the
+drag selects the region from the press point to the pointer. A region that ends inside the
+picture shows its bottom-right corner as a handle: dragging it moves the region's end. A click
+without a drag (less than the platform's drag distance) places a rectangle, to the corner, only
+when there is none; it never moves an existing one. The working area
 (the part of the picture the model sees) is a dashed frame around it with its scale; dragging the
 frame's top-left handle sets its side (``studio.widgets.area_frame``).
 
@@ -84,6 +87,7 @@ class Canvas(QGraphicsView):
         self._press: QPointF | None = None  # where the left button went down (viewport)
         self._dragging = False  # moved past the drag distance since the press
         self._resizing = False  # the working area's handle is being dragged
+        self._ending = False  # the region's bottom-right handle is being dragged
         self._fitted = True
 
     # -- binding ------------------------------------------------------------------------
@@ -194,6 +198,11 @@ class Canvas(QGraphicsView):
             self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
             return
         if button == Qt.MouseButton.LeftButton and self.document is not None:
+            if not self.document.generating and area_frame.end_handle_at(
+                self, self.document, event.position()
+            ):
+                self._ending = True
+                return
             if not self.document.generating and area_frame.handle_at(
                 self, self.document, event.position()
             ):
@@ -216,6 +225,10 @@ class Canvas(QGraphicsView):
             side = area_frame.side_for(self.document, point.x(), point.y())
             self.session.set_area_choice(side)
             return
+        if self._ending:
+            point = self.mapToScene(event.position().toPoint())
+            self.document.set_end_from_pixel(point.x(), point.y())
+            return
         if self._press is not None:
             distance = (event.position() - self._press).manhattanLength()
             if self._dragging or distance >= QApplication.startDragDistance():
@@ -225,7 +238,9 @@ class Canvas(QGraphicsView):
         if self.document is not None:
             point = self.mapToScene(event.position().toPoint())
             self.hover_changed.emit(f"{int(point.x())}, {int(point.y())}")
-            if area_frame.handle_at(self, self.document, event.position()):
+            if area_frame.handle_at(self, self.document, event.position()) or (
+                area_frame.end_handle_at(self, self.document, event.position())
+            ):
                 self.viewport().setCursor(Qt.CursorShape.SizeFDiagCursor)
             elif not self._space:
                 self.viewport().unsetCursor()
@@ -236,8 +251,8 @@ class Canvas(QGraphicsView):
             self._panning = None
             self.viewport().unsetCursor()
             return
-        if self._resizing:
-            self._resizing = False
+        if self._resizing or self._ending:
+            self._resizing = self._ending = False
             return
         if self._press is not None:
             press, self._press = self._press, None
@@ -250,12 +265,16 @@ class Canvas(QGraphicsView):
         super().mouseReleaseEvent(event)
 
     def _place(self, press: QPointF, pointer: QPointF) -> None:
-        """The corner at the top-left of the press point and the pointer (viewport points)."""
+        """The region between the press point and the pointer (viewport points): its top-left
+        only, to the corner, or both corners (a click without a drag: to the corner)."""
         if self.document.generating:
             return  # the running job's rectangle is fixed
         first, second = self.mapToScene(press.toPoint()), self.mapToScene(pointer.toPoint())
         x, y = min(first.x(), second.x()), min(first.y(), second.y())
-        self.document.set_rectangle_from_pixel(x, y)
+        end = None
+        if not self.session.to_corner and press != pointer:
+            end = (max(first.x(), second.x()), max(first.y(), second.y()))
+        self.document.set_rectangle_from_pixel(x, y, end=end)
 
     # -- overlays -----------------------------------------------------------------------
 
@@ -281,6 +300,7 @@ class Canvas(QGraphicsView):
         pen.setCosmetic(True)
         painter.setPen(pen)
         painter.drawRect(QRectF(x, y, w, h))
+        area_frame.draw_end_handle(self, painter, document, QColor(80, 170, 255))
         painter.save()
         painter.resetTransform()
         corner = self.mapFromScene(QPointF(x, y))
@@ -302,7 +322,8 @@ class Canvas(QGraphicsView):
         entry = document.history.get(document.current_entry)
         if entry is None or entry.is_original:
             return True
-        return (entry.cell, entry.area or (0, 0)) != (document.cell, document.area_offset)
+        where = (document.cell, document.area_record or (0, 0), document.end)
+        return (entry.cell, entry.area or (0, 0), entry.end) != where
 
     def rectangle_label(self) -> str:
         document = self.document

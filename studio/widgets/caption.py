@@ -9,6 +9,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QTextCursor, QValidator
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -24,7 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from model.config import SamplingOptions
-from studio.session import MAX_SEED, SEED_MODES, Session
+from studio.session import MAX_LOOKAHEAD, MAX_SEED, SEED_MODES, Session
 
 GENERATE_TIP = "Generate the rectangle from the caption (Enter in the caption, Ctrl+Enter)"
 TOP_P_STEP = 0.05
@@ -144,6 +145,17 @@ AREA_TIP = (
 )
 
 
+TO_CORNER_TIP = (
+    "On: the region reaches the picture's bottom-right corner (DALL·E's own rectangle) and a "
+    "drag places its top-left. Off: a drag selects the region from corner to corner, as a "
+    "selection tool does; its bottom-right handle resizes it"
+)
+LOOKAHEAD_TIP = (
+    "Candidates sampled for each one kept: the model scores how well each fits the kept "
+    "picture right of and below the region, and the best are kept (1: off)"
+)
+
+
 class AreaBox(QComboBox):
     """The working area choice: the model's default, auto, whole, or the side dragged on the
     canvas (shown as its own item while chosen)."""
@@ -243,6 +255,17 @@ class CaptionPanel(QWidget):
         self.top_p.setToolTip("Sample only from the most likely tokens that make up this share")
         self.top_p.valueChanged.connect(lambda p: session.set_options(top_p=round(p, 4)))
         self.area = AreaBox(session)
+        self.to_corner = QCheckBox("To the corner")
+        self.to_corner.setToolTip(TO_CORNER_TIP)
+        self.to_corner.setChecked(session.to_corner)
+        self.to_corner.toggled.connect(session.set_to_corner)
+        session.to_corner_changed.connect(self.to_corner.setChecked)
+        self.lookahead = QSpinBox()
+        self.lookahead.setRange(1, MAX_LOOKAHEAD)
+        self.lookahead.setToolTip(LOOKAHEAD_TIP)
+        self.lookahead.setValue(session.lookahead)
+        self.lookahead.valueChanged.connect(session.set_lookahead)
+        session.lookahead_changed.connect(self.lookahead.setValue)
         self.guidance = QDoubleSpinBox()
         self.guidance.setRange(0.0, 30.0)
         self.guidance.setSingleStep(0.5)
@@ -269,7 +292,11 @@ class CaptionPanel(QWidget):
         form.addRow("Temperature", self.temperature)
         form.addRow("Top-k", sampling_row)
         form.addRow("Guidance", self.guidance)
-        form.addRow("Working area", self.area)
+        area_row = QHBoxLayout()
+        area_row.addWidget(self.area, 1)
+        area_row.addWidget(self.to_corner)
+        form.addRow("Working area", area_row)
+        form.addRow("Lookahead", self.lookahead)
         layout = QVBoxLayout(self)
         layout.addWidget(self.caption)
         layout.addWidget(self.tokens)
@@ -360,5 +387,7 @@ class CaptionPanel(QWidget):
         self.generate.setEnabled(not running and not self.blocked)
         self.cancel.setEnabled(running)
         self.area.setEnabled(not running)  # the running job's area is fixed, as its rectangle
+        self.to_corner.setEnabled(not running)
+        self.lookahead.setEnabled(not running)
         if running:
             self.caption.forget_typing()  # generated from: Ctrl+Z is the image's again

@@ -45,8 +45,9 @@ def describe(entry: HistoryEntry) -> str:
     options = ", ".join(f"{k} {v}" for k, v in entry.options_dict().items())
     when = clock(entry.time)
     where = f" of the working area from pixel {entry.area}" if entry.area else ""
+    to = "the corner" if entry.end is None else f"{entry.end}"
     return (
-        f"{entry.caption}\ncells from {entry.cell}{where} · seed {entry.seed}\n{options}\n"
+        f"{entry.caption}\ncells from {entry.cell} to {to}{where} · seed {entry.seed}\n{options}\n"
         f"{when} · {entry.model}"
     )
 

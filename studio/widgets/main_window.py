@@ -233,13 +233,15 @@ class MainWindow(FileActions, QMainWindow):
         if document.cell is not None:
             area = document.area
             where = "" if area.is_whole else f" of the {area.width}×{area.height} px working area"
+            to = "the corner" if document.end is None else f"cell {document.end}"
             self.progress_label.setText(
-                f"rectangle from cell {document.cell}{where} · {document.masked_cells} cells"
+                f"rectangle from cell {document.cell} to {to}{where} · "
+                f"{document.masked_cells} cells"
             )
         else:
             self.progress_label.setText(
                 "drag on the image to mark the region to regenerate "
-                "(it reaches the bottom-right corner)"
+                "(it reaches the bottom-right corner unless “To the corner” is off)"
             )
 
     # -- session ------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import DVAEConfig
-from model.networks.image_tokenizer import check_image_batch, check_token_grid
+from model.networks.image_tokenizer import ConfigFacts, check_image_batch, check_token_grid
 
 logger = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ def config_from_openai(
     )
 
 
-class DVAE(nn.Module):
+class DVAE(ConfigFacts, nn.Module):
     """Encoder and decoder with the pixel mapping, token conversion and training loss."""
 
     def __init__(self, config: DVAEConfig):
@@ -388,22 +388,6 @@ class DVAE(nn.Module):
         model.decoder.load_state_dict(decoder_state_dict, assign=True)
         logger.info("loaded released-layout dVAE weights: %s", config)
         return model
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def factor(self) -> int:
-        return self.config.factor
-
-    @property
-    def grid(self) -> int:
-        return self.config.grid
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, S, S) in [0, 1] -> code logits (B, K, G, G)."""

@@ -9,7 +9,7 @@ nothing else of them: a bundle's ``vae`` is any of the three.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -33,6 +33,29 @@ class ImageTokenizer(Protocol):
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
+class ConfigFacts:
+    """The four facts of ``ImageTokenizer`` read off a tokenizer's ``config`` (a mixin of the
+    dVAE, the VQ tokenizer and the VQGAN)."""
+
+    config: Any
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def factor(self) -> int:
+        return self.config.factor
+
+    @property
+    def grid(self) -> int:
+        return self.config.grid
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
 
 
 def check_image_batch(images: torch.Tensor, channels: int, multiple: int, what: str) -> None:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import VQConfig
-from model.networks.image_tokenizer import check_image_batch, check_token_grid
+from model.networks.image_tokenizer import ConfigFacts, check_image_batch, check_token_grid
 
 # A pixel is "near a colour edge" when some channel varies by more than this within its 3x3
 # neighbourhood: the scenes are flat colours, so anything above quantisation noise is an edge.
@@ -272,7 +272,7 @@ def edge_weights(images: torch.Tensor, weight: float) -> torch.Tensor:
     return 1 + (weight - 1) * near_edge.float()
 
 
-class VQVAE(nn.Module):
+class VQVAE(ConfigFacts, nn.Module):
     """The tokenizer: encoder, quantiser and decoder, with ``encode``/``decode`` as the dVAE's."""
 
     def __init__(self, config: VQConfig):
@@ -286,22 +286,6 @@ class VQVAE(nn.Module):
         )
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
         self.decoder = Decoder(config)
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def factor(self) -> int:
-        return self.config.factor
-
-    @property
-    def grid(self) -> int:
-        return self.config.grid
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -48,7 +48,7 @@ from torch import nn
 
 from model.config import NORM_GROUPS, VQGANConfig
 from model.config import check_vqgan_config as check_config  # noqa: F401 - this module's API too
-from model.networks.image_tokenizer import check_image_batch, check_token_grid
+from model.networks.image_tokenizer import ConfigFacts, check_image_batch, check_token_grid
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ class GumbelQuantizer(nn.Module):
 QUANTIZERS = {"vq": VectorQuantizer, "gumbel": GumbelQuantizer}
 
 
-class VQGAN(nn.Module):
+class VQGAN(ConfigFacts, nn.Module):
     """The tokenizer: encoder, quant_conv, quantize, post_quant_conv and decoder, with
     ``encode``/``decode`` as the product's other image tokenizers."""
 
@@ -362,22 +362,6 @@ class VQGAN(nn.Module):
         model.load_state_dict(state_dict, assign=True)
         logger.info("loaded %s", describe(config))
         return model
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def factor(self) -> int:
-        return self.config.factor
-
-    @property
-    def grid(self) -> int:
-        return self.config.grid
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

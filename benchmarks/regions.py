@@ -26,6 +26,10 @@ Mini (random weights: timing only) on a small region in the middle, K = 1 and 4.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/regions.py --count 20 \\
         --json /tmp/regions.json --sheet docs/regions.png --mini /tmp/mini-fp32.dalle.safetensors
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/regions.py --count 20 --first 20  # more
+
+The random Mini: ``python benchmarks/random_bart_bundle.py --model mini --dtype fp32 --out
+/tmp/mini-fp32.dalle.safetensors``.
 """
 
 from __future__ import annotations
@@ -115,11 +119,11 @@ def summary(rows: list[dict]) -> dict:
     return out
 
 
-def run_place(bundle, place: str, split: str, count: int, tiles: list) -> dict:
+def run_place(bundle, place: str, split: str, count: int, tiles: list, first: int = 0) -> dict:
     size = bundle.config.vae.image_size
     start, end = region_of(bundle, PLACES[place])
     rows: dict[str, list] = {mode: [] for mode in ["target", *MODES]}
-    for index in range(count):
+    for index in range(first, first + count):
         source, target = scenes.completion_case(
             SEED, index, size, start, SPLITS[split], PLACES[place], end
         )
@@ -133,7 +137,7 @@ def run_place(bundle, place: str, split: str, count: int, tiles: list) -> dict:
             shown.append(image)
         if index < 2:
             tiles.append((f"{place} {split} {index}: {target.caption}", shown, (start, end)))
-        print(f"{place} {split} {index + 1}/{count}", flush=True)
+        print(f"{place} {split} {index + 1 - first}/{count}", flush=True)
     return {mode: summary(values) for mode, values in rows.items()}
 
 
@@ -193,19 +197,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", help="default: the embedded model")
     parser.add_argument("--count", type=int, default=20, help="cases per place and split")
+    parser.add_argument("--first", type=int, default=0, help="the first case's index")
     parser.add_argument("--sheet", type=Path)
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--mini", help="a random full-size Mini bundle (random_bart_bundle.py)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    out: dict = {"count": args.count}
+    out: dict = {"count": args.count, "first": args.first}
     if args.mini:
         out["mini"] = mini_timing(args.mini)
     bundle = load(args.bundle or default_bundle_path(), "cpu")
     tiles: list = []
     for place in PLACES:
         for split in SPLITS:
-            out[f"{place} {split}"] = run_place(bundle, place, split, args.count, tiles)
+            out[f"{place} {split}"] = run_place(bundle, place, split, args.count, tiles, args.first)
             print(json.dumps({f"{place} {split}": out[f"{place} {split}"]}), flush=True)
             if args.json:
                 args.json.write_text(json.dumps(out, indent=1) + "\n")

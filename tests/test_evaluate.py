@@ -43,6 +43,29 @@ def test_completion_case_is_deterministic_and_checks_its_rectangle():
         scenes.completion_case(1, 5, 64, 64)
 
 
+@pytest.mark.parametrize(("place", "start", "end"), [((1, 1), 48, 80), ((0, 0), 0, 40)])
+def test_completion_case_in_another_place_changes_only_its_region(place, start, end):
+    """The middle and the top-left places (issue 31): the changed object lies wholly inside the
+    region, every other object wholly outside it, and the source differs only there."""
+    for index in range(20):
+        source, target = scenes.completion_case(3, index, 128, start, "heldout", place, end)
+        chosen = [obj for obj in target.objects if obj.cell == place]
+        assert len(chosen) == 1
+        for obj in target.objects:
+            x0, y0, x1, y1 = scenes.rendering._box(obj, 128)
+            if obj.cell == place:
+                assert start <= min(x0, y0) and max(x1, y1) <= end
+            else:
+                assert min(x1, y1) <= start or max(x0, y0) >= end
+        changed = np.any(np.asarray(source) != np.asarray(scenes.render(target, 128)), axis=-1)
+        assert changed[start:end, start:end].any()
+        changed[start:end, start:end] = False
+        assert not changed.any(), f"case {index}: pixels outside the region differ"
+        assert not scenes.score(source, target.stated).correct
+    with pytest.raises(ValueError, match="inside the image"):
+        scenes.completion_case(1, 5, 128, 0, place=(0, 0), end=129)
+
+
 @pytest.fixture(scope="module")
 def report():
     bundle = tiny_bundle()

@@ -1,5 +1,6 @@
 """Rendering: a scene drawn at 4× with ImageDraw and box-filtered down, and the completion cases
-(a source image and the target scene that differ only in the bottom-right rectangle)."""
+(a source image and the target scene that differ only in one square region: by default the
+bottom-right rectangle)."""
 
 from __future__ import annotations
 
@@ -67,27 +68,39 @@ def _box(obj: SceneObject, size: int) -> tuple[float, float, float, float]:
 
 
 def completion_case(
-    seed: int, index: int, size: int, start: int, split: str = "train"
+    seed: int,
+    index: int,
+    size: int,
+    start: int,
+    split: str = "train",
+    place: tuple[int, int] = COMPLETION_CELL,
+    end: int | None = None,
 ) -> tuple[Image.Image, SceneSpec]:
-    """A completion test: (source image, target scene) that differ only in the rectangle from
-    pixel (``start``, ``start``) to the bottom-right corner.
+    """A completion test: (source image, target scene) that differ only in the square region
+    from pixel (``start``, ``start``) to (``end``, ``end``) (exclusive; None: the bottom-right
+    corner).
 
     The target is the first scene drawn for ``index`` (of the dataset ``seed``) whose
-    bottom-right place holds an object lying wholly inside that rectangle, with every other
-    object wholly outside it; the source draws that object in another colour and shape.
-    Regenerating the rectangle of the source under the target's caption should give an image
-    the scorer finds right for the target.
+    ``place`` of the 3x3 layout ((row, col); by default the bottom-right one) holds an object
+    lying wholly inside that region, with every other object wholly outside it; the source
+    draws that object in another colour and shape. Regenerating the region of the source under
+    the target's caption should give an image the scorer finds right for the target.
     """
-    if not 0 < start < size:
-        raise ValueError(f"the rectangle must start inside the image, got {start} of {size}")
+    end = size if end is None else end
+    if not (0 <= start < end <= size and (start > 0 or end < size)):
+        raise ValueError(
+            f"the region must lie inside the image and not be all of it, got pixels {start} to "
+            f"{end} of {size}"
+        )
+    within = end < size  # a region that ends inside the picture: objects may lie past it
 
     def inside(obj: SceneObject) -> bool:
-        x0, y0, _, _ = _box(obj, size)
-        return x0 >= start and y0 >= start
+        x0, y0, x1, y1 = _box(obj, size)
+        return x0 >= start and y0 >= start and (not within or (x1 <= end and y1 <= end))
 
     def outside(obj: SceneObject) -> bool:
-        _, _, x1, y1 = _box(obj, size)
-        return x1 <= start or y1 <= start
+        x0, y0, x1, y1 = _box(obj, size)
+        return x1 <= start or y1 <= start or (within and (x0 >= end or y0 >= end))
 
     def swaps(obj: SceneObject, forbidden: set[str]) -> list[SceneObject]:
         out = []
@@ -107,8 +120,8 @@ def completion_case(
     for attempt in range(1000):
         rng = scene_rng(seed, index + attempt * 1_000_003, split)
         target = sample_spec(rng, split)
-        chosen = [obj for obj in target.objects if obj.cell == COMPLETION_CELL]
-        others = [obj for obj in target.objects if obj.cell != COMPLETION_CELL]
+        chosen = [obj for obj in target.objects if obj.cell == place]
+        others = [obj for obj in target.objects if obj.cell != place]
         if not (chosen and all(map(inside, chosen)) and all(map(outside, others))):
             continue
         forbidden = set(target.background.colours)
@@ -116,8 +129,8 @@ def completion_case(
         if options:
             break
     else:
-        raise ValueError(f"no scene fits a rectangle from pixel {start} at size {size}")
+        raise ValueError(f"no scene fits a region from pixel {start} to {end} at size {size}")
     swapped = choice(rng, options)
-    objects = [swapped if obj.cell == COMPLETION_CELL else obj for obj in target.objects]
+    objects = [swapped if obj.cell == place else obj for obj in target.objects]
     source = replace(target, objects=tuple(objects))
     return render(source, size), target

@@ -366,7 +366,11 @@ def working_area(
         margin = min(region_margin(longer, side, size, factor), side - longer) if inside else 0
     else:
         raise ValueError(f"the working area is auto, whole or a side in pixels, got {choice!r}")
-    area_right, area_bottom = min(width, right + margin), min(height, bottom + margin)
+    # near the picture's top or left edge the area reaches further right or down rather than
+    # shrink: at least the model's size for auto (never scaled up into the model), the side asked
+    least = side if choice != "auto" else size
+    area_right = min(width, max(right + margin, least))
+    area_bottom = min(height, max(bottom + margin, least))
     return Area(
         picture, max(0, area_right - side), max(0, area_bottom - side), area_right, area_bottom
     )

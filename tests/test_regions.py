@@ -562,3 +562,18 @@ def test_the_memory_check_counts_the_lookaheads_candidates(cli_files, tmp_path, 
     assert dalle(*args) == 0  # without the lookahead it fits
     assert dalle(*args, "--lookahead", 4, "--overwrite") == 2
     assert "--n 2 with --lookahead 4 needs about" in capsys.readouterr().err
+
+
+def test_an_area_near_the_top_left_keeps_its_whole_side():
+    """A region ending inside the picture near its top-left edge: the square reaches further
+    right and down instead of shrinking below the model (which would scale the picture up)."""
+    from model.geometry import working_area
+
+    assert working_area((128, 128), (48, 48), 128, "auto", (80, 80), 8).box == (0, 0, 128, 128)
+    assert working_area((128, 128), (0, 0), 128, "auto", (40, 40), 8).box == (0, 0, 128, 128)
+    small = working_area((4000, 3000), (10, 10), 256, "auto", (60, 60), 8)
+    assert small.box == (0, 0, 256, 256) and small.pixels_per_model_pixel(256) == 1.0
+    side = working_area((4000, 3000), (10, 10), 256, 300, (60, 60), 8)
+    assert side.box == (0, 0, 300, 300)
+    corner = working_area((2400, 1600), (1400, 900), 256, "auto")  # to the corner: as before
+    assert corner.box == (400, 0, 2400, 1600)

@@ -10,6 +10,7 @@ engine's worker, its jobs and their messages are ``studio.engine`` and ``studio.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from model.bundle import upscaler_files
 from model.inference import familiarity
 from model.inference import images as model_images
 from model.networks.precision import PRECISIONS
+from studio.project import data_dir
 
 BUNDLE_SUFFIX = bundle_io.SUFFIX
 UPSCALER_SUFFIX = upscaler_files.SUFFIX  # what Settings › Upscaler opens
@@ -48,6 +50,16 @@ def one_line(error: BaseException) -> str:
 
 def default_bundle_path() -> Path:
     return bundle_io.default_bundle_path()
+
+
+def models_folder() -> Path:
+    """The user's models folder, created on demand: File › Import model… writes there and
+    Settings lists what it holds (``<app data>/models``; ``DALLE_STUDIO_MODELS`` names another,
+    for a shared drive or the tests)."""
+    override = os.environ.get("DALLE_STUDIO_MODELS")
+    folder = Path(override).expanduser() if override else data_dir() / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def missing_default_message(path: Path) -> str:

@@ -216,7 +216,8 @@ def installed_model(choice: str) -> InstalledModel:
 def installed_models(*others: str) -> list[InstalledModel]:
     """The models Settings offers: the embedded one first, then every bundle in the models
     folder by file name, then each of ``others`` (the bundle chosen now, a file opened with
-    "Other file…") that is neither. A file that cannot be read is listed with its problem."""
+    "Other file…") that is neither; a file that cannot be used comes after those that can,
+    with its problem."""
     default = default_bundle_path()
     models = [_installed_bundle(default, "", "embedded")]
     seen = {_same_file(default)}
@@ -227,7 +228,7 @@ def installed_models(*others: str) -> list[InstalledModel]:
         if _same_file(path) not in seen:
             seen.add(_same_file(path))
             models.append(_installed_bundle(path, str(path), place))
-    return models
+    return models[:1] + sorted(models[1:], key=lambda model: bool(model.problem))
 
 
 def installed_upscalers() -> list[InstalledModel]:

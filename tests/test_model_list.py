@@ -45,15 +45,17 @@ def folder(tmp_path, monkeypatch) -> Path:
 
 
 def test_installed_models_list_the_embedded_one_the_folder_and_a_broken_file(folder, tmp_path):
+    (folder / "a-folder.dalle.safetensors").mkdir()  # named like a bundle, but no file
     models = catalog.installed_models()
     default = catalog.default_bundle_path()
     assert [model.path for model in models] == [
         default,
         folder / "alpha.dalle.safetensors",
         folder / "beta.dalle.safetensors",
+        folder / "a-folder.dalle.safetensors",  # what cannot be used comes last
         folder / "broken.dalle.safetensors",
     ]
-    embedded, alpha, beta, broken = models
+    embedded, alpha, beta, not_a_file, broken = models
     assert (embedded.choice, embedded.place) == ("", "embedded")
     assert embedded.headline == catalog.read_card(default)["name"]
     assert (alpha.headline, beta.headline) == ("tiny alpha", "tiny beta")
@@ -64,16 +66,23 @@ def test_installed_models_list_the_embedded_one_the_folder_and_a_broken_file(fol
     assert alpha.memory == catalog.memory_to_load(alpha.path)[0] and not alpha.problem
     assert broken.problem == BROKEN_REASON and broken.size == 5 and broken.memory is None
     assert broken.headline == "broken.dalle.safetensors"
+    assert not_a_file.problem == "not a file" and not_a_file.size is None
 
     outside = named_bundle(tmp_path / "outside.dalle.safetensors", "tiny outside", seed=3)
     missing = str(tmp_path / "gone.dalle.safetensors")
-    listed = catalog.installed_models(
-        str(outside), missing, str(folder / "alpha.dalle.safetensors")
-    )
-    assert [model.place for model in listed[4:]] == ["elsewhere", "elsewhere"]
-    assert listed[4].headline == "tiny outside"
-    assert listed[5].problem == "no such file" and listed[5].size is None
+    again = str(folder / "alpha.dalle.safetensors")  # listed once
+    listed = catalog.installed_models(missing, str(outside), again)
+    assert [model.path.name for model in listed[3:]] == [
+        "outside.dalle.safetensors",
+        "a-folder.dalle.safetensors",
+        "broken.dalle.safetensors",
+        "gone.dalle.safetensors",
+    ]
+    assert listed[3].headline == "tiny outside" and listed[3].place == "elsewhere"
+    assert listed[-1].problem == "no such file" and listed[-1].size is None
     assert catalog.installed_model(str(folder / "beta.dalle.safetensors")) == beta
+    assert catalog.installed_model(str(outside)) == listed[3]
+    assert catalog.installed_model("") == embedded
 
 
 def answering(monkeypatch, *answers):
@@ -146,16 +155,17 @@ def test_a_bundle_elsewhere_opens_through_other_file_and_stays_listed(
     window, folder, tmp_path, qtbot, monkeypatch
 ):
     outside = named_bundle(tmp_path / "outside.dalle.safetensors", "tiny outside", seed=3)
+    broken = folder / "broken.dalle.safetensors"
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *args, **kwargs: (str(outside), ""))
     seen = {}
 
     def other_file(dialog):
         button = next(b for b in dialog.findChildren(QPushButton) if b.text() == "Other file…")
         qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
-        rows = dialog.models.rows()
-        assert rows[-1][0] == str(outside) and "tiny outside" in rows[-1][1]
-        assert f"in {tmp_path}" in rows[-1][1]
-        assert dialog.models.currentRow() == len(rows) - 1
+        rows = dialog.models.rows()  # before the broken file, as a reopened list has it
+        assert [choice for choice, _ in rows][3:] == [str(outside), str(broken)]
+        assert "tiny outside" in rows[3][1] and f"in {tmp_path}" in rows[3][1]
+        assert dialog.models.currentRow() == 3
         assert dialog.bundle.text() == str(outside)
         assert dialog.card.toPlainText().startswith("Name: tiny outside")
         dialog.bundle.setText(str(tmp_path / "typed.dalle.safetensors"))  # no row lists it
@@ -173,9 +183,8 @@ def test_a_bundle_elsewhere_opens_through_other_file_and_stays_listed(
     wait_loaded(qtbot, window.session)
     assert window.session.card["name"] == "tiny outside"
     window.open_settings()
-    last = seen["rows"][-1]
-    assert last[0] == str(outside) and IN_USE in last[1]
-    assert seen["selected"] == len(seen["rows"]) - 1 == 4  # embedded, alpha, beta, broken, it
+    assert [choice for choice, _ in seen["rows"]][3:] == [str(outside), str(broken)]
+    assert IN_USE in seen["rows"][3][1] and seen["selected"] == 3
 
 
 def test_a_double_click_chooses_and_confirms(folder, qtbot):

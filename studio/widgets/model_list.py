@@ -25,6 +25,7 @@ from studio.catalog import (
 IN_USE = "  ✓ in use"  # after the headline of the model Settings opened with
 VISIBLE_ROWS = 4  # rows the list shows before it scrolls: the card below needs the room
 CHOICE_ROLE = Qt.ItemDataRole.UserRole
+ENABLED = Qt.ItemFlag.ItemIsEnabled
 
 
 def same_model(first: str, second: str) -> bool:
@@ -72,6 +73,10 @@ class ModelList(QListWidget):
         self.in_use = in_use
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setAlternatingRowColors(True)
+        self.setWordWrap(True)  # a long headline or reason wraps rather than scrolls sideways
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setResizeMode(QListWidget.ResizeMode.Adjust)
+        self.setSpacing(2)
         self.setToolTip(
             f"The embedded model and the bundles in your models folder ({models_folder()}); "
             "click one to use it"
@@ -84,6 +89,14 @@ class ModelList(QListWidget):
         rows = min(self.count(), VISIBLE_ROWS)
         self.setMinimumHeight(rows * self.sizeHintForRow(0) + 2 * self.frameWidth())
 
+    def showEvent(self, event) -> None:
+        """From the top, the chosen row in sight: selecting it while the dialog was still
+        being laid out scrolled the rows above it away."""
+        super().showEvent(event)
+        self.scrollToTop()
+        if self.currentItem() is not None:
+            self.scrollToItem(self.currentItem())
+
     def _add(self, model: InstalledModel) -> QListWidgetItem:
         in_use = same_model(model.choice, self.in_use)
         item = QListWidgetItem(row_text(model, in_use))
@@ -93,9 +106,13 @@ class ModelList(QListWidget):
             font = item.font()
             font.setBold(True)
             item.setFont(font)
+        row = self.count()
         if model.problem:  # listed so the user sees it, but nothing to choose
-            item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEnabled)
-        self.addItem(item)
+            item.setFlags(item.flags() & ~ENABLED)
+        else:  # before the files that cannot be used, as installed_models orders them
+            unusable = (i for i in range(1, row) if not self.item(i).flags() & ENABLED)
+            row = next(unusable, row)
+        self.insertItem(row, item)
         return item
 
     def rows(self) -> list[tuple[str, str]]:
@@ -113,7 +130,7 @@ class ModelList(QListWidget):
         """Select the row of ``choice`` (a typed path that no row lists: none)."""
         index = self.row_of(choice)
         self.blockSignals(True)
-        if index >= 0 and self.item(index).flags() & Qt.ItemFlag.ItemIsEnabled:
+        if index >= 0 and self.item(index).flags() & ENABLED:
             self.setCurrentRow(index)
         else:
             self.clearSelection()
@@ -127,10 +144,10 @@ class ModelList(QListWidget):
         self.select_choice(path)
 
     def _current_changed(self, item: QListWidgetItem | None) -> None:
-        if item is not None and item.flags() & Qt.ItemFlag.ItemIsEnabled:
+        if item is not None and item.flags() & ENABLED:
             self.chosen.emit(item.data(CHOICE_ROLE))
 
     def _activated(self, item: QListWidgetItem) -> None:
-        if item.flags() & Qt.ItemFlag.ItemIsEnabled:
+        if item.flags() & ENABLED:
             self.chosen.emit(item.data(CHOICE_ROLE))
             self.confirmed.emit()

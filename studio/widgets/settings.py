@@ -284,9 +284,9 @@ class SettingsDialog(QDialog):
         self.models.confirmed.connect(self.accept)
         self.card.setPlainText(card_text(bundle))
         row = QHBoxLayout()
-        row.addWidget(self.bundle, 1)
         row.addWidget(browse)
         row.addWidget(folder)
+        row.addStretch(1)
         form = QFormLayout()
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
@@ -294,6 +294,7 @@ class SettingsDialog(QDialog):
         form.addRow("Upscaler", self.upscaler)
         form.addRow("Model", self.models)
         form.addRow("", row)
+        form.addRow("File", self.bundle)
         form.addRow("Model card", self.card)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel

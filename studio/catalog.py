@@ -57,10 +57,16 @@ def models_folder() -> Path:
     """The user's models folder, created on demand: File › Import model… writes there and
     Settings lists what it holds (``<app data>/models``; ``DALLE_STUDIO_MODELS`` names another,
     for a shared drive or the tests)."""
-    override = os.environ.get("DALLE_STUDIO_MODELS")
-    folder = Path(override).expanduser() if override else data_dir() / "models"
+    folder = models_folder_path()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def models_folder_path() -> Path:
+    """Where the models folder is, without creating it: listing a folder that is missing, or
+    that cannot be made, finds nothing rather than failing Settings."""
+    override = os.environ.get("DALLE_STUDIO_MODELS")
+    return Path(override).expanduser() if override else data_dir() / "models"
 
 
 def missing_default_message(path: Path) -> str:
@@ -209,7 +215,7 @@ def installed_model(choice: str) -> InstalledModel:
     if not choice:
         return _installed_bundle(default_bundle_path(), "", "embedded")
     path = Path(choice)
-    place = FOLDER if _same_file(path.parent) == _same_file(models_folder()) else "elsewhere"
+    place = FOLDER if _same_file(path.parent) == _same_file(models_folder_path()) else "elsewhere"
     return _installed_bundle(path, choice, place)
 
 
@@ -221,7 +227,7 @@ def installed_models(*others: str) -> list[InstalledModel]:
     default = default_bundle_path()
     models = [_installed_bundle(default, "", "embedded")]
     seen = {_same_file(default)}
-    folder = sorted(models_folder().glob("*" + BUNDLE_SUFFIX))
+    folder = sorted(models_folder_path().glob("*" + BUNDLE_SUFFIX))  # none when it is no folder
     places = [(path, FOLDER) for path in folder]
     places += [(Path(other), "elsewhere") for other in others if other]
     for path, place in places:
@@ -235,7 +241,7 @@ def installed_upscalers() -> list[InstalledModel]:
     """Every upscaler file in the models folder by file name, with its card's name (header
     only); one that cannot be read is listed with its problem."""
     upscalers = []
-    for path in sorted(models_folder().glob("*" + UPSCALER_SUFFIX)):
+    for path in sorted(models_folder_path().glob("*" + UPSCALER_SUFFIX)):
         size = _file_size(path)
         try:
             card = upscaler_files.read_upscaler_card(path)

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import QDialog, QFileDialog, QPushButton
+from PySide6.QtWidgets import QDialog, QFileDialog, QMessageBox, QPushButton
 
 from model.bundle import save
 from model.bundle.upscaler_files import shipped_upscaler_path
 from studio import catalog
 from studio.widgets import settings as settings_module
-from studio.widgets.model_list import IN_USE
+from studio.widgets.model_list import IN_USE, open_models_folder
 from tests.helpers import tiny_bundle
 from tests.test_widgets import default_or_tiny_bundle as default_or_tiny_bundle  # fixtures
 from tests.test_widgets import window as window
@@ -206,6 +206,35 @@ def test_open_models_folder_shows_it(folder, qtbot, monkeypatch):
     button = next(b for b in dialog.findChildren(QPushButton) if b.text() == "Open models folder")
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
     assert [Path(url.toLocalFile()) for url in opened] == [folder]
+
+
+def test_a_models_folder_that_cannot_be_made_lists_nothing_and_says_why(
+    tmp_path, qtbot, monkeypatch
+):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("DALLE_STUDIO_MODELS", str(blocker / "models"))
+    warned = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text: warned.append(text))
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: pytest.fail("opened"))
+    dialog = settings_module.SettingsDialog("cpu", "")  # Settings still opens
+    qtbot.addWidget(dialog)
+    assert [choice for choice, _ in dialog.models.rows()] == [""]
+    assert settings_module.UpscalerBox("auto").count() == 3  # Off, Auto, Choose a file…
+    dialog._open_folder()
+    assert len(warned) == 1 and "\n" not in warned[0]
+    assert warned[0].startswith(f"cannot make the models folder {blocker / 'models'}: ")
+
+
+def test_no_file_manager_says_where_the_folder_is(folder, monkeypatch):
+    warned = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text: warned.append(text))
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: False)
+    assert (
+        open_models_folder()
+        == warned[0]
+        == (f"no file manager opened the models folder; it is {folder}")
+    )
 
 
 def test_the_upscaler_choice_lists_the_folders_upscalers(folder, qtbot):

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
-from PySide6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
+    QWidget,
+)
 
 from studio.catalog import (
     InstalledModel,
@@ -19,6 +25,8 @@ from studio.catalog import (
     installed_model,
     installed_models,
     models_folder,
+    models_folder_path,
+    one_line,
     size_text,
 )
 
@@ -56,9 +64,19 @@ def row_text(model: InstalledModel, in_use: bool) -> str:
     return model.headline + (IN_USE if in_use else "") + "\n" + " · ".join(facts)
 
 
-def open_models_folder() -> bool:
-    """Show the user's models folder in the system's file manager."""
-    return QDesktopServices.openUrl(QUrl.fromLocalFile(str(models_folder())))
+def open_models_folder(parent: QWidget | None = None) -> str:
+    """Show the user's models folder in the system's file manager (made first when missing);
+    "" when it opened, else the one line the user was shown."""
+    try:
+        folder = models_folder()
+    except OSError as error:
+        problem = f"cannot make the models folder {models_folder_path()}: {one_line(error)}"
+    else:
+        if QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+            return ""
+        problem = f"no file manager opened the models folder; it is {folder}"
+    QMessageBox.warning(parent, "Models folder", problem)
+    return problem
 
 
 class ModelList(QListWidget):
@@ -78,7 +96,7 @@ class ModelList(QListWidget):
         self.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.setSpacing(2)
         self.setToolTip(
-            f"The embedded model and the bundles in your models folder ({models_folder()}); "
+            f"The embedded model and the bundles in your models folder ({models_folder_path()}); "
             "click one to use it"
         )
         for model in installed_models(in_use):

@@ -31,7 +31,7 @@ from studio.catalog import (
     example_glosses,
     installed_upscalers,
     memory_summary,
-    models_folder,
+    models_folder_path,
     read_card,
 )
 from studio.widgets.model_list import ModelList, open_models_folder, same_model
@@ -232,7 +232,7 @@ class UpscalerBox(QComboBox):
             self._choice = self.itemData(index)
             return
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open upscaler", str(models_folder()), f"Upscalers (*{UPSCALER_SUFFIX})"
+            self, "Open upscaler", str(models_folder_path()), f"Upscalers (*{UPSCALER_SUFFIX})"
         )
         self._show(path or self._choice)  # cancelled: the choice stays
 
@@ -274,8 +274,8 @@ class SettingsDialog(QDialog):
         browse.setToolTip(f"Open a model bundle kept elsewhere (*{BUNDLE_SUFFIX})")
         browse.clicked.connect(self._browse)
         folder = QPushButton("Open models folder")
-        folder.setToolTip(f"Show {models_folder()} in the file manager")
-        folder.clicked.connect(open_models_folder)
+        folder.setToolTip(f"Show {models_folder_path()} in the file manager")
+        folder.clicked.connect(self._open_folder)
         self.card = QPlainTextEdit(readOnly=True)
         self.card.setMinimumHeight(200)
         self.card.setMinimumWidth(CARD_WIDTH_CHARS * self.card.fontMetrics().averageCharWidth())
@@ -309,8 +309,11 @@ class SettingsDialog(QDialog):
         self.card.setPlainText(card_text(path))
         self.models.select_choice(path.strip())  # a typed path that no row lists: none
 
+    def _open_folder(self) -> None:
+        open_models_folder(self)
+
     def _browse(self) -> None:
-        start = self.bundle.text() or str(models_folder())
+        start = self.bundle.text() or str(models_folder_path())
         path, _ = QFileDialog.getOpenFileName(
             self, "Open model bundle", start, f"Model bundles (*{BUNDLE_SUFFIX})"
         )

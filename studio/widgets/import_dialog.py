@@ -87,6 +87,9 @@ class ImportDialog(QDialog):
             label.setWordWrap(True)
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.progress = QProgressBar()
+        policy = self.progress.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)  # the dialog keeps its layout when it shows
+        self.progress.setSizePolicy(policy)
         self.progress.setVisible(False)
 
         self.import_button = QPushButton("Import")
@@ -113,6 +116,7 @@ class ImportDialog(QDialog):
         self.folder.textChanged.connect(self.refresh)
         self.dtype.currentIndexChanged.connect(self.refresh)
         self._kind_changed()
+        self.resize(820, 540)  # room for the files, the needs and the progress without squeezing
 
     # -- choosing --------------------------------------------------------------------------
 
@@ -174,8 +178,9 @@ class ImportDialog(QDialog):
             else:
                 names = " or ".join(source.names)
                 status = OPTIONAL if source.optional else MISSING
-                row = [names, status, f"download from {source.repository.text}"]
+                row = [names, status, f"download from {source.repository.address}"]
             item = QTreeWidgetItem(row)
+            item.setToolTip(2, f"{source.what}: {source.repository.text}")
             colour = MISSING_COLOUR if path is None and not source.optional else FOUND_COLOUR
             item.setForeground(1, QBrush(QColor(colour)))
             self.files.addTopLevelItem(item)
@@ -251,6 +256,7 @@ class ImportDialog(QDialog):
         self.progress.setValue(self.progress.maximum())
         kind = KINDS[self.kind.currentData()]
         self.refresh()  # the next import gets a new name
+        self.output.setText(f"Wrote {path}")
         self.progress.setVisible(True)
         if kind.output == kinds.DVAE:
             self.status.setText(f"Done: {path}. {kind.note.replace('`', '')}.")

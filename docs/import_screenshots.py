@@ -42,7 +42,8 @@ def wait(app: QApplication, done, seconds: float = 120.0) -> None:
 
 
 def settle(app: QApplication, seconds: float = 0.6) -> None:
-    wait(app, lambda end=time.monotonic() + seconds: time.monotonic() > end)
+    end = time.monotonic() + seconds
+    wait(app, lambda: time.monotonic() > end)
 
 
 def shoot(app: QApplication, window, path: Path) -> None:

@@ -102,6 +102,7 @@ def test_every_file_found_imports_into_the_models_folder_and_use_it_now_switches
     )
     out = models / "dalle-mega-fp32.dalle.safetensors"
     assert str(out) in dialog.output.text()
+    assert f"dalle import mega --from {mega_files} --out {out}" in dialog.output.toolTip()
 
     import_and_wait(qtbot, dialog)
     assert dialog.errors == [] and files_in(models) == [out.name]
@@ -215,7 +216,7 @@ def test_an_upscaler_is_imported_and_set_as_the_studios_upscaler(qtbot, window, 
     import_and_wait(qtbot, dialog)
     out = models / "realesr-animevideov3.upscaler.safetensors"
     upscaler, card = load_upscaler(out)
-    assert card["architecture"] == "SRVGGNetCompact"
+    assert card["architecture"] == "SRVGGNetCompact" and dialog.last_step == (2, 2)
     qtbot.mouseClick(dialog.use_button, Qt.MouseButton.LeftButton)
     assert window.session.upscaler == str(out) and window.settings.value("upscaler") == str(out)
 
@@ -249,3 +250,62 @@ def test_the_released_sizes_are_the_presets_parameters():
         for half in ("encoder", "decoder"):
             count = sum(p.numel() for p in getattr(model, half).parameters())
             assert sources[half] == 4 * count, (key, half)
+
+
+class Lines:
+    """An importer's progress that keeps its lines and counts its ticks."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.ticks = 0
+
+    def __call__(self, message: str) -> None:
+        self.lines.append(message)
+
+    def tick(self) -> None:
+        self.ticks += 1
+
+
+def test_each_importer_says_the_lines_its_progress_bar_plans(tmp_path, mega_files):
+    """``kinds.steps`` is each progress bar's length: the importer's own count of lines (Mega
+    without detoker.pt, ruDALL-E at a tiny size), and the ticks come between them."""
+    (mega_files / "detoker.pt").unlink()
+    said = Lines()
+    kinds.run(kinds.scan(kinds.KINDS["mega"], mega_files), tmp_path / "a.dalle.safetensors",
+              "bf16", said)  # fmt: skip
+    assert len(said.lines) == kinds.steps(kinds.scan(kinds.KINDS["mega"], mega_files)) == 10
+    assert said.ticks > len(said.lines)  # hashed chunks, halves and tensors between the lines
+
+    from model.importers.rudalle_import import import_rudalle
+    from tests.test_rudalle import load_rudalle_code, rudalle_model
+    from tests.test_rudalle_import import HEADS, VQ
+    from tests.test_rudalle_import import write_sources as write_rudalle
+
+    folder = tmp_path / "rudalle"
+    write_rudalle(folder, rudalle_model(load_rudalle_code(), depth=2, seed=3), "pytorch_model.bin")
+    (folder / "pytorch_model_v3.bin").write_bytes((folder / "pytorch_model.bin").read_bytes())
+    scan = kinds.scan(kinds.KINDS["surrealist"], folder)
+    assert scan.complete and scan.found["transformer"].name == "pytorch_model.bin"
+    said = Lines()
+    out = tmp_path / "s.dalle.safetensors"
+    import_rudalle(folder, out, "bf16", heads=HEADS, vqgan=VQ, progress=said,
+                   transformer_file=scan.found["transformer"].name)  # fmt: skip
+    assert len(said.lines) == kinds.steps(scan)
+    assert load(out).card["name"] == "ruDALL-E Surrealist XL (imported)"  # not Malevich beside it
+
+
+def test_a_dvae_is_imported_and_said_to_be_no_model_to_draw_with(qtbot, models, tmp_path):
+    pytest.importorskip("dall_e")
+    from tests.test_import_openai_dvae import save_pair
+
+    downloads = tmp_path / "openai"
+    downloads.mkdir()
+    save_pair(downloads)
+    dialog = ImportDialog(models)
+    qtbot.addWidget(dialog)
+    dialog.choose("openai-dvae", downloads)
+    assert "not a model to draw with" in dialog.note.text()
+    import_and_wait(qtbot, dialog)
+    assert dialog.last_step == (4, 4) and files_in(models) == ["openai-dvae.safetensors"]
+    assert "dalle train transformer --vae" in dialog.status.text()
+    assert not dialog.use_button.isVisible()

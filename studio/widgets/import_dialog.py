@@ -196,6 +196,11 @@ class ImportDialog(QDialog):
         )
         taken = " (the usual name is taken: a new one, nothing is replaced)" if plan.renamed else ""
         self.output.setText(f"Writes {plan.out}{taken}")
+        weights = plan.scan.found.get("weights")
+        command = plan.scan.kind.command.format(
+            folder=plan.scan.folder, out=plan.out, file=weights.name if weights else ""
+        )
+        self.output.setToolTip(f"The same from the command line: {command}")
 
     def _show_error(self, text: str, log: bool = True) -> None:
         self.error.setText(text)

@@ -1,6 +1,8 @@
 """The studio's catalog of models, devices and memory: a bundle's card read from its header, the
 example captions' glosses, the devices and precisions offered, what loading a bundle needs, the
-user's images as arrays, and the one-line description of an error.
+user's images as arrays, the one-line description of an error, and what File › Import model…
+can import (``import_kinds``: ``model.importers.kinds``) with the free disk and memory it
+weighs the import against.
 
 Plain functions with no state of their own: the Settings dialog and the window call them on the Qt
 thread, the engine (``studio.engine``) on its worker. They may import torch and ``model``; the
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ from model import card as card_schema
 from model import device as model_device
 from model import files
 from model.bundle import upscaler_files
+from model.importers import common as importer_common
+from model.importers import kinds
 from model.inference import familiarity
 from model.inference import images as model_images
 from model.networks.precision import PRECISIONS
@@ -35,6 +40,8 @@ IMAGE_SUFFIXES = files.IMAGE_SUFFIXES
 # torch.OutOfMemoryError is torch >= 2.5; older releases only have the CUDA one
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 TORCH_VERSION = torch.__version__  # Help › About says it
+import_kinds = kinds  # what File › Import model… imports (torch-free: model.importers.kinds)
+ImportCancelled = importer_common.Cancelled  # its Cancel stops an importer between steps
 WORLD = familiarity.WORLD  # what a scenes model was trained on, in the user's words
 
 
@@ -67,6 +74,16 @@ def models_folder_path() -> Path:
     that cannot be made, finds nothing rather than failing Settings."""
     override = os.environ.get("DALLE_STUDIO_MODELS")
     return Path(override).expanduser() if override else data_dir() / "models"
+
+
+def free_disk(folder: str | Path) -> int:
+    """Bytes free on ``folder``'s disk (what an import may write there)."""
+    return shutil.disk_usage(folder).free
+
+
+def available_ram() -> int | None:
+    """Bytes of memory available now (``model.device``); None when it cannot be told."""
+    return model_device.available_memory(torch.device("cpu"))
 
 
 def missing_default_message(path: Path) -> str:
@@ -151,7 +168,7 @@ def _size(count: float) -> str:
     return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
 
 
-size_text = _size  # bytes as a user reads them: "18 MB", "5.6 GB"
+size_text = kinds.size_text  # bytes as a user reads them, as File › Import model… says them
 FOLDER = "models folder"  # where an installed model lives, as the list says it
 HEADLINE_CHARS = 120  # of a card's name: a list row, not the whole card
 

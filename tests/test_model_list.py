@@ -124,7 +124,9 @@ def test_a_click_on_a_row_and_ok_switch_the_model_and_it_is_marked_after(
             for name in [name + ".dalle.safetensors"]
         ]
         assert IN_USE in rows[0][1] and not any(IN_USE in text for _, text in rows[1:])
-        assert "tiny beta" in rows[2][1] and "MB on disk" in rows[2][1]
+        size = catalog.size_text(Path(beta).stat().st_size)
+        assert rows[2][1].startswith("tiny beta\nbeta.dalle.safetensors · ")
+        assert f" · {size} on disk · loading needs about " in rows[2][1]
         assert BROKEN_REASON in rows[3][1]
         assert not dialog.models.item(3).flags() & Qt.ItemFlag.ItemIsEnabled
         click_row(qtbot, dialog, 3)  # a broken file is nothing to choose

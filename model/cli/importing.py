@@ -18,6 +18,14 @@ from pathlib import Path
 
 from model.cli.common import CLIError, check_can_create, output_folder, shown
 from model.cli.overwrite import check_import, refuse_overwrite
+from model.importers.kinds import KINDS
+
+
+def _names(key: str, *roles: str) -> str:
+    """The released names of ``key``'s files in ``roles`` (all when none), from the one list
+    (``model.importers.kinds``)."""
+    sources = KINDS[key].sources
+    return ", ".join(s.names[0] for s in sources if not roles or s.role in roles)
 
 
 def add_import_args(sub) -> None:
@@ -30,17 +38,17 @@ def add_import_args(sub) -> None:
     p.add_argument("--out", required=True, help="the dVAE file to write (.safetensors)")
     p.add_argument("--image-size", type=int, default=256, help="the released model's is 256")
 
-    for key, title, files in (
-        ("mega", "DALL·E Mega (2.6B)", "encoder.pt, decoder.pt, vocab.json, merges.txt"),
-        ("mini", "DALL·E Mini (0.4B)", "encoder_mini.pt, decoder_mini.pt, vocab_mini.json, ..."),
-    ):
+    for key, title in (("mega", "DALL·E Mega (2.6B)"), ("mini", "DALL·E Mini (0.4B)")):
+        files = _names(key, "encoder", "decoder", "vocab", "merges")
+        vqgan = KINDS[key].sources[4].repository.name
         p = sub.add_parser(
             key,
             help=f"{title} from min-dalle's files and dalle-mini's VQGAN -> a model bundle",
             description=f"Convert {title} into one .dalle.safetensors bundle for the studio and "
-            f"the CLI. --from holds kuprel/min-dalle's {files} (and optionally detoker.pt); "
-            "--vqgan-dir holds dalle-mini/vqgan_imagenet_f16_16384's flax_model.msgpack and "
-            "config.json (the VQGAN's encoder turns your picture into tokens).",
+            f"the CLI. --from holds {KINDS[key].sources[0].repository.name}'s {files} (and "
+            f"optionally {_names(key, 'detoker')}); --vqgan-dir holds {vqgan}'s "
+            f"{_names(key, 'vqgan', 'vqgan_config')} (the VQGAN's encoder turns your picture "
+            "into tokens).",
         )
         p.add_argument(
             "--from", dest="source", metavar="DIR", required=True, help="min-dalle's files"
@@ -64,10 +72,14 @@ def add_import_args(sub) -> None:
         "rudalle",
         help="ruDALL-E Malevich (v3) or Surrealist XL with the Sber VQGAN -> a model bundle",
         description="Convert ruDALL-E into one .dalle.safetensors bundle for the studio and the "
-        "CLI (Russian captions, 256 px, 32x32 tokens). --from holds the transformer "
-        "(ai-forever/rudalle-Malevich's pytorch_model_v3.bin, or shonenkov-AI/rudalle-xl-"
-        "surrealist's pytorch_model.bin) and shonenkov/rudalle-utils' "
-        "vqgan.gumbelf8-sber.model.ckpt and bpe.model.",
+        "CLI (Russian captions, 256 px, 32x32 tokens). --from holds the transformer ("
+        + " or ".join(
+            f"{KINDS[k].sources[0].repository.name}'s {_names(k, 'transformer')}"
+            for k in ("malevich", "surrealist")
+        )
+        + f") and {KINDS['malevich'].sources[1].repository.name}' "
+        + _names("malevich", "vqgan", "bpe").replace(", ", " and ")
+        + ".",
     )
     p.add_argument("--from", dest="source", metavar="DIR", required=True, help="the files")
     p.add_argument("--out", required=True, help="the bundle to write (.dalle.safetensors)")

@@ -1,6 +1,12 @@
 """What every importer does the same way: hash its inputs for the card, refuse a conversion the
-machine has no room for before a weight is read, and write the result so that a refusal is one
-ValueError naming the file (and a failed write leaves nothing)."""
+machine has no room for before a weight is read, write the result so that a refusal is one
+ValueError naming the file (and a failed write leaves nothing), and stop when asked to.
+
+Stopping: an importer's ``progress`` is called with a line at each step; ``tick(progress)`` is
+called between the smaller ones too (each 8 MB hashed, each tensor converted). A progress object
+whose ``tick`` method raises ``Cancelled`` (the studio's File › Import model… does when the user
+presses Cancel) stops the import there; nothing is written, since every write comes after the
+last step and is atomic. The command line's progress is a plain function: nothing to tick."""
 
 from __future__ import annotations
 
@@ -19,11 +25,26 @@ if TYPE_CHECKING:  # for the annotation; write_bundle imports model.bundle where
 Progress = Callable[[str], None]
 
 
-def sha256(path: Path, chunk: int = 8 * 2**20) -> str:
+class Cancelled(Exception):
+    """The user stopped an import (see the module): nothing was written."""
+
+
+def tick(say: Progress) -> None:
+    """A point where an import may stop: ``say.tick()`` when ``say`` has one (it raises
+    ``Cancelled``)."""
+    check = getattr(say, "tick", None)
+    if check is not None:
+        check()
+
+
+def sha256(path: Path, chunk: int = 8 * 2**20, say: Progress | None = None) -> str:
+    """The file's SHA-256, ticking ``say`` (``tick``) between chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         while block := file.read(chunk):
             digest.update(block)
+            if say is not None:
+                tick(say)
     return digest.hexdigest()
 
 
@@ -33,7 +54,7 @@ def hash_files(paths: Iterable[Path | None], say: Progress) -> dict[str, str]:
     for path in paths:
         if path is not None:
             say(f"hashing {path.name} ({gb(path.stat().st_size)})")
-            hashes[path.name] = sha256(path)
+            hashes[path.name] = sha256(path, say=say)
     return hashes
 
 

@@ -41,18 +41,23 @@ import torch
 
 from model.config import BartTextConfig, BundleConfig, VQGANConfig
 from model.files import read_json
-from model.importers.common import Progress, gb, hash_files, refuse_without_room, write_bundle
+from model.importers import kinds
+from model.importers.common import (
+    Progress,
+    gb,
+    hash_files,
+    refuse_without_room,
+    tick,
+    write_bundle,
+)
 from model.importers.limits import check_tensors
 from model.networks.bart import MEGA, MINI, BartConfig, BartDalle
 from model.tokenizers.bart_text import BartTokenizer
 
 log = logging.getLogger(__name__)
 
-MIN_DALLE = "kuprel/min-dalle on Hugging Face (huggingface.co/kuprel/min-dalle)"
-VQGAN_REPO = (
-    "dalle-mini/vqgan_imagenet_f16_16384 on Hugging Face "
-    "(huggingface.co/dalle-mini/vqgan_imagenet_f16_16384)"
-)
+MIN_DALLE = kinds.MIN_DALLE.text
+VQGAN_REPO = kinds.VQGAN_F16.text
 LICENCE = {
     "weights": "Apache-2.0 (the dalle-mini model cards: dalle-mini/dalle-mega, "
     "dalle-mini/dalle-mini, dalle-mini/vqgan_imagenet_f16_16384)",
@@ -62,7 +67,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # detoker.pt against the Flax file's decoder: the same weights converted twice, so equal up to
 # the rounding of a half-precision copy
 DETOKER_TOLERANCE = 1e-3
-FLAX_FILE, FLAX_CONFIG, DETOKER = "flax_model.msgpack", "config.json", "detoker.pt"
+FLAX_FILE, FLAX_CONFIG, DETOKER = kinds.VQGAN_FILE, kinds.VQGAN_CONFIG, kinds.DETOKER_FILE
 EXAMPLE_CAPTIONS = [
     "a painting of a fox in the snow",
     "a red sailboat on a calm lake at sunset",
@@ -86,17 +91,14 @@ class Model:
         return PRESETS[self.key]  # looked up at call time: tests put tiny presets here
 
 
-MODELS = {
-    "mega": Model("mega", "DALL·E Mega", "encoder.pt", "decoder.pt", "vocab.json", "merges.txt"),
-    "mini": Model(
-        "mini",
-        "DALL·E Mini",
-        "encoder_mini.pt",
-        "decoder_mini.pt",
-        "vocab_mini.json",
-        "merges_mini.txt",
-    ),
-}
+def _model(key: str) -> Model:
+    """The model's names as ``model.importers.kinds`` lists them (the one list of files)."""
+    kind = kinds.KINDS[key]
+    names = {source.role: source.names[0] for source in kind.sources}
+    return Model(key, kind.title, *(names[r] for r in ("encoder", "decoder", "vocab", "merges")))
+
+
+MODELS = {key: _model(key) for key in ("mega", "mini")}
 PRESETS: dict[str, BartConfig] = {"mega": MEGA, "mini": MINI}
 
 
@@ -239,22 +241,28 @@ def convert_transformer(
     config: BartConfig,
     dtype: torch.dtype,
     where: str,
+    say: Progress | None = None,
 ) -> BartDalle:
     """A ``BartDalle`` holding the files' weights in ``dtype``, built on the meta device (the
     converted tensors are its weights: no second copy). ``states`` holds the "encoder" and
     "decoder" state dicts (memory-mapped files); each is taken out and dropped once converted, so
     that Mega's fp32 encoder file is unmapped before its decoder file is read. ValueError for a
-    wrong shape, a non-float tensor or a weight that is not finite (fp16 overflows above 65504)."""
+    wrong shape, a non-float tensor or a weight that is not finite (fp16 overflows above 65504).
+    ``say`` is ticked between the halves and the tensors checked (``common.tick``)."""
     from model.bundle import all_finite
 
     with torch.device("meta"):
         model = BartDalle(config).to(dtype)
     for half in ("encoder", "decoder"):
+        if say is not None:
+            tick(say)
         try:
             model.load_min_dalle_half(half, states.pop(half))
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
     for name, tensor in model.state_dict().items():
+        if say is not None:
+            tick(say)
         if not all_finite(tensor):
             fp16 = dtype == torch.float16
             hint = " (fp16 overflows above 65504: use --dtype bf16)" if fp16 else ""
@@ -314,6 +322,7 @@ def convert_vqgan(
         raise ValueError(f"{detoker}: {error}") from None
     worst, worst_name = 0.0, ""
     for name, tensor in theirs.items():
+        tick(say)
         ours = state[name]
         difference = float((tensor - ours).abs().max()) / max(float(ours.abs().max()), 1e-12)
         if difference > worst:
@@ -395,7 +404,7 @@ def import_dalle(
     sizes = sizes_of(states["encoder"], states["decoder"], paths)  # shapes only: nothing read
     check_sizes(sizes, model, expected, f"{source}: {where}")
     say(f"converting {model.title} to {dtype}")
-    transformer = convert_transformer(states, expected, DTYPES[dtype], where)
+    transformer = convert_transformer(states, expected, DTYPES[dtype], where, say)
 
     vqgan, vqgan_note = _load_vqgan(paths, vq_config, say)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from model.config import DVAEConfig
-from model.importers.common import Progress, refuse_without_room, sha256, write_file
+from model.importers.common import Progress, refuse_without_room, sha256, tick, write_file
 from model.importers.limits import check_tensors, declared_bytes
 from model.importers.safe_pickle import Stub, UnsafePickle, load_modules, state_dict
 
@@ -126,7 +126,7 @@ def import_openai_dvae(
         if path.is_file():
             say(f"reading {path.name} ({path.stat().st_size / 2**20:,.0f} MB)")
         halves[role] = read_half(path, role)
-        hashes[path.name] = sha256(path)
+        hashes[path.name] = sha256(path, say=say)
     _check_layout(halves, paths, image_size)
     # fp32, one tensor at a time: the pickles' storages and the widened copies, then the file
     weights = sum(declared_bytes(half, torch.float32) for half in halves.values())
@@ -135,6 +135,7 @@ def import_openai_dvae(
     say("converting")
     for half in halves.values():
         for name in list(half):
+            tick(say)
             half[name] = half[name].detach().float().contiguous()
     try:
         vae = DVAE.load_openai(halves["encoder"], halves["decoder"], image_size)

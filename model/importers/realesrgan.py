@@ -208,7 +208,7 @@ def import_realesrgan(
             "from": f"realesrgan-{kind}",
             "source": SOURCE,
             "storage": storage,
-            "files": {p.name: sha256(p) for p in paths},
+            "files": {p.name: sha256(p, say=say) for p in paths},
             "licence": LICENCE_LINE,
         },
         "licence_text": LICENCE,  # BSD-3-Clause: the notice travels with the weights

@@ -34,22 +34,24 @@ from pathlib import Path
 import torch
 
 from model.config import BundleConfig, TransformerConfig, VQGANConfig, YttmTextConfig
-from model.importers.common import Progress, hash_files, refuse_without_room, write_bundle
+from model.importers import kinds
+from model.importers.common import Progress, hash_files, refuse_without_room, tick, write_bundle
 from model.importers.dalle_mega import DTYPES, read_pt
 from model.importers.limits import check_table_budget
 from model.tokenizers.yttm_text import RudallePrompt, RudalleTokenizer
 
 log = logging.getLogger(__name__)
 
-TRANSFORMER_FILES = ("pytorch_model_v3.bin", "pytorch_model.bin")  # Malevich v3, Surrealist XL
+# Malevich v3, Surrealist XL: the one list of names and repositories is model.importers.kinds
+_MALEVICH, _SURREALIST = kinds.KINDS["malevich"], kinds.KINDS["surrealist"]
+TRANSFORMER_FILES = (_MALEVICH.sources[0].names[0], _SURREALIST.sources[0].names[0])
 V2_FILE = "pytorch_model_v2.bin"
-VQGAN_FILE = "vqgan.gumbelf8-sber.model.ckpt"
-BPE_FILE = "bpe.model"
+VQGAN_FILE, BPE_FILE = (source.names[0] for source in _MALEVICH.sources[1:])
 SOURCES = {
-    "transformer": "ai-forever/rudalle-Malevich (once sberbank-ai/rudalle-Malevich): "
-    "pytorch_model_v3.bin, or "
-    "shonenkov-AI/rudalle-xl-surrealist (pytorch_model.bin) on Hugging Face",
-    "image tokenizer and caption BPE": "shonenkov/rudalle-utils on Hugging Face "
+    "transformer": f"{kinds.MALEVICH.name} (once sberbank-ai/rudalle-Malevich): "
+    f"{TRANSFORMER_FILES[0]}, or "
+    f"{kinds.SURREALIST.name} ({TRANSFORMER_FILES[1]}) on Hugging Face",
+    "image tokenizer and caption BPE": f"{kinds.RUDALLE_UTILS.name} on Hugging Face "
     f"({VQGAN_FILE}, {BPE_FILE})",
 }
 # The rudalle code is Apache-2.0 (LICENSE.txt in its wheel). The weights' own licence is stated
@@ -77,8 +79,9 @@ EXAMPLE_GLOSSES = [
 HEADS = 16  # Malevich and Surrealist XL: 2048 / 128; not in the file's shapes
 
 
-def find_files(source: Path, version: str) -> dict[str, Path]:
-    """The three inputs in ``source``; ValueError naming the first one missing."""
+def find_files(source: Path, version: str, transformer_file: str | None = None) -> dict[str, Path]:
+    """The three inputs in ``source`` (the transformer ``transformer_file`` when named, else the
+    first of ``TRANSFORMER_FILES`` there); ValueError naming the first one missing."""
     if not source.is_dir():
         raise ValueError(f"--from {source}: no such folder")
     if version != "v3":
@@ -86,7 +89,8 @@ def find_files(source: Path, version: str) -> dict[str, Path]:
             f"--version {version}: only v3 checkpoints (Malevich's pytorch_model_v3.bin, "
             "Surrealist XL) can be imported; v2's wrapped conv window is not built yet"
         )
-    transformer = next((source / n for n in TRANSFORMER_FILES if (source / n).is_file()), None)
+    names = (transformer_file,) if transformer_file else TRANSFORMER_FILES
+    transformer = next((source / n for n in names if (source / n).is_file()), None)
     if transformer is None:
         extra = (
             f"; {V2_FILE} is a v2 checkpoint, which cannot be imported yet"
@@ -94,8 +98,7 @@ def find_files(source: Path, version: str) -> dict[str, Path]:
             else ""
         )
         raise ValueError(
-            f"{source} has neither {' nor '.join(TRANSFORMER_FILES)} "
-            f"(from {SOURCES['transformer']}){extra}"
+            f"{source} has neither {' nor '.join(names)} (from {SOURCES['transformer']}){extra}"
         )
     paths = {"transformer": transformer}
     for role, name in (("vqgan", VQGAN_FILE), ("bpe", BPE_FILE)):
@@ -111,12 +114,13 @@ def _check_room(paths: dict[str, Path], dtype: torch.dtype, out: Path) -> None:
     """Refuse, before reading a weight, a conversion that memory or the disk cannot hold: the
     file is fp16 (2 bytes a parameter), the bundle ``dtype``; a file torch cannot memory-map is
     read whole."""
-    size = paths["transformer"].stat().st_size
-    converted = size // 2 * dtype.itemsize
-    mapped = zipfile.is_zipfile(paths["transformer"])
-    vqgan = paths["vqgan"].stat().st_size
-    needed = converted + 2 * vqgan + (0 if mapped else size)
-    refuse_without_room(needed, converted + vqgan, out, dtype)
+    needed, written = kinds.rudalle_room(
+        paths["transformer"].stat().st_size,
+        paths["vqgan"].stat().st_size,
+        dtype.itemsize,
+        zipfile.is_zipfile(paths["transformer"]),
+    )
+    refuse_without_room(needed, written, out, dtype)
 
 
 def import_rudalle(
@@ -127,18 +131,21 @@ def import_rudalle(
     heads: int = HEADS,
     progress: Progress | None = None,
     vqgan: VQGANConfig | None = None,
+    transformer_file: str | None = None,
 ) -> Path:
-    """Convert ruDALL-E's files in ``source`` into the bundle ``out``. ``heads`` is the
-    transformer's head count and ``vqgan`` the VQGAN config the checkpoint must have (defaults:
-    Malevich's 16 and the Sber gumbel-f8; tests pass tiny ones). Raises ValueError with one line
-    naming the file and the problem; writes nothing unless everything converted."""
+    """Convert ruDALL-E's files in ``source`` into the bundle ``out`` (the transformer
+    ``transformer_file`` when named: a folder may hold both Malevich and Surrealist XL).
+    ``heads`` is the transformer's head count and ``vqgan`` the VQGAN config the checkpoint must
+    have (defaults: Malevich's 16 and the Sber gumbel-f8; tests pass tiny ones). Raises
+    ValueError with one line naming the file and the problem; writes nothing unless everything
+    converted."""
     from model import bundle as bundle_io
 
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     say = progress or (lambda message: None)
     source, out = Path(source), Path(out)
-    paths = find_files(source, version)
+    paths = find_files(source, version, transformer_file)
     _check_room(paths, DTYPES[dtype], out)
 
     hashes = hash_files(paths.values(), say)
@@ -204,7 +211,9 @@ def _convert_transformer(
     say(f"converting the transformer to {dtype}")
     with torch.device("meta"):
         transformer = Transformer(tf_config)
-    tf_state = {name: tensor.to(DTYPES[dtype]) for name, tensor in tf_state.items()}
+    for name in list(tf_state):
+        tick(say)
+        tf_state[name] = tf_state[name].to(DTYPES[dtype])
     transformer.load_state_dict(tf_state, assign=True, strict=True)
     transformer.eval()
     return transformer, tokenizer

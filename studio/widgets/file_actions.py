@@ -1,11 +1,13 @@
 """The main window's file actions: the Open, Save and Export dialogs, paste, drag and drop,
-and the File › Recent menu (the recent files are ``studio.recent``).
+the File › Recent menu (the recent files are ``studio.recent``) and File › Import model…
+(``studio.widgets.import_dialog``) with its "Use it now".
 
 ``FileActions`` is a mixin of ``MainWindow``: its methods are the window's, and they use the
 window's ``session``, ``settings``, ``document``, ``autosaver``, ``recent``, ``recent_menu`` and its
 ``open_path``, ``open_image_to_image``, ``replace_document``, ``show_error`` and
-``describe_error`` (the one-line description of an error). It imports neither the engine nor
-torch.
+``describe_error`` (the one-line description of an error); "Use it now" after an import uses
+its ``_bundle_in_use``, ``_settings_fallback`` and ``apply_speed_settings``, as Settings' OK
+does. It imports neither the engine nor torch.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from PySide6.QtWidgets import QFileDialog
 
 from model.files import IMAGE_SUFFIXES, ImageError
 from studio import naming, project
+from studio.catalog import models_folder
 from studio.document import Document
 from studio.widgets.canvas import qimage_to_array
+from studio.widgets.import_dialog import ImportDialog
 
 IMAGE_FILTER = "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")"
 PROJECT_FILTER = f"DALL·E Studio projects (*{project.SUFFIX})"
@@ -101,6 +105,40 @@ class FileActions:
             project.export_png(image, path)
         except OSError as error:
             self.show_error(f"could not export {path}: {self.describe_error(error)}")
+
+    def import_model_dialog(self) -> ImportDialog:
+        """File › Import model… (one dialog at a time; it stays open while it imports)."""
+        dialog = getattr(self, "import_dialog", None)
+        if dialog is None:
+            folder = str(self.settings.value("import_folder", "") or "")
+            dialog = ImportDialog(models_folder(), self, folder)
+            dialog.use_bundle.connect(self.use_bundle)
+            dialog.use_upscaler.connect(self.use_upscaler)
+            dialog.folder.textChanged.connect(self._remember_import_folder)
+            self.import_dialog = dialog
+        dialog.show()
+        dialog.raise_()
+        return dialog
+
+    def _remember_import_folder(self, folder: str) -> None:
+        self.settings.setValue("import_folder", folder)
+
+    def use_bundle(self, bundle: str) -> None:
+        """Switch to ``bundle`` as Settings' OK does: saved as the model in use and loaded on the
+        saved device; a load that fails keeps the model in use (``_settings_fallback``)."""
+        device = str(self.settings.value("device", "auto"))
+        previous = self._bundle_in_use()
+        self.settings.setValue("bundle", bundle)
+        session = self.session
+        in_use = session.model_state == "loaded" and session.loaded
+        self._settings_fallback = (device, previous) if in_use else None
+        session.load(bundle, device)
+
+    def use_upscaler(self, upscaler: str) -> None:
+        """Use the upscaler file ``upscaler`` from the next job on (Settings › Upscaler's
+        choice, saved)."""
+        self.settings.setValue("upscaler", upscaler)
+        self.apply_speed_settings()
 
     def paste_image(self) -> None:
         image = QGuiApplication.clipboard().image()

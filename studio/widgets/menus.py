@@ -53,6 +53,7 @@ def build(window) -> None:
     paste = QKeySequence.StandardKey.Paste
     action(window, files, "&Paste image", window.paste_image, paste)
     files.addSeparator()
+    action(window, files, "&Import model…", window.import_model_dialog)
     action(window, files, "Se&ttings…", window.open_settings, "Ctrl+,")
     action(window, files, "&Quit", window.close, QKeySequence.StandardKey.Quit)
     _edit(window, bar.addMenu("&Edit"))

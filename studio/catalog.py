@@ -227,6 +227,15 @@ def _same_file(path: Path) -> Path:
         return path
 
 
+def same_model(first: str, second: str) -> bool:
+    """Whether two settings values name one file ("" is the embedded model)."""
+
+    def key(choice: str) -> Path:
+        return _same_file(Path(choice) if choice else default_bundle_path())
+
+    return key(first) == key(second)
+
+
 def installed_model(choice: str) -> InstalledModel:
     """One bundle as ``installed_models`` lists it (``choice`` "": the embedded one)."""
     if not choice:
@@ -241,16 +250,11 @@ def installed_models(*others: str) -> list[InstalledModel]:
     folder by file name, then each of ``others`` (the bundle chosen now, a file opened with
     "Other file…") that is neither; a file that cannot be used comes after those that can,
     with its problem."""
-    default = default_bundle_path()
-    models = [_installed_bundle(default, "", "embedded")]
-    seen = {_same_file(default)}
     folder = sorted(models_folder_path().glob("*" + BUNDLE_SUFFIX))  # none when it is no folder
-    places = [(path, FOLDER) for path in folder]
-    places += [(Path(other), "elsewhere") for other in others if other]
-    for path, place in places:
-        if _same_file(path) not in seen:
-            seen.add(_same_file(path))
-            models.append(_installed_bundle(path, str(path), place))
+    models: list[InstalledModel] = []
+    for choice in ["", *map(str, folder), *others]:
+        if not any(same_model(choice, listed.choice) for listed in models):  # once each
+            models.append(installed_model(choice))
     return models[:1] + sorted(models[1:], key=lambda model: bool(model.problem))
 
 

@@ -7,8 +7,6 @@ and confirms Settings.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
@@ -21,12 +19,12 @@ from PySide6.QtWidgets import (
 
 from studio.catalog import (
     InstalledModel,
-    default_bundle_path,
     installed_model,
     installed_models,
     models_folder,
     models_folder_path,
     one_line,
+    same_model,
     size_text,
 )
 
@@ -34,19 +32,6 @@ IN_USE = "  ✓ in use"  # after the headline of the model Settings opened with
 VISIBLE_ROWS = 4  # rows the list shows before it scrolls: the card below needs the room
 CHOICE_ROLE = Qt.ItemDataRole.UserRole
 ENABLED = Qt.ItemFlag.ItemIsEnabled
-
-
-def same_model(first: str, second: str) -> bool:
-    """Whether two settings values name one model file ("" is the embedded one)."""
-
-    def key(choice: str) -> Path:
-        path = Path(choice).expanduser() if choice else default_bundle_path()
-        try:
-            return path.resolve()
-        except (OSError, RuntimeError):  # a symlink loop: compared as written
-            return path
-
-    return key(first) == key(second)
 
 
 def row_text(model: InstalledModel, in_use: bool) -> str:

@@ -33,8 +33,9 @@ from studio.catalog import (
     memory_summary,
     models_folder_path,
     read_card,
+    same_model,
 )
-from studio.widgets.model_list import ModelList, open_models_folder, same_model
+from studio.widgets.model_list import ModelList, open_models_folder
 
 PRECISION_HELP = (
     "auto: bf16 on a CUDA GPU, int8 weights on x86 CPUs, fp32 elsewhere. "

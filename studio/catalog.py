@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,16 @@ def models_folder() -> Path:
     """The user's models folder, created on demand: File › Import model… writes there and
     Settings lists what it holds (``<app data>/models``; ``DALLE_STUDIO_MODELS`` names another,
     for a shared drive or the tests)."""
-    override = os.environ.get("DALLE_STUDIO_MODELS")
-    folder = Path(override).expanduser() if override else data_dir() / "models"
+    folder = models_folder_path()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def models_folder_path() -> Path:
+    """Where the models folder is, without creating it: listing a folder that is missing, or
+    that cannot be made, finds nothing rather than failing Settings."""
+    override = os.environ.get("DALLE_STUDIO_MODELS")
+    return Path(override).expanduser() if override else data_dir() / "models"
 
 
 def free_disk(folder: str | Path) -> int:
@@ -136,7 +143,7 @@ def memory_to_load(path: str | Path) -> tuple[int, int]:
     return _memory_to_load(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)  # Settings lists every installed model
 def _memory_to_load(path: str, mtime_ns: int, size: int) -> tuple[int, int]:
     header = bundle_io.read_header(path)
     config = bundle_io.read_config(path)
@@ -159,6 +166,114 @@ def memory_summary(path: str | Path) -> str:
 
 def _size(count: float) -> str:
     return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+
+
+size_text = kinds.size_text  # bytes as a user reads them, as File › Import model… says them
+FOLDER = "models folder"  # where an installed model lives, as the list says it
+HEADLINE_CHARS = 120  # of a card's name: a list row, not the whole card
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """One model file as Settings lists it, read from its header alone (no weight is read).
+
+    ``choice`` is what the settings keep for it ("" for the embedded model, else its path);
+    ``problem`` says in one line why the file cannot be used ("" when it can)."""
+
+    choice: str
+    path: Path
+    place: str  # "embedded", "models folder" or "elsewhere"
+    headline: str  # the card's name, else its description's first line, else the file's name
+    size: int | None  # bytes on disk; None when there is no file
+    memory: int | None = None  # bytes of CPU memory loading needs; None when it cannot be told
+    problem: str = ""
+
+
+def _headline(card: dict[str, Any], path: Path) -> str:
+    for key in ("name", "description"):
+        value = card.get(key)
+        if isinstance(value, str) and value.strip():
+            line = value.strip().splitlines()[0]
+            return line if len(line) <= HEADLINE_CHARS else line[: HEADLINE_CHARS - 1] + "…"
+    return path.name
+
+
+def _problem(error: BaseException) -> str:
+    """A file's problem without its path, which the list shows beside it."""
+    return getattr(error, "problem", "") or one_line(error)
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _installed_bundle(path: Path, choice: str, place: str) -> InstalledModel:
+    size = _file_size(path)
+    try:
+        card = read_card(path)
+        memory, _ = memory_to_load(path)  # also checks the config: a model that cannot build
+    except (ValueError, OSError) as error:
+        return InstalledModel(choice, path, place, path.name, size, problem=_problem(error))
+    return InstalledModel(choice, path, place, _headline(card, path), size, memory)
+
+
+def _same_file(path: Path) -> Path:
+    try:
+        return path.expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compared as written
+        return path
+
+
+def same_model(first: str, second: str) -> bool:
+    """Whether two settings values name one file ("" is the embedded model)."""
+
+    def key(choice: str) -> Path:
+        return _same_file(Path(choice) if choice else default_bundle_path())
+
+    return key(first) == key(second)
+
+
+def installed_model(choice: str) -> InstalledModel:
+    """One bundle as ``installed_models`` lists it (``choice`` "": the embedded one)."""
+    if not choice:
+        return _installed_bundle(default_bundle_path(), "", "embedded")
+    path = Path(choice)
+    place = FOLDER if _same_file(path.parent) == _same_file(models_folder_path()) else "elsewhere"
+    return _installed_bundle(path, choice, place)
+
+
+def installed_models(*others: str) -> list[InstalledModel]:
+    """The models Settings offers: the embedded one first, then every bundle in the models
+    folder by file name, then each of ``others`` (the bundle chosen now, a file opened with
+    "Other file…") that is neither; a file that cannot be used comes after those that can,
+    with its problem."""
+    folder = sorted(models_folder_path().glob("*" + BUNDLE_SUFFIX))  # none when it is no folder
+    models: list[InstalledModel] = []
+    for choice in ["", *map(str, folder), *others]:
+        if not any(same_model(choice, listed.choice) for listed in models):  # once each
+            models.append(installed_model(choice))
+    return models[:1] + sorted(models[1:], key=lambda model: bool(model.problem))
+
+
+def installed_upscalers() -> list[InstalledModel]:
+    """Every upscaler file in the models folder by file name, with its card's name (header
+    only); one that cannot be read is listed with its problem."""
+    upscalers = []
+    for path in sorted(models_folder_path().glob("*" + UPSCALER_SUFFIX)):
+        size = _file_size(path)
+        try:
+            card = upscaler_files.read_upscaler_card(path)
+        except (ValueError, OSError) as error:
+            problem = one_line(error).removeprefix(f"upscaler {path}: ")
+            upscalers.append(
+                InstalledModel(str(path), path, FOLDER, path.name, size, None, problem)
+            )
+            continue
+        upscalers.append(InstalledModel(str(path), path, FOLDER, _headline(card, path), size))
+    return upscalers
 
 
 def available_devices() -> list[str]:

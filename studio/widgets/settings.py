@@ -29,9 +29,13 @@ from studio.catalog import (
     available_precisions,
     default_bundle_path,
     example_glosses,
+    installed_upscalers,
     memory_summary,
+    models_folder_path,
     read_card,
+    same_model,
 )
+from studio.widgets.model_list import ModelList, open_models_folder
 
 PRECISION_HELP = (
     "auto: bf16 on a CUDA GPU, int8 weights on x86 CPUs, fp32 elsewhere. "
@@ -189,12 +193,14 @@ CHOOSE_UPSCALER = "Choose a file…"
 
 
 class UpscalerBox(QComboBox):
-    """Off, Auto, the chosen upscaler file, and an item that chooses another file."""
+    """Off, Auto, the upscaler files of the models folder, the chosen upscaler file when it is
+    elsewhere, and an item that chooses another file."""
 
     def __init__(self, choice: str, parent=None):
         super().__init__(parent)
         self.setToolTip(UPSCALER_HELP)
         self._choice = "auto"
+        self._installed = installed_upscalers()
         self._show(choice or "auto")
         self.activated.connect(self._activated)
 
@@ -204,19 +210,30 @@ class UpscalerBox(QComboBox):
         self.clear()
         for text, data in UPSCALER_ITEMS:
             self.addItem(text, data)
-        if choice not in ("off", "auto"):
-            self.addItem(PurePath(choice).name, choice)
-            self.setItemData(self.count() - 1, choice, Qt.ItemDataRole.ToolTipRole)
+        a_file = choice not in ("off", "auto")
+        for upscaler in self._installed:  # the models folder's, by their cards' names
+            self._add_file(upscaler.headline, upscaler.choice, upscaler.problem)
+            if a_file and same_model(upscaler.choice, choice):
+                choice = self._choice = upscaler.choice  # one file, however its path is spelt
+        if a_file and self.findData(choice) < 0:
+            self._add_file(PurePath(choice).name, choice, "")
         self.addItem(CHOOSE_UPSCALER, None)
         self.setCurrentIndex(self.findData(choice))
         self.blockSignals(False)
+
+    def _add_file(self, text: str, path: str, problem: str) -> None:
+        """An upscaler file's item; one that cannot be read is shown greyed with the reason."""
+        self.addItem(text + (f" ⚠ {problem}" if problem else ""), path)
+        self.setItemData(self.count() - 1, path, Qt.ItemDataRole.ToolTipRole)
+        if problem:
+            self.model().item(self.count() - 1).setEnabled(False)
 
     def _activated(self, index: int) -> None:
         if self.itemData(index) is not None:
             self._choice = self.itemData(index)
             return
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open upscaler", "", f"Upscalers (*{UPSCALER_SUFFIX})"
+            self, "Open upscaler", str(models_folder_path()), f"Upscalers (*{UPSCALER_SUFFIX})"
         )
         self._show(path or self._choice)  # cancelled: the choice stays
 
@@ -250,24 +267,35 @@ class SettingsDialog(QDialog):
         self.compile.setToolTip(COMPILE_HELP)
         self.compile.setChecked(compile)
         self.upscaler = UpscalerBox(upscaler)
+        self.models = ModelList(bundle)  # a click chooses; a double click also confirms
         self.bundle = QLineEdit(bundle)
         self.bundle.setPlaceholderText(f"embedded default ({default_bundle_path().name})")
-        browse = QPushButton("Open…")
+        self.bundle.setToolTip("The chosen model's file: a row above, or any bundle's path")
+        browse = QPushButton("Other file…")
+        browse.setToolTip(f"Open a model bundle kept elsewhere (*{BUNDLE_SUFFIX})")
         browse.clicked.connect(self._browse)
+        folder = QPushButton("Open models folder")
+        folder.setToolTip(f"Show {models_folder_path()} in the file manager")
+        folder.clicked.connect(self._open_folder)
         self.card = QPlainTextEdit(readOnly=True)
-        self.card.setMinimumHeight(220)
+        self.card.setMinimumHeight(200)
         self.card.setMinimumWidth(CARD_WIDTH_CHARS * self.card.fontMetrics().averageCharWidth())
         self.bundle.textChanged.connect(self._show_card)  # a method: no lambda outlives it
+        self.models.chosen.connect(self.bundle.setText)
+        self.models.confirmed.connect(self.accept)
         self.card.setPlainText(card_text(bundle))
         row = QHBoxLayout()
-        row.addWidget(self.bundle, 1)
         row.addWidget(browse)
+        row.addWidget(folder)
+        row.addStretch(1)
         form = QFormLayout()
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
         form.addRow("", self.compile)
         form.addRow("Upscaler", self.upscaler)
-        form.addRow("Model bundle", row)
+        form.addRow("Model", self.models)
+        form.addRow("", row)
+        form.addRow("File", self.bundle)
         form.addRow("Model card", self.card)
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
@@ -280,12 +308,18 @@ class SettingsDialog(QDialog):
 
     def _show_card(self, path: str) -> None:
         self.card.setPlainText(card_text(path))
+        self.models.select_choice(path.strip())  # a typed path that no row lists: none
+
+    def _open_folder(self) -> None:
+        open_models_folder(self)
 
     def _browse(self) -> None:
+        start = self.bundle.text() or str(models_folder_path())
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open model bundle", self.bundle.text(), f"Model bundles (*{BUNDLE_SUFFIX})"
+            self, "Open model bundle", start, f"Model bundles (*{BUNDLE_SUFFIX})"
         )
         if path:
+            self.models.include(path)  # its row, headline and size, like the installed ones
             self.bundle.setText(path)
 
     def values(self) -> tuple[str, str]:

@@ -81,7 +81,7 @@ def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, s
         parts.append(head.encode() + value.encode() + b"\r\n")
     for name, data in files.items():
         head = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
             f'filename="{name}.png"\r\nContent-Type: image/png\r\n\r\n'
         )
         parts.append(head.encode() + data + b"\r\n")
@@ -137,7 +137,9 @@ class Server:
             reason = getattr(error, "reason", error)
             raise PluginError(f"no server answers at {self.url}: {reason}") from None
         except ValueError:
-            raise PluginError(f"{self.url}/models did not answer JSON: is it dalle serve?") from None
+            raise PluginError(
+                f"{self.url}/models did not answer JSON: is it dalle serve?"
+            ) from None
         try:
             first = body["data"][0]
             headline = headline_of(first.get("eval"))
@@ -224,7 +226,9 @@ class Launcher:
         try:
             words = shlex.split(self.command)
         except ValueError as error:
-            raise PluginError(f"the dalle command {self.command!r} cannot be read: {error}") from None
+            raise PluginError(
+                f"the dalle command {self.command!r} cannot be read: {error}"
+            ) from None
         if not words:
             raise PluginError("the dalle command is empty: set its path in the settings")
         words += ["serve", "--host", server.host, "--port", str(server.port)]
@@ -250,7 +254,9 @@ class Launcher:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                last = self.log[-1].strip() if self.log else f"exit status {self.process.returncode}"
+                last = (
+                    self.log[-1].strip() if self.log else f"exit status {self.process.returncode}"
+                )
                 self.process = None
                 raise PluginError(f"dalle serve stopped: {last}")
             if server.answers():

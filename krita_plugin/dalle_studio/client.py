@@ -14,12 +14,14 @@ import os
 import shlex
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from .core import PluginError
@@ -154,14 +156,19 @@ class Server:
             return False
         return True
 
+    def edit_parts(self, request: EditRequest) -> tuple[str, bytes, dict[str, str]]:
+        """(URL, body, headers) of the edit's POST: for ``edit`` and for Krita's own network
+        access (the docker sends it without a thread)."""
+        body, kind = multipart(request.fields(), {"image": request.image, "mask": request.mask})
+        return f"{self.url}/images/edits", body, {"Content-Type": kind, **self.headers()}
+
     def edit(self, request: EditRequest) -> Answer:
         """The answer to one edit; ``cancel()`` from another thread ends it with PluginError."""
-        body, kind = multipart(request.fields(), {"image": request.image, "mask": request.mask})
+        _, body, headers = self.edit_parts(request)
         make = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
         connection = make(self.host, self.port, timeout=self.timeout)
         with self._lock:
             self._connection, self._cancelled = connection, False
-        headers = {"Content-Type": kind, **self.headers()}
         try:
             connection.request("POST", f"{self.path}/images/edits", body, headers)
             response = connection.getresponse()
@@ -174,9 +181,7 @@ class Server:
             with self._lock:
                 self._connection = None
             connection.close()
-        if response.status != 200:
-            raise PluginError(error_line(response.status, data))
-        return parse_answer(data)
+        return answer_of(response.status, data)
 
     def cancel(self) -> None:
         """End the edit in flight: its connection closes, and the server cancels its job."""
@@ -203,6 +208,13 @@ def headline_of(figures: object, most: int = 4) -> str | None:
     return ", ".join(shown[:most]) or None
 
 
+def answer_of(status: int, data: bytes) -> Answer:
+    """The edit's answer from its HTTP status and body; a refusal is one line."""
+    if status != 200:
+        raise PluginError(error_line(status, data))
+    return parse_answer(data)
+
+
 def parse_answer(data: bytes) -> Answer:
     try:
         body = json.loads(data)
@@ -220,7 +232,7 @@ class Launcher:
 
     command: str = DEFAULT_COMMAND
     process: subprocess.Popen | None = field(default=None, repr=False)
-    log: list[str] = field(default_factory=list, repr=False)
+    stderr: Any = field(default=None, repr=False)  # the server's stderr, a temporary file
 
     def arguments(self, server: Server) -> list[str]:
         try:
@@ -234,32 +246,46 @@ class Launcher:
         words += ["serve", "--host", server.host, "--port", str(server.port)]
         return words + (["--api-key", server.api_key] if server.api_key else [])
 
-    def start(self, server: Server, wait: float = 180.0) -> None:
-        """Start the server and wait until ``/v1/models`` answers (or it exits: its last line)."""
+    def spawn(self, server: Server) -> None:
+        """Start ``command serve`` for ``server`` without waiting for it (``check`` tells). Its
+        stderr goes to a temporary file, not a pipe: no Python thread, which Krita's embedded
+        Python would starve."""
         if server.path != "/v1":
             raise PluginError(f"only a URL ending in /v1 can be started here, got {server.url}")
         arguments = self.arguments(server)
+        self.stderr = tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace")
         try:
             self.process = subprocess.Popen(
                 arguments,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
+                stderr=self.stderr,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         except OSError as error:
             raise PluginError(f"cannot run {arguments[0]!r}: {error.strerror or error}") from None
-        stderr = self.process.stderr
-        threading.Thread(target=lambda: self.log.extend(stderr), daemon=True).start()
+
+    def last_line(self) -> str:
+        if self.stderr is None:
+            return ""
+        self.stderr.seek(0)
+        lines = [line.strip() for line in self.stderr.read().splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+    def check(self, server: Server) -> bool:
+        """True once the server answers; PluginError (its last line) when it stopped."""
+        if self.process is not None and self.process.poll() is not None:
+            code = self.process.returncode
+            last = self.last_line() or f"exit status {code}"
+            self.process = None
+            raise PluginError(f"dalle serve stopped: {last}")
+        return server.answers()
+
+    def start(self, server: Server, wait: float = 180.0) -> None:
+        """Start the server and wait until ``/v1/models`` answers (or it exits: its last line)."""
+        self.spawn(server)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                last = (
-                    self.log[-1].strip() if self.log else f"exit status {self.process.returncode}"
-                )
-                self.process = None
-                raise PluginError(f"dalle serve stopped: {last}")
-            if server.answers():
+            if self.check(server):
                 return
             time.sleep(0.3)
         self.stop()

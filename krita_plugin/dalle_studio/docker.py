@@ -1,17 +1,17 @@
 """The DALL·E Studio docker: caption, candidates, seed, guidance, Generate / Cancel, progress and
 the candidates as thumbnails (clicking one shows its layer); the server's model and card
 headline; settings (server URL, API key, the dalle command) kept with Krita's settings. The
-server is asked on a worker thread, so Krita stays responsive; Krita's API is used only on its
-own thread. A ``dalle serve`` the docker started stops when Krita quits.
+edit goes out through Qt's network access, on Krita's event loop (no Python thread: Krita stays
+responsive, and Cancel aborts the request, which cancels the server's job). A ``dalle serve`` the
+docker started stops when Krita quits.
 """
 
 from __future__ import annotations
 
-import threading
-
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita
-from PyQt5.QtCore import QObject, QSize, Qt, pyqtSignal
+from PyQt5.QtCore import QByteArray, QSize, Qt, QTimer, QUrl
 from PyQt5.QtGui import QIcon, QImage, QPixmap
+from PyQt5.QtNetwork import QNetworkAccessManager, QNetworkReply, QNetworkRequest
 from PyQt5.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
@@ -39,13 +39,6 @@ def setting(name: str, default: str) -> str:
     return Krita.instance().readSetting(SETTINGS_GROUP, name, default)
 
 
-class Relay(QObject):
-    """Carries a worker thread's outcome to Krita's thread."""
-
-    finished = pyqtSignal(object)
-    failed = pyqtSignal(str)
-
-
 class DalleDocker(DockWidget):
     def __init__(self):
         super().__init__()
@@ -55,9 +48,11 @@ class DalleDocker(DockWidget):
         self.job: krita_side.Job | None = None
         self.document = None
         self.nodes: list = []
-        self.relay = Relay()
-        self.relay.finished.connect(self.on_finished)
-        self.relay.failed.connect(self.on_failed)
+        self.network = QNetworkAccessManager(self)
+        self.reply: QNetworkReply | None = None
+        self.polling = QTimer(self)  # while a started dalle serve loads
+        self.polling.setInterval(500)
+        self.polling.timeout.connect(self.poll_started)
         body = QWidget(self)
         layout = QVBoxLayout(body)
         layout.addWidget(self.build_server_box())
@@ -66,6 +61,7 @@ class DalleDocker(DockWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.progress.setTextVisible(False)  # the server gives no steps: busy or not
         self.status = QLabel("Select a region, describe it, Generate.")
         self.status.setWordWrap(True)
         self.thumbnails = QListWidget()
@@ -179,22 +175,28 @@ class DalleDocker(DockWidget):
 
     def on_start(self) -> None:
         try:
-            server = self.make_server()
+            self.starting = self.make_server()
+            LAUNCHER.command = self.command.text()
+            LAUNCHER.spawn(self.starting)
         except core.PluginError as error:
             self.show_error(str(error))
             return
-        LAUNCHER.command = self.command.text()
         self.set_busy(True, f"Starting {LAUNCHER.command} serve…")
         self.cancel_button.setEnabled(False)
+        self.polling.start()
 
-        def start() -> None:
-            try:
-                LAUNCHER.start(server)
-                self.relay.finished.emit("started")
-            except core.PluginError as error:
-                self.relay.failed.emit(str(error))
-
-        threading.Thread(target=start, daemon=True).start()
+    def poll_started(self) -> None:
+        try:
+            if not LAUNCHER.check(self.starting):
+                return
+        except core.PluginError as error:
+            self.polling.stop()
+            self.set_busy(False, "")
+            self.show_error(str(error))
+            return
+        self.polling.stop()
+        self.set_busy(False, "")
+        self.on_connect()
 
     # -- generating
 
@@ -212,46 +214,48 @@ class DalleDocker(DockWidget):
                 None if guidance == 1.0 else guidance,
                 model,
             )
+            url, body, headers = self.server.edit_parts(self.job.request())
         except core.PluginError as error:
             self.show_error(str(error))
             return
-        job, server = self.job, self.server
-        region = job.plan.region
-        self.set_busy(True, f"Generating {job.n} for {region.width}x{region.height} px…")
-
-        def run() -> None:
-            try:
-                self.relay.finished.emit(job.generate(server))
-            except core.PluginError as error:
-                self.relay.failed.emit(str(error))
-            except Exception as error:  # noqa: BLE001  anything else: one line, not a crash
-                self.relay.failed.emit(f"unexpected {type(error).__name__}: {error}")
-
-        threading.Thread(target=run, daemon=True).start()
+        request = QNetworkRequest(QUrl(url))
+        for name, value in headers.items():
+            request.setRawHeader(name.encode(), value.encode())
+        request.setTransferTimeout(int(self.server.timeout * 1000))
+        self.reply = self.network.post(request, QByteArray(body))
+        self.reply.finished.connect(self.on_reply)
+        region = self.job.plan.region
+        self.set_busy(True, f"Generating {self.job.n} for {region.width}x{region.height} px…")
 
     def on_cancel(self) -> None:
-        if self.server is not None:
-            self.server.cancel()
+        if self.reply is not None:
+            self.reply.abort()
 
-    def on_finished(self, outcome) -> None:
+    def on_reply(self) -> None:
+        reply, self.reply = self.reply, None
         self.set_busy(False, "")
-        if outcome == "started":
-            self.model = None
-            self.on_connect()
+        status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute)
+        data = bytes(reply.readAll())
+        error = reply.error()
+        reply.deleteLater()
+        try:
+            if error == QNetworkReply.OperationCanceledError:
+                raise core.PluginError("cancelled")
+            if status is None:
+                raise core.PluginError(f"no answer from {self.server.url}: {reply.errorString()}")
+            answer = client.answer_of(int(status), data)
+            regions = self.job.regions(answer)
+        except core.PluginError as failure:
+            self.show_error(str(failure))
+            if status is None and error != QNetworkReply.OperationCanceledError:
+                self.model = None
+                self.start_button.setEnabled(True)
             return
-        regions, answer = outcome
         self.nodes = krita_side.add_layers(self.document, self.job, regions, answer.seed)
         self.show_thumbnails(regions)
         self.status.setText(
             f"{len(regions)} candidates (seed {answer.seed}) as new layers; click one to show it."
         )
-
-    def on_failed(self, message: str) -> None:
-        self.set_busy(False, "")
-        self.show_error(message)
-        if self.server is not None and not self.server.answers():
-            self.model = None
-            self.start_button.setEnabled(True)
 
     def show_thumbnails(self, regions: list[bytes]) -> None:
         self.thumbnails.clear()

@@ -46,7 +46,7 @@ CODEC = QtCodec()
 
 @dataclass
 class Job:
-    """One Generate, read from the document on Krita's thread; ``generate`` runs anywhere."""
+    """One Generate, read from the document: the request to send, and its answer's regions."""
 
     plan: core.EditPlan
     crop_rgba: bytes
@@ -56,14 +56,22 @@ class Job:
     guidance: float | None
     model: client.ServerModel
 
-    def generate(self, server: client.Server) -> tuple[list[bytes], client.Answer]:
-        """The candidates' region pixels (RGBA, document resolution) and the server's answer."""
+    def request(self) -> client.EditRequest:
+        """The edit to send: the crop and its mask as PNGs, the caption and options."""
         image, mask = core.edit_images(self.plan, self.crop_rgba, CODEC)
-        request = client.EditRequest(
+        return client.EditRequest(
             self.caption, image, mask, self.n, self.seed, self.guidance, self.model.id
         )
-        answer = server.edit(request)
-        return [core.region_from_answer(self.plan, png, CODEC) for png in answer.pngs], answer
+
+    def regions(self, answer: client.Answer) -> list[bytes]:
+        """The candidates' region pixels (RGBA, document resolution)."""
+        return [core.region_from_answer(self.plan, png, CODEC) for png in answer.pngs]
+
+    def generate(self, server: client.Server) -> tuple[list[bytes], client.Answer]:
+        """The whole round trip, blocking (the end-to-end test; the docker sends it with
+        Krita's network access instead)."""
+        answer = server.edit(self.request())
+        return self.regions(answer), answer
 
 
 def check_document(document) -> tuple[int, int]:

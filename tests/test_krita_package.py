@@ -7,10 +7,10 @@ compiles under the system python3 Krita embeds, pip installs the files it zips, 
 from __future__ import annotations
 
 import configparser
+import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -71,9 +71,10 @@ def test_krita_s_own_importer_installs_the_zip(plugin_zip, tmp_path):
 
 
 def test_pip_installs_what_the_zip_needs():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "krita_plugin*" in project["packages"]["find"]["include"]
-    assert set(project["package-data"]["krita_plugin"]) == {"*.desktop", "*.action"}
+    text = (ROOT / "pyproject.toml").read_text()  # (tomllib is Python 3.11+; we keep 3.10)
+    include = re.search(r"\[tool\.setuptools\.packages\.find\]\ninclude = \[(.*?)\]", text)
+    assert include is not None and '"krita_plugin*"' in include.group(1)
+    assert 'krita_plugin = ["*.desktop", "*.action"]' in text
 
 
 @pytest.mark.parametrize(

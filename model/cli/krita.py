@@ -39,7 +39,9 @@ def plugin_files(folder: Path) -> list[tuple[Path, str]]:
         try:
             compile(source.read_bytes(), str(source), "exec")
         except SyntaxError as error:
-            raise CLIError(f"{source.name} does not compile: {error.msg} (line {error.lineno})")
+            raise CLIError(
+                f"{source.name} does not compile: {error.msg} (line {error.lineno})"
+            ) from None
         files.append((source, f"{PLUGIN}/{source.name}"))
     return files
 

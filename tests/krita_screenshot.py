@@ -8,6 +8,7 @@ captured with ImageMagick's ``import``. Run: ``python tests/krita_screenshot.py 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ DISPLAY = ":91"
 SELECTION = (470, 250, 180, 150)
 DRIVER = r"""
 import os
+
 from krita import Extension, Krita, Selection
 from PyQt5.QtCore import QTimer
 
@@ -89,8 +91,22 @@ class Drive(Extension):
             self.fail()
         self.finish = QTimer()
         self.finish.setSingleShot(True)
-        self.finish.timeout.connect(lambda: open(os.environ["SHOT_DONE"], "w").close())
+        self.finish.timeout.connect(self.done)
         self.finish.start(2500)
+
+    def done(self):
+        import json
+
+        document = Krita.instance().activeDocument()
+        facts = {
+            "layers": [[node.name(), node.visible()] for node in self.dock.nodes],
+            "top": [node.name() for node in document.rootNode().childNodes()],
+            "thumbnails": self.dock.thumbnails.count(),
+            "status": self.dock.status.text(),
+            "model": self.dock.model_label.text(),
+        }
+        with open(os.environ["SHOT_DONE"], "w", encoding="utf-8") as file:
+            json.dump(facts, file)
 
 
 Krita.instance().addExtension(Drive(Krita.instance()))
@@ -130,7 +146,9 @@ def install(home: Path, url: str) -> None:
     )
 
 
-def main(out: Path) -> None:
+def main(out: Path) -> dict:
+    """Take the screenshot into ``out``; returns what the driver saw (layers, thumbnails,
+    status, model)."""
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         home = temp / "home"
@@ -178,6 +196,7 @@ def main(out: Path) -> None:
                 time.sleep(1)
             subprocess.run(["import", "-display", DISPLAY, "-window", "root", str(out)], check=True)
             print(f"wrote {out}")
+            return json.loads((temp / "done").read_text(encoding="utf-8"))
         finally:
             for process in (krita, xvfb, server):
                 process.terminate()

@@ -107,3 +107,22 @@ def test_krita_generates_candidate_layers_that_keep_the_picture_outside_the_regi
         {"name": "a red circle (seed 7, 2/2)", "visible": False},
     ]
     assert facts["sent"] == [128, 128] and facts["crop"][2:] == [128, 128]  # not the canvas
+
+
+XVFB = shutil.which("Xvfb") and shutil.which("import") and shutil.which("krita")
+
+
+@pytest.mark.skipif(not XVFB, reason="needs krita, Xvfb and ImageMagick's import")
+def test_the_docker_generates_in_a_real_krita_window(tmp_path):
+    """The docker itself, in Krita under Xvfb (tests/krita_screenshot.py, which makes
+    docs/krita.png): caption typed, Generate pressed, the answer taken by Qt's network access
+    on Krita's event loop; three layers named after caption and seed, one visible, thumbnails."""
+    from tests import krita_screenshot
+
+    facts = krita_screenshot.main(tmp_path / "krita.png")
+    names = [f"a red circle, blue background (seed 7, {k}/3)" for k in (1, 2, 3)]
+    assert facts["layers"] == [[names[0], False], [names[1], True], [names[2], False]]
+    assert facts["top"][-3:] == names and facts["thumbnails"] == 3  # above the picture
+    assert facts["status"].startswith("3 candidates (seed 7) as new layers")
+    assert "dalle-studio-default" in facts["model"]
+    assert (tmp_path / "krita.png").stat().st_size > 10_000

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("model", "studio")
+PACKAGES = ("model", "studio", "krita_plugin")
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from model.cli.common import CLIError, shown
 from model.cli.importing import add_import_args, cmd_import
+from model.cli.krita import add_krita_args
 from model.cli.measure import cmd_bench, cmd_eval
 from model.cli.overwrite import OVERWRITE_HELP
 from model.cli.sample import cmd_complete, cmd_generate
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import)
 
     add_upscale_args(sub)
+    add_krita_args(sub)
 
     p = sub.add_parser(
         "serve",

@@ -197,3 +197,36 @@ def clean(card: Any, source: str) -> dict[str, Any]:
     for problem in problems:
         log.warning("%s: %s: left out", source, problem)
     return cleaned
+
+
+# -- the card as a user reads it ----------------------------------------------------------------
+
+FIGURE_NAMES = {
+    "psnr_db": "tokenizer PSNR",
+    "ceiling_one_object": "ceiling one object",
+    "ceiling_all": "ceiling all captions",
+    "heldout_pairs": "held-out pairs",
+}
+
+
+def figure_text(key: str, value: Any) -> str:
+    """One headline figure as a user reads it: "tokenizer PSNR 30.9 dB", "one object 33%"."""
+    label = FIGURE_NAMES.get(key, key.removesuffix("_db").replace("_", " "))
+    if value is None:  # a report's figure that was not measured (e.g. no two-object captions)
+        return f"{label} not measured"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{label} {value}"
+    if key.endswith("_db"):
+        return f"{label} {value:.1f} dB"
+    if 0 <= value <= 1 and isinstance(value, float):
+        return f"{label} {value:.0%}"
+    return f"{label} {value:,}"
+
+
+def measured(card: dict[str, Any]) -> str:
+    """The card's ``dalle eval`` headline as one line ("tokenizer PSNR 30.9 dB · one object 33%
+    · …"), or "" when it has none: what Settings, About, the server's model object and the
+    Krita docker show."""
+    evaluation = card.get("eval") if isinstance(card.get("eval"), dict) else {}
+    headline = evaluation.get("headline") if isinstance(evaluation.get("headline"), dict) else {}
+    return " · ".join(figure_text(key, value) for key, value in headline.items())

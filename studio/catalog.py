@@ -43,6 +43,7 @@ TORCH_VERSION = torch.__version__  # Help › About says it
 import_kinds = kinds  # what File › Import model… imports (torch-free: model.importers.kinds)
 ImportCancelled = importer_common.Cancelled  # its Cancel stops an importer between steps
 WORLD = familiarity.WORLD  # what a scenes model was trained on, in the user's words
+measured_figures = card_schema.measured  # the card's eval headline, one line (Settings, About)
 
 
 def one_line(error: BaseException) -> str:

@@ -196,8 +196,7 @@ def test_the_load_handler_takes_an_odd_card_whole_or_not_at_all(qtbot):
 def test_a_figure_not_measured_is_kept_and_said_so():
     """An eval report writes None for a figure it could not measure (no two-object captions in
     a split): the card keeps it, and Settings and About say "not measured", not "None"."""
-    from studio.widgets.settings import _figure
-
     card = replaced("eval.headline.psnr_db", None)
     assert card_schema.check(card) == (card, [])
-    assert _figure("two_objects_relation", None) == "two objects relation not measured"
+    text = card_schema.figure_text("two_objects_relation", None)
+    assert text == "two objects relation not measured"

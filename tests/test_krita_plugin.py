@@ -152,7 +152,13 @@ def test_a_small_selection_in_a_large_document_plans_a_small_crop_around_it():
 def test_models_reads_the_served_model_and_its_card_headline(served):
     model = client.Server(served, KEY).model()
     assert model.id == "dalle-studio-default" and model.image_size == 128
-    assert model.headline and "psnr" in model.headline
+    assert model.headline and "tokenizer PSNR" in model.headline and "%" in model.headline
+    # the line Settings shows for the same card, written once in model/card.py
+    from model import card as card_schema
+    from studio import catalog
+
+    card = catalog.read_card(catalog.default_bundle_path())
+    assert model.headline == card_schema.measured(card)
     assert model.id in model.describe() and "\n" not in model.describe()
 
 

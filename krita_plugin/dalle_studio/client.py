@@ -144,7 +144,7 @@ class Server:
             ) from None
         try:
             first = body["data"][0]
-            headline = headline_of(first.get("eval"))
+            headline = first.get("headline") if isinstance(first.get("headline"), str) else None
             return ServerModel(first["id"], int(first["image_size"]), first.get("name"), headline)
         except (KeyError, IndexError, TypeError, ValueError):
             raise PluginError(f"{self.url}/models has no model with an image_size") from None
@@ -192,20 +192,6 @@ class Server:
                     connection.sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-
-
-def headline_of(figures: object, most: int = 4) -> str | None:
-    """The card's headline figures as one short line ("psnr db 31, one object 0.33, ...")."""
-    if isinstance(figures, str):
-        return figures
-    if not isinstance(figures, dict):
-        return None
-    shown = [
-        f"{name.replace('_', ' ')} {value:.3g}"
-        for name, value in figures.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    ]
-    return ", ".join(shown[:most]) or None
 
 
 def answer_of(status: int, data: bytes) -> Answer:

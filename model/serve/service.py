@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from model import card as card_schema
 from model.files import has_alpha
 from model.serve.protocol import APIError, ImageRequest, bounding_box
 from model.serve.worker import JobCancelled
@@ -52,7 +53,9 @@ class ModelService:
         self.factor = vae.factor
 
     def describe(self) -> dict[str, Any]:
-        """The loaded bundle and the headline of its card, as an OpenAI model object (+ ours)."""
+        """The loaded bundle and the headline of its card, as an OpenAI model object (+ ours):
+        ``eval`` the card's figures as measured, ``headline`` the same as one line a user reads
+        (what Settings shows; the Krita docker shows it)."""
         card = self.bundle.card or {}
         path = self.bundle.path
         headline = (card.get("eval") or {}).get("headline")
@@ -69,6 +72,7 @@ class ModelService:
             "precision": self.precision,
             "example_captions": card.get("example_captions"),
             "eval": headline,
+            "headline": card_schema.measured(card) or None,
         }
 
     def check_memory(self, request: ImageRequest) -> None:

@@ -18,8 +18,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio import project
-from studio.catalog import TORCH_VERSION
-from studio.widgets.settings import _figure as figure_text
+from studio.catalog import TORCH_VERSION, measured_figures
 
 DISTRIBUTION = "dalle-studio"  # pyproject.toml's name
 LICENCES = (
@@ -52,9 +51,8 @@ def model_lines(session) -> list[str]:
     lines = [f"Model: {session.model_name}"]
     if card.get("description"):
         lines.append(str(card["description"]))
-    headline = card.get("eval", {}).get("headline", {})
-    if headline:
-        lines.append("Measured: " + " · ".join(figure_text(k, v) for k, v in headline.items()))
+    if figures := measured_figures(card):
+        lines.append(f"Measured: {figures}")
     licence = card.get("imported", {}).get("licence")
     if isinstance(licence, dict):
         lines += [f"Its {part} licence: {terms}" for part, terms in licence.items()]

@@ -30,6 +30,7 @@ from studio.catalog import (
     default_bundle_path,
     example_glosses,
     installed_upscalers,
+    measured_figures,
     memory_summary,
     models_folder_path,
     read_card,
@@ -62,12 +63,6 @@ def card_text(path: str) -> str:
     return text + (f"\nMemory: {memory}" if memory else "")
 
 
-FIGURE_NAMES = {
-    "psnr_db": "tokenizer PSNR",
-    "ceiling_one_object": "ceiling one object",
-    "ceiling_all": "ceiling all captions",
-    "heldout_pairs": "held-out pairs",
-}
 CARD_WIDTH_CHARS = 72  # an imported model's sources and licences read a line each
 HASH_SHOWN = 16  # hex digits of an input's SHA-256 the card shows: enough to compare by eye
 
@@ -77,19 +72,6 @@ def _folder_name(value: Any) -> str:
     folders of another machine (and they are that machine's business)."""
     text = str(value).replace("\\", "/")
     return PurePath(ntpath.splitdrive(text)[1]).name or text
-
-
-def _figure(key: str, value: Any) -> str:
-    label = FIGURE_NAMES.get(key, key.removesuffix("_db").replace("_", " "))
-    if value is None:  # a report's figure that was not measured (e.g. no two-object captions)
-        return f"{label} not measured"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"{label} {value}"
-    if key.endswith("_db"):
-        return f"{label} {value:.1f} dB"
-    if 0 <= value <= 1 and isinstance(value, float):
-        return f"{label} {value:.0%}"
-    return f"{label} {value:,}"
 
 
 def _training(stage: dict) -> str:
@@ -167,10 +149,7 @@ def readable_card(card: dict[str, Any]) -> str:
     reranker = card.get("reranker") if isinstance(card.get("reranker"), dict) else {}
     if reranker:
         lines.append(f"Reranker: yes ({_training(reranker) or 'trained'})")
-    evaluation = card.get("eval") if isinstance(card.get("eval"), dict) else {}
-    headline = evaluation.get("headline") if isinstance(evaluation.get("headline"), dict) else {}
-    if headline:
-        figures = " · ".join(_figure(key, value) for key, value in headline.items())
+    if figures := measured_figures(card):
         lines.append(f"Measured (dalle eval): {figures}")
     captions = card.get("example_captions")
     if isinstance(captions, list) and captions:

@@ -165,6 +165,7 @@ def test_a_hostile_file_is_one_line_and_nothing_is_written(qtbot, models, mega_f
     assert len(dialog.errors) == 1
     error = dialog.errors[0]
     assert "\n" not in error and "encoder.pt" in error and "refused" in error
+    assert "weights_only" not in error and "PyTorch 2.6" not in error  # no unsafe advice
     assert dialog.error.text() == error and "Nothing was written" in dialog.status.text()
     assert not marker.exists() and files_in(models) == []
     assert not dialog.use_button.isVisible() and dialog.kind.isEnabled()
@@ -309,3 +310,29 @@ def test_a_dvae_is_imported_and_said_to_be_no_model_to_draw_with(qtbot, models, 
     assert dialog.last_step == (4, 4) and files_in(models) == ["openai-dvae.safetensors"]
     assert "dalle train transformer --vae" in dialog.status.text()
     assert not dialog.use_button.isVisible()
+
+
+def test_random_bytes_and_a_quoted_token_read_as_one_plain_line(qtbot, models, mega_files):
+    """A file of random bytes named like the encoder: a few words, not torch's advice to load it
+    with weights_only=False; an error quoting '<s>' is shown as text, not as markup."""
+    (mega_files / "encoder.pt").write_bytes(bytes(range(256)) * 800)
+    dialog = ImportDialog(models)
+    qtbot.addWidget(dialog)
+    dialog.choose("mega", mega_files)
+    import_and_wait(qtbot, dialog)
+    (error,) = dialog.errors
+    assert "not a torch file" in error and "weights_only" not in error and "\n" not in error
+    assert dialog.error.textFormat() == Qt.TextFormat.PlainText
+    dialog.folder.setText(str(mega_files) + "/")
+    assert dialog.status.text() == ""  # "Nothing was written." was about the last import
+
+
+def test_enter_in_the_folder_field_does_not_start_an_import(qtbot, models, mega_files):
+    dialog = ImportDialog(models)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.choose("mega", mega_files)
+    assert dialog.import_button.isEnabled()
+    dialog.folder.setFocus()
+    qtbot.keyClick(dialog.folder, Qt.Key.Key_Return)
+    assert not dialog.running and files_in(models) == [] and dialog.isVisible()

@@ -51,7 +51,7 @@ from model.importers.common import (
     write_bundle,
 )
 from model.importers.limits import check_tensors
-from model.networks.bart import MEGA, MINI, BartConfig, BartDalle
+from model.networks.bart import MEGA, MINI, BartConfig, BartDalle, weights_only_detail
 from model.tokenizers.bart_text import BartTokenizer
 
 log = logging.getLogger(__name__)
@@ -156,10 +156,7 @@ def read_pt(path: Path, role: str) -> dict[str, torch.Tensor]:
             path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
         )
     except Exception as error:  # a zip, pickle or allowlist error: one line for the user
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        # torch's allowlist names the global it refused a few lines down
-        named = [line for line in lines if "global" in line.lower() and "GLOBAL" in line]
-        detail = (named or lines or [type(error).__name__])[0]
+        detail = weights_only_detail(error)
         raise ValueError(
             f"{path}: refused: not a weights-only torch state dict ({detail})"
         ) from None

@@ -428,6 +428,25 @@ def check_state_dict(
     return extra
 
 
+def weights_only_detail(error: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words: the global a pickle
+    names, the pickle operation it does not allow, or a damaged zip. Never torch's advice to load
+    with ``weights_only=False``, which would run whatever the file holds."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line]
+    if named:
+        return f"it names code: {named[0]}"
+    if "WeightsUnpickler error:" in str(error):
+        after = str(error).split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        cause = after[0].strip().rstrip(".") if after else "an unsupported pickle"
+        return f"{cause[:1].lower()}{cause[1:]}: not a torch file, or one holding more than weights"
+    if lines and "zip archive" in lines[0]:
+        return "a damaged or truncated torch zip archive"
+    if lines and lines[0].startswith("Weights only load failed"):
+        return "refused by torch's weights-only loader"
+    return lines[0] if lines else type(error).__name__
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A min-dalle ``.pt`` file, read without running pickled code (``weights_only``)."""
     try:
@@ -435,7 +454,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
     except Exception as error:  # a zip, pickle or allowlist error: one line for the user
-        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        detail = weights_only_detail(error)
         raise ValueError(f"{path}: not a weights-only torch state dict ({detail})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: holds a {type(state).__name__}, expected a state dict")

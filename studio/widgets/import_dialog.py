@@ -61,6 +61,7 @@ class ImportDialog(QDialog):
         self.folder = QLineEdit(folder)
         self.folder.setPlaceholderText("the folder holding the downloaded files")
         choose = QPushButton("Choose…")
+        choose.setAutoDefault(False)
         choose.clicked.connect(self._choose_folder)
         self.dtype = QComboBox()
         self.dtype.setToolTip("the transformer's stored precision: bf16 halves fp32's size")
@@ -85,6 +86,7 @@ class ImportDialog(QDialog):
         self.status = QLabel()
         for label in (self.needs, self.output, self.note, self.error, self.status):
             label.setWordWrap(True)
+            label.setTextFormat(Qt.TextFormat.PlainText)  # an error may quote '<s>'
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.progress = QProgressBar()
         policy = self.progress.sizePolicy()
@@ -92,10 +94,11 @@ class ImportDialog(QDialog):
         self.progress.setSizePolicy(policy)
         self.progress.setVisible(False)
 
-        self.import_button = QPushButton("Import")
-        self.import_button.setDefault(True)
+        self.import_button = QPushButton("Import")  # never the default: Enter in the folder
+        self.import_button.setAutoDefault(False)  # field must not start a conversion
         self.import_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setAutoDefault(False)
         self.cancel_button.clicked.connect(self.cancel)
         self.use_button = QPushButton("Use it now")
         self.use_button.setVisible(False)
@@ -153,6 +156,7 @@ class ImportDialog(QDialog):
         kind = KINDS[self.kind.currentData()]
         self.files.clear()
         self.use_button.setVisible(False)
+        self.status.setText("")  # what an earlier import said is not about this folder
         if not folder or not Path(folder).is_dir():
             self.plan = None
             self._list_sources(kind, None)
@@ -275,8 +279,8 @@ class ImportDialog(QDialog):
     def _failed(self, message: str) -> None:
         self._ended()
         self.progress.setVisible(False)
-        self.status.setText("Nothing was written.")
         self.refresh()
+        self.status.setText("Nothing was written.")
         self._show_error(message)
 
     def _cancelled(self) -> None:

@@ -1,9 +1,10 @@
 """The Krita plug-in end to end in a real Krita (issue 32): ``kritarunner`` (headless, Qt's
 offscreen platform, a temporary HOME) loads the plug-in, opens a 2000x1500 picture, selects a
 small rectangle, generates two candidates against a live ``dalle serve`` on the embedded model,
-and the test checks the new layers: each holds the region only, the first visible; the merged
-picture outside the region is the picture's own bit for bit, inside it changed; a small crop
-was sent, not the canvas. Skipped, saying so, where Krita is not installed.
+and the test checks the new layers: each holds the region only, the first visible (a chosen
+one shown instead; one undone is said to be gone); the merged picture outside the region is the
+picture's own bit for bit, inside it changed; a small crop was sent, not the canvas. Skipped,
+saying so, where Krita is not installed.
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def test_krita_generates_candidate_layers_that_keep_the_picture_outside_the_regi
         {"name": "a red circle (seed 7, 2/2)", "visible": False},
     ]
     assert facts["sent"] == [128, 128] and facts["crop"][2:] == [128, 128]  # not the canvas
+    assert facts["chosen"] == [False, True]  # the second chosen: shown, the first hidden
+    # a candidate's layer removed (undone): choosing it says so in one line
+    assert facts["present"] == [False, True]
+    assert facts["gone"] == (
+        "the layer 'a red circle (seed 7, 1/2)' is no longer in the document (undone?): "
+        "Generate again"
+    )
 
 
 XVFB = shutil.which("Xvfb") and shutil.which("import") and shutil.which("krita")

@@ -257,6 +257,10 @@ class DalleDocker(DockWidget):
             f"{len(regions)} candidates (seed {answer.seed}) as new layers; click one to show it."
         )
 
+    def activate_first(self) -> None:
+        if self.nodes and krita_side.present(self.document, self.nodes[0]):
+            self.document.setActiveNode(self.nodes[0])
+
     def show_thumbnails(self, regions: list[bytes]) -> None:
         self.thumbnails.clear()
         region = self.job.plan.region
@@ -271,9 +275,19 @@ class DalleDocker(DockWidget):
             self.thumbnails.setCurrentRow(0)
 
     def on_thumbnail(self, item: QListWidgetItem) -> None:
+        """Show the clicked candidate's layer and make it active; when it was undone, say so and
+        drop the thumbnails of the candidates no longer in the document."""
         number = item.data(Qt.UserRole)
-        if self.document is not None and 0 <= number < len(self.nodes):
+        if self.document is None or not 0 <= number < len(self.nodes):
+            return
+        try:
             krita_side.show_only(self.document, self.nodes, self.nodes[number])
+        except core.PluginError as error:
+            self.show_error(str(error))
+            for row in reversed(range(self.thumbnails.count())):
+                node = self.nodes[self.thumbnails.item(row).data(Qt.UserRole)]
+                if not krita_side.present(self.document, node):
+                    self.thumbnails.takeItem(row)
 
     def set_busy(self, busy: bool, text: str) -> None:
         self.generate_button.setEnabled(not busy)

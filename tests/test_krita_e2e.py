@@ -123,8 +123,9 @@ XVFB = shutil.which("Xvfb") and shutil.which("import") and shutil.which("krita")
 @pytest.mark.skipif(not XVFB, reason="needs krita, Xvfb and ImageMagick's import")
 def test_the_docker_generates_in_a_real_krita_window(tmp_path):
     """The docker itself, in Krita under Xvfb (tests/krita_screenshot.py, which makes
-    docs/krita.png): caption typed, Generate pressed, the answer taken by Qt's network access
-    on Krita's event loop; three layers named after caption and seed, one visible, thumbnails."""
+        docs/krita.png): caption typed, Generate pressed, the answer taken by Qt's network access
+        on Krita's event loop; three layers named after caption and seed, one visible and active,
+    thumbnails; the window fits a 1600x1000 screen; the candidates undone, a click says so."""
     from tests import krita_screenshot
 
     facts = krita_screenshot.main(tmp_path / "krita.png")
@@ -133,4 +134,15 @@ def test_the_docker_generates_in_a_real_krita_window(tmp_path):
     assert facts["top"][-3:] == names and facts["thumbnails"] == 3  # above the picture
     assert facts["status"].startswith("3 candidates (seed 7) as new layers")
     assert "dalle-studio-default" in facts["model"]
+    # the artist's next stroke goes onto the visible candidate, then onto the one chosen
+    assert facts["active"] == [names[0], names[1]]
+    # the whole window fits a 1600x1000 screen: the docker's body scrolls
+    assert facts["window"] <= 1000 and facts["window_minimum"] < 1000, facts
+    assert facts["docker_minimum"] < 450, facts
+    # the candidates undone (Ctrl+Z each), a thumbnail clicked: said in one line, thumbnails gone
+    undone = facts["undone"]
+    assert names[0] not in undone["top"] and undone["thumbnails"] == 0, undone
+    assert undone["status"] == (
+        f"⚠ the layer '{names[0]}' is no longer in the document (undone?): Generate again"
+    )
     assert (tmp_path / "krita.png").stat().st_size > 10_000

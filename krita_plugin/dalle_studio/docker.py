@@ -1,9 +1,10 @@
 """The DALL·E Studio docker: caption, candidates, seed, guidance, Generate / Cancel, progress and
-the candidates as thumbnails (clicking one shows its layer); the server's model and card
-headline; settings (server URL, API key, the dalle command) kept with Krita's settings. The
-edit goes out through Qt's network access, on Krita's event loop (no Python thread: Krita stays
-responsive, and Cancel aborts the request, which cancels the server's job). A ``dalle serve`` the
-docker started stops when Krita quits.
+the candidates as thumbnails (clicking one shows its layer and makes it active); the server's
+model and card headline; settings (server URL, API key, the dalle command) kept with Krita's
+settings; the whole in a scroll area, so the docker fits a small screen. The edit goes out
+through Qt's network access, on Krita's event loop (no Python thread: Krita stays responsive, and
+Cancel aborts the request, which cancels the server's job). A ``dalle serve`` the docker started
+stops when Krita quits; when the server is gone, the model line says "Not connected".
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PyQt5.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -32,6 +34,7 @@ from PyQt5.QtWidgets import (
 from . import client, core, krita_side
 
 SETTINGS_GROUP = "dalle_studio"
+THUMBNAIL = 72  # the thumbnails' side in pixels
 LAUNCHER = client.Launcher()  # the dalle serve this plug-in started, if any
 
 
@@ -66,13 +69,16 @@ class DalleDocker(DockWidget):
         self.status.setWordWrap(True)
         self.thumbnails = QListWidget()
         self.thumbnails.setViewMode(QListWidget.IconMode)
-        self.thumbnails.setIconSize(QSize(96, 96))
-        self.thumbnails.setMinimumHeight(120)
+        self.thumbnails.setIconSize(QSize(THUMBNAIL, THUMBNAIL))
+        self.thumbnails.setMinimumHeight(THUMBNAIL + 28)
         self.thumbnails.itemClicked.connect(self.on_thumbnail)
         for widget in (self.progress, self.status, self.thumbnails):
             layout.addWidget(widget)
-        layout.addStretch(1)
-        self.setWidget(body)
+        scroll = QScrollArea(self)  # the docker fits any screen: its body scrolls when taller
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
 
     # -- building
 
@@ -110,7 +116,7 @@ class DalleDocker(DockWidget):
         form = QFormLayout()
         self.caption = QPlainTextEdit()
         self.caption.setPlaceholderText("What the selected region should show")
-        self.caption.setMaximumHeight(64)
+        self.caption.setMaximumHeight(56)
         self.candidates = QSpinBox()
         self.candidates.setRange(1, 10)
         self.candidates.setValue(3)
@@ -266,7 +272,7 @@ class DalleDocker(DockWidget):
         region = self.job.plan.region
         for number, (pixels, node) in enumerate(zip(regions, self.nodes, strict=True)):
             image = QImage(pixels, region.width, region.height, QImage.Format_RGBA8888).copy()
-            icon = QIcon(QPixmap.fromImage(image.scaled(96, 96, Qt.KeepAspectRatio)))
+            icon = QIcon(QPixmap.fromImage(image.scaled(THUMBNAIL, THUMBNAIL, Qt.KeepAspectRatio)))
             item = QListWidgetItem(icon, str(number + 1))
             item.setData(Qt.UserRole, number)
             item.setToolTip(node.name())

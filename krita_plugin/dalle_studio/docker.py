@@ -165,11 +165,17 @@ class DalleDocker(DockWidget):
             try:
                 self.model = self.server.model()
             except core.PluginError:
-                self.start_button.setEnabled(True)
+                self.disconnected()
                 raise
             self.start_button.setEnabled(False)
             self.model_label.setText(self.model.describe())
         return self.model
+
+    def disconnected(self) -> None:
+        """The server is gone: its model no longer shown as if connected; Start offered."""
+        self.model = None
+        self.model_label.setText("Not connected")
+        self.start_button.setEnabled(True)
 
     def on_connect(self) -> None:
         self.model = None
@@ -177,7 +183,7 @@ class DalleDocker(DockWidget):
             self.connect_server()
             self.status.setText("Connected.")
         except core.PluginError as error:
-            self.show_error(f"{error}; start dalle serve, or press Start dalle serve")
+            self.show_error(str(error))
 
     def on_start(self) -> None:
         try:
@@ -248,16 +254,20 @@ class DalleDocker(DockWidget):
             if error == QNetworkReply.OperationCanceledError:
                 raise core.PluginError("cancelled")
             if status is None:
-                raise core.PluginError(f"no answer from {self.server.url}: {reply.errorString()}")
+                raise core.PluginError(
+                    client.unreachable(self.server.url, reply.errorString(), "no answer from")
+                )
             answer = client.answer_of(int(status), data)
             regions = self.job.regions(answer)
         except core.PluginError as failure:
             self.show_error(str(failure))
             if status is None and error != QNetworkReply.OperationCanceledError:
-                self.model = None
-                self.start_button.setEnabled(True)
+                self.disconnected()
             return
         self.nodes = krita_side.add_layers(self.document, self.job, regions, answer.seed)
+        # Krita makes each added layer active once back in its event loop: the first candidate
+        # (the visible one) is made active after that, so the next stroke goes onto it
+        QTimer.singleShot(0, self.activate_first)
         self.show_thumbnails(regions)
         self.status.setText(
             f"{len(regions)} candidates (seed {answer.seed}) as new layers; click one to show it."

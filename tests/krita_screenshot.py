@@ -4,7 +4,8 @@ a picture; a small driver plug-in (written into that HOME only) selects a rectan
 caption into the docker and presses Generate against a live ``dalle serve``, then the screen is
 captured with ImageMagick's ``import``. Run: ``python tests/krita_screenshot.py [OUT.png]``
 (needs krita, Xvfb and imagemagick; about a minute). After the screenshot, the driver undoes the
-candidates (Ctrl+Z each) and clicks a thumbnail: what the docker then says is returned too.
+candidates (Ctrl+Z each) and clicks a thumbnail, and the server stopped, presses Generate: what the
+docker then says is returned too.
 """
 
 from __future__ import annotations
@@ -145,20 +146,28 @@ class Drive(Extension):
         QTimer.singleShot(700, self.undo_one)
 
     def click_undone(self):
-        import json
-
         try:
             self.dock.on_thumbnail(self.dock.thumbnails.item(0))
             document = Krita.instance().activeDocument()
-            facts = {
+            self.undone = {
                 "top": [node.name() for node in document.rootNode().childNodes()],
                 "thumbnails": self.dock.thumbnails.count(),
                 "status": self.dock.status.text(),
             }
-            with open(os.environ["SHOT_DONE"] + ".undone", "w", encoding="utf-8") as file:
-                json.dump(facts, file)
+            self.dock.generate_button.click()  # the server was stopped meanwhile
         except Exception:
             self.fail()
+        QTimer.singleShot(500, self.generated_down)
+
+    def generated_down(self):
+        import json
+
+        if not self.dock.generate_button.isEnabled():  # still waiting for the answer
+            QTimer.singleShot(500, self.generated_down)
+            return
+        self.undone["down"] = [self.dock.status.text(), self.dock.model_label.text()]
+        with open(os.environ["SHOT_DONE"] + ".undone", "w", encoding="utf-8") as file:
+            json.dump(self.undone, file)
 
 
 Krita.instance().addExtension(Drive(Krita.instance()))
@@ -249,7 +258,9 @@ def main(out: Path) -> dict:
             subprocess.run(["import", "-display", DISPLAY, "-window", "root", str(out)], check=True)
             print(f"wrote {out}")
             facts = json.loads((temp / "done").read_text(encoding="utf-8"))
-            (temp / "done.undo").touch()  # then the candidates undone, one thumbnail clicked
+            server.terminate()  # then the candidates undone, a thumbnail clicked, Generate
+            server.wait(20)
+            (temp / "done.undo").touch()
             deadline = time.monotonic() + 60
             while not (temp / "done.undone").exists() and time.monotonic() < deadline:
                 if (temp / "done.error").exists():

@@ -125,7 +125,8 @@ def test_the_docker_generates_in_a_real_krita_window(tmp_path):
     """The docker itself, in Krita under Xvfb (tests/krita_screenshot.py, which makes
         docs/krita.png): caption typed, Generate pressed, the answer taken by Qt's network access
         on Krita's event loop; three layers named after caption and seed, one visible and active,
-    thumbnails; the window fits a 1600x1000 screen; the candidates undone, a click says so."""
+    thumbnails; the window fits a 1600x1000 screen; the candidates undone, a click says so;
+    the server stopped, Generate says so with the hint."""
     from tests import krita_screenshot
 
     facts = krita_screenshot.main(tmp_path / "krita.png")
@@ -145,4 +146,9 @@ def test_the_docker_generates_in_a_real_krita_window(tmp_path):
     assert undone["status"] == (
         f"⚠ the layer '{names[0]}' is no longer in the document (undone?): Generate again"
     )
+    # Generate with the server stopped: one plain line with the hint; no model shown as connected
+    status, model = undone["down"]
+    assert status.startswith("⚠ no answer from http://127.0.0.1:"), status
+    assert status.endswith(": connection refused; start dalle serve, or press Start dalle serve")
+    assert model == "Not connected"
     assert (tmp_path / "krita.png").stat().st_size > 10_000

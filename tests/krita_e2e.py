@@ -3,7 +3,9 @@ URL KEY OUT X Y W H N SEED``. Loads the plug-in as Krita does (``import dalle_st
 its docker), opens the picture, selects the rectangle, generates through the plug-in's Krita
 side against the live server, and writes what the test checks into OUT: the picture's merged
 pixels before, each new layer's pixels and the merged pixels after (BGRA, as Krita gives them),
-and the layers' names and visibility.
+the layers' names and visibility; then one candidate's layer removed (as an undo does), what the
+plug-in says when it is chosen. (Which layer is active needs a view, which kritarunner cannot
+open: tests/krita_screenshot.py checks it in a real window.)
 """
 
 import json
@@ -53,6 +55,15 @@ def run(picture, url, key, out, bounds, n, seed):
     document.refreshProjection()
     save("after.bgra", document.pixelData(0, 0, width, height))
     top = [child.name() for child in document.rootNode().childNodes()]
+    krita_side.show_only(document, nodes, nodes[1])  # the second thumbnail clicked
+    chosen = [node.visible() for node in nodes]
+    nodes[0].remove()  # as Ctrl+Z removes the last added layers
+    document.waitForDone()
+    try:
+        krita_side.show_only(document, nodes, nodes[0])
+        gone = "no error"
+    except krita_side.core.PluginError as error:
+        gone = str(error)
     facts = {
         "size": [width, height],
         "layers": layers,
@@ -61,6 +72,9 @@ def run(picture, url, key, out, bounds, n, seed):
         "sent": list(job.plan.sent),
         "seed": answer.seed,
         "depth": document.colorDepth(),
+        "chosen": chosen,
+        "present": [krita_side.present(document, node) for node in nodes],
+        "gone": gone,
     }
     with open(os.path.join(out, "facts.json"), "w") as file:
         json.dump(facts, file)

@@ -3,7 +3,9 @@ zip imported by Krita's own importer into a temporary HOME, enabled in kritarc, 
 a picture; a small driver plug-in (written into that HOME only) selects a rectangle, types the
 caption into the docker and presses Generate against a live ``dalle serve``, then the screen is
 captured with ImageMagick's ``import``. Run: ``python tests/krita_screenshot.py [OUT.png]``
-(needs krita, Xvfb and imagemagick; about a minute).
+(needs krita, Xvfb and imagemagick; about a minute). After the screenshot, the driver undoes the
+candidates (Ctrl+Z each) and clicks a thumbnail, and the server stopped, presses Generate: what the
+docker then says is returned too.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ DRIVER = r"""
 import os
 
 from krita import Extension, Krita, Selection
-from PyQt5.QtCore import QTimer
+from PyQt5.QtCore import Qt, QTimer
 
 
 class Drive(Extension):
@@ -56,7 +58,7 @@ class Drive(Extension):
     def drive(self):
         app = Krita.instance()
         window = app.activeWindow()
-        window.qwindow().setGeometry(0, 0, 1600, 1200)  # (showMaximized hangs without a WM)
+        window.qwindow().setGeometry(0, 0, 1600, 1000)  # (showMaximized hangs without a WM)
         document = app.activeDocument()  # opened by Krita from its command line
         for other in app.dockers():  # the layers and ours, nothing else
             other.setVisible(other.objectName() in ("dalle_studio", "KisLayerBox"))
@@ -79,20 +81,32 @@ class Drive(Extension):
         if not self.dock.nodes:
             QTimer.singleShot(500, self.wait)
             return
+        QTimer.singleShot(1500, self.choose)  # Krita done with the added layers
+
+    def choose(self):
+        app = Krita.instance()
+        self.active = [app.activeDocument().activeNode().name()]
         try:  # the second candidate chosen (toggle_zoom_to_fit hangs without a WM)
             self.dock.on_thumbnail(self.dock.thumbnails.item(1))
             self.dock.thumbnails.setCurrentRow(1)
+            self.active.append(app.activeDocument().activeNode().name())
+            window = app.activeWindow().qwindow()
+            window.setGeometry(0, 0, 1600, 1000)  # the screen (the first one is not kept)
+            layers = next(d for d in app.dockers() if d.objectName() == "KisLayerBox")
+            window.resizeDocks([layers, self.dock], [250, 770], Qt.Vertical)
+        except Exception:
+            self.fail()
+        QTimer.singleShot(800, self.zoom)
+
+    def zoom(self):
+        try:  # once the window has its size: 100 %, centred
             Krita.instance().activeWindow().activeView().canvas().resetZoom()
-            for other in Krita.instance().dockers():
-                if other.objectName() == "KisLayerBox":
-                    other.show()
-                    other.raise_()
         except Exception:
             self.fail()
         self.finish = QTimer()
         self.finish.setSingleShot(True)
         self.finish.timeout.connect(self.done)
-        self.finish.start(2500)
+        self.finish.start(2000)
 
     def done(self):
         import json
@@ -104,9 +118,56 @@ class Drive(Extension):
             "thumbnails": self.dock.thumbnails.count(),
             "status": self.dock.status.text(),
             "model": self.dock.model_label.text(),
+            "active": self.active,  # after Generate, after the second thumbnail's click
+            "window": Krita.instance().activeWindow().qwindow().frameGeometry().height(),
+            "docker_minimum": self.dock.minimumSizeHint().height(),
+            "window_minimum": Krita.instance().activeWindow().qwindow().minimumSizeHint().height(),
         }
         with open(os.environ["SHOT_DONE"], "w", encoding="utf-8") as file:
             json.dump(facts, file)
+        self.undo()
+
+    def undo(self):  # once the screenshot is taken: Ctrl+Z per candidate, then a click
+        if not os.path.exists(os.environ["SHOT_DONE"] + ".undo"):
+            QTimer.singleShot(300, self.undo)
+            return
+        self.undos = len(self.dock.nodes)
+        self.undo_one()
+
+    def undo_one(self):  # one at a time, as the artist presses it
+        if self.undos == 0:
+            QTimer.singleShot(1000, self.click_undone)
+            return
+        self.undos -= 1
+        try:
+            Krita.instance().action("edit_undo").trigger()
+        except Exception:
+            self.fail()
+        QTimer.singleShot(700, self.undo_one)
+
+    def click_undone(self):
+        try:
+            self.dock.on_thumbnail(self.dock.thumbnails.item(0))
+            document = Krita.instance().activeDocument()
+            self.undone = {
+                "top": [node.name() for node in document.rootNode().childNodes()],
+                "thumbnails": self.dock.thumbnails.count(),
+                "status": self.dock.status.text(),
+            }
+            self.dock.generate_button.click()  # the server was stopped meanwhile
+        except Exception:
+            self.fail()
+        QTimer.singleShot(500, self.generated_down)
+
+    def generated_down(self):
+        import json
+
+        if not self.dock.generate_button.isEnabled():  # still waiting for the answer
+            QTimer.singleShot(500, self.generated_down)
+            return
+        self.undone["down"] = [self.dock.status.text(), self.dock.model_label.text()]
+        with open(os.environ["SHOT_DONE"] + ".undone", "w", encoding="utf-8") as file:
+            json.dump(self.undone, file)
 
 
 Krita.instance().addExtension(Drive(Krita.instance()))
@@ -162,7 +223,7 @@ def main(out: Path) -> dict:
         install(home, url)
         shot = temp / "picture.png"
         picture(shot)
-        xvfb = subprocess.Popen(["Xvfb", DISPLAY, "-screen", "0", "1600x1200x24"])
+        xvfb = subprocess.Popen(["Xvfb", DISPLAY, "-screen", "0", "1600x1000x24"])
         env = {
             **krita_environment(),
             "HOME": str(home),
@@ -196,7 +257,17 @@ def main(out: Path) -> dict:
                 time.sleep(1)
             subprocess.run(["import", "-display", DISPLAY, "-window", "root", str(out)], check=True)
             print(f"wrote {out}")
-            return json.loads((temp / "done").read_text(encoding="utf-8"))
+            facts = json.loads((temp / "done").read_text(encoding="utf-8"))
+            server.terminate()  # then the candidates undone, a thumbnail clicked, Generate
+            server.wait(20)
+            (temp / "done.undo").touch()
+            deadline = time.monotonic() + 60
+            while not (temp / "done.undone").exists() and time.monotonic() < deadline:
+                if (temp / "done.error").exists():
+                    raise SystemExit((temp / "done.error").read_text())
+                time.sleep(0.5)
+            time.sleep(0.5)  # written whole
+            return {**facts, "undone": json.loads((temp / "done.undone").read_text("utf-8"))}
         finally:
             for process in (krita, xvfb, server):
                 process.terminate()

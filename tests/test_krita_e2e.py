@@ -1,9 +1,10 @@
 """The Krita plug-in end to end in a real Krita (issue 32): ``kritarunner`` (headless, Qt's
 offscreen platform, a temporary HOME) loads the plug-in, opens a 2000x1500 picture, selects a
 small rectangle, generates two candidates against a live ``dalle serve`` on the embedded model,
-and the test checks the new layers: each holds the region only, the first visible; the merged
-picture outside the region is the picture's own bit for bit, inside it changed; a small crop
-was sent, not the canvas. Skipped, saying so, where Krita is not installed.
+and the test checks the new layers: each holds the region only, the first visible (a chosen
+one shown instead; one undone is said to be gone); the merged picture outside the region is the
+picture's own bit for bit, inside it changed; a small crop was sent, not the canvas. Skipped,
+saying so, where Krita is not installed.
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def test_krita_generates_candidate_layers_that_keep_the_picture_outside_the_regi
         {"name": "a red circle (seed 7, 2/2)", "visible": False},
     ]
     assert facts["sent"] == [128, 128] and facts["crop"][2:] == [128, 128]  # not the canvas
+    assert facts["chosen"] == [False, True]  # the second chosen: shown, the first hidden
+    # a candidate's layer removed (undone): choosing it says so in one line
+    assert facts["present"] == [False, True]
+    assert facts["gone"] == (
+        "the layer 'a red circle (seed 7, 1/2)' is no longer in the document (undone?): "
+        "Generate again"
+    )
 
 
 XVFB = shutil.which("Xvfb") and shutil.which("import") and shutil.which("krita")
@@ -115,8 +123,10 @@ XVFB = shutil.which("Xvfb") and shutil.which("import") and shutil.which("krita")
 @pytest.mark.skipif(not XVFB, reason="needs krita, Xvfb and ImageMagick's import")
 def test_the_docker_generates_in_a_real_krita_window(tmp_path):
     """The docker itself, in Krita under Xvfb (tests/krita_screenshot.py, which makes
-    docs/krita.png): caption typed, Generate pressed, the answer taken by Qt's network access
-    on Krita's event loop; three layers named after caption and seed, one visible, thumbnails."""
+        docs/krita.png): caption typed, Generate pressed, the answer taken by Qt's network access
+        on Krita's event loop; three layers named after caption and seed, one visible and active,
+    thumbnails; the window fits a 1600x1000 screen; the candidates undone, a click says so;
+    the server stopped, Generate says so with the hint."""
     from tests import krita_screenshot
 
     facts = krita_screenshot.main(tmp_path / "krita.png")
@@ -125,4 +135,20 @@ def test_the_docker_generates_in_a_real_krita_window(tmp_path):
     assert facts["top"][-3:] == names and facts["thumbnails"] == 3  # above the picture
     assert facts["status"].startswith("3 candidates (seed 7) as new layers")
     assert "dalle-studio-default" in facts["model"]
+    # the artist's next stroke goes onto the visible candidate, then onto the one chosen
+    assert facts["active"] == [names[0], names[1]]
+    # the whole window fits a 1600x1000 screen: the docker's body scrolls
+    assert facts["window"] <= 1000 and facts["window_minimum"] < 1000, facts
+    assert facts["docker_minimum"] < 450, facts
+    # the candidates undone (Ctrl+Z each), a thumbnail clicked: said in one line, thumbnails gone
+    undone = facts["undone"]
+    assert names[0] not in undone["top"] and undone["thumbnails"] == 0, undone
+    assert undone["status"] == (
+        f"⚠ the layer '{names[0]}' is no longer in the document (undone?): Generate again"
+    )
+    # Generate with the server stopped: one plain line with the hint; no model shown as connected
+    status, model = undone["down"]
+    assert status.startswith("⚠ no answer from http://127.0.0.1:"), status
+    assert status.endswith(": connection refused; start dalle serve, or press Start dalle serve")
+    assert model == "Not connected"
     assert (tmp_path / "krita.png").stat().st_size > 10_000

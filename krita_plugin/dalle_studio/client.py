@@ -28,6 +28,24 @@ from .core import PluginError
 
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_COMMAND = "dalle"
+START_HINT = "start dalle serve, or press Start dalle serve"  # the docker's button
+
+
+def plain(reason: object) -> str:
+    """A socket error in plain words: "connection refused", not "[Errno 111] Connection
+    refused"."""
+    if isinstance(reason, urllib.error.URLError):
+        reason = reason.reason
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return "timed out"
+    text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+    text = " ".join(text.split()) or "no details"
+    return text[0].lower() + text[1:]
+
+
+def unreachable(url: str, reason: object, words: str = "no server answers at") -> str:
+    """The one line for a server that does not answer, with what to do about it."""
+    return f"{words} {url}: {plain(reason)}; {START_HINT}"
 
 
 @dataclass(frozen=True)
@@ -136,8 +154,7 @@ class Server:
         except urllib.error.HTTPError as error:
             raise PluginError(error_line(error.code, error.read())) from None
         except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise PluginError(f"no server answers at {self.url}: {reason}") from None
+            raise PluginError(unreachable(self.url, error)) from None
         except ValueError:
             raise PluginError(
                 f"{self.url}/models did not answer JSON: is it dalle serve?"
@@ -176,7 +193,7 @@ class Server:
         except (OSError, http.client.HTTPException) as error:
             if self._cancelled:
                 raise PluginError("cancelled") from None
-            raise PluginError(f"no answer from {self.url}: {error}") from None
+            raise PluginError(unreachable(self.url, error, "no answer from")) from None
         finally:
             with self._lock:
                 self._connection = None

@@ -1,9 +1,10 @@
 """The DALL·E Studio docker: caption, candidates, seed, guidance, Generate / Cancel, progress and
-the candidates as thumbnails (clicking one shows its layer); the server's model and card
-headline; settings (server URL, API key, the dalle command) kept with Krita's settings. The
-edit goes out through Qt's network access, on Krita's event loop (no Python thread: Krita stays
-responsive, and Cancel aborts the request, which cancels the server's job). A ``dalle serve`` the
-docker started stops when Krita quits.
+the candidates as thumbnails (clicking one shows its layer and makes it active); the server's
+model and card headline; settings (server URL, API key, the dalle command) kept with Krita's
+settings; the whole in a scroll area, so the docker fits a small screen. The edit goes out
+through Qt's network access, on Krita's event loop (no Python thread: Krita stays responsive, and
+Cancel aborts the request, which cancels the server's job). A ``dalle serve`` the docker started
+stops when Krita quits; when the server is gone, the model line says "Not connected".
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from PyQt5.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -32,6 +34,7 @@ from PyQt5.QtWidgets import (
 from . import client, core, krita_side
 
 SETTINGS_GROUP = "dalle_studio"
+THUMBNAIL = 72  # the thumbnails' side in pixels
 LAUNCHER = client.Launcher()  # the dalle serve this plug-in started, if any
 
 
@@ -66,13 +69,16 @@ class DalleDocker(DockWidget):
         self.status.setWordWrap(True)
         self.thumbnails = QListWidget()
         self.thumbnails.setViewMode(QListWidget.IconMode)
-        self.thumbnails.setIconSize(QSize(96, 96))
-        self.thumbnails.setMinimumHeight(120)
+        self.thumbnails.setIconSize(QSize(THUMBNAIL, THUMBNAIL))
+        self.thumbnails.setMinimumHeight(THUMBNAIL + 28)
         self.thumbnails.itemClicked.connect(self.on_thumbnail)
         for widget in (self.progress, self.status, self.thumbnails):
             layout.addWidget(widget)
-        layout.addStretch(1)
-        self.setWidget(body)
+        scroll = QScrollArea(self)  # the docker fits any screen: its body scrolls when taller
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setWidget(body)
+        self.setWidget(scroll)
 
     # -- building
 
@@ -110,7 +116,7 @@ class DalleDocker(DockWidget):
         form = QFormLayout()
         self.caption = QPlainTextEdit()
         self.caption.setPlaceholderText("What the selected region should show")
-        self.caption.setMaximumHeight(64)
+        self.caption.setMaximumHeight(56)
         self.candidates = QSpinBox()
         self.candidates.setRange(1, 10)
         self.candidates.setValue(3)
@@ -159,11 +165,17 @@ class DalleDocker(DockWidget):
             try:
                 self.model = self.server.model()
             except core.PluginError:
-                self.start_button.setEnabled(True)
+                self.disconnected()
                 raise
             self.start_button.setEnabled(False)
             self.model_label.setText(self.model.describe())
         return self.model
+
+    def disconnected(self) -> None:
+        """The server is gone: its model no longer shown as if connected; Start offered."""
+        self.model = None
+        self.model_label.setText("Not connected")
+        self.start_button.setEnabled(True)
 
     def on_connect(self) -> None:
         self.model = None
@@ -171,7 +183,7 @@ class DalleDocker(DockWidget):
             self.connect_server()
             self.status.setText("Connected.")
         except core.PluginError as error:
-            self.show_error(f"{error}; start dalle serve, or press Start dalle serve")
+            self.show_error(str(error))
 
     def on_start(self) -> None:
         try:
@@ -242,27 +254,35 @@ class DalleDocker(DockWidget):
             if error == QNetworkReply.OperationCanceledError:
                 raise core.PluginError("cancelled")
             if status is None:
-                raise core.PluginError(f"no answer from {self.server.url}: {reply.errorString()}")
+                raise core.PluginError(
+                    client.unreachable(self.server.url, reply.errorString(), "no answer from")
+                )
             answer = client.answer_of(int(status), data)
             regions = self.job.regions(answer)
         except core.PluginError as failure:
             self.show_error(str(failure))
             if status is None and error != QNetworkReply.OperationCanceledError:
-                self.model = None
-                self.start_button.setEnabled(True)
+                self.disconnected()
             return
         self.nodes = krita_side.add_layers(self.document, self.job, regions, answer.seed)
+        # Krita makes each added layer active once back in its event loop: the first candidate
+        # (the visible one) is made active after that, so the next stroke goes onto it
+        QTimer.singleShot(0, self.activate_first)
         self.show_thumbnails(regions)
         self.status.setText(
             f"{len(regions)} candidates (seed {answer.seed}) as new layers; click one to show it."
         )
+
+    def activate_first(self) -> None:
+        if self.nodes and krita_side.present(self.document, self.nodes[0]):
+            self.document.setActiveNode(self.nodes[0])
 
     def show_thumbnails(self, regions: list[bytes]) -> None:
         self.thumbnails.clear()
         region = self.job.plan.region
         for number, (pixels, node) in enumerate(zip(regions, self.nodes, strict=True)):
             image = QImage(pixels, region.width, region.height, QImage.Format_RGBA8888).copy()
-            icon = QIcon(QPixmap.fromImage(image.scaled(96, 96, Qt.KeepAspectRatio)))
+            icon = QIcon(QPixmap.fromImage(image.scaled(THUMBNAIL, THUMBNAIL, Qt.KeepAspectRatio)))
             item = QListWidgetItem(icon, str(number + 1))
             item.setData(Qt.UserRole, number)
             item.setToolTip(node.name())
@@ -271,9 +291,19 @@ class DalleDocker(DockWidget):
             self.thumbnails.setCurrentRow(0)
 
     def on_thumbnail(self, item: QListWidgetItem) -> None:
+        """Show the clicked candidate's layer and make it active; when it was undone, say so and
+        drop the thumbnails of the candidates no longer in the document."""
         number = item.data(Qt.UserRole)
-        if self.document is not None and 0 <= number < len(self.nodes):
+        if self.document is None or not 0 <= number < len(self.nodes):
+            return
+        try:
             krita_side.show_only(self.document, self.nodes, self.nodes[number])
+        except core.PluginError as error:
+            self.show_error(str(error))
+            for row in reversed(range(self.thumbnails.count())):
+                node = self.nodes[self.thumbnails.item(row).data(Qt.UserRole)]
+                if not krita_side.present(self.document, node):
+                    self.thumbnails.takeItem(row)
 
     def set_busy(self, busy: bool, text: str) -> None:
         self.generate_button.setEnabled(not busy)

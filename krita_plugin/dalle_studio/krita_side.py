@@ -1,8 +1,10 @@
 """Krita's side of a Generate, without widgets: the active document checked (8-bit RGBA only),
 its selection → the plan, the crop read from the merged image (Krita's BGRA → RGBA), the server
 asked (``generate``: on any thread), and each candidate → a new paint layer named after caption
-and seed, the first visible and the others hidden. Used by the docker and by the end-to-end
-test run in ``kritarunner``. PNGs decode and resize with QImage.
+and seed, the first visible and active (the artist's next stroke goes onto it), the others
+hidden; a candidate chosen later is shown and made active, or said to be gone when undone. Used
+by the docker and by the end-to-end test run in ``kritarunner``. PNGs decode and resize with
+QImage.
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ def prepare(document, caption, n, seed, guidance, model: client.ServerModel) -> 
 
 def add_layers(document, job: Job, regions: list[bytes], seed: int | None) -> list:
     """One paint layer per candidate at the region's position, above the others; the first
-    visible, the others hidden. Returns the new nodes."""
+    visible and active, the others hidden. Returns the new nodes. (Each layer is its own undo
+    step: Krita 5.1's scripting has no way to group commands into one.)"""
     root, region = document.rootNode(), job.plan.region
     nodes = []
     for number, pixels in enumerate(regions):
@@ -128,12 +131,26 @@ def add_layers(document, job: Job, regions: list[bytes], seed: int | None) -> li
         )
         node.setVisible(number == 0)
         nodes.append(node)
+    document.waitForDone()
+    if nodes:
+        document.setActiveNode(nodes[0])
     document.refreshProjection()
     return nodes
 
 
+def present(document, node) -> bool:
+    """Whether ``node`` is still in the document (an undo removes a candidate's layer)."""
+    return document.nodeByUniqueID(node.uniqueId()) is not None
+
+
 def show_only(document, nodes: list, chosen) -> None:
-    """Show the ``chosen`` candidate's layer, hide the other candidates'."""
+    """Show the ``chosen`` candidate's layer and make it active, hide the other candidates'.
+    A layer no longer in the document (undone): PluginError."""
+    if not present(document, chosen):
+        raise core.PluginError(
+            f"the layer {chosen.name()!r} is no longer in the document (undone?): Generate again"
+        )
     for node in nodes:
         node.setVisible(node == chosen)
+    document.setActiveNode(chosen)
     document.refreshProjection()

@@ -55,23 +55,10 @@ def shoot(app: QApplication, window, path: Path) -> None:
 
 
 def bpe_files(folder: Path) -> tuple[Path, Path]:
-    """A byte-level BPE as min-dalle's vocab.json and merges.txt (tests/test_import_mega.py)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A byte-level BPE as min-dalle's vocab.json and merges.txt (the importers' test writer)."""
+    from tests.test_import_mega import write_bpe_files
 
-    from tests.test_import_mega import CAPTIONS
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CAPTIONS * 20, trainer)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = (Path(p) for p in tokenizer.model.save(str(folder)))
-    return vocab, merges
+    return write_bpe_files(folder)
 
 
 def main(out: Path) -> int:

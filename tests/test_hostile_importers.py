@@ -116,23 +116,10 @@ def pickled_module(path: Path, parameters: dict, cycle: bool = False) -> None:
 
 
 def bpe_files(folder: Path) -> tuple[Path, Path]:
-    """A byte-level BPE as min-dalle's vocab.json and merges.txt (tests/test_import_mega.py)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """min-dalle's vocab.json and merges.txt for a tiny BPE (the importers' test writer)."""
+    from tests.test_import_mega import write_bpe_files
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(
-        ["a red horse on the beach", "two dogs in the snow"] * 20, trainer
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab, merges = (Path(p) for p in tokenizer.model.save(str(folder)))
-    return vocab, merges
+    return write_bpe_files(folder)
 
 
 def vocab_of_short_entries(path: Path, size: int) -> None:

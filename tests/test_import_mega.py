@@ -102,10 +102,9 @@ def randomised(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval()
 
 
-@pytest.fixture(scope="module")
-def bpe_files(tmp_path_factory):
+def write_bpe_files(folder: Path) -> tuple[Path, Path]:
     """A byte-level BPE saved as min-dalle's vocab.json and merges.txt ("#version" header), with
-    BART's special ids <s> 0, <pad> 1, </s> 2, <unk> 3."""
+    BART's special ids <s> 0, <pad> 1, </s> 2, <unk> 3 (also docs/import_screenshots.py)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -117,9 +116,14 @@ def bpe_files(tmp_path_factory):
         show_progress=False,
     )
     tokenizer.train_from_iterator(CAPTIONS * 20, trainer)
-    folder = tmp_path_factory.mktemp("bpe")
+    folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = (Path(p) for p in tokenizer.model.save(str(folder)))
     return vocab, merges
+
+
+@pytest.fixture(scope="module")
+def bpe_files(tmp_path_factory):
+    return write_bpe_files(tmp_path_factory.mktemp("bpe"))
 
 
 @pytest.fixture(scope="module")

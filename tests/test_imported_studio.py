@@ -32,7 +32,12 @@ from studio.document import Document
 from studio.engine import Engine, SamplingOptions
 from studio.session import Session
 from tests.helpers import tiny_bundle_file
-from tests.test_import_mega import CAPTIONS, VQGAN_CONFIG_JSON, randomised, tiny_bart
+from tests.test_import_mega import (
+    VQGAN_CONFIG_JSON,
+    randomised,
+    tiny_bart,
+    write_bpe_files,
+)
 from tests.test_vqgan import _flax_tree, _to_bytes
 
 pytest.importorskip("msgpack")
@@ -53,21 +58,8 @@ NAME = "DALL·E Mini (imported)"
 
 
 def write_bpe(folder: Path) -> tuple[Path, Path]:
-    """A byte-level BPE saved as min-dalle's vocab.json and merges.txt, with BART's special ids
-    (as ``tests.test_import_mega.bpe_files``)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(CAPTIONS * 20, trainer)
-    vocab, merges = (Path(p) for p in tokenizer.model.save(str(folder)))
-    return vocab, merges
+    """min-dalle's vocab.json and merges.txt for a tiny BPE (the importers' test writer)."""
+    return write_bpe_files(folder)
 
 
 def make_imported_bundle(folder: Path, seed: int = 0) -> Path:
